@@ -1,0 +1,25 @@
+"""The one error type for bad user data: it always names the case, the file and the problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class DataError(ValueError):
+    """Raised when an input file or dataset is unusable.
+
+    The message always says which case and which file, and what is wrong with it, so that a
+    Snakemake log or a SLURM job log tells the user what to fix without a traceback hunt.
+    """
+
+    def __init__(self, problem: str, *, case: str | None = None, path: Path | str | None = None):
+        where = []
+        if case is not None:
+            where.append(f"case {case!r}")
+        if path is not None:
+            where.append(f"file {str(path)!r}")
+        prefix = (", ".join(where) + ": ") if where else ""
+        super().__init__(prefix + problem)
+        self.case = case
+        self.path = None if path is None else Path(path)
+        self.problem = problem

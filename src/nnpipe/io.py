@@ -1,0 +1,107 @@
+"""Atomic file output and NIfTI input/output.
+
+Every file nnpipe writes goes through :func:`atomic_path`: the data are written under a
+temporary name in the same folder and renamed into place only when complete, so an
+interrupted job never leaves a file that Snakemake or a later run could take for finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from nnpipe.errors import DataError
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path | str) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` if the block succeeds.
+
+    The temporary name keeps the final suffixes (``.nii.gz`` stays ``.nii.gz``) so that
+    libraries choosing a format from the file name still work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path | str, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: Path | str) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def write_text(path: Path | str, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def save_npy(path: Path | str, array: np.ndarray) -> None:
+    """Save an uncompressed ``.npy`` atomically (memory-mappable by the training loader)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, array)
+
+
+def load_nifti(path: Path | str, *, case: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read a NIfTI file as ``(array, affine)``.
+
+    The array keeps NIfTI voxel order ``(X, Y, Z[, C])`` and its stored dtype scaled to float
+    where the header says so; the affine is the best one nibabel finds (sform, else qform).
+    Raises :class:`DataError` naming the file if it is missing, not NIfTI or truncated.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("file is missing", case=case, path=path)
+    try:
+        img = nib.load(str(path))
+        if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+            raise DataError(f"not a NIfTI image (nibabel read it as {type(img).__name__})",
+                            case=case, path=path)
+        data = np.asanyarray(img.dataobj)
+    except DataError:
+        raise
+    except Exception as exc:  # nibabel raises many types for corrupt or foreign files
+        raise DataError(f"cannot be read as NIfTI ({type(exc).__name__}: {exc})",
+                        case=case, path=path) from exc
+    return np.asarray(data), np.asarray(img.affine, dtype=np.float64)
+
+
+def save_nifti(path: Path | str, array: np.ndarray, affine: np.ndarray,
+               header: nib.Nifti1Header | None = None) -> None:
+    """Write ``array`` (``(X, Y, Z[, C])``) with ``affine`` atomically.
+
+    Both qform and sform are set from ``affine`` with code 1 (scanner), so every viewer
+    places the image where the source image was.
+    """
+    img = nib.Nifti1Image(array, affine, header=header)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.set_data_dtype(array.dtype)
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+
+
+def spacing_of(affine: np.ndarray) -> tuple[float, ...]:
+    """Voxel spacing in mm along the voxel axes: the column norms of the affine's 3×3 part."""
+    return tuple(float(s) for s in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))

@@ -1,0 +1,1 @@
+"""Planning: dataset fingerprint -> target spacing, patch size, U-Net topology, batch size."""

@@ -1,0 +1,82 @@
+"""The :class:`Plan`: every number the later stages need, saved as readable JSON.
+
+Axis convention everywhere in nnpipe: arrays are in NIfTI voxel order ``(X, Y, Z)``;
+spacings are in mm along those axes. A 2D plan names ``slice_axis``, the voxel axis the 2D
+network slices along (the coarsest one); its ``patch_size`` and ``spacing`` then hold the two
+in-plane axes, in increasing axis order.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nnpipe.io import write_json
+
+
+@dataclass(frozen=True)
+class ChannelNorm:
+    """How one input channel is normalized.
+
+    ``scheme`` is ``"zscore_nonzero"`` (MRI: z-score over voxels inside the nonzero mask,
+    zero outside) or ``"ct"`` (clip to ``[clip_low, clip_high]``, then ``(x - mean) / std``
+    with the foreground statistics of the whole training set).
+    """
+
+    scheme: str
+    clip_low: float | None = None
+    clip_high: float | None = None
+    mean: float | None = None
+    std: float | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    dataset: str
+    dim: int  # 2 or 3
+    spacing: tuple[float, ...]  # target spacing of the network's axes, mm (len == dim)
+    full_spacing: tuple[float, float, float]  # target spacing of all three voxel axes, mm
+    patch_size: tuple[int, ...]  # voxels along the network's axes (len == dim)
+    kernels: tuple[tuple[int, ...], ...]  # per level, per axis
+    strides: tuple[tuple[int, ...], ...]  # per level, per axis; level 0 is all ones
+    filters: tuple[int, ...]  # per level
+    batch_size: int
+    num_channels: int
+    num_classes: int  # label values including background
+    labels: dict[int, str]
+    channel_norms: tuple[ChannelNorm, ...]
+    slice_axis: int | None = None  # 2D only: the voxel axis sliced along
+    median_shape: tuple[int, ...] = ()  # median cropped shape at the target spacing (X, Y, Z)
+    notes: tuple[str, ...] = field(default_factory=tuple)  # why the planner chose what it did
+
+    @property
+    def in_plane_axes(self) -> tuple[int, ...]:
+        """The voxel axes the network sees: all three in 3D, the two non-slice axes in 2D."""
+        if self.dim == 3:
+            return (0, 1, 2)
+        return tuple(a for a in range(3) if a != self.slice_axis)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["labels"] = {str(k): v for k, v in self.labels.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Plan:
+        d = dict(d)
+        d["labels"] = {int(k): v for k, v in d["labels"].items()}
+        d["channel_norms"] = tuple(ChannelNorm(**c) for c in d["channel_norms"])
+        for key in ("spacing", "full_spacing", "patch_size", "filters", "median_shape", "notes"):
+            d[key] = tuple(d.get(key, ()))
+        d["kernels"] = tuple(tuple(k) for k in d["kernels"])
+        d["strides"] = tuple(tuple(s) for s in d["strides"])
+        return cls(**d)
+
+    def save(self, path: Path | str) -> None:
+        write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: Path | str) -> Plan:
+        return cls.from_dict(json.loads(Path(path).read_text()))
