@@ -1,0 +1,35 @@
+# nnpipe: nnU-Net for PyTorch as a Snakemake pipeline.
+#   snakemake --cores all results/tables.md                 whole study on this machine
+#   snakemake --profile profiles/slurm results/tables.md    one SLURM job per rule
+# Stages, one rule file each: download -> plan -> preprocess -> train -> predict -> evaluate,
+# benchmark, and tables. All logic lives in the `nnpipe` package (src/nnpipe); rules only wire.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/download.smk"
+include: "rules/plan.smk"
+include: "rules/preprocess.smk"
+include: "rules/train.smk"
+include: "rules/predict.smk"
+include: "rules/evaluate.smk"
+include: "rules/benchmark.smk"
+include: "rules/tables.smk"
+
+
+localrules:
+    all,
+    split,
+    tables,
+
+
+rule all:
+    input:
+        TABLES,
+    default_target: True

@@ -1,0 +1,27 @@
+# Throughput cells like the reference's tables: warm-up steps, then timed steps.
+
+BENCH_NAME = "{mode}-{dim}d-{precision}-bs{bs}-{gpus}gpu"
+
+
+rule benchmark:
+    input:
+        plan=rules.plan.output.plan,
+        manifest=rules.preprocess.output.manifest,
+    output:
+        record=f"{DS}/benchmark/{BENCH_NAME}.json",
+    params:
+        preprocessed=subpath(input.manifest, parent=True),
+        launch=get_launcher,
+        settings=section_json("benchmark"),
+    threads: 1
+    resources:
+        gpu=get_gpus,
+    conda:
+        "../envs/nnpipe.yaml"
+    log:
+        f"logs/{{dataset}}/benchmark/{BENCH_NAME}.log",
+    shell:
+        "{params.launch} benchmark --config-json {params.settings:q} --mode {wildcards.mode}"
+        " --dim {wildcards.dim} --batch-size {wildcards.bs} --precision {wildcards.precision}"
+        " --plan {input.plan} --preprocessed {params.preprocessed} --threads {threads}"
+        " --out {output.record} > {log} 2>&1"

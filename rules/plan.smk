@@ -1,0 +1,48 @@
+rule fingerprint:
+    input:
+        dataset=rules.download.output.dataset,
+    output:
+        fingerprint=f"{DS}/plans/fingerprint.json",
+    params:
+        raw=subpath(input.dataset, parent=True),
+    threads: 2
+    conda:
+        "../envs/nnpipe.yaml"
+    log:
+        "logs/{dataset}/plans/fingerprint.log",
+    benchmark:
+        "benchmarks/{dataset}/plans/fingerprint.tsv"
+    shell:
+        "nnpipe fingerprint --raw {params.raw} --workers {threads} --out {output.fingerprint}"
+        " > {log} 2>&1"
+
+
+rule plan:
+    input:
+        fingerprint=rules.fingerprint.output.fingerprint,
+    output:
+        plan=f"{DS}/plans/{{dim}}d.json",
+    params:
+        settings=section_json("dataset", "planning"),
+    conda:
+        "../envs/nnpipe.yaml"
+    log:
+        "logs/{dataset}/plans/{dim}d.log",
+    shell:
+        "nnpipe plan --config-json {params.settings:q} --fingerprint {input.fingerprint}"
+        " --dim {wildcards.dim} --out {output.plan} > {log} 2>&1"
+
+
+rule split:
+    input:
+        dataset=rules.download.output.dataset,
+    output:
+        splits=f"{DS}/splits.json",
+    params:
+        raw=subpath(input.dataset, parent=True),
+    conda:
+        "../envs/nnpipe.yaml"
+    log:
+        "logs/{dataset}/splits.log",
+    shell:
+        "nnpipe split --raw {params.raw} --out {output.splits} > {log} 2>&1"

@@ -1,0 +1,19 @@
+rule preprocess:
+    input:
+        dataset=rules.download.output.dataset,
+        plan=rules.plan.output.plan,
+    output:
+        manifest=f"{DS}/preprocessed/{{dim}}d/manifest.json",
+    params:
+        raw=subpath(input.dataset, parent=True),
+        out=subpath(output.manifest, parent=True),
+    threads: 2
+    conda:
+        "../envs/nnpipe.yaml"
+    log:
+        "logs/{dataset}/preprocessed/{dim}d.log",
+    benchmark:
+        "benchmarks/{dataset}/preprocessed/{dim}d.tsv"
+    shell:
+        "nnpipe preprocess --raw {params.raw} --plan {input.plan} --workers {threads}"
+        " --out {params.out} > {log} 2>&1"

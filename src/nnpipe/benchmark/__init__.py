@@ -1,0 +1,1 @@
+"""Throughput benchmarks measured the way the reference measures them."""

@@ -1,0 +1,239 @@
+"""The ``nnpipe`` command: one subcommand per pipeline stage, each usable without Snakemake.
+
+Every subcommand is a thin wrapper: parse paths, load the config, call one package function.
+Settings come from ``--config`` (the same YAML the workflow uses; defaults from the schema).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import yaml
+
+from nnpipe import __version__
+from nnpipe.config import PRECISIONS, StudyConfig, load_config, study_config
+from nnpipe.errors import DataError
+
+
+def _cfg(args: argparse.Namespace) -> StudyConfig:
+    """The study config: ``--config`` YAML, then ``--config-json`` sections on top."""
+    if not args.config_json:
+        return load_config(args.config)
+    raw = yaml.safe_load(Path(args.config).read_text()) or {} if args.config else {}
+    try:
+        raw.update(json.loads(args.config_json))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--config-json is not valid JSON: {exc}") from None
+    return study_config(raw)
+
+
+def cmd_download(args: argparse.Namespace) -> None:
+    from nnpipe.datasets.source import fetch_dataset
+
+    fetch_dataset(_cfg(args).dataset, args.out)
+
+
+def cmd_fingerprint(args: argparse.Namespace) -> None:
+    from nnpipe.datasets.layout import load_dataset
+    from nnpipe.io import write_json
+    from nnpipe.planning.fingerprint import compute_fingerprint
+
+    fp = compute_fingerprint(load_dataset(args.raw), workers=args.workers)
+    write_json(args.out, fp.to_dict())
+
+
+def cmd_plan(args: argparse.Namespace) -> None:
+    from nnpipe.io import read_json
+    from nnpipe.planning.fingerprint import Fingerprint
+    from nnpipe.planning.planner import make_plan, settings_from_config
+
+    cfg = _cfg(args)
+    fp = Fingerprint.from_dict(read_json(args.fingerprint))
+    plan = make_plan(fp, args.dim, settings_from_config(cfg.planning), cfg.dataset.name)
+    plan.save(args.out)
+
+
+def cmd_split(args: argparse.Namespace) -> None:
+    from nnpipe.datasets.layout import load_dataset
+    from nnpipe.training.splits import make_splits, save_splits
+
+    ds = load_dataset(args.raw)
+    save_splits(args.out, make_splits([c.case_id for c in ds.training]))
+
+
+def cmd_preprocess(args: argparse.Namespace) -> None:
+    from nnpipe.datasets.layout import load_dataset
+    from nnpipe.planning.plan import Plan
+    from nnpipe.preprocessing.pipeline import preprocess_dataset
+
+    workers = args.workers or _cfg(args).preprocess.workers
+    preprocess_dataset(load_dataset(args.raw), Plan.load(args.plan), Path(args.out),
+                       workers=workers)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from nnpipe.training.trainer import EXIT_PREEMPTED, Preempted, TrainRun, train
+
+    run = TrainRun(Path(args.preprocessed), Path(args.splits), args.fold, args.precision,
+                   Path(args.out), _cfg(args).training, epochs=args.epochs, force_cpu=args.cpu)
+    try:
+        train(run, threads=args.threads)
+    except Preempted as exc:
+        print(f"nnpipe train: {exc}; rerun the same command to resume", file=sys.stderr)
+        return EXIT_PREEMPTED
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from nnpipe.datasets.layout import load_dataset
+    from nnpipe.inference.predict import predict_cases
+    from nnpipe.training.splits import load_fold
+
+    _threads(args.threads)
+    ds = load_dataset(args.raw)
+    ids = args.cases or load_fold(args.splits, args.fold)["val"]
+    predict_cases(args.model, ds, ids, Path(args.out), _cfg(args).inference,
+                  skip_existing=args.continue_)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from nnpipe.datasets.layout import load_dataset
+    from nnpipe.evaluation.metrics import evaluate_folder
+    from nnpipe.training.splits import load_fold
+
+    ds = load_dataset(args.raw)
+    ids = load_fold(args.splits, args.fold)["val"]
+    refs = {c: ds.case(c).label for c in ids}
+    labels = [v for v in ds.labels if v != 0]
+    evaluate_folder(Path(args.pred), refs, ids, labels, Path(args.out))
+
+
+def cmd_benchmark(args: argparse.Namespace) -> None:
+    from nnpipe.benchmark.throughput import BenchmarkSpec, run_benchmark
+    from nnpipe.io import write_json
+    from nnpipe.planning.plan import Plan
+
+    cfg = _cfg(args).benchmark
+    plan = Plan.load(args.plan)
+    if plan.dim != args.dim:
+        raise ValueError(f"--dim {args.dim} but plan {args.plan} is {plan.dim}D")
+    spec = BenchmarkSpec(args.mode, args.batch_size, args.precision,
+                         args.warmup or cfg.warmup_steps, args.steps or cfg.timed_steps,
+                         tuple(args.patch_size or cfg.patch_size(args.dim)),
+                         args.synthetic or cfg.synthetic)
+    pre = Path(args.preprocessed) if args.preprocessed else None
+    record = run_benchmark(plan, spec, pre, threads=args.threads, force_cpu=args.cpu)
+    if record["gpus"] == 1 or _rank() == 0:
+        write_json(args.out, record)
+
+
+def cmd_tables(args: argparse.Namespace) -> None:
+    from nnpipe.report.tables import render_study
+
+    render_study(_cfg(args), Path(args.out))
+
+
+def _rank() -> int:
+    import os
+
+    return int(os.environ.get("RANK", "0"))
+
+
+def _threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nnpipe", description="nnU-Net for PyTorch as a pipeline. Each subcommand runs one "
+        "stage; `snakemake --cores all results/tables.md` runs them all.")
+    p.add_argument("--version", action="version", version=f"nnpipe {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="STAGE")
+
+    def stage(name: str, fn: Callable, help_: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.add_argument("--config", help="study YAML (default: schema defaults)")
+        sp.add_argument("--config-json", help="config sections as JSON, applied over --config "
+                        "(the workflow passes the sections each stage reads)")
+        sp.set_defaults(func=fn)
+        return sp
+
+    sp = stage("download", cmd_download, "Create the raw dataset folder (embedded or local).")
+    sp.add_argument("--out", required=True, help="raw folder to create, e.g. results/embedded/raw")
+    sp = stage("fingerprint", cmd_fingerprint, "Measure spacings, shapes, intensities.")
+    sp.add_argument("--raw", required=True, help="dataset folder holding dataset.json")
+    sp.add_argument("--out", required=True, help="fingerprint JSON to write")
+    sp.add_argument("--workers", type=int, default=1, help="cases read in parallel")
+    sp = stage("plan", cmd_plan, "Plan spacing, patch, topology and batch for one dimension.")
+    sp.add_argument("--fingerprint", required=True, help="fingerprint JSON")
+    sp.add_argument("--dim", type=int, choices=(2, 3), required=True)
+    sp.add_argument("--out", required=True, help="plan JSON to write")
+    sp = stage("split", cmd_split, "Make the 5-fold cross-validation split (splits.json).")
+    sp.add_argument("--raw", required=True)
+    sp.add_argument("--out", required=True)
+    sp = stage("preprocess", cmd_preprocess, "Crop, resample and normalize every training case.")
+    sp.add_argument("--raw", required=True)
+    sp.add_argument("--plan", required=True)
+    sp.add_argument("--out", required=True, help="folder; manifest.json is written last")
+    sp.add_argument("--workers", type=int, default=0, help="parallel cases (0: from config)")
+    sp = stage("train", cmd_train, "Train one fold (resumes from last.pt; torchrun for DDP).")
+    sp.add_argument("--preprocessed", required=True)
+    sp.add_argument("--splits", required=True)
+    sp.add_argument("--fold", type=int, required=True)
+    sp.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    sp.add_argument("--out", required=True, help="run folder (final.pt, metrics.csv, train.json)")
+    sp.add_argument("--epochs", type=int, help="override the configured epochs (extend a run)")
+    sp.add_argument("--threads", type=int, help="CPU threads for torch")
+    sp.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU exists")
+    sp = stage("predict", cmd_predict, "Sliding-window prediction to NIfTI in original geometry.")
+    sp.add_argument("--model", required=True, help="final.pt of a training run")
+    sp.add_argument("--raw", required=True)
+    sp.add_argument("--splits", help="splits.json (with --fold: predict its validation cases)")
+    sp.add_argument("--fold", type=int)
+    sp.add_argument("--cases", nargs="*", help="case ids to predict instead of a fold")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--continue", dest="continue_", action="store_true",
+                    help="skip cases whose output already exists")
+    sp.add_argument("--threads", type=int)
+    sp = stage("evaluate", cmd_evaluate, "Dice per class per case in original space (CSV).")
+    sp.add_argument("--pred", required=True)
+    sp.add_argument("--raw", required=True)
+    sp.add_argument("--splits", required=True)
+    sp.add_argument("--fold", type=int, required=True)
+    sp.add_argument("--out", required=True)
+    sp = stage("benchmark", cmd_benchmark, "Training or inference throughput like the reference.")
+    sp.add_argument("--mode", choices=("train", "predict"), required=True)
+    sp.add_argument("--dim", type=int, choices=(2, 3), required=True)
+    sp.add_argument("--batch-size", type=int, required=True)
+    sp.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    sp.add_argument("--plan", required=True)
+    sp.add_argument("--preprocessed", help="real patches with augmentation (else synthetic)")
+    sp.add_argument("--patch-size", type=int, nargs="*", help="override the plan's patch")
+    sp.add_argument("--warmup", type=int, help="warm-up steps (default: config)")
+    sp.add_argument("--steps", type=int, help="timed steps (default: config)")
+    sp.add_argument("--synthetic", action="store_true", help="random tensors instead of data")
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--threads", type=int)
+    sp.add_argument("--cpu", action="store_true")
+    sp = stage("tables", cmd_tables, "Render results/tables.md from the study's outputs.")
+    sp.add_argument("--out", required=True)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "predict" and not args.cases and (args.splits is None or args.fold is None):
+        print("nnpipe predict: give --splits and --fold, or --cases", file=sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        print(f"nnpipe {args.command}: error: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,193 @@
+"""Study configuration: YAML validated against ``schema.yaml``, then frozen dataclasses.
+
+The schema (shipped in the package, linked as ``config/schema.yaml`` for Snakemake) is the one
+place that lists every key with its type, description and default. Code below the CLI never
+indexes raw dicts: it receives the typed sections defined here.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+PRECISIONS = ("fp32", "tf32", "amp", "bf16")
+
+
+def load_schema() -> dict[str, Any]:
+    text = resources.files("nnpipe").joinpath("schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def _fill_defaults(schema: dict[str, Any], value: Any) -> Any:
+    """Return ``value`` with every missing key that has a schema default filled in (deeply)."""
+    if schema.get("type") != "object" or not isinstance(value, dict):
+        return value
+    out = dict(value)
+    for key, sub in schema.get("properties", {}).items():
+        if key not in out and "default" in sub:
+            out[key] = copy.deepcopy(sub["default"])
+        if key in out:
+            out[key] = _fill_defaults(sub, out[key])
+    return out
+
+
+def validate_config(raw: dict[str, Any] | None) -> dict[str, Any]:
+    """Validate ``raw`` against the schema, filling defaults; ``ValueError`` names the key."""
+    schema = load_schema()
+    filled = _fill_defaults(schema, raw or {})
+    try:
+        jsonschema.validate(filled, schema)
+    except jsonschema.ValidationError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
+        raise ValueError(f"config key {where}: {exc.message}") from None
+    return filled
+
+
+@dataclass(frozen=True)
+class EmbeddedSettings:
+    n_train: int
+    n_test: int
+    seed: int
+    resolution_mm: float
+
+
+@dataclass(frozen=True)
+class DatasetSettings:
+    name: str
+    source: str
+    path: str
+    embedded: EmbeddedSettings
+
+
+@dataclass(frozen=True)
+class GridSettings:
+    dims: tuple[int, ...]
+    precisions: tuple[str, ...]
+    gpus: tuple[int, ...]
+    folds: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class PlanningSettings:
+    max_patch_voxels_3d: int
+    max_patch_voxels_2d: int
+    base_filters: int
+    max_batch_size: int
+    batch_voxels_3d: int
+    batch_voxels_2d: int
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    workers: int
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    epochs: int
+    steps_per_epoch: int
+    val_patches: int
+    optimizer: str
+    learning_rate: float
+    weight_decay: float
+    foreground_prob: float
+    augment: bool
+    deep_supervision: bool
+    batch_size: int
+    seed: int
+    deterministic: bool
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    overlap: float
+    blend: str
+    tta: bool
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class BenchmarkSettings:
+    precisions: tuple[str, ...]
+    gpus: tuple[int, ...]
+    train_batch_sizes_2d: tuple[int, ...]
+    train_batch_sizes_3d: tuple[int, ...]
+    predict_batch_sizes_2d: tuple[int, ...]
+    predict_batch_sizes_3d: tuple[int, ...]
+    patch_size_2d: tuple[int, ...]
+    patch_size_3d: tuple[int, ...]
+    warmup_steps: int
+    timed_steps: int
+    synthetic: bool
+
+    def train_batch_sizes(self, dim: int) -> tuple[int, ...]:
+        return self.train_batch_sizes_2d if dim == 2 else self.train_batch_sizes_3d
+
+    def predict_batch_sizes(self, dim: int) -> tuple[int, ...]:
+        return self.predict_batch_sizes_2d if dim == 2 else self.predict_batch_sizes_3d
+
+    def patch_size(self, dim: int) -> tuple[int, ...]:
+        return self.patch_size_2d if dim == 2 else self.patch_size_3d
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    results_dir: str
+    dataset: DatasetSettings
+    grid: GridSettings
+    planning: PlanningSettings
+    preprocess: PreprocessSettings
+    training: TrainingSettings
+    inference: InferenceSettings
+    benchmark: BenchmarkSettings
+
+
+def _build(cls: type, value: dict[str, Any]) -> Any:
+    kwargs = {}
+    for f in fields(cls):
+        v = value[f.name]
+        sub = _SECTIONS.get((cls, f.name))
+        if sub is not None:
+            v = _build(sub, v)
+        elif isinstance(v, list):
+            v = tuple(v)
+        kwargs[f.name] = v
+    return cls(**kwargs)
+
+
+_SECTIONS: dict[tuple[type, str], type] = {
+    (StudyConfig, "dataset"): DatasetSettings,
+    (DatasetSettings, "embedded"): EmbeddedSettings,
+    (StudyConfig, "grid"): GridSettings,
+    (StudyConfig, "planning"): PlanningSettings,
+    (StudyConfig, "preprocess"): PreprocessSettings,
+    (StudyConfig, "training"): TrainingSettings,
+    (StudyConfig, "inference"): InferenceSettings,
+    (StudyConfig, "benchmark"): BenchmarkSettings,
+}
+
+
+def study_config(raw: dict[str, Any] | None) -> StudyConfig:
+    """Validate a raw config mapping (as Snakemake holds it) into a :class:`StudyConfig`."""
+    return _build(StudyConfig, validate_config(raw))
+
+
+def load_config(path: Path | str | None) -> StudyConfig:
+    """Read a YAML config file (``None``: all defaults) into a :class:`StudyConfig`."""
+    if path is None:
+        return study_config({})
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"config file {str(path)!r} cannot be read: {exc}") from exc
+    try:
+        return study_config(raw)
+    except ValueError as exc:
+        raise ValueError(f"config file {str(path)!r}: {exc}") from None

@@ -1,0 +1,231 @@
+"""Sliding-window prediction: tile a whole image, predict each tile, blend the tiles back.
+
+A network trained on patches sees a whole volume as a grid of overlapping patches
+("tiles"). Each tile's softmax probabilities are multiplied by a blending weight (a Gaussian
+that trusts the tile centre more than its border, or a constant) and added into a
+``(K, *spatial)`` sum; dividing by the summed weights gives the blended probabilities.
+
+Shapes: an image is channel-first ``(C, *spatial)`` with 2 or 3 spatial axes; a tile batch is
+``(B, C, *patch)``; ``predict`` returns logits ``(B, K, *patch)``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from enum import Enum
+
+import torch
+import torch.nn.functional as F
+
+Predict = Callable[[torch.Tensor], "torch.Tensor | Sequence[torch.Tensor]"]
+
+# Gaussian weights are clamped from below so that a voxel covered only by tile borders
+# (image corners) still gets a finite, well-defined average instead of 0 / 0.
+MIN_WEIGHT = 1e-3
+
+
+class Blend(str, Enum):
+    """How tile predictions are weighted before they are summed."""
+
+    GAUSSIAN = "gaussian"
+    CONSTANT = "constant"
+
+
+def tile_starts(size: int, patch: int, overlap: float) -> list[int]:
+    """Start indices (voxels) of the tiles along one axis of length ``size``.
+
+    The target step between tiles is ``patch * (1 - overlap)``. We take the fewest tiles
+    whose step does not exceed that target, ``n = ceil((size - patch) / step) + 1``, and then
+    spread them evenly from 0 to ``size - patch`` (rounded to whole voxels). Spreading them
+    evenly, as nnU-Net does, makes the overlap uniform and at least the requested one, and the
+    last tile ends exactly at the image border, so no tile hangs over the edge.
+    An axis no longer than the patch gets one tile at 0 (the image is padded up to the patch).
+    """
+    if size < 1 or patch < 1:
+        raise ValueError(f"size and patch must be >= 1 voxel, got size={size}, patch={patch}")
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    if size <= patch:
+        return [0]
+    target_step = patch * (1.0 - overlap)
+    n = math.ceil((size - patch) / target_step) + 1
+    actual_step = (size - patch) / (n - 1)
+    # floor(x + 0.5): round halves up, so the result does not depend on banker's rounding.
+    return [int(math.floor(i * actual_step + 0.5)) for i in range(n)]
+
+
+def tile_grid(shape: Sequence[int], patch: Sequence[int],
+              overlap: float) -> list[tuple[slice, ...]]:
+    """All tiles of an image of spatial ``shape``: one tuple of slices per tile, C-order.
+
+    ``shape`` must be at least ``patch`` along every axis (pad first); tiles cover every voxel.
+    """
+    if len(shape) != len(patch):
+        raise ValueError(f"shape {tuple(shape)} and patch {tuple(patch)} differ in length")
+    for s, p in zip(shape, patch, strict=True):
+        if s < p:
+            raise ValueError(f"shape {tuple(shape)} is smaller than patch {tuple(patch)}; pad it")
+    starts = [tile_starts(s, p, overlap) for s, p in zip(shape, patch, strict=True)]
+    return [tuple(slice(a, a + p) for a, p in zip(corner, patch, strict=True))
+            for corner in itertools.product(*starts)]
+
+
+def gaussian_weight(patch: Sequence[int], sigma_scale: float = 0.125) -> torch.Tensor:
+    """Gaussian blending weight of shape ``patch``: 1 at the centre, >= ``MIN_WEIGHT`` anywhere.
+
+    ``sigma = sigma_scale * patch`` per axis (nnU-Net's 1/8). Peak-normalized to 1.
+    """
+    if sigma_scale <= 0:
+        raise ValueError(f"sigma_scale must be > 0, got {sigma_scale}")
+    weight = torch.ones((), dtype=torch.float64)
+    for p in patch:
+        x = torch.arange(p, dtype=torch.float64) - (p - 1) / 2.0
+        sigma = sigma_scale * p
+        weight = weight.unsqueeze(-1) * torch.exp(-(x**2) / (2.0 * sigma**2))
+    weight = weight / weight.max()
+    return weight.clamp_min(MIN_WEIGHT).to(torch.float32)
+
+
+def blend_weight(patch: Sequence[int], blend: Blend | str = Blend.GAUSSIAN) -> torch.Tensor:
+    """The tile weight for ``blend``: :func:`gaussian_weight` or all ones, shape ``patch``."""
+    blend = _as_blend(blend)
+    if blend is Blend.CONSTANT:
+        return torch.ones(tuple(patch), dtype=torch.float32)
+    return gaussian_weight(patch)
+
+
+def sliding_window(predict: Predict, image: torch.Tensor, patch: Sequence[int],
+                   num_classes: int, overlap: float = 0.5, blend: Blend | str = "gaussian",
+                   batch_size: int = 2, tta_flips: bool = False,
+                   device: torch.device | str | None = None,
+                   accumulate_device: torch.device | str | None = None) -> torch.Tensor:
+    """Blended softmax probabilities ``(K, *spatial)`` for ``image`` ``(C, *spatial)``.
+
+    ``predict`` maps tiles ``(B, C, *patch)`` on ``device`` (default: the image's) to logits
+    ``(B, K, *patch)``; a list or tuple (deep supervision) contributes its first element.
+    Sums are kept on ``accumulate_device`` (default: the image's; pass ``"cpu"`` when a
+    whole-volume ``(K, *spatial)`` sum does not fit beside the model on the GPU).
+    With ``tta_flips`` every tile is also predicted under all ``2**dim`` flips of its spatial
+    axes and the flipped-back probabilities are averaged.
+    """
+    _check_image(image, patch, "image (C, *spatial)", extra_axes=1)
+    out = _sliding_window_many(predict, image.unsqueeze(0), patch, num_classes, overlap,
+                               blend, batch_size, tta_flips, device, accumulate_device)
+    return out[0]
+
+
+def predict_volume_2d(predict: Predict, image: torch.Tensor, slice_axis: int,
+                      patch: Sequence[int], num_classes: int, overlap: float = 0.5,
+                      blend: Blend | str = "gaussian", batch_size: int = 2,
+                      tta_flips: bool = False, device: torch.device | str | None = None,
+                      accumulate_device: torch.device | str | None = None) -> torch.Tensor:
+    """Apply a 2D model slice by slice: image ``(C, X, Y, Z)`` -> probabilities ``(K, X, Y, Z)``.
+
+    ``slice_axis`` (0, 1 or 2) is the voxel axis sliced along; ``patch`` is the 2D patch over
+    the two other axes in increasing axis order. Tiles of different slices share forward
+    passes (``batch_size`` tiles each). Other arguments as in :func:`sliding_window`.
+    """
+    if image.ndim != 4:
+        raise ValueError(f"image must be (C, X, Y, Z), got shape {tuple(image.shape)}")
+    if slice_axis not in (0, 1, 2):
+        raise ValueError(f"slice_axis must be 0, 1 or 2, got {slice_axis}")
+    if len(patch) != 2:
+        raise ValueError(f"patch must have 2 sizes for a 2D model, got {tuple(patch)}")
+    slices = image.movedim(1 + slice_axis, 0)  # (S, C, a, b)
+    out = _sliding_window_many(predict, slices, patch, num_classes, overlap, blend,
+                               batch_size, tta_flips, device, accumulate_device)
+    return out.movedim(0, 1 + slice_axis)  # (S, K, a, b) -> (K, X, Y, Z)
+
+
+def _sliding_window_many(predict: Predict, images: torch.Tensor, patch: Sequence[int],
+                         num_classes: int, overlap: float, blend: Blend | str,
+                         batch_size: int, tta_flips: bool,
+                         device: torch.device | str | None,
+                         accumulate_device: torch.device | str | None) -> torch.Tensor:
+    """Sliding window over ``N`` same-shape images ``(N, C, *spatial)`` -> ``(N, K, *spatial)``."""
+    _check_image(images, patch, "images (N, C, *spatial)", extra_axes=2)
+    if num_classes < 1 or batch_size < 1:
+        raise ValueError(f"num_classes and batch_size must be >= 1, "
+                         f"got num_classes={num_classes}, batch_size={batch_size}")
+    device = torch.device(device) if device is not None else images.device
+    acc_device = torch.device(accumulate_device) if accumulate_device else images.device
+    padded, crop = _pad_to_patch(images, patch)
+    spatial = tuple(padded.shape[2:])
+    tiles = tile_grid(spatial, patch, overlap)
+    weight = blend_weight(patch, blend).to(device)
+    weight_sum = torch.zeros(spatial, dtype=torch.float32, device=acc_device)
+    acc_weight = weight.to(acc_device)
+    for tile in tiles:  # the same grid for every image, so one weight sum serves all
+        weight_sum[tile] += acc_weight
+    sums = torch.zeros((images.shape[0], num_classes, *spatial), dtype=torch.float32,
+                       device=acc_device)
+    jobs = [(n, tile) for n in range(images.shape[0]) for tile in tiles]
+    with torch.no_grad():
+        for i in range(0, len(jobs), batch_size):
+            chunk = jobs[i:i + batch_size]
+            batch = torch.stack([padded[(n, slice(None), *tile)] for n, tile in chunk]).to(device)
+            probs = _tile_probs(predict, batch, num_classes, tta_flips) * weight
+            probs = probs.to(acc_device)
+            for (n, tile), p in zip(chunk, probs, strict=True):
+                sums[(n, slice(None), *tile)] += p
+    return (sums / weight_sum)[(slice(None), slice(None), *crop)]
+
+
+def _tile_probs(predict: Predict, batch: torch.Tensor, num_classes: int,
+                tta_flips: bool) -> torch.Tensor:
+    """Softmax probabilities ``(B, K, *patch)`` of one tile batch, averaged over flips."""
+    spatial_axes = tuple(range(2, batch.ndim))
+    flips: list[tuple[int, ...]] = [()]
+    if tta_flips:
+        flips = [c for r in range(len(spatial_axes) + 1)
+                 for c in itertools.combinations(spatial_axes, r)]
+    total = None
+    for axes in flips:
+        logits = predict(batch.flip(axes) if axes else batch)
+        if isinstance(logits, list | tuple):  # deep supervision: full resolution first
+            logits = logits[0]
+        expected = (batch.shape[0], num_classes, *batch.shape[2:])
+        if tuple(logits.shape) != expected:
+            raise ValueError(f"predict returned shape {tuple(logits.shape)}, expected {expected}"
+                             f" (B, num_classes, *patch)")
+        if axes:
+            logits = logits.flip(axes)
+        probs = torch.softmax(logits.float(), dim=1)
+        total = probs if total is None else total + probs
+    assert total is not None  # flips is never empty
+    return total / len(flips)
+
+
+def _pad_to_patch(images: torch.Tensor,
+                  patch: Sequence[int]) -> tuple[torch.Tensor, tuple[slice, ...]]:
+    """Zero-pad ``(N, C, *spatial)`` centrally up to ``patch``; return the crop back."""
+    pad: list[tuple[int, int]] = []
+    crop: list[slice] = []
+    for size, p in zip(images.shape[2:], patch, strict=True):
+        before = max(p - size, 0) // 2
+        pad.append((before, max(p - size, 0) - before))
+        crop.append(slice(before, before + size))
+    if not any(b or a for b, a in pad):
+        return images, tuple(crop)
+    flat = [v for b_a in reversed(pad) for v in b_a]  # F.pad wants the last axis first
+    return F.pad(images, flat, mode="constant", value=0.0), tuple(crop)
+
+
+def _check_image(image: torch.Tensor, patch: Sequence[int], what: str, extra_axes: int) -> None:
+    if len(patch) not in (2, 3):
+        raise ValueError(f"patch must have 2 or 3 sizes, got {tuple(patch)}")
+    if any(p < 1 for p in patch):
+        raise ValueError(f"patch sizes must be >= 1, got {tuple(patch)}")
+    if image.ndim != len(patch) + extra_axes:
+        raise ValueError(f"{what} must have {len(patch)} spatial axes for patch "
+                         f"{tuple(patch)}, got shape {tuple(image.shape)}")
+
+
+def _as_blend(blend: Blend | str) -> Blend:
+    try:
+        return Blend(blend)
+    except ValueError:
+        options = ", ".join(b.value for b in Blend)
+        raise ValueError(f"blend must be one of {options}, got {blend!r}") from None

@@ -1,0 +1,235 @@
+"""Dataset fingerprint: the per-case geometry and foreground intensities planning needs.
+
+One pass over the training cases (in parallel when ``workers > 1``) records each case's
+spacing, shape and shape after cropping to the nonzero box, and per-channel intensity
+statistics over foreground voxels (label > 0). Memory stays bounded: mean, std, min and max
+are exact and combined from per-case partial sums; the 0.5/99.5 percentiles come from a
+seeded sample of at most ``max_samples_per_case`` foreground voxels per case (cases are
+weighted equally), never from all voxels of all cases.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+from nnpipe.datasets.layout import Case, Dataset, read_image, read_label
+from nnpipe.errors import DataError
+from nnpipe.io import spacing_of
+from nnpipe.progress import log
+
+Bbox = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+T = TypeVar("T")
+R = TypeVar("R")
+
+MAX_SAMPLES_PER_CASE = 10_000
+
+
+@dataclass(frozen=True)
+class IntensityStats:
+    """Foreground intensity statistics of one channel over the whole training set."""
+
+    mean: float
+    std: float
+    min: float
+    max: float
+    p00_5: float  # 0.5th percentile
+    p99_5: float  # 99.5th percentile
+    n_voxels: int  # foreground voxels counted (all cases)
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What planning knows about a dataset. Per-case tuples follow ``case_ids``' order.
+
+    Shapes are voxels along (X, Y, Z); spacings are mm along the same axes.
+    """
+
+    case_ids: tuple[str, ...]
+    spacings: tuple[tuple[float, float, float], ...]
+    shapes: tuple[tuple[int, int, int], ...]  # original image shape
+    cropped_shapes: tuple[tuple[int, int, int], ...]  # after crop to the nonzero box
+    intensity: tuple[IntensityStats, ...]  # per channel
+    num_channels: int
+    labels: dict[int, str]  # label value -> name, background included
+    is_ct: tuple[bool, ...]  # per channel
+
+    def __post_init__(self) -> None:
+        n = len(self.case_ids)
+        if n == 0:
+            raise ValueError("a fingerprint needs at least one case")
+        for name in ("spacings", "shapes", "cropped_shapes"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"{name} has {len(getattr(self, name))} entries for {n} cases")
+        for name in ("intensity", "is_ct"):
+            if len(getattr(self, name)) != self.num_channels:
+                raise ValueError(f"{name} has {len(getattr(self, name))} entries for "
+                                 f"{self.num_channels} channels")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["labels"] = {str(k): v for k, v in self.labels.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Fingerprint:
+        return cls(
+            case_ids=tuple(str(c) for c in d["case_ids"]),
+            spacings=tuple((float(x), float(y), float(z)) for x, y, z in d["spacings"]),
+            shapes=tuple(_shape3(s) for s in d["shapes"]),
+            cropped_shapes=tuple(_shape3(s) for s in d["cropped_shapes"]),
+            intensity=tuple(IntensityStats(**s) for s in d["intensity"]),
+            num_channels=int(d["num_channels"]),
+            labels={int(k): str(v) for k, v in d["labels"].items()},
+            is_ct=tuple(bool(v) for v in d["is_ct"]),
+        )
+
+
+def crop_to_nonzero(image: np.ndarray, label: np.ndarray | None = None
+                    ) -> tuple[Bbox, np.ndarray, np.ndarray | None]:
+    """Crop ``image`` (C, X, Y, Z) and ``label`` (X, Y, Z) to the box of nonzero voxels.
+
+    A voxel counts as nonzero if it is nonzero in any channel. The box is half-open,
+    ``((x0, x1), (y0, y1), (z0, z1))`` in voxels. An all-zero image keeps its full extent.
+    """
+    if image.ndim != 4:
+        raise ValueError(f"image must be (C, X, Y, Z), got shape {image.shape}")
+    if label is not None and label.shape != image.shape[1:]:
+        raise ValueError(f"label shape {label.shape} differs from image shape {image.shape[1:]}")
+    nonzero = np.any(image != 0, axis=0)
+    bbox_list = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(np.any(nonzero, axis=other))
+        if hits.size == 0:
+            bbox_list.append((0, int(image.shape[axis + 1])))
+        else:
+            bbox_list.append((int(hits[0]), int(hits[-1]) + 1))
+    bbox: Bbox = (bbox_list[0], bbox_list[1], bbox_list[2])
+    sl = tuple(slice(lo, hi) for lo, hi in bbox)
+    cropped_label = None if label is None else label[sl]
+    return bbox, image[(slice(None), *sl)], cropped_label
+
+
+@dataclass(frozen=True)
+class _ChannelPart:
+    """One case's contribution to one channel's statistics."""
+
+    n: int
+    mean: float
+    m2: float  # sum of squared deviations from the mean
+    min: float
+    max: float
+    sample: np.ndarray  # at most max_samples_per_case foreground intensities
+
+
+@dataclass(frozen=True)
+class _CaseRecord:
+    case_id: str
+    spacing: tuple[float, float, float]
+    shape: tuple[int, int, int]
+    cropped_shape: tuple[int, int, int]
+    channels: tuple[_ChannelPart, ...]
+
+
+def _case_seed(case_id: str) -> int:
+    """A seed that depends only on the case id, so results do not depend on worker order."""
+    return zlib.crc32(case_id.encode())
+
+
+def _fingerprint_case(args: tuple[Dataset, Case, int]) -> _CaseRecord:
+    ds, case, max_samples = args
+    image, affine = read_image(ds, case)
+    label = read_label(ds, case, image_shape=image.shape[1:], image_affine=affine)
+    _, cropped, _ = crop_to_nonzero(image, None)
+    foreground = label > 0
+    n = int(foreground.sum())
+    rng = np.random.default_rng(_case_seed(case.case_id))
+    pick = np.sort(rng.choice(n, size=max_samples, replace=False)) if n > max_samples else None
+    parts = []
+    for channel in image:
+        values = channel[foreground].astype(np.float64)
+        sample = (values if pick is None else values[pick]).astype(np.float32)
+        if n == 0:
+            parts.append(_ChannelPart(0, 0.0, 0.0, np.inf, -np.inf, sample))
+            continue
+        mean = float(values.mean())
+        parts.append(_ChannelPart(n, mean, float(((values - mean) ** 2).sum()),
+                                  float(values.min()), float(values.max()), sample))
+    spacing = spacing_of(affine)
+    return _CaseRecord(case.case_id, (spacing[0], spacing[1], spacing[2]),
+                       _shape3(image.shape[1:]), _shape3(cropped.shape[1:]), tuple(parts))
+
+
+def _shape3(shape: Iterable[int]) -> tuple[int, int, int]:
+    s = tuple(int(v) for v in shape)
+    return (s[0], s[1], s[2])
+
+
+def _combine(parts: list[_ChannelPart]) -> IntensityStats:
+    """Chan et al.'s pairwise combination of per-case means and squared deviations."""
+    n, mean, m2 = 0, 0.0, 0.0
+    for p in parts:
+        if p.n == 0:
+            continue
+        total = n + p.n
+        delta = p.mean - mean
+        mean += delta * p.n / total
+        m2 += p.m2 + delta * delta * n * p.n / total
+        n = total
+    pooled = np.concatenate([p.sample for p in parts])
+    low, high = np.percentile(pooled, [0.5, 99.5])
+    return IntensityStats(mean=mean, std=float(np.sqrt(m2 / n)), min=min(p.min for p in parts),
+                          max=max(p.max for p in parts), p00_5=float(low), p99_5=float(high),
+                          n_voxels=n)
+
+
+def imap_cases(func: Callable[[T], R], items: list[T], workers: int) -> Iterator[R]:
+    """``map(func, items)`` in order, in a process pool when ``workers > 1``.
+
+    Uses ``fork`` where available: ``spawn`` would re-run a Snakemake ``script:`` (which has no
+    ``__main__`` guard) in every worker. An exception in any worker ends the pool and is
+    re-raised here.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if workers == 1 or len(items) <= 1:
+        yield from map(func, items)
+        return
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with multiprocessing.get_context(method).Pool(min(workers, len(items))) as pool:
+        yield from pool.imap(func, items, chunksize=1)
+
+
+def compute_fingerprint(ds: Dataset, workers: int = 1, progress: bool = True, *,
+                        max_samples_per_case: int = MAX_SAMPLES_PER_CASE) -> Fingerprint:
+    """Read every training case once and summarize it.
+
+    Raises :class:`DataError` naming the case for unreadable or inconsistent files (shape or
+    affine mismatch, unknown label values, NaN), and if no case has any foreground voxel.
+    """
+    items = [(ds, case, max_samples_per_case) for case in ds.training]
+    records: list[_CaseRecord] = []
+    for i, rec in enumerate(imap_cases(_fingerprint_case, items, workers), start=1):
+        records.append(rec)
+        if progress:
+            log(f"fingerprint {i}/{len(items)} {rec.case_id}: shape {rec.shape} spacing "
+                f"{tuple(round(s, 3) for s in rec.spacing)} cropped {rec.cropped_shape}")
+    if all(r.channels[0].n == 0 for r in records):
+        raise DataError("no training case has any foreground voxel (label > 0)", path=ds.root)
+    return Fingerprint(
+        case_ids=tuple(r.case_id for r in records),
+        spacings=tuple(r.spacing for r in records),
+        shapes=tuple(r.shape for r in records),
+        cropped_shapes=tuple(r.cropped_shape for r in records),
+        intensity=tuple(_combine([r.channels[c] for r in records])
+                        for c in range(ds.num_channels)),
+        num_channels=ds.num_channels,
+        labels=dict(ds.labels),
+        is_ct=ds.is_ct,
+    )

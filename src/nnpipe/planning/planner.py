@@ -1,0 +1,213 @@
+"""Planning: a :class:`Fingerprint` and a few settings in, a frozen :class:`Plan` out.
+
+Pure functions, no I/O. The rules follow nnU-Net's experiment planner:
+
+* target spacing: the per-axis median spacing; for anisotropic data whose coarse axis also
+  has few voxels, the 10th percentile along that axis, so most cases are upsampled a little
+  rather than some being downsampled a lot;
+* patch: the median shape at the target spacing, shrunk along its longest (mm) axis until it
+  fits the voxel budget, each axis a multiple of the network's total downsampling;
+* batch: as many patches as a batch voxel budget holds, at least ``min_batch_size``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from nnpipe.planning.fingerprint import Fingerprint
+from nnpipe.planning.plan import ChannelNorm, Plan
+from nnpipe.planning.topology import Kernels, Strides, total_strides, unet_filters, unet_topology
+
+if TYPE_CHECKING:
+    from nnpipe.config import PlanningSettings
+
+
+@dataclass(frozen=True)
+class PlannerSettings:
+    """Budgets and limits of the planner.
+
+    ``max_patch_voxels_*`` bound one patch; ``batch_voxels_*`` bound one batch (default:
+    ``min_batch_size`` full-budget patches), so a patch smaller than the budget (small
+    images) gets a larger batch.
+    """
+
+    max_patch_voxels_3d: int = 128**3
+    max_patch_voxels_2d: int = 256 * 256
+    base_filters: int = 32
+    min_batch_size: int = 2
+    max_batch_size: int = 64
+    anisotropy_threshold: float = 3.0
+    batch_voxels_3d: int | None = None
+    batch_voxels_2d: int | None = None
+    max_depth: int = 5  # downsampling steps
+    min_feature_size: int = 4  # voxels per axis at the bottleneck, at least
+
+    def __post_init__(self) -> None:
+        for name in ("max_patch_voxels_3d", "max_patch_voxels_2d", "base_filters",
+                     "min_batch_size", "min_feature_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"PlannerSettings.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_batch_size < self.min_batch_size:
+            raise ValueError(f"PlannerSettings.max_batch_size ({self.max_batch_size}) is below "
+                             f"min_batch_size ({self.min_batch_size})")
+        if self.anisotropy_threshold <= 1:
+            raise ValueError("PlannerSettings.anisotropy_threshold must be > 1, got "
+                             f"{self.anisotropy_threshold}")
+        if self.max_depth < 0:
+            raise ValueError(f"PlannerSettings.max_depth must be >= 0, got {self.max_depth}")
+
+    def patch_budget(self, dim: int) -> int:
+        return self.max_patch_voxels_3d if dim == 3 else self.max_patch_voxels_2d
+
+    def batch_budget(self, dim: int) -> int:
+        explicit = self.batch_voxels_3d if dim == 3 else self.batch_voxels_2d
+        return explicit if explicit is not None else self.patch_budget(dim) * self.min_batch_size
+
+
+def settings_from_config(cfg: PlanningSettings) -> PlannerSettings:
+    """The planner settings of a study config's ``planning`` section (other fields: defaults)."""
+    return PlannerSettings(
+        max_patch_voxels_3d=cfg.max_patch_voxels_3d, max_patch_voxels_2d=cfg.max_patch_voxels_2d,
+        base_filters=cfg.base_filters, max_batch_size=cfg.max_batch_size,
+        batch_voxels_3d=cfg.batch_voxels_3d, batch_voxels_2d=cfg.batch_voxels_2d,
+    )
+
+
+def _last_argmax(values: Sequence[float]) -> int:
+    """Index of the largest value; ties go to the last axis (Z before Y before X)."""
+    top = max(values)
+    return max(i for i, v in enumerate(values) if v == top)
+
+
+def target_spacing(fp: Fingerprint, anisotropy_threshold: float = 3.0
+                   ) -> tuple[tuple[float, float, float], list[str]]:
+    """Target spacing (mm, X, Y, Z) and notes saying how it was chosen."""
+    spacings = np.asarray(fp.spacings, dtype=np.float64)
+    target = np.median(spacings, axis=0)
+    sizes = np.median(np.asarray(fp.cropped_shapes, dtype=np.float64), axis=0)
+    notes = [f"target spacing: per-axis median {_fmt(target)} mm"]
+    coarse = _last_argmax(target.tolist())
+    others = [a for a in range(3) if a != coarse]
+    aniso_spacing = target[coarse] >= anisotropy_threshold * target[others].min()
+    few_voxels = sizes[coarse] * anisotropy_threshold < sizes[others].min()
+    if aniso_spacing and few_voxels:
+        p10 = float(np.percentile(spacings[:, coarse], 10))
+        # Never go below the in-plane spacing: that would make the coarse axis the fine one.
+        p10 = max(p10, float(target[others].max()))
+        target[coarse] = p10
+        notes.append(f"anisotropic: axis {coarse} spacing from 10th percentile ({p10:.4g} mm)")
+    return (float(target[0]), float(target[1]), float(target[2])), notes
+
+
+def median_shape(fp: Fingerprint, spacing: Sequence[float]) -> tuple[int, int, int]:
+    """Median cropped shape (X, Y, Z) after resampling every case to ``spacing`` (mm)."""
+    shapes = np.asarray(fp.cropped_shapes, dtype=np.float64)
+    scaled = shapes * np.asarray(fp.spacings) / np.asarray(spacing, dtype=np.float64)
+    med = np.round(np.median(scaled, axis=0)).astype(int)
+    return (max(1, int(med[0])), max(1, int(med[1])), max(1, int(med[2])))
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+
+def _round_to_strides(patch: list[int], spacing: Sequence[float], settings: PlannerSettings,
+                      up: bool) -> tuple[list[int], Kernels, Strides]:
+    """Round each axis to a multiple of its total stride; repeat until the topology is stable.
+
+    Rounding up can allow one more downsampling (larger divisor) and rounding down one fewer
+    (smaller divisor, which the rounded size already satisfies); both settle within
+    ``max_depth`` rounds.
+    """
+    for _ in range(settings.max_depth + 2):
+        kernels, strides = unet_topology(patch, spacing, settings.max_depth,
+                                         settings.min_feature_size)
+        div = total_strides(strides)
+        if up:
+            new = [math.ceil(p / d) * d for p, d in zip(patch, div, strict=True)]
+        else:
+            new = [max(d, (p // d) * d) for p, d in zip(patch, div, strict=True)]
+        if new == patch:
+            return patch, kernels, strides
+        patch = new
+    raise RuntimeError(f"patch rounding did not settle at {patch}")  # not reachable
+
+
+def fit_patch(shape: Sequence[int], spacing: Sequence[float], budget: int,
+              settings: PlannerSettings) -> tuple[tuple[int, ...], Kernels, Strides]:
+    """Largest patch near ``shape`` (voxels) with at most ``budget`` voxels.
+
+    Starts from ``shape`` rounded up to the network's divisibility, then removes one
+    divisor-step at a time from the axis that is longest in mm (so the patch tends towards
+    a cube in physical space), and finally rounds every axis down to its total stride.
+    """
+    patch, _, strides = _round_to_strides([max(1, int(s)) for s in shape], spacing, settings,
+                                          up=True)
+    while math.prod(patch) > budget:
+        div = total_strides(strides)
+        shrinkable = [a for a in range(len(patch)) if patch[a] - div[a] >= 1]
+        if not shrinkable:
+            raise ValueError(f"a patch budget of {budget} voxels is too small for a U-Net "
+                             f"(reached {tuple(patch)})")
+        axis = max(shrinkable, key=lambda a: (patch[a] * spacing[a], a))
+        patch[axis] -= div[axis]
+        _, strides = unet_topology(patch, spacing, settings.max_depth, settings.min_feature_size)
+    patch, kernels, strides = _round_to_strides(patch, spacing, settings, up=False)
+    return tuple(patch), kernels, strides
+
+
+def channel_norms(fp: Fingerprint) -> tuple[ChannelNorm, ...]:
+    """CT: clip to the foreground 0.5/99.5 percentiles and standardize with the foreground
+    mean/std of the whole training set; anything else (MRI): z-score inside the nonzero mask,
+    per image."""
+    norms = []
+    for is_ct, stats in zip(fp.is_ct, fp.intensity, strict=True):
+        if is_ct:
+            norms.append(ChannelNorm("ct", clip_low=stats.p00_5, clip_high=stats.p99_5,
+                                     mean=stats.mean, std=stats.std))
+        else:
+            norms.append(ChannelNorm("zscore_nonzero"))
+    return tuple(norms)
+
+
+def make_plan(fp: Fingerprint, dim: int, settings: PlannerSettings, dataset_name: str) -> Plan:
+    """The plan for a ``dim``-D (2 or 3) network on the dataset ``fp`` describes."""
+    if dim not in (2, 3):
+        raise ValueError(f"dim must be 2 or 3, got {dim}")
+    target, notes = target_spacing(fp, settings.anisotropy_threshold)
+    slice_axis: int | None = None
+    full = target
+    if dim == 2:
+        median_spacing = np.median(np.asarray(fp.spacings, dtype=np.float64), axis=0).tolist()
+        slice_axis = _last_argmax(median_spacing)
+        # 2D preprocessing never resamples along the slice axis: keep its median spacing.
+        full = tuple(median_spacing[a] if a == slice_axis else target[a]  # type: ignore[assignment]
+                     for a in range(3))
+        notes = [n + " (unused in 2D: slice axis kept at its median)"
+                 if n.startswith(f"anisotropic: axis {slice_axis} ") else n for n in notes]
+        notes.append(f"2D: slice axis {slice_axis} (coarsest median spacing)")
+    med = median_shape(fp, full)
+    axes = (0, 1, 2) if dim == 3 else tuple(a for a in range(3) if a != slice_axis)
+    net_spacing = tuple(full[a] for a in axes)
+    budget = settings.patch_budget(dim)
+    patch, kernels, strides = fit_patch([med[a] for a in axes], net_spacing, budget, settings)
+    notes.append(f"patch {patch} from median shape {tuple(med[a] for a in axes)} "
+                 f"(budget {budget} voxels)")
+    raw_batch = settings.batch_budget(dim) // math.prod(patch)
+    batch = min(max(raw_batch, settings.min_batch_size), settings.max_batch_size)
+    if batch != raw_batch:
+        notes.append(f"batch size {raw_batch} clipped to {batch}")
+    return Plan(
+        dataset=dataset_name, dim=dim, spacing=net_spacing,
+        full_spacing=(full[0], full[1], full[2]), patch_size=patch,
+        kernels=kernels, strides=strides,
+        filters=unet_filters(len(strides), dim, settings.base_filters),
+        batch_size=batch, num_channels=fp.num_channels, num_classes=len(fp.labels),
+        labels=dict(fp.labels), channel_norms=channel_norms(fp), slice_axis=slice_axis,
+        median_shape=med, notes=tuple(notes),
+    )

@@ -1,0 +1,399 @@
+"""``results/tables.md``: the reference's three table families, rendered from outputs only.
+
+1. Training accuracy: Dice and time to train per (dim, GPUs), one column pair per precision.
+2. Training throughput: samples/s per (dim, GPUs, batch/GPU) and precision, speedup over the
+   first precision, weak scaling.
+3. Inference throughput: samples/s and latency per (dim, batch, resolution) and precision.
+
+:func:`render_tables` is pure (numbers in, markdown out); :func:`collect_and_render` reads the
+files the pipeline wrote and writes the markdown atomically. A cell without a measurement
+says why in words ("missing: <path>", "— (1 GPU not in grid)"), never shows a number.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import pandas as pd
+
+from nnpipe.errors import DataError
+from nnpipe.io import read_json, write_text
+from nnpipe.machine import machine_info
+
+if TYPE_CHECKING:
+    from nnpipe.config import StudyConfig
+
+BENCH_KEYS = ("mode", "dim", "precision", "batch_size", "gpus", "patch_size", "throughput",
+              "latency_ms")
+LATENCY_KEYS = ("mean", "p90", "p95", "p99")
+
+
+class RunKey(NamedTuple):
+    """One training run of the grid (plain tuples ``(dim, precision, gpus, fold)`` work too)."""
+
+    dim: int
+    precision: str
+    gpus: int
+    fold: int
+
+
+@dataclass(frozen=True)
+class TableGrid:
+    """The configured experiment grid: which rows and columns the tables have."""
+
+    dims: tuple[int, ...]
+    precisions: tuple[str, ...]  # training precisions; the first is the speedup baseline
+    gpus: tuple[int, ...]
+    folds: tuple[int, ...]
+    bench_precisions: tuple[str, ...]
+    bench_gpus: tuple[int, ...]  # process counts of the training benchmark
+    train_batch_sizes: Mapping[int, tuple[int, ...]]  # dim -> benchmark batch sizes per GPU
+    predict_batch_sizes: Mapping[int, tuple[int, ...]]  # dim -> inference benchmark batches
+
+    @classmethod
+    def from_study(cls, study: StudyConfig) -> TableGrid:
+        """The grid of a validated study config (its ``grid`` and ``benchmark`` sections)."""
+        grid, bench = study.grid, study.benchmark
+        return cls(dims=grid.dims, precisions=grid.precisions, gpus=grid.gpus, folds=grid.folds,
+                   bench_precisions=bench.precisions, bench_gpus=bench.gpus,
+                   train_batch_sizes={d: bench.train_batch_sizes(d) for d in grid.dims},
+                   predict_batch_sizes={d: bench.predict_batch_sizes(d) for d in grid.dims})
+
+
+# ---------------------------------------------------------------- the path grammar
+
+
+def run_name(dim: int, precision: str, gpus: int) -> str:
+    return f"{dim}d-{precision}-{gpus}gpu"
+
+
+def eval_csv_path(results_dir: Path | str, dataset: str, dim: int, precision: str, gpus: int,
+                  fold: int | str) -> Path:
+    return Path(results_dir, dataset, "evaluate", run_name(dim, precision, gpus),
+                f"fold{fold}.csv")
+
+
+def train_json_path(results_dir: Path | str, dataset: str, dim: int, precision: str, gpus: int,
+                    fold: int | str) -> Path:
+    return Path(results_dir, dataset, "train", run_name(dim, precision, gpus), f"fold{fold}",
+                "train.json")
+
+
+def bench_json_path(results_dir: Path | str, dataset: str, mode: str, dim: int, precision: str,
+                    batch_size: int, gpus: int) -> Path:
+    return Path(results_dir, dataset, "benchmark",
+                f"{mode}-{dim}d-{precision}-bs{batch_size}-{gpus}gpu.json")
+
+
+# ---------------------------------------------------------------- rendering (pure)
+
+
+def render_tables(grid: TableGrid, dice: Mapping[tuple, float],
+                  train_info: Mapping[tuple, Mapping[str, Any]], bench: Sequence[Mapping],
+                  machine: Mapping[str, str], *, dataset: str,
+                  results_dir: Path | str = "results") -> str:
+    """The whole ``tables.md``.
+
+    ``dice``: fold Dice in percent per ``RunKey``; ``train_info``: ``train.json`` contents per
+    ``RunKey``; ``bench``: benchmark JSON contents; ``machine``: cpu, gpu, torch, monai and
+    nnpipe versions. Only measurements present are given; the rest is named as missing
+    under ``results_dir``.
+    """
+    paths = _Paths(str(results_dir), dataset)
+    index = _index_bench(bench)
+    parts = [_header(dataset), _dice_table(grid, dice, train_info, machine, paths),
+             _train_bench_table(grid, index, machine, paths),
+             _predict_bench_table(grid, index, machine, paths)]
+    return "".join(parts)
+
+
+@dataclass(frozen=True)
+class _Paths:
+    root: str
+    dataset: str
+
+    def eval(self, dim: int, p: str, g: int, folds: Sequence[int]) -> str:
+        return str(eval_csv_path(self.root, self.dataset, dim, p, g, _folds_token(folds)))
+
+    def train(self, dim: int, p: str, g: int, folds: Sequence[int]) -> str:
+        return str(train_json_path(self.root, self.dataset, dim, p, g, _folds_token(folds)))
+
+    def bench(self, mode: str, dim: int, p: str, bs: int, g: int) -> str:
+        return str(bench_json_path(self.root, self.dataset, mode, dim, p, bs, g))
+
+
+def _folds_token(folds: Sequence[int]) -> str:
+    return str(folds[0]) if len(folds) == 1 else "{" + ",".join(map(str, folds)) + "}"
+
+
+def _header(dataset: str) -> str:
+    return (
+        f"# nnpipe results: dataset `{dataset}`\n\n"
+        "Rendered by `nnpipe.report.tables` from the pipeline's outputs only (evaluation CSVs,\n"
+        "`train.json`, benchmark JSONs). The embedded default dataset is small and synthetic,\n"
+        "not BraTS (MSD Task01_BrainTumour), and the machine named under each table is not\n"
+        "NVIDIA's DGX A100: these figures are not comparable with the reference's A100\n"
+        "figures (`reference/seed-tables.md`); they show the same measurements, taken here.\n"
+    )
+
+
+def _machine_line(machine: Mapping[str, str], devices: Sequence[str] = ()) -> str:
+    def get(key: str) -> str:
+        return str(machine.get(key, "unknown"))
+
+    line = (f"Machine: CPU {get('cpu')}; GPU {get('gpu')}; torch {get('torch')}, "
+            f"MONAI {get('monai')}, nnpipe {get('nnpipe')}.")
+    if devices:
+        line += f" Benchmarks ran on: {', '.join(sorted(set(devices)))}."
+    return line + "\n"
+
+
+def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _speedup_header(precisions: Sequence[str]) -> list[str]:
+    if len(precisions) == 1:
+        return ["Speedup"]
+    return [f"Speedup {precisions[0]}→{p}" for p in precisions[1:]]
+
+
+def _format_time(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def _folds_note(n: int, total: int) -> str:
+    if n == total:
+        return f"({n} fold{'s' if n > 1 else ''})"
+    return f"({n} of {total} folds)"
+
+
+def _dice_cell(values: list[float], total: int, missing: str) -> str:
+    if not values:
+        return f"missing: {missing}"
+    mean = statistics.fmean(values)
+    spread = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
+    return f"{mean:.2f}{spread} {_folds_note(len(values), total)}"
+
+
+def _dice_table(grid: TableGrid, dice: Mapping[tuple, float],
+                train_info: Mapping[tuple, Mapping[str, Any]], machine: Mapping[str, str],
+                paths: _Paths) -> str:
+    header = ["Dim", "GPUs", "Batch/GPU", *(f"Dice {p}" for p in grid.precisions),
+              *(f"Time {p}" for p in grid.precisions), *_speedup_header(grid.precisions)]
+    rows = []
+    for dim in grid.dims:
+        for g in grid.gpus:
+            dice_cells, time_cells, times = [], [], []
+            batches: set[int] = set()
+            for p in grid.precisions:
+                keys = [RunKey(dim, p, g, f) for f in grid.folds]
+                values = [dice[k] for k in keys if k in dice]
+                dice_cells.append(_dice_cell(values, len(keys), paths.eval(dim, p, g, grid.folds)))
+                infos = [train_info[k] for k in keys if k in train_info]
+                batches |= {int(i["batch_size"]) for i in infos}
+                t = statistics.fmean(float(i["time_to_train_s"]) for i in infos) if infos else None
+                times.append(t)
+                time_cells.append(_time_cell(t, len(infos), len(keys),
+                                             paths.train(dim, p, g, grid.folds)))
+            batch = "/".join(map(str, sorted(batches))) or "— (no train.json)"
+            speedups = _ratio_cells(grid.precisions, times, "time", invert=True)
+            rows.append([str(dim), str(g), batch, *dice_cells, *time_cells, *speedups])
+    return ("\n## Training accuracy\n\n" + _machine_line(machine) + "\n"
+            "Dice: mean over foreground labels per case, mean over a fold's validation cases,\n"
+            "in percent; mean ± sample std over folds. Time: wall time of one fold's training,\n"
+            "mean over folds. Speedup: time of the first precision / time of the other.\n\n"
+            + _md_table(header, rows))
+
+
+def _time_cell(seconds: float | None, n: int, total: int, missing: str) -> str:
+    if seconds is None:
+        return f"missing: {missing}"
+    return _format_time(seconds) + ("" if n == total else f" {_folds_note(n, total)}")
+
+
+def _ratio_cells(precisions: Sequence[str], values: Sequence[float | None], what: str,
+                 invert: bool) -> list[str]:
+    """Speedup cells of each precision after the first, against the first."""
+    if len(precisions) == 1:
+        return ["— (one precision in grid)"]
+    base = values[0]
+    cells = []
+    for p, v in zip(precisions[1:], values[1:], strict=True):
+        if base is None or v is None:
+            cells.append(f"— (no {what} for {precisions[0] if base is None else p})")
+        else:
+            cells.append(f"{(base / v) if invert else (v / base):.2f}")
+    return cells
+
+
+BenchIndex = dict[tuple[str, int, str, int, int], Mapping[str, Any]]
+
+
+def _index_bench(bench: Sequence[Mapping[str, Any]]) -> BenchIndex:
+    index: BenchIndex = {}
+    for b in bench:
+        key = (str(b["mode"]), int(b["dim"]), str(b["precision"]), int(b["batch_size"]),
+               int(b["gpus"]))
+        if key in index:
+            raise ValueError(f"two benchmark results for mode/dim/precision/batch/gpus {key}")
+        index[key] = b
+    return index
+
+
+def _train_bench_table(grid: TableGrid, index: BenchIndex, machine: Mapping[str, str],
+                       paths: _Paths) -> str:
+    ps = grid.bench_precisions
+    header = ["Dim", "GPUs", "Batch/GPU", *(f"{p} [samples/s]" for p in ps),
+              *_speedup_header(ps), *(f"Weak scaling {p}" for p in ps)]
+    rows, devices = [], []
+    for dim in grid.dims:
+        for g in grid.bench_gpus:
+            for bs in grid.train_batch_sizes.get(dim, ()):
+                found = [index.get(("train", dim, p, bs, g)) for p in ps]
+                devices += [str(b.get("device", "unknown")) for b in found if b is not None]
+                thr = [float(b["throughput"]) if b else None for b in found]
+                cells = [f"{t:.2f}" if t is not None
+                         else f"missing: {paths.bench('train', dim, p, bs, g)}"
+                         for p, t in zip(ps, thr, strict=True)]
+                scaling = [_weak_scaling(grid, index, dim, p, bs, g, t)
+                           for p, t in zip(ps, thr, strict=True)]
+                rows.append([str(dim), str(g), str(bs), *cells,
+                             *_ratio_cells(ps, thr, "throughput", invert=False), *scaling])
+    return ("\n## Training throughput\n\n" + _machine_line(machine, devices) + "\n"
+            "samples/s = global batch / mean step time after warm-up steps. Speedup: throughput\n"
+            "of a precision / throughput of the first. Weak scaling: throughput at N GPUs /\n"
+            "throughput at 1 GPU with the same batch per GPU (ideal: N), as in the reference.\n\n"
+            + _md_table(header, rows))
+
+
+def _weak_scaling(grid: TableGrid, index: BenchIndex, dim: int, p: str, bs: int, g: int,
+                  thr: float | None) -> str:
+    if g == 1:
+        return "— (1-GPU baseline)"
+    if 1 not in grid.bench_gpus:
+        return "— (1 GPU not in grid)"
+    one = index.get(("train", dim, p, bs, 1))
+    if thr is None or one is None:
+        return f"— (no {'1-GPU' if one is None else f'{g}-GPU'} measurement)"
+    return f"{thr / float(one['throughput']):.2f}"
+
+
+def _predict_bench_table(grid: TableGrid, index: BenchIndex, machine: Mapping[str, str],
+                         paths: _Paths) -> str:
+    ps = grid.bench_precisions
+    header = ["Dim", "Batch", "Resolution"]
+    for p in ps:
+        header += [f"{p} [samples/s]", f"{p} latency mean / p90 / p95 / p99 [ms]"]
+    rows, devices = [], []
+    for dim in grid.dims:
+        for bs in grid.predict_batch_sizes.get(dim, ()):
+            found = [index.get(("predict", dim, p, bs, 1)) for p in ps]
+            present = [b for b in found if b is not None]
+            devices += [str(b.get("device", "unknown")) for b in present]
+            resolution = ("×".join(str(int(s)) for s in present[0]["patch_size"]) if present
+                          else "unknown (no benchmark file)")
+            row = [str(dim), str(bs), resolution]
+            for p, b in zip(ps, found, strict=True):
+                if b is None:
+                    why = f"missing: {paths.bench('predict', dim, p, bs, 1)}"
+                    row += [why, "— (no benchmark file)"]
+                else:
+                    lat = b["latency_ms"]
+                    row += [f"{float(b['throughput']):.2f}",
+                            " / ".join(f"{float(lat[k]):.2f}" for k in LATENCY_KEYS)]
+            rows.append(row)
+    return ("\n## Inference throughput\n\n" + _machine_line(machine, devices) + "\n"
+            "Patch inference on 1 process (no sliding window), as in the reference; latency is\n"
+            "per batch.\n\n" + _md_table(header, rows))
+
+
+# ---------------------------------------------------------------- reading the outputs
+
+
+def collect_and_render(results_dir: Path | str, dataset: str, grid: TableGrid,
+                       out_path: Path | str, machine: Mapping[str, str] | None = None) -> str:
+    """Read every output the grid names that exists, render, write ``out_path`` atomically.
+
+    ``machine`` defaults to :func:`nnpipe.machine.machine_info` of the machine running this.
+    Returns the markdown. A file that exists but is unusable raises ``DataError`` naming it.
+    """
+    dice: dict[RunKey, float] = {}
+    train_info: dict[RunKey, Mapping[str, Any]] = {}
+    for dim in grid.dims:
+        for p in grid.precisions:
+            for g in grid.gpus:
+                for f in grid.folds:
+                    key = RunKey(dim, p, g, f)
+                    csv = eval_csv_path(results_dir, dataset, dim, p, g, f)
+                    if csv.is_file():
+                        dice[key] = read_fold_dice(csv)
+                    tj = train_json_path(results_dir, dataset, dim, p, g, f)
+                    if tj.is_file():
+                        train_info[key] = _read_checked(tj, ("time_to_train_s", "batch_size"))
+    bench = [_read_bench(path, want) for path, want in _bench_files(results_dir, dataset, grid)
+             if path.is_file()]
+    text = render_tables(grid, dice, train_info, bench, machine or machine_info(),
+                         dataset=dataset, results_dir=results_dir)
+    write_text(out_path, text)
+    return text
+
+
+def read_fold_dice(path: Path) -> float:
+    """A fold's Dice in percent: the mean of the ``dice_mean`` column (fractions) × 100."""
+    try:
+        table = pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot be read as CSV ({exc})", path=path) from exc
+    if "dice_mean" not in table.columns or len(table) == 0:
+        raise DataError("evaluation CSV has no dice_mean column or no rows", path=path)
+    return 100.0 * float(table["dice_mean"].mean())
+
+
+def _bench_files(results_dir: Path | str, dataset: str,
+                 grid: TableGrid) -> list[tuple[Path, tuple]]:
+    wanted = []
+    for dim in grid.dims:
+        for p in grid.bench_precisions:
+            for g in grid.bench_gpus:
+                for bs in grid.train_batch_sizes.get(dim, ()):
+                    wanted.append(("train", dim, p, bs, g))
+            for bs in grid.predict_batch_sizes.get(dim, ()):
+                wanted.append(("predict", dim, p, bs, 1))
+    return [(bench_json_path(results_dir, dataset, *w), w) for w in wanted]
+
+
+def _read_bench(path: Path, want: tuple) -> dict[str, Any]:
+    data = _read_checked(path, BENCH_KEYS)
+    got = (data["mode"], int(data["dim"]), data["precision"], int(data["batch_size"]),
+           int(data["gpus"]))
+    if got != want:
+        raise DataError(f"holds mode/dim/precision/batch/gpus {got}, its name says {want}",
+                        path=path)
+    missing = [k for k in LATENCY_KEYS if k not in data["latency_ms"]]
+    if missing:
+        raise DataError(f"latency_ms lacks {missing}", path=path)
+    return data
+
+
+def _read_checked(path: Path, keys: Sequence[str]) -> dict[str, Any]:
+    try:
+        data = read_json(path)
+    except ValueError as exc:
+        raise DataError(f"is not valid JSON ({exc})", path=path) from exc
+    missing = [k for k in keys if not isinstance(data, dict) or k not in data]
+    if missing:
+        raise DataError(f"lacks the keys {missing}", path=path)
+    return data
+
+
+def render_study(cfg: StudyConfig, out_path: Path) -> str:
+    """Render the tables of the study ``cfg`` describes into ``out_path``."""
+    return collect_and_render(Path(cfg.results_dir), cfg.dataset.name, TableGrid.from_study(cfg),
+                              out_path)

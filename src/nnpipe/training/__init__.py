@@ -1,0 +1,1 @@
+"""Training: splits, precision, loss, checkpoints and the plain PyTorch training loop."""

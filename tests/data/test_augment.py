@@ -1,0 +1,210 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nnpipe.data.augment import AugmentSettings, augment
+
+NOTHING = dict(zoom_prob=0.0, flip_prob=0.0, noise_prob=0.0, blur_prob=0.0,
+               brightness_prob=0.0, contrast_prob=0.0)
+
+
+def only(**kwargs: object) -> AugmentSettings:
+    """Settings with every transform off except those given."""
+    return AugmentSettings(**{**NOTHING, **kwargs})
+
+
+def blocky_seg(batch: int, spatial: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+    """Labels 0-3 constant on blocks of 4 voxels per axis: (B, 1, *spatial) int64."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randint(0, 4, (batch, 1, *(s // 4 for s in spatial)), generator=g)
+    for axis in range(len(spatial)):
+        coarse = coarse.repeat_interleave(4, dim=2 + axis)
+    return coarse
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("spatial", [(8, 12), (8, 4, 12)])
+def test_flips_with_probability_one_flip_every_axis(spatial: tuple[int, ...]) -> None:
+    image = torch.randn(3, 2, *spatial)
+    seg = blocky_seg(3, spatial)
+    out, out_seg = augment(image, seg, only(flip_prob=1.0), gen(0))
+    dims = list(range(2, 2 + len(spatial)))
+    assert torch.equal(out, image.flip(dims)) and torch.equal(out_seg, seg.flip(dims))
+
+
+@pytest.mark.parametrize("spatial", [(8, 12), (8, 4, 12)])
+def test_random_flips_are_exact_permutations_per_sample(spatial: tuple[int, ...]) -> None:
+    image = torch.randn(16, 2, *spatial)
+    seg = blocky_seg(16, spatial)
+    out, out_seg = augment(image, seg, only(flip_prob=0.5), gen(1))
+    dims = list(range(1, 1 + len(spatial)))  # spatial axes of one sample (C, *spatial)
+    combos = [[d for k, d in enumerate(dims) if mask >> k & 1] for mask in range(2 ** len(dims))]
+    seen = set()
+    for b in range(16):
+        matches = [i for i, c in enumerate(combos) if torch.equal(out[b], image[b].flip(c))]
+        assert len(matches) == 1, f"sample {b} is not a flip of its input"
+        assert torch.equal(out_seg[b], seg[b].flip(combos[matches[0]]))
+        seen.add(matches[0])
+    assert len(seen) > 2  # decisions differ between samples
+
+
+@pytest.mark.parametrize("spatial", [(16, 20), (12, 16, 8)])
+def test_zoom_keeps_seg_aligned_with_image(spatial: tuple[int, ...]) -> None:
+    seg = blocky_seg(6, spatial)
+    image = seg.float()
+    out, out_seg = augment(image, seg, only(zoom_prob=1.0, zoom_range=(1.2, 1.4)), gen(2))
+    assert out_seg.dtype == torch.int64
+    assert set(out_seg.unique().tolist()) <= set(seg.unique().tolist())
+    assert not torch.equal(out_seg, seg)  # it did zoom
+    # Linear and nearest interpolation agree except next to a label boundary of the output
+    # (a boundary may lie just outside the patch, so its outermost voxels are not checked).
+    pool = F.max_pool3d if len(spatial) == 3 else F.max_pool2d
+    labels = out_seg.float()
+    boundary = pool(labels, 3, 1, 1) != -pool(-labels, 3, 1, 1)
+    mismatch = (out - labels).abs() > 1e-4
+    inner = (slice(None), slice(None)) + (slice(1, -1),) * len(spatial)
+    assert not (mismatch & ~boundary)[inner].any()
+    assert 0.0 < mismatch[inner].float().mean() < boundary[inner].float().mean()
+
+
+@pytest.mark.parametrize("spatial", [(16, 20), (12, 16, 8)])
+def test_all_transforms_keep_seg_labels_and_shapes(spatial: tuple[int, ...]) -> None:
+    seg = blocky_seg(8, spatial)
+    image = torch.randn(8, 3, *spatial)
+    everything = AugmentSettings(zoom_prob=1.0, noise_prob=1.0, blur_prob=1.0,
+                                 brightness_prob=1.0, contrast_prob=1.0)
+    out, out_seg = augment(image, seg, everything, gen(3))
+    assert out.shape == image.shape and out.dtype == torch.float32
+    assert out_seg.shape == seg.shape and out_seg.dtype == torch.int64
+    assert set(out_seg.unique().tolist()) <= {0, 1, 2, 3}
+    assert torch.isfinite(out).all()
+
+
+def test_intensity_transforms_leave_seg_alone() -> None:
+    seg = blocky_seg(4, (8, 8, 8))
+    settings = only(noise_prob=1.0, blur_prob=1.0, brightness_prob=1.0, contrast_prob=1.0)
+    _, out_seg = augment(torch.randn(4, 1, 8, 8, 8), seg, settings, gen(4))
+    assert torch.equal(out_seg, seg)
+
+
+def test_brightness_multiplies() -> None:
+    image = torch.randn(3, 2, 8, 8)
+    out, _ = augment(image, blocky_seg(3, (8, 8)),
+                     only(brightness_prob=1.0, brightness_range=(2.0, 2.0)), gen(5))
+    assert torch.equal(out, image * 2.0)
+
+
+def test_contrast_keeps_channel_mean_and_scales_spread() -> None:
+    image = torch.randn(3, 2, 8, 8, 8) * 3.0 + 1.0
+    out, _ = augment(image, blocky_seg(3, (8, 8, 8)),
+                     only(contrast_prob=1.0, contrast_range=(0.65, 0.65)), gen(6))
+    dims = (2, 3, 4)
+    torch.testing.assert_close(out.mean(dim=dims), image.mean(dim=dims), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.std(dim=dims), 0.65 * image.std(dim=dims))
+
+
+def test_contrast_increase_is_clipped_to_the_original_range() -> None:
+    image = torch.randn(2, 1, 8, 8, 8)
+    out, _ = augment(image, blocky_seg(2, (8, 8, 8)),
+                     only(contrast_prob=1.0, contrast_range=(1.5, 1.5)), gen(7))
+    assert torch.equal(out.amax(dim=(2, 3, 4)), image.amax(dim=(2, 3, 4)))
+    assert torch.equal(out.amin(dim=(2, 3, 4)), image.amin(dim=(2, 3, 4)))
+
+
+def test_noise_has_the_drawn_standard_deviation() -> None:
+    image = torch.zeros(2, 1, 32, 32, 32)
+    out, _ = augment(image, blocky_seg(2, (32, 32, 32)),
+                     only(noise_prob=1.0, noise_std=(0.1, 0.1)), gen(8))
+    assert out.std().item() == pytest.approx(0.1, rel=0.02)
+    assert out.mean().item() == pytest.approx(0.0, abs=0.002)
+
+
+def test_blur_spreads_an_impulse_like_a_gaussian() -> None:
+    image = torch.zeros(1, 1, 15, 15, 15)
+    image[0, 0, 7, 7, 7] = 1.0
+    out, _ = augment(image, blocky_seg(1, (16, 16, 16))[:, :, :15, :15, :15],
+                     only(blur_prob=1.0, blur_sigma=(1.0, 1.0)), gen(9))
+    taps = sum(math.exp(-0.5 * x * x) for x in range(-3, 4))  # radius ceil(3 * 1.0)
+    assert out.sum().item() == pytest.approx(1.0, abs=1e-5)
+    assert out[0, 0, 7, 7, 7].item() == pytest.approx(taps ** -3, rel=1e-5)
+    assert out[0, 0, 8, 7, 7].item() == pytest.approx(math.exp(-0.5) * taps ** -3, rel=1e-5)
+
+
+def test_blur_keeps_a_constant_image_constant() -> None:
+    image = torch.full((2, 1, 9, 10), 4.0)
+    out, _ = augment(image, blocky_seg(2, (8, 8))[:, :, :1, :1].expand(2, 1, 9, 10),
+                     only(blur_prob=1.0), gen(10))
+    torch.testing.assert_close(out, image)
+
+
+def test_probabilities_are_per_sample() -> None:
+    image = torch.ones(64, 1, 4, 4)
+    out, _ = augment(image, blocky_seg(64, (4, 4)),
+                     only(brightness_prob=0.5, brightness_range=(2.0, 2.0)), gen(11))
+    changed = (out[:, 0, 0, 0] == 2.0).sum().item()
+    assert 16 < changed < 48
+    assert ((out == 1.0) | (out == 2.0)).all()
+
+
+def test_same_generator_state_same_output_and_inputs_untouched() -> None:
+    image, seg = torch.randn(6, 2, 8, 8, 8), blocky_seg(6, (8, 8, 8))
+    image_copy, seg_copy = image.clone(), seg.clone()
+    everything = AugmentSettings(zoom_prob=0.5, noise_prob=0.5, blur_prob=0.5,
+                                 brightness_prob=0.5, contrast_prob=0.5)
+    first = augment(image, seg, everything, gen(12))
+    again = augment(image, seg, everything, gen(12))
+    other = augment(image, seg, everything, gen(13))
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert not torch.equal(first[0], other[0])
+    assert torch.equal(image, image_copy) and torch.equal(seg, seg_copy)
+
+
+def test_disabled_returns_the_batch() -> None:
+    image, seg = torch.randn(2, 1, 4, 4), blocky_seg(2, (4, 4))
+    out, out_seg = augment(image, seg, AugmentSettings.disabled(), gen(14))
+    assert out is image and out_seg is seg
+
+
+@pytest.mark.parametrize(("image_shape", "seg_shape", "seg_dtype", "message"), [
+    ((2, 1, 4), (2, 1, 4), torch.int64, "floating image"),
+    ((2, 1, 4, 4), (2, 2, 4, 4), torch.int64, "seg of shape"),
+    ((2, 1, 4, 4), (2, 1, 4, 4), torch.float32, "integer seg"),
+])
+def test_bad_batches_are_rejected(image_shape: tuple[int, ...], seg_shape: tuple[int, ...],
+                                  seg_dtype: torch.dtype, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        augment(torch.zeros(image_shape), torch.zeros(seg_shape, dtype=seg_dtype),
+                AugmentSettings(), gen(15))
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"flip_prob": 1.2}, "flip_prob"),
+    ({"zoom_range": (0.8, 1.2)}, "zoom_range"),
+    ({"blur_sigma": (1.5, 0.5)}, "blur_sigma"),
+    ({"noise_std": (-0.1, 0.1)}, "noise_std"),
+])
+def test_settings_reject_bad_values(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        AugmentSettings(**kwargs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_batch_with_cpu_generator() -> None:
+    image, seg = torch.randn(4, 2, 16, 16, 16), blocky_seg(4, (16, 16, 16))
+    spatial = only(zoom_prob=0.5, flip_prob=0.5)
+    cpu = augment(image, seg, spatial, gen(16))
+    cuda = augment(image.cuda(), seg.cuda(), spatial, gen(16))
+    torch.testing.assert_close(cuda[0].cpu(), cpu[0], atol=1e-5, rtol=1e-5)
+    assert torch.equal(cuda[1].cpu(), cpu[1])
+    everything = AugmentSettings(zoom_prob=1.0, noise_prob=1.0, blur_prob=1.0,
+                                 brightness_prob=1.0, contrast_prob=1.0)
+    first = augment(image.cuda(), seg.cuda(), everything, gen(17))
+    again = augment(image.cuda(), seg.cuda(), everything, gen(17))
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])

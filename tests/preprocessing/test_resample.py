@@ -1,0 +1,111 @@
+"""Resampling shapes, anisotropic handling and label survival."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nnpipe.preprocessing.resample import (
+    resample_image,
+    resample_labels,
+    resample_mask,
+    resample_volume,
+    separate_axis,
+    target_shape,
+)
+
+
+@pytest.mark.parametrize(
+    ("shape", "old", "new", "expected"),
+    [((10, 20, 5), (1.0, 1.0, 1.0), (2.0, 2.0, 1.0), (5, 10, 5)),
+     ((9, 9, 7), (0.7, 0.7, 5.0), (1.0, 1.0, 2.5), (6, 6, 14)),
+     ((3, 3, 3), (1.0, 1.0, 1.0), (10.0, 10.0, 10.0), (1, 1, 1))],
+)
+def test_target_shape(shape, old, new, expected):
+    assert target_shape(shape, old, new) == expected
+
+
+def test_target_shape_rejects_bad_spacing():
+    with pytest.raises(ValueError, match="> 0"):
+        target_shape((4, 4, 4), (1.0, 0.0, 1.0), (1.0, 1.0, 1.0))
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "axis"),
+    [((1.0, 1.0, 1.0), (2.0, 2.0, 2.0), None), ((0.7, 0.7, 5.0), (1.0, 1.0, 1.0), 2),
+     ((1.0, 1.0, 1.0), (4.0, 1.0, 1.0), 0), ((3.0, 1.0, 3.0), (1.0, 1.0, 1.0), None),
+     ((4.0, 1.0, 4.0), (1.0, 1.0, 1.0), 2)],
+)
+def test_separate_axis(old, new, axis):
+    assert separate_axis(old, new) == axis
+
+
+def test_image_shapes_and_constant_preserved():
+    image = np.full((2, 8, 6, 4), 5.0, dtype=np.float32)
+    out = resample_image(image, (12, 3, 4))
+    assert out.shape == (2, 12, 3, 4) and out.dtype == np.float32
+    assert np.allclose(out, 5.0, atol=1e-4)
+    aniso = resample_image(image, (4, 9, 7), axis=2)
+    assert aniso.shape == (2, 4, 9, 7) and np.allclose(aniso, 5.0, atol=1e-4)
+
+
+def test_separate_axis_uses_nearest_between_slices():
+    vol = np.zeros((4, 4, 3), dtype=np.float32)
+    vol[..., 1] = 10.0
+    out = resample_volume(vol, (4, 4, 6), order=3, axis=2)
+    # nearest along z: slices are copied, never blended
+    assert sorted(np.unique(out).tolist()) == [0.0, 10.0]
+    assert np.allclose(out[0, 0], [0, 0, 10, 10, 0, 0])
+
+
+def test_linear_image_is_interpolated_at_voxel_centres():
+    vol = np.arange(4, dtype=np.float32)[:, None, None] * np.ones((4, 2, 2), np.float32)
+    out = resample_volume(vol, (8, 2, 2), order=1)
+    # output centre j maps to input (j + 0.5) / 2 - 0.5; edges clamp
+    assert np.allclose(out[:, 0, 0], [0, 0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3.0])
+
+
+def test_labels_upsample_without_new_values():
+    label = np.zeros((4, 4, 4), dtype=np.uint8)
+    label[1:3, 1:3, 1:3] = 2
+    out = resample_labels(label, (8, 8, 8))
+    assert out.dtype == np.uint8
+    assert set(np.unique(out).tolist()) == {0, 2}
+    # linear one-hot rounds the block's corners: 0.75**3 < 0.5 there, 0.75**2 > 0.5 elsewhere
+    assert (out == 2).sum() == 64 - 8
+    assert out[3:5, 3:5, 3:5].all() and out[2:6, 2:6, 2:6].sum() == 2 * 56
+
+
+def test_label_volume_is_kept_when_downsampling():
+    grid = np.mgrid[:24, :24, :24] - 11.5
+    label = (np.sqrt((grid**2).sum(axis=0)) < 8).astype(np.uint8)
+    for n in (12, 16, 18):
+        out = resample_labels(label, (n, n, n))
+        assert (out == 1).sum() * (24 / n) ** 3 == pytest.approx(label.sum(), rel=0.1)
+
+
+def test_ties_go_to_the_higher_class():
+    label = np.zeros((2, 1, 1), dtype=np.uint8)
+    label[1] = 3
+    assert resample_labels(label, (1, 1, 1)).item() == 3
+
+
+def test_thin_structure_survives_downsampling():
+    # a 1-voxel sheet covers half of each output voxel it falls in: it is kept
+    label = np.zeros((8, 4, 4), dtype=np.uint8)
+    label[3] = 1
+    out = resample_labels(label, (4, 4, 4))
+    assert (out[1] == 1).all() and (out[[0, 2, 3]] == 0).all()
+
+
+def test_labels_same_shape_is_copy():
+    label = np.arange(8, dtype=np.uint8).reshape(2, 2, 2)
+    out = resample_labels(label, (2, 2, 2))
+    assert np.array_equal(out, label) and out is not label
+
+
+def test_mask_nearest():
+    mask = np.zeros((4, 4, 4), dtype=bool)
+    mask[:2] = True
+    out = resample_mask(mask, (8, 4, 4))
+    assert out.dtype == bool and out[:4].all() and not out[4:].any()

@@ -1,0 +1,205 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from nnpipe.config import study_config
+from nnpipe.errors import DataError
+from nnpipe.report.tables import (
+    RunKey,
+    TableGrid,
+    bench_json_path,
+    collect_and_render,
+    eval_csv_path,
+    render_tables,
+    train_json_path,
+)
+
+GOLDEN = Path(__file__).with_name("golden_tables.md")
+
+GRID = TableGrid(
+    dims=(2, 3), precisions=("fp32", "bf16"), gpus=(1, 2), folds=(0, 1, 2),
+    bench_precisions=("fp32", "bf16"), bench_gpus=(1, 2),
+    train_batch_sizes={2: (4,), 3: (1,)}, predict_batch_sizes={2: (4,), 3: (1,)},
+)
+MACHINE = {"cpu": "x86_64 (2 cores)", "gpu": "none", "torch": "2.13.0", "monai": "1.6.1",
+           "nnpipe": "0.1.0"}
+
+# fold Dice in percent
+DICE = {
+    RunKey(2, "fp32", 1, 0): 60.0, RunKey(2, "fp32", 1, 1): 62.0, RunKey(2, "fp32", 1, 2): 64.0,
+    RunKey(2, "bf16", 1, 0): 61.0, RunKey(2, "bf16", 1, 1): 63.0,
+    RunKey(2, "fp32", 2, 0): 59.5,
+    RunKey(3, "fp32", 1, 0): 70.0, RunKey(3, "fp32", 1, 1): 71.0, RunKey(3, "fp32", 1, 2): 72.0,
+}
+TIMES = {  # (run key) -> (time_to_train_s, batch_size)
+    RunKey(2, "fp32", 1, 0): (600, 4), RunKey(2, "fp32", 1, 1): (660, 4),
+    RunKey(2, "fp32", 1, 2): (720, 4),
+    RunKey(2, "bf16", 1, 0): (300, 4), RunKey(2, "bf16", 1, 1): (360, 4),
+    RunKey(2, "fp32", 2, 0): (45, 4),
+    RunKey(3, "fp32", 1, 0): (1200, 2), RunKey(3, "fp32", 1, 1): (1200, 2),
+    RunKey(3, "fp32", 1, 2): (1200, 2),
+}
+TRAIN_INFO = {k: {"time_to_train_s": t, "epochs": 10, "batch_size": bs, "precision": k.precision,
+                  "dim": k.dim, "gpus": k.gpus, "fold": k.fold} for k, (t, bs) in TIMES.items()}
+
+
+def bench(mode: str, dim: int, precision: str, bs: int, gpus: int, thr: float,
+          lat: tuple[float, float, float, float] = (10.0, 11.0, 12.0, 13.0)) -> dict[str, Any]:
+    return {"mode": mode, "dim": dim, "precision": precision, "batch_size": bs, "gpus": gpus,
+            "patch_size": [32, 48] if dim == 2 else [32, 32, 32], "throughput": thr,
+            "latency_ms": dict(zip(("mean", "p90", "p95", "p99"), lat, strict=True)),
+            "warmup_steps": 2, "timed_steps": 5, "device": "cpu"}
+
+
+BENCH = [
+    bench("train", 2, "fp32", 4, 1, 100.0), bench("train", 2, "bf16", 4, 1, 150.0),
+    bench("train", 2, "fp32", 4, 2, 190.0),
+    bench("train", 3, "fp32", 1, 1, 10.0),
+    bench("predict", 2, "fp32", 4, 1, 400.0),
+    bench("predict", 2, "bf16", 4, 1, 500.0, (8.0, 9.0, 9.5, 10.0)),
+]
+
+
+def render() -> str:
+    return render_tables(GRID, DICE, TRAIN_INFO, BENCH, MACHINE, dataset="embedded")
+
+
+def table_rows(text: str, heading: str) -> list[list[str]]:
+    """The body rows of the markdown table under ``## heading`` as lists of cells."""
+    section = text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    lines = [ln for ln in section.splitlines() if ln.startswith("|")]
+    return [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
+
+
+def test_render_matches_golden_file() -> None:
+    assert render() == GOLDEN.read_text()
+
+
+def test_dice_table_values() -> None:
+    rows = table_rows(render(), "Training accuracy")
+    by_key = {(r[0], r[1]): r for r in rows}
+    # Dim GPUs Batch | Dice fp32 | Dice bf16 | Time fp32 | Time bf16 | Speedup fp32→bf16
+    assert by_key[("2", "1")] == ["2", "1", "4", "62.00 ± 2.00 (3 folds)",
+                                  "62.00 ± 1.41 (2 of 3 folds)", "11.0 min",
+                                  "5.5 min (2 of 3 folds)", "2.00"]
+    assert by_key[("2", "2")][3:] == [
+        "59.50 (1 of 3 folds)",
+        "missing: results/embedded/evaluate/2d-bf16-2gpu/fold{0,1,2}.csv",
+        "45 s (1 of 3 folds)",
+        "missing: results/embedded/train/2d-bf16-2gpu/fold{0,1,2}/train.json",
+        "— (no time for bf16)"]
+    assert by_key[("3", "1")][2:4] == ["2", "71.00 ± 1.00 (3 folds)"]
+    assert by_key[("3", "2")][2] == "— (no train.json)"
+
+
+def test_train_throughput_values() -> None:
+    rows = table_rows(render(), "Training throughput")
+    by_key = {(r[0], r[1], r[2]): r[3:] for r in rows}
+    # fp32 | bf16 | Speedup | Weak scaling fp32 | Weak scaling bf16
+    assert by_key[("2", "1", "4")] == ["100.00", "150.00", "1.50", "— (1-GPU baseline)",
+                                       "— (1-GPU baseline)"]
+    assert by_key[("2", "2", "4")] == [
+        "190.00", "missing: results/embedded/benchmark/train-2d-bf16-bs4-2gpu.json",
+        "— (no throughput for bf16)", "1.90", "— (no 2-GPU measurement)"]
+    assert by_key[("3", "2", "1")][2:] == ["— (no throughput for fp32)",
+                                           "— (no 2-GPU measurement)", "— (no 1-GPU measurement)"]
+
+
+def test_predict_throughput_values() -> None:
+    rows = table_rows(render(), "Inference throughput")
+    assert rows[0] == ["2", "4", "32×48", "400.00", "10.00 / 11.00 / 12.00 / 13.00",
+                       "500.00", "8.00 / 9.00 / 9.50 / 10.00"]
+    assert rows[1][:4] == ["3", "1", "unknown (no benchmark file)",
+                           "missing: results/embedded/benchmark/predict-3d-fp32-bs1-1gpu.json"]
+
+
+def test_no_cell_without_measurement_is_empty_and_machine_is_named() -> None:
+    text = render()
+    for heading in ("Training accuracy", "Training throughput", "Inference throughput"):
+        assert all(all(cell for cell in row) for row in table_rows(text, heading))
+    assert text.count("Machine: CPU x86_64 (2 cores); GPU none; torch 2.13.0, MONAI 1.6.1") == 3
+    assert "not BraTS" in text
+
+
+def test_single_precision_and_no_one_gpu_baseline() -> None:
+    grid = TableGrid(dims=(2,), precisions=("fp32",), gpus=(2,), folds=(0,),
+                     bench_precisions=("fp32",), bench_gpus=(2,),
+                     train_batch_sizes={2: (4,)}, predict_batch_sizes={2: ()})
+    text = render_tables(grid, {RunKey(2, "fp32", 2, 0): 50.0}, {},
+                         [bench("train", 2, "fp32", 4, 2, 80.0)], MACHINE, dataset="d")
+    assert table_rows(text, "Training accuracy") == [
+        ["2", "2", "— (no train.json)", "50.00 (1 fold)",
+         "missing: results/d/train/2d-fp32-2gpu/fold0/train.json", "— (one precision in grid)"]]
+    assert table_rows(text, "Training throughput") == [
+        ["2", "2", "4", "80.00", "— (one precision in grid)", "— (1 GPU not in grid)"]]
+    assert table_rows(text, "Inference throughput") == []
+
+
+def test_grid_from_study_config() -> None:
+    study = study_config({
+        "grid": {"dims": [2, 3], "precisions": ["fp32", "bf16"], "gpus": [1], "folds": [0]},
+        "benchmark": {"precisions": ["bf16"], "gpus": [1, 2], "train_batch_sizes_2d": [8],
+                      "train_batch_sizes_3d": [1, 2], "predict_batch_sizes_2d": [16],
+                      "predict_batch_sizes_3d": [4]}})
+    grid = TableGrid.from_study(study)
+    assert grid.precisions == ("fp32", "bf16") and grid.bench_precisions == ("bf16",)
+    assert grid.bench_gpus == (1, 2) and grid.folds == (0,)
+    assert grid.train_batch_sizes == {2: (8,), 3: (1, 2)}
+    assert grid.predict_batch_sizes == {2: (16,), 3: (4,)}
+
+
+# ---------------------------------------------------------------- reading the files
+
+
+def write_outputs(root: Path) -> None:
+    for key in {k[:3] for k in DICE}:
+        folds = [k.fold for k in DICE if k[:3] == key]
+        for fold in folds:
+            # two cases whose dice_mean average to the fold Dice (in fractions)
+            d = DICE[RunKey(*key, fold)] / 100
+            table = pd.DataFrame({"case": ["a", "b"], "dice_1": [d, d],
+                                  "dice_mean": [d - 0.01, d + 0.01]})
+            path = eval_csv_path(root, "embedded", *key, fold)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            table.to_csv(path, index=False)
+    for k, info in TRAIN_INFO.items():
+        path = train_json_path(root, "embedded", k.dim, k.precision, k.gpus, k.fold)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(info))
+    for b in BENCH:
+        path = bench_json_path(root, "embedded", b["mode"], b["dim"], b["precision"],
+                               b["batch_size"], b["gpus"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(b))
+
+
+def test_collect_and_render_reads_what_render_expects(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    write_outputs(root)
+    out = tmp_path / "results" / "tables.md"
+    text = collect_and_render(root, "embedded", GRID, out, machine=MACHINE)
+    assert out.read_text() == text
+    expected = render_tables(GRID, DICE, TRAIN_INFO, BENCH, MACHINE, dataset="embedded",
+                             results_dir=root)
+    assert text == expected
+    assert f"missing: {root}/embedded/evaluate/2d-bf16-2gpu/fold{{0,1,2}}.csv" in text
+
+
+def test_collect_rejects_unusable_files(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    write_outputs(root)
+    wrong = bench_json_path(root, "embedded", "train", 3, "bf16", 1, 1)
+    wrong.write_text(json.dumps(bench("train", 3, "fp32", 1, 1, 5.0)))
+    with pytest.raises(DataError, match=r"train-3d-bf16-bs1-1gpu\.json.*its name says"):
+        collect_and_render(root, "embedded", GRID, tmp_path / "t.md", machine=MACHINE)
+    wrong.unlink()
+    info = train_json_path(root, "embedded", 2, "fp32", 1, 0)
+    info.write_text(json.dumps({"epochs": 3}))
+    with pytest.raises(DataError, match=r"fold0/train\.json.*lacks the keys"):
+        collect_and_render(root, "embedded", GRID, tmp_path / "t.md", machine=MACHINE)
+    assert not (tmp_path / "t.md").exists()

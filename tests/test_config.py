@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nnpipe.config import load_config, study_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_fill_every_section():
+    cfg = study_config({})
+    assert cfg.dataset.name == "embedded"
+    assert cfg.grid.folds == (0, 1, 2, 3, 4)
+    assert cfg.training.learning_rate == pytest.approx(8e-4)
+    assert cfg.benchmark.train_batch_sizes(3) == (1, 2, 4)
+
+
+def test_repository_config_is_valid():
+    cfg = load_config(ROOT / "config" / "config.yaml")
+    assert cfg.grid.dims == (2, 3)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"grid": {"dims": [4]}}, "grid/dims/0"),
+        ({"training": {"epochz": 3}}, "epochz"),
+        ({"nonsense": 1}, "nonsense"),
+        ({"grid": {"precisions": ["fp8"]}}, "fp8"),
+    ],
+)
+def test_bad_keys_are_rejected_with_their_path(raw, message):
+    with pytest.raises(ValueError, match=message):
+        study_config(raw)
+
+
+def test_schema_documents_every_key():
+    schema = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
+
+    def walk(node, path):
+        for key, sub in node.get("properties", {}).items():
+            assert "description" in sub, f"{path}{key} has no description"
+            assert "default" in sub, f"{path}{key} has no default"
+            if sub.get("type") == "object":
+                assert sub.get("additionalProperties") is False, f"{path}{key} allows unknown keys"
+                walk(sub, f"{path}{key}.")
+
+    assert schema["additionalProperties"] is False
+    walk(schema, "")

@@ -1,0 +1,107 @@
+"""Run Snakemake itself on a tiny study: end to end, partial reruns, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "tests" / "workflow" / "config.yaml"
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+pytestmark = pytest.mark.workflow
+
+
+def snakemake(workdir: Path, *args: str, config: Path = CONFIG, timeout: int = 900):
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    cmd = [str(SNAKEMAKE), "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
+           "--configfile", str(config), "--cores", "2", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("study")
+    (work / "config").mkdir()
+    shutil.copy(ROOT / "config" / "config.yaml", work / "config" / "config.yaml")
+    res = snakemake(work, "results/tables.md")
+    assert res.returncode == 0, res.stderr[-4000:]
+    return work
+
+
+def test_tables_hold_numbers_from_the_runs(study):
+    text = (study / "results" / "tables.md").read_text()
+    # every Dice cell of the grid is a measured mean ± std over the two folds
+    dice = re.findall(r"(\d+\.\d+) ± (\d+\.\d+) \(2 folds\)", text)
+    assert len(dice) == 2, text
+    for mean, _ in dice:
+        assert 0.0 <= float(mean) <= 100.0
+    for dim in (2, 3):
+        record = json.loads((study / f"results/wftest/benchmark/train-{dim}d-fp32-bs2-1gpu.json")
+                            .read_text())
+        assert f"{record['throughput']:.2f}" in text
+
+
+def test_prediction_keeps_source_geometry(study):
+    raw = study / "results" / "wftest" / "raw"
+    splits = json.loads((study / "results" / "wftest" / "splits.json").read_text())
+    case = splits[0]["val"][0]
+    pred = nib.load(study / f"results/wftest/predict/3d-fp32-1gpu/fold0/{case}.nii.gz")
+    src = nib.load(raw / "imagesTr" / f"{case}.nii.gz")
+    assert pred.shape == src.shape[:3]
+    np.testing.assert_allclose(pred.affine, src.affine, atol=1e-5)
+    assert pred.get_data_dtype() == np.uint8
+
+
+def test_training_outputs(study):
+    run = study / "results" / "wftest" / "train" / "2d-fp32-1gpu" / "fold1"
+    summary = json.loads((run / "train.json").read_text())
+    assert summary["epochs"] == 2 and summary["time_to_train_s"] > 0
+    assert len((run / "metrics.csv").read_text().strip().splitlines()) == 3  # header + 2 epochs
+    assert not (run / "last.pt").exists()
+
+
+def test_forcing_one_fold_reruns_only_its_chain(study):
+    target = "results/wftest/train/3d-fp32-1gpu/fold1/final.pt"
+    res = snakemake(study, "-n", "--forcerun", target, "results/tables.md")
+    assert res.returncode == 0, res.stderr[-3000:]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", res.stdout, flags=re.M))
+    counts.pop("total", None)
+    assert counts == {"train": "1", "predict": "1", "evaluate": "1", "tables": "1", "all": "1"}
+    assert "fold1" in res.stdout and "fold0/final.pt" not in res.stdout
+
+
+def test_nothing_to_do_after_a_complete_run(study):
+    res = snakemake(study, "-n", "results/tables.md")
+    assert res.returncode == 0
+    assert "Nothing to be done" in res.stdout + res.stderr
+
+
+def test_bad_label_stops_planning_naming_the_case(tmp_path):
+    from nnpipe.datasets.embedded import generate_embedded
+
+    data = generate_embedded(tmp_path / "data", n_train=5, n_test=0, seed=1, resolution_mm=8.0,
+                             progress=False)
+    label_path = data / "labelsTr" / "BRATS_002.nii.gz"
+    img = nib.load(label_path)
+    arr = np.asarray(img.dataobj).copy()
+    arr[0, 0, 0] = 7  # not listed in dataset.json
+    nib.save(nib.Nifti1Image(arr, img.affine), label_path)
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(CONFIG.read_text().replace("source: embedded", f"source: local\n  path: {data}")
+                   .replace("name: wftest", "name: badcase"))
+    work = tmp_path / "work"
+    work.mkdir()
+    res = snakemake(work, "results/badcase/plans/3d.json", config=cfg)
+    assert res.returncode != 0
+    log = (work / "logs" / "badcase" / "plans" / "fingerprint.log").read_text()
+    assert "BRATS_002" in log and "[7]" in log
+    assert not (work / "results" / "badcase" / "plans" / "fingerprint.json").exists()
