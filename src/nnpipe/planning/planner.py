@@ -78,10 +78,16 @@ def settings_from_config(cfg: PlanningSettings) -> PlannerSettings:
     )
 
 
-def _last_argmax(values: Sequence[float]) -> int:
-    """Index of the largest value; ties go to the last axis (Z before Y before X)."""
+# Median spacings within this fraction of the coarsest count as tied when choosing the 2D
+# slice axis: near-isotropic data (3.23 vs 3.16 mm) are then sliced along Z, as acquired,
+# rather than along whichever axis a few odd cases made a hair coarser.
+SLICE_AXIS_TOLERANCE = 0.05
+
+
+def _last_argmax(values: Sequence[float], rel_tol: float = 0.0) -> int:
+    """Index of the largest value; ties (within ``rel_tol``) go to the last axis (Z, Y, X)."""
     top = max(values)
-    return max(i for i, v in enumerate(values) if v == top)
+    return max(i for i, v in enumerate(values) if v >= top * (1.0 - rel_tol))
 
 
 def target_spacing(fp: Fingerprint, anisotropy_threshold: float = 3.0
@@ -184,13 +190,14 @@ def make_plan(fp: Fingerprint, dim: int, settings: PlannerSettings, dataset_name
     full = target
     if dim == 2:
         median_spacing = np.median(np.asarray(fp.spacings, dtype=np.float64), axis=0).tolist()
-        slice_axis = _last_argmax(median_spacing)
+        slice_axis = _last_argmax(median_spacing, SLICE_AXIS_TOLERANCE)
         # 2D preprocessing never resamples along the slice axis: keep its median spacing.
         full = tuple(median_spacing[a] if a == slice_axis else target[a]  # type: ignore[assignment]
                      for a in range(3))
         notes = [n + " (unused in 2D: slice axis kept at its median)"
                  if n.startswith(f"anisotropic: axis {slice_axis} ") else n for n in notes]
-        notes.append(f"2D: slice axis {slice_axis} (coarsest median spacing)")
+        notes.append(f"2D: slice axis {slice_axis} (coarsest median spacing, ties within "
+                     f"{SLICE_AXIS_TOLERANCE:.0%} to the last axis)")
     med = median_shape(fp, full)
     axes = (0, 1, 2) if dim == 3 else tuple(a for a in range(3) if a != slice_axis)
     net_spacing = tuple(full[a] for a in axes)
