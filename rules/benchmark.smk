@@ -1,4 +1,6 @@
-# Throughput cells like the reference's tables: warm-up steps, then timed steps.
+# Throughput cells like the reference's tables: warm-up steps, then timed steps. A benchmark
+# claims every core Snakemake has (local runs scale threads down to --cores), so no other job
+# shares the machine while it is timed.
 
 BENCH_NAME = "{mode}-{dim}d-{precision}-bs{bs}-{gpus}gpu"
 
@@ -13,7 +15,7 @@ rule benchmark:
         preprocessed=subpath(input.manifest, parent=True),
         launch=get_launcher,
         settings=section_json("benchmark"),
-    threads: 1
+    threads: workflow.cores
     resources:
         gpu=get_gpus,
     conda:

@@ -1,0 +1,127 @@
+"""Both dataset layouts read back, and every kind of bad input names the case and the file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from nnpipe.datasets.layout import load_dataset, read_image, read_label
+from nnpipe.errors import DataError
+
+AFFINE = np.diag([1.5, 1.0, 2.0, 1.0])
+
+
+def _save(path: Path, arr: np.ndarray, affine: np.ndarray = AFFINE) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(arr, affine), path)
+
+
+def _msd(root: Path, channels: int = 2) -> Path:
+    rng = np.random.default_rng(0)
+    image = rng.random((6, 5, 4, channels)).astype(np.float32)
+    label = np.zeros((6, 5, 4), np.uint8)
+    label[2:4, 2:4, 1:3] = 1
+    _save(root / "imagesTr" / "c1.nii.gz", image)
+    _save(root / "labelsTr" / "c1.nii.gz", label)
+    _save(root / "imagesTs" / "t1.nii.gz", image)
+    meta = {"name": "T", "modality": {str(i): f"M{i}" for i in range(channels)},
+            "labels": {"0": "background", "1": "tumour"}, "numTraining": 1, "numTest": 1,
+            "training": [{"image": "./imagesTr/c1.nii.gz", "label": "./labelsTr/c1.nii.gz"}],
+            "test": ["./imagesTs/t1.nii.gz"]}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+def test_msd_layout(tmp_path):
+    ds = load_dataset(_msd(tmp_path))
+    assert ds.layout == "msd" and ds.channels == ("M0", "M1") and ds.labels == {0: "background",
+                                                                               1: "tumour"}
+    image, affine = read_image(ds, ds.training[0])
+    assert image.shape == (2, 6, 5, 4) and image.dtype == np.float32
+    np.testing.assert_array_equal(affine, AFFINE)
+    assert read_label(ds, ds.training[0], image_shape=image.shape[1:]).sum() == 8
+    assert [c.case_id for c in ds.test] == ["t1"]
+
+
+def test_nnunetv2_layout(tmp_path):
+    rng = np.random.default_rng(1)
+    for c in range(2):
+        _save(tmp_path / "imagesTr" / f"case_a_{c:04d}.nii.gz", rng.random((4, 4, 3)))
+    _save(tmp_path / "labelsTr" / "case_a.nii.gz", np.zeros((4, 4, 3), np.uint8))
+    (tmp_path / "dataset.json").write_text(json.dumps(
+        {"channel_names": {"0": "T1", "1": "CT"}, "labels": {"background": 0, "organ": 1},
+         "numTraining": 1, "file_ending": ".nii.gz"}))
+    ds = load_dataset(tmp_path)
+    assert ds.layout == "nnunetv2" and ds.is_ct == (False, True)
+    assert [c.case_id for c in ds.training] == ["case_a"]
+    assert read_image(ds, ds.training[0])[0].shape == (2, 4, 4, 3)
+
+
+def _break_label_shape(root: Path) -> None:
+    _save(root / "labelsTr" / "c1.nii.gz", np.zeros((6, 5, 3), np.uint8))
+
+
+def _break_label_affine(root: Path) -> None:
+    _save(root / "labelsTr" / "c1.nii.gz", np.zeros((6, 5, 4), np.uint8), np.diag([1, 1, 1, 1.0]))
+
+
+def _break_channel(root: Path) -> None:
+    _save(root / "imagesTr" / "c1.nii.gz", np.ones((6, 5, 4, 1), np.float32))
+
+
+def _break_label_value(root: Path) -> None:
+    lab = np.zeros((6, 5, 4), np.uint8)
+    lab[0, 0, 0] = 5
+    _save(root / "labelsTr" / "c1.nii.gz", lab)
+
+
+def _break_not_nifti(root: Path) -> None:
+    (root / "imagesTr" / "c1.nii.gz").write_bytes(b"this is not an image")
+
+
+def _break_nan(root: Path) -> None:
+    arr = np.ones((6, 5, 4, 2), np.float32)
+    arr[1, 1, 1, 0] = np.nan
+    _save(root / "imagesTr" / "c1.nii.gz", arr)
+
+
+def _break_truncated(root: Path) -> None:
+    path = root / "imagesTr" / "c1.nii.gz"
+    path.write_bytes(path.read_bytes()[:200])
+
+
+@pytest.mark.parametrize(
+    ("breaker", "message"),
+    [
+        (_break_label_shape, r"label shape \(6, 5, 3\) differs from image shape \(6, 5, 4\)"),
+        (_break_label_affine, "label affine differs"),
+        (_break_channel, r"has 1 channel\(s\) but dataset.json lists 2"),
+        (_break_label_value, r"label values \[5\] are not listed"),
+        (_break_not_nifti, "cannot be read as NIfTI"),
+        (_break_nan, "NaN or Inf"),
+        (_break_truncated, "cannot be read as NIfTI"),
+    ],
+)
+def test_bad_input_names_case_and_problem(tmp_path, breaker, message):
+    root = _msd(tmp_path)
+    breaker(root)
+    ds = load_dataset(root)
+    with pytest.raises(DataError, match=rf"case 'c1', file '.*c1\.nii\.gz': .*{message}"):
+        image, affine = read_image(ds, ds.training[0])
+        read_label(ds, ds.training[0], image_shape=image.shape[1:], image_affine=affine)
+
+
+def test_listed_but_missing_file(tmp_path):
+    root = _msd(tmp_path)
+    (root / "labelsTr" / "c1.nii.gz").unlink()
+    with pytest.raises(DataError, match="case 'c1'.*listed in dataset.json but missing"):
+        load_dataset(root)
+
+
+def test_missing_dataset_json(tmp_path):
+    with pytest.raises(DataError, match="dataset.json is missing"):
+        load_dataset(tmp_path)
