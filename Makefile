@@ -7,6 +7,10 @@ CORES ?= all
 # or e.g. TORCH=torch==2.11.0 for a CUDA machine.
 TORCH ?= torch==2.13.0
 PYTHON ?= python3
+# NVIDIA DALI (the optional GPU data pipeline; its CPU pipelines run in the tests) ships
+# wheels for x86-64 Linux only.
+EXTRAS ?= dev$(if $(filter x86_64,$(shell uname -m)),$(comma)dali)
+comma := ,
 
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
@@ -18,7 +22,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(if $(TORCH),$(BIN)/python -m pip install --quiet "$(TORCH)")
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 env: $(STAMP)
@@ -32,8 +36,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests workflow
 	$(BIN)/snakemake --lint
 
+# -rs prints why a test was skipped (tests/slurm starts a local SLURM cluster itself when it
+# runs as root with apt-get, through scripts/slurm/start-local-slurm.sh; skipped otherwise)
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -rs
 
 clean:
 	rm -rf results logs benchmarks .snakemake

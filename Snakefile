@@ -19,6 +19,7 @@ include: "rules/preprocess.smk"
 include: "rules/train.smk"
 include: "rules/predict.smk"
 include: "rules/evaluate.smk"
+include: "rules/ensemble.smk"
 include: "rules/benchmark.smk"
 include: "rules/tables.smk"
 

@@ -67,16 +67,96 @@ def get_table_inputs(wildcards):
             f"{ds}/benchmark/{{mode}}-{{dim}}d-{{precision}}-bs{{bs}}-{{gpus}}gpu.json".format(**k)
             for k in benchmark_keys()
         ],
+        "ensembles": get_ensembles(wildcards),
     }
+
+
+def get_ensembles(wildcards):
+    """imagesTs predictions of each run's fold ensemble (rules/ensemble.smk), if enabled."""
+    if not STUDY.inference.ensemble:
+        return []
+    ds = DS.format(dataset=DATASET)
+    return [f"{ds}/ensemble/{RUN}".format(dim=d, precision=p, gpus=g)
+            for d in GRID.dims for p in GRID.precisions for g in GRID.gpus]
+
+
+def get_fold_files(pattern):
+    """Input function: `pattern` (a rule output with {dataset} and the run wildcards) for
+    every fold in GRID.folds of the run named by the wildcards."""
+
+    def files(wildcards):
+        return [pattern.format(fold=f, **dict(wildcards.items())) for f in GRID.folds]
+
+    return files
 
 
 def get_gpus(wildcards):
     return int(wildcards.gpus)
 
 
+def get_nodes(wildcards):
+    """Nodes a run spans: one, unless it needs more GPUs than config gpus_per_node (a cluster
+    fact the SLURM profile passes); then whole nodes, e.g. 16 GPUs of 8-GPU nodes = 2."""
+    n, per_node = int(wildcards.gpus), config["gpus_per_node"]
+    if not per_node or n <= per_node:
+        return 1
+    if n % per_node:
+        raise ValueError(f"a {n}-GPU run does not fill whole nodes of {per_node} GPUs "
+                         "(gpus_per_node); use a multiple of it in grid.gpus")
+    return n // per_node
+
+
+def get_multinode(wildcards):
+    """`srun` for a run that spans nodes (the SLURM plugin then runs the rule's shell in the
+    batch step, which starts one torchrun per node with srun), None (no resource) otherwise."""
+    return "srun" if get_nodes(wildcards) > 1 else None
+
+
 def get_launcher(wildcards):
-    """`nnpipe` for one process; torchrun with one rank per GPU for more."""
-    n = int(wildcards.gpus)
+    """`nnpipe` for one process; torchrun with one rank per GPU for more; across nodes, one
+    torchrun per node through srun, meeting at a c10d rendezvous on the job's first node."""
+    n, nodes = int(wildcards.gpus), get_nodes(wildcards)
     if n == 1:
         return "nnpipe"
-    return f"torchrun --standalone --nproc-per-node {n} -m nnpipe"
+    if nodes == 1:
+        return f"torchrun --standalone --nproc-per-node {n} -m nnpipe"
+    return (f"srun --nodes {nodes} --ntasks {nodes} --ntasks-per-node 1"
+            f" torchrun --nnodes {nodes} --nproc-per-node {n // nodes} --rdzv-backend c10d"
+            " --rdzv-endpoint $(hostname):$((29400 + SLURM_JOB_ID % 500)) --rdzv-id $SLURM_JOB_ID"
+            " -m nnpipe")
+
+
+# ---- plots (rules/tables.smk)
+
+
+def get_run_files(pattern):
+    """Input function: `pattern` (stage path with {dim}, {precision}, {gpus}, {fold}) for
+    every fold of the run named by the wildcards, in GRID.folds order."""
+
+    def files(wildcards):
+        run = dict(wildcards.items())
+        return [pattern.format(dataset=DATASET, fold=f, **run) for f in GRID.folds]
+
+    return files
+
+
+def get_all_evaluations(wildcards):
+    """Evaluation CSVs of every run, run by run, folds in GRID.folds order."""
+    return [rules.evaluate.output.scores.format(dataset=DATASET, **k) for k in run_keys()]
+
+
+def get_benchmarks(wildcards):
+    """Every benchmark JSON of the grid (the same list the tables read)."""
+    return get_table_inputs(wildcards)["benchmarks"]
+
+
+def get_plot_files(wildcards):
+    """Every PNG that tables.md links (the list nnpipe.report.tables.study_plots names)."""
+    from nnpipe.report.tables import TableGrid, study_plots
+
+    return [f"{RESULTS}/{path}" for *_, path in study_plots(TableGrid.from_study(STUDY))]
+
+
+def run_names():
+    return [RUN.format(dim=d, precision=p, gpus=g)
+            for d in GRID.dims for p in GRID.precisions for g in GRID.gpus]

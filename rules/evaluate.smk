@@ -1,3 +1,7 @@
+# Scores in original space: Dice, IoU, HD95, surface Dice per class per case (CSV) and the
+# fold's summary (JSON). Region mode (training.regions) scores the BraTS regions.
+
+
 rule evaluate:
     input:
         predictions=rules.predict.output.predictions,
@@ -5,12 +9,15 @@ rule evaluate:
         dataset=rules.download.output.dataset,
     output:
         scores=f"{DS}/evaluate/{RUN}/fold{{fold}}.csv",
+        summary=f"{DS}/evaluate/{RUN}/fold{{fold}}.json",
     params:
         raw=subpath(input.dataset, parent=True),
+        settings=section_json("evaluation", "training"),
     conda:
         "../envs/nnpipe.yaml"
     log:
         f"logs/{{dataset}}/evaluate/{RUN}/fold{{fold}}.log",
     shell:
-        "nnpipe evaluate --pred {input.predictions} --raw {params.raw} --splits {input.splits}"
-        " --fold {wildcards.fold} --out {output.scores} > {log} 2>&1"
+        "nnpipe evaluate --config-json {params.settings:q} --pred {input.predictions}"
+        " --raw {params.raw} --splits {input.splits} --fold {wildcards.fold}"
+        " --out {output.scores} --summary {output.summary} > {log} 2>&1"

@@ -1,6 +1,11 @@
+# One job per fold: the fold model predicts the fold's validation cases (labels in original
+# geometry). The test images are predicted by the ensemble of the fold models (ensemble.smk).
+
+
 rule predict:
     input:
         model=rules.train.output.model,
+        plan=rules.plan.output.plan,
         splits=rules.split.output.splits,
         dataset=rules.download.output.dataset,
     output:
@@ -17,5 +22,5 @@ rule predict:
         f"benchmarks/{{dataset}}/predict/{RUN}/fold{{fold}}.tsv"
     shell:
         "nnpipe predict --config-json {params.settings:q} --model {input.model}"
-        " --raw {params.raw} --splits {input.splits} --fold {wildcards.fold}"
-        " --threads {threads} --out {output.predictions} > {log} 2>&1"
+        " --plan {input.plan} --raw {params.raw} --splits {input.splits}"
+        " --fold {wildcards.fold} --threads {threads} --out {output.predictions} > {log} 2>&1"

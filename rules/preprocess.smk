@@ -7,6 +7,7 @@ rule preprocess:
     params:
         raw=subpath(input.dataset, parent=True),
         out=subpath(output.manifest, parent=True),
+        settings=section_json("preprocess"),
     threads: 2
     conda:
         "../envs/nnpipe.yaml"
@@ -15,5 +16,6 @@ rule preprocess:
     benchmark:
         "benchmarks/{dataset}/preprocessed/{dim}d.tsv"
     shell:
-        "nnpipe preprocess --raw {params.raw} --plan {input.plan} --workers {threads}"
+        "nnpipe preprocess --config-json {params.settings:q} --raw {params.raw}"
+        " --plan {input.plan} --workers {threads}"
         " --out {params.out} > {log} 2>&1"

@@ -1,8 +1,117 @@
+# What people read: results/tables.md and the PNG plots it links (results/plots/). Every plot
+# is a report() output with a caption in report/, so
+#   snakemake --report results/report.html
+# collects them, with report/workflow.rst as the description of the workflow.
+
+
+report: "../report/workflow.rst"
+
+
+# Plots read a few small files: run them where Snakemake runs, not as cluster jobs.
+localrules:
+    plot_curves,
+    plot_overlays,
+    plot_dice,
+    plot_throughput,
+
+
+PLOTS = f"{RESULTS}/plots"
+RAW_JSON = f"{RESULTS}/{DATASET}/raw/dataset.json"
+
+
+rule plot_curves:
+    input:
+        metrics=get_run_files(rules.train.output.metrics),
+        dataset=RAW_JSON,
+    output:
+        png=report(
+            f"{PLOTS}/curves-{RUN}.png",
+            caption="../report/curves.rst",
+            category="Training curves",
+            labels={"run": RUN},
+        ),
+    params:
+        folds=list(GRID.folds),
+        run=RUN,
+        regions=STUDY.training.regions,
+    conda:
+        "../envs/nnpipe.yaml"
+    log:
+        f"logs/plots/curves-{RUN}.log",
+    script:
+        "../workflow/scripts/plot_curves.py"
+
+
+rule plot_overlays:
+    input:
+        scores=get_run_files(rules.evaluate.output.scores),
+        predictions=get_run_files(rules.predict.output.predictions),
+        dataset=RAW_JSON,
+    output:
+        png=report(
+            f"{PLOTS}/overlays-{RUN}.png",
+            caption="../report/overlays.rst",
+            category="Segmentations",
+            labels={"run": RUN},
+        ),
+    params:
+        folds=list(GRID.folds),
+        run=RUN,
+    conda:
+        "../envs/nnpipe.yaml"
+    log:
+        f"logs/plots/overlays-{RUN}.log",
+    script:
+        "../workflow/scripts/plot_overlays.py"
+
+
+rule plot_dice:
+    input:
+        scores=get_all_evaluations,
+        dataset=RAW_JSON,
+    output:
+        png=report(
+            f"{PLOTS}/dice-per-class.png",
+            caption="../report/dice.rst",
+            category="Accuracy",
+            labels={"plot": "Dice per class"},
+        ),
+    params:
+        folds=list(GRID.folds),
+        runs=run_names(),
+        regions=STUDY.training.regions,
+    conda:
+        "../envs/nnpipe.yaml"
+    log:
+        "logs/plots/dice-per-class.log",
+    script:
+        "../workflow/scripts/plot_dice.py"
+
+
+rule plot_throughput:
+    input:
+        benchmarks=get_benchmarks,
+    output:
+        png=report(
+            f"{PLOTS}/throughput.png",
+            caption="../report/throughput.rst",
+            category="Throughput",
+            labels={"plot": "samples/s against batch size"},
+        ),
+    conda:
+        "../envs/nnpipe.yaml"
+    log:
+        "logs/plots/throughput.log",
+    script:
+        "../workflow/scripts/plot_throughput.py"
+
+
 rule tables:
     input:
         unpack(get_table_inputs),
+        plots=get_plot_files,
     output:
-        tables=TABLES,
+        tables=report(TABLES, caption="../report/tables.rst", category="Tables"),
     conda:
         "../envs/nnpipe.yaml"
     log:

@@ -1,5 +1,7 @@
 # One job per (dim, precision, gpus, fold). A killed job rerun by Snakemake resumes from
-# last.pt in the run folder (last.pt is not an output, so Snakemake keeps it).
+# last.pt in the run folder (last.pt is not an output, so Snakemake keeps it). Under SLURM a
+# warning signal before the time limit (profiles/slurm: slurm_extra --signal) makes training
+# checkpoint and exit 143; the retry (profile: retries) resumes from that checkpoint.
 
 
 rule train:
@@ -17,7 +19,11 @@ rule train:
         settings=section_json("training"),
     threads: 1
     resources:
-        gpu=get_gpus,
+        gpu=get_gpus,  # GPUs of the whole job (sbatch --gpus)
+        nodes=get_nodes,  # > 1 only when gpus > config gpus_per_node
+        tasks=get_nodes,  # one torchrun agent per node (used by SLURM for multi-node runs)
+        tasks_per_gpu=0,  # keeps the SLURM plugin from turning `tasks` into tasks per GPU
+        mpi=get_multinode,  # multi-node: the plugin runs the shell in the batch step
     conda:
         "../envs/nnpipe.yaml"
     log:
@@ -25,6 +31,8 @@ rule train:
     benchmark:
         f"benchmarks/{{dataset}}/train/{RUN}/fold{{fold}}.tsv"
     shell:
-        "{params.launch} train --config-json {params.settings:q}"
+        # exec: the trainer replaces the shell, so a SIGTERM from SLURM reaches it while
+        # Snakemake (in the job) waits for its checkpoint instead of seeing the shell die first
+        "exec {params.launch} train --config-json {params.settings:q}"
         " --preprocessed {params.preprocessed} --splits {input.splits} --fold {wildcards.fold}"
         " --precision {wildcards.precision} --threads {threads} --out {params.out} > {log} 2>&1"

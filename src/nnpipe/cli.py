@@ -49,11 +49,13 @@ def cmd_fingerprint(args: argparse.Namespace) -> None:
 def cmd_plan(args: argparse.Namespace) -> None:
     from nnpipe.io import read_json
     from nnpipe.planning.fingerprint import Fingerprint
-    from nnpipe.planning.planner import make_plan, settings_from_config
+    from nnpipe.planning.planner import settings_from_config
+    from nnpipe.planning.presets import plan_for
 
     cfg = _cfg(args)
     fp = Fingerprint.from_dict(read_json(args.fingerprint))
-    plan = make_plan(fp, args.dim, settings_from_config(cfg.planning), cfg.dataset.name)
+    plan = plan_for(fp, args.dim, settings_from_config(cfg.planning), cfg.dataset.name,
+                    cfg.planning.preset, cfg.dataset.task)
     plan.save(args.out)
 
 
@@ -70,9 +72,11 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
     from nnpipe.planning.plan import Plan
     from nnpipe.preprocessing.pipeline import preprocess_dataset
 
-    workers = args.workers or _cfg(args).preprocess.workers
+    cfg = _cfg(args).preprocess
+    workers = args.workers or cfg.workers
+    memory_gb = cfg.memory_gb if args.memory_gb is None else args.memory_gb
     preprocess_dataset(load_dataset(args.raw), Plan.load(args.plan), Path(args.out),
-                       workers=workers)
+                       workers=workers, memory_gb=memory_gb)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -89,27 +93,34 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from nnpipe.datasets.layout import load_dataset
-    from nnpipe.inference.predict import predict_cases
+    from nnpipe.inference.predict import predict_dataset, predict_folder
     from nnpipe.training.splits import load_fold
 
     _threads(args.threads)
-    ds = load_dataset(args.raw)
-    ids = args.cases or load_fold(args.splits, args.fold)["val"]
-    predict_cases(args.model, ds, ids, Path(args.out), _cfg(args).inference,
-                  skip_existing=args.continue_)
+    common = dict(plan=args.plan, postprocess=args.postprocess, skip_existing=args.continue_,
+                  device=args.device)
+    if args.input:
+        predict_folder(args.model, args.input, args.out, _cfg(args).inference,
+                       allow_empty=args.allow_empty, **common)
+    else:
+        ids = args.cases or load_fold(args.splits, args.fold)["val"]
+        predict_dataset(args.model, args.raw, ids, args.out, _cfg(args).inference, **common)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from nnpipe.datasets.layout import load_dataset
-    from nnpipe.evaluation.metrics import evaluate_folder
-    from nnpipe.training.splits import load_fold
+    from nnpipe.evaluation.run import evaluate_fold
 
-    ds = load_dataset(args.raw)
-    ids = load_fold(args.splits, args.fold)["val"]
-    refs = {c: ds.case(c).label for c in ids}
-    labels = [v for v in ds.labels if v != 0]
-    evaluate_folder(Path(args.pred), refs, ids, labels, Path(args.out))
+    cfg = _cfg(args)
+    evaluate_fold(args.pred, args.raw, args.splits, args.fold, args.out,
+                  summary_json=args.summary, tolerance_mm=cfg.evaluation.nsd_tolerance_mm,
+                  regions=cfg.training.regions)
+
+
+def cmd_postprocess(args: argparse.Namespace) -> None:
+    from nnpipe.evaluation.run import decide_postprocessing
+
+    decide_postprocessing(args.pred, args.folds, args.raw, args.splits, args.out,
+                          regions=_cfg(args).training.regions)
 
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
@@ -124,7 +135,8 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
     spec = BenchmarkSpec(args.mode, args.batch_size, args.precision,
                          args.warmup or cfg.warmup_steps, args.steps or cfg.timed_steps,
                          tuple(args.patch_size or cfg.patch_size(args.dim)),
-                         args.synthetic or cfg.synthetic)
+                         args.synthetic or cfg.synthetic, args.compile, args.channels_last,
+                         args.loader)
     pre = Path(args.preprocessed) if args.preprocessed else None
     record = run_benchmark(plan, spec, pre, threads=args.threads, force_cpu=args.cpu)
     if record["gpus"] == 1 or _rank() == 0:
@@ -165,7 +177,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=fn)
         return sp
 
-    sp = stage("download", cmd_download, "Create the raw dataset folder (embedded or local).")
+    sp = stage("download", cmd_download, "Create the raw dataset folder (embedded, local, or an "
+               "MSD task downloaded with resume and checksum).")
     sp.add_argument("--out", required=True, help="raw folder to create, e.g. results/embedded/raw")
     sp = stage("fingerprint", cmd_fingerprint, "Measure spacings, shapes, intensities.")
     sp.add_argument("--raw", required=True, help="dataset folder holding dataset.json")
@@ -183,6 +196,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--plan", required=True)
     sp.add_argument("--out", required=True, help="folder; manifest.json is written last")
     sp.add_argument("--workers", type=int, default=0, help="parallel cases (0: from config)")
+    sp.add_argument("--memory-gb", type=float, help="RAM budget for the cases in flight "
+                    "(default: config preprocess.memory_gb; 0: workers alone)")
     sp = stage("train", cmd_train, "Train one fold (resumes from last.pt; torchrun for DDP).")
     sp.add_argument("--preprocessed", required=True)
     sp.add_argument("--splits", required=True)
@@ -193,23 +208,41 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--threads", type=int, help="CPU threads for torch")
     sp.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU exists")
     sp = stage("predict", cmd_predict, "Sliding-window prediction to NIfTI in original geometry.")
-    sp.add_argument("--model", required=True, help="final.pt of a training run")
-    sp.add_argument("--raw", required=True)
+    sp.add_argument("--model", required=True, nargs="+", help="run folder(s) or final.pt; "
+                    "several (the fold models) are averaged as an ensemble")
+    sp.add_argument("--input", help="folder of NIfTI images in the dataset's channel layout "
+                    "(<case>.nii.gz 4D, or <case>_0000.nii.gz per channel); no labels needed")
+    sp.add_argument("--raw", help="dataset folder, with --splits/--fold or --cases")
     sp.add_argument("--splits", help="splits.json (with --fold: predict its validation cases)")
     sp.add_argument("--fold", type=int)
     sp.add_argument("--cases", nargs="*", help="case ids to predict instead of a fold")
-    sp.add_argument("--out", required=True)
+    sp.add_argument("--out", "--output", dest="out", required=True)
+    sp.add_argument("--plan", help="plan JSON the models must have been trained with")
+    sp.add_argument("--postprocess", help="postprocessing decision JSON to apply")
     sp.add_argument("--continue", dest="continue_", action="store_true",
                     help="skip cases whose output already exists")
+    sp.add_argument("--allow-empty", action="store_true", help="an empty --input is no error")
+    sp.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda, cuda:1")
     sp.add_argument("--threads", type=int)
-    sp = stage("evaluate", cmd_evaluate, "Dice per class per case in original space (CSV).")
+    sp = stage("evaluate", cmd_evaluate, "Dice, IoU, HD95, surface Dice per class per case "
+               "in original space (CSV, summary JSON).")
     sp.add_argument("--pred", required=True)
     sp.add_argument("--raw", required=True)
     sp.add_argument("--splits", required=True)
     sp.add_argument("--fold", type=int, required=True)
     sp.add_argument("--out", required=True)
+    sp.add_argument("--summary", help="summary JSON to write (per class, per case, mean)")
+    sp = stage("postprocess", cmd_postprocess, "Decide largest-component postprocessing per "
+               "class from the cross-validation predictions (JSON).")
+    sp.add_argument("--pred", required=True, nargs="+", help="one prediction folder per fold")
+    sp.add_argument("--folds", required=True, nargs="+", type=int)
+    sp.add_argument("--raw", required=True)
+    sp.add_argument("--splits", required=True)
+    sp.add_argument("--out", required=True)
     sp = stage("benchmark", cmd_benchmark, "Training or inference throughput like the reference.")
-    sp.add_argument("--mode", choices=("train", "predict"), required=True)
+    sp.add_argument("--mode", choices=("train", "predict", "loader"), required=True,
+                    help="train: optimizer steps incl. data loading; predict: patch forward "
+                    "passes; loader: the data pipeline alone")
     sp.add_argument("--dim", type=int, choices=(2, 3), required=True)
     sp.add_argument("--batch-size", type=int, required=True)
     sp.add_argument("--precision", choices=PRECISIONS, default="fp32")
@@ -219,6 +252,10 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--warmup", type=int, help="warm-up steps (default: config)")
     sp.add_argument("--steps", type=int, help="timed steps (default: config)")
     sp.add_argument("--synthetic", action="store_true", help="random tensors instead of data")
+    sp.add_argument("--compile", action="store_true", help="torch.compile the network")
+    sp.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    sp.add_argument("--loader", choices=("torch", "dali"), default="torch",
+                    help="data pipeline backend for train/loader modes")
     sp.add_argument("--out", required=True)
     sp.add_argument("--threads", type=int)
     sp.add_argument("--cpu", action="store_true")
@@ -229,8 +266,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "predict" and not args.cases and (args.splits is None or args.fold is None):
-        print("nnpipe predict: give --splits and --fold, or --cases", file=sys.stderr)
+    if args.command == "predict" and not args.input and (
+            args.raw is None or (not args.cases and (args.splits is None or args.fold is None))):
+        print("nnpipe predict: give --input, or --raw with --splits and --fold or --cases",
+              file=sys.stderr)
         return 2
     try:
         return int(args.func(args) or 0)

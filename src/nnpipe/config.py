@@ -63,6 +63,7 @@ class DatasetSettings:
     source: str
     path: str
     embedded: EmbeddedSettings
+    task: str = ""  # MSD task (source msd, planning.preset reference)
 
 
 @dataclass(frozen=True)
@@ -81,11 +82,13 @@ class PlanningSettings:
     max_batch_size: int
     batch_voxels_3d: int
     batch_voxels_2d: int
+    preset: str = "auto"  # auto | reference
 
 
 @dataclass(frozen=True)
 class PreprocessSettings:
     workers: int
+    memory_gb: float = 0.0  # budget for cases in flight; 0 = workers alone bound memory
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,11 @@ class TrainingSettings:
     batch_size: int
     seed: int
     deterministic: bool
+    loader: str
+    extra_augmentations: tuple[str, ...]
+    compile: bool
+    channels_last: bool
+    regions: bool = False  # BraTS region mode (nnpipe.training.regions)
 
 
 @dataclass(frozen=True)
@@ -110,6 +118,14 @@ class InferenceSettings:
     blend: str
     tta: bool
     batch_size: int
+    save_probabilities: bool = False
+    ensemble: bool = True
+    precision: str = "fp32"  # forward passes: fp32 or bf16 autocast
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    nsd_tolerance_mm: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -146,6 +162,7 @@ class StudyConfig:
     training: TrainingSettings
     inference: InferenceSettings
     benchmark: BenchmarkSettings
+    evaluation: EvaluationSettings
 
 
 def _build(cls: type, value: dict[str, Any]) -> Any:
@@ -170,6 +187,7 @@ _SECTIONS: dict[tuple[type, str], type] = {
     (StudyConfig, "training"): TrainingSettings,
     (StudyConfig, "inference"): InferenceSettings,
     (StudyConfig, "benchmark"): BenchmarkSettings,
+    (StudyConfig, "evaluation"): EvaluationSettings,
 }
 
 

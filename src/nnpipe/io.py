@@ -20,6 +20,9 @@ import numpy as np
 
 from nnpipe.errors import DataError
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_path(path: Path | str) -> Iterator[Path]:
@@ -37,6 +40,8 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.is_file():  # mkstemp creates 0600; give the usual umask-based permissions
+            os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from nnpipe.data.augment import AugmentSettings, augment
+from nnpipe.data.augment import EXTRA_TRANSFORMS, AugmentSettings, augment, gamma_exponents
 
 NOTHING = dict(zoom_prob=0.0, flip_prob=0.0, noise_prob=0.0, blur_prob=0.0,
                brightness_prob=0.0, contrast_prob=0.0)
@@ -208,3 +209,183 @@ def test_cuda_batch_with_cpu_generator() -> None:
     first = augment(image.cuda(), seg.cuda(), everything, gen(17))
     again = augment(image.cuda(), seg.cuda(), everything, gen(17))
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+
+
+# --- nnU-Net options: rotation, scaling, gamma, low resolution -------------------------------
+
+def ramps(spatial: tuple[int, ...]) -> torch.Tensor:
+    """(1, dim, *spatial): channel k is the voxel offset from the patch centre along axis k."""
+    axes = [torch.arange(s, dtype=torch.float32) - (s - 1) / 2 for s in spatial]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"))[None]
+
+
+def test_rotation_by_90_degrees_in_2d_is_rot90() -> None:
+    image, seg = torch.randn(3, 2, 6, 6), blocky_seg(3, (8, 8))[:, :, 1:7, 1:7]
+    out, out_seg = augment(image, seg, only(rotation_prob=1.0, rotation_range=(90.0, 90.0)),
+                           gen(20))
+    torch.testing.assert_close(out, image.rot90(1, (2, 3)), atol=1e-5, rtol=0)
+    assert torch.equal(out_seg, seg.rot90(1, (2, 3)))
+
+
+def test_rotation_by_90_degrees_about_every_axis_in_3d_permutes_axes() -> None:
+    image, seg = torch.randn(2, 1, 6, 6, 6), blocky_seg(2, (8, 8, 8))[:, :, 1:7, 1:7, 1:7]
+    out, out_seg = augment(image, seg, only(rotation_prob=1.0, rotation_range=(90.0, 90.0)),
+                           gen(21))
+    # R0 @ R1 @ R2 with 90 degrees each swaps the first and last axis and mirrors the first.
+    torch.testing.assert_close(out, image.permute(0, 1, 4, 3, 2).flip(2), atol=1e-5, rtol=0)
+    assert torch.equal(out_seg, seg.permute(0, 1, 4, 3, 2).flip(2))
+
+
+def test_rotation_on_a_non_square_patch_rotates_voxel_geometry() -> None:
+    # Linear ramps are reproduced exactly by linear interpolation, so a 90 degree turn of a
+    # 12x16 patch must map the offset (i, j) to the input offset (j, -i) where it is inside.
+    image = ramps((12, 16))
+    seg = torch.zeros(1, 1, 12, 16, dtype=torch.int64)
+    out, _ = augment(image, seg, only(rotation_prob=1.0, rotation_range=(90.0, 90.0)), gen(22))
+    inside = slice(3, 13)  # columns whose offset j - 7.5 lies within the 12 input rows
+    torch.testing.assert_close(out[0, 0, :, inside], image[0, 1, :, inside], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[0, 1, :, inside], -image[0, 0, :, inside], atol=1e-5, rtol=0)
+
+
+def test_scaling_magnifies_about_the_centre() -> None:
+    image = ramps((8, 12, 6))
+    seg = torch.zeros(1, 1, 8, 12, 6, dtype=torch.int64)
+    out, _ = augment(image, seg, only(scaling_prob=1.0, scaling_range=(2.0, 2.0)), gen(23))
+    torch.testing.assert_close(out, image / 2.0, atol=1e-5, rtol=0)
+
+
+def test_scaling_down_pads_with_zero_image_and_background() -> None:
+    image = ramps((12, 12)) + 100.0
+    seg = torch.ones(1, 1, 12, 12, dtype=torch.int64)
+    out, out_seg = augment(image, seg, only(scaling_prob=1.0, scaling_range=(0.5, 0.5)),
+                           gen(24))
+    centre = (slice(None), slice(None), slice(4, 8), slice(4, 8))
+    torch.testing.assert_close(out[centre], (image[centre] - 100.0) * 2.0 + 100.0)
+    assert (out[..., 0, :] == 0).all() and (out_seg[..., 0, :] == 0).all()
+    assert (out_seg[centre] == 1).all()
+
+
+@pytest.mark.parametrize("spatial", [(16, 20), (12, 16, 8)])
+def test_rotation_and_scaling_keep_seg_aligned_with_image(spatial: tuple[int, ...]) -> None:
+    seg = blocky_seg(6, spatial, seed=1)
+    out, out_seg = augment(seg.float(), seg, only(rotation_prob=1.0, scaling_prob=1.0), gen(25))
+    assert out_seg.dtype == torch.int64 and not torch.equal(out_seg, seg)
+    assert set(out_seg.unique().tolist()) <= set(seg.unique().tolist())
+    pool = F.max_pool3d if len(spatial) == 3 else F.max_pool2d
+    labels = out_seg.float()
+    boundary = pool(labels, 3, 1, 1) != -pool(-labels, 3, 1, 1)
+    mismatch = (out - labels).abs() > 1e-4
+    inner = (slice(None), slice(None)) + (slice(1, -1),) * len(spatial)
+    assert not (mismatch & ~boundary)[inner].any()
+
+
+def test_gamma_curves_each_channel_and_keeps_its_range() -> None:
+    image = torch.rand(3, 2, 6, 6, 6) * 4.0 - 1.0
+    dims = (2, 3, 4)
+    low, high = image.amin(dim=dims, keepdim=True), image.amax(dim=dims, keepdim=True)
+    out, _ = augment(image, blocky_seg(3, (8, 8, 8))[:, :, :6, :6, :6],
+                     only(gamma_prob=1.0, gamma_range=(2.0, 2.0)), gen(26))
+    torch.testing.assert_close(out, low + ((image - low) / (high - low)) ** 2 * (high - low))
+    torch.testing.assert_close(out.amin(dim=dims), image.amin(dim=dims))
+    torch.testing.assert_close(out.amax(dim=dims), image.amax(dim=dims))
+
+
+def test_inverted_gamma_curves_from_the_maximum() -> None:
+    image = torch.rand(2, 1, 5, 7) * 3.0
+    low, high = image.amin(dim=(2, 3), keepdim=True), image.amax(dim=(2, 3), keepdim=True)
+    out, _ = augment(image, blocky_seg(2, (8, 8))[:, :, :5, :7],
+                     only(gamma_inverted_prob=1.0, gamma_range=(2.0, 2.0)), gen(27))
+    torch.testing.assert_close(out, high - ((high - image) / (high - low)) ** 2 * (high - low))
+
+
+def test_gamma_of_a_constant_channel_is_the_identity() -> None:
+    image = torch.full((2, 1, 4, 4), 3.0)
+    out, _ = augment(image, blocky_seg(2, (4, 4)), only(gamma_prob=1.0), gen(28))
+    assert torch.equal(out, image)
+
+
+def test_gamma_exponents_fall_below_and_above_one_equally_often() -> None:
+    g = gen(29)
+    gamma = gamma_exponents(torch.rand(4000, generator=g), torch.rand(4000, generator=g),
+                            (0.7, 1.5))
+    assert gamma.min() >= 0.7 and gamma.max() <= 1.5
+    assert (gamma < 1.0).float().mean().item() == pytest.approx(0.5, abs=0.03)
+    only_above = gamma_exponents(torch.zeros(3), torch.tensor([0.0, 0.5, 1.0]), (1.2, 1.6))
+    torch.testing.assert_close(only_above, torch.tensor([1.2, 1.4, 1.6]))
+
+
+@pytest.mark.parametrize(("spatial", "mode"), [((12, 10), "bicubic"), ((8, 12, 6), "trilinear")])
+def test_lowres_is_nearest_down_then_smooth_up(spatial: tuple[int, ...], mode: str) -> None:
+    image = torch.randn(2, 2, *spatial)
+    out, _ = augment(image, blocky_seg(2, tuple(s + 4 for s in spatial))[
+        (slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)],
+        only(lowres_prob=1.0, lowres_range=(2.0, 2.0)), gen(30))
+    small = F.interpolate(image, size=[s // 2 for s in spatial], mode="nearest")
+    expected = F.interpolate(small, size=list(spatial), mode=mode, align_corners=False)
+    torch.testing.assert_close(out, expected)
+    assert out.std() < image.std()  # detail is lost
+
+
+def test_lowres_by_factor_one_is_the_identity() -> None:
+    image = torch.randn(2, 1, 6, 6, 6)
+    out, _ = augment(image, blocky_seg(2, (8, 8, 8))[:, :, :6, :6, :6],
+                     only(lowres_prob=1.0, lowres_range=(1.0, 1.0)), gen(31))
+    torch.testing.assert_close(out, image)
+
+
+@pytest.mark.parametrize("spatial", [(16, 20), (12, 16, 8)])
+def test_every_option_keeps_shapes_labels_and_determinism(spatial: tuple[int, ...]) -> None:
+    seg, image = blocky_seg(8, spatial), torch.randn(8, 3, *spatial)
+    settings = AugmentSettings(zoom_prob=0.5, noise_prob=0.5, blur_prob=0.5, rotation_prob=1.0,
+                               scaling_prob=1.0, gamma_prob=1.0, gamma_inverted_prob=1.0,
+                               lowres_prob=1.0)
+    out, out_seg = augment(image, seg, settings, gen(32))
+    again = augment(image, seg, settings, gen(32))
+    assert out.shape == image.shape and out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert out_seg.shape == seg.shape and out_seg.dtype == torch.int64
+    assert set(out_seg.unique().tolist()) <= {0, 1, 2, 3}
+    assert torch.equal(out, again[0]) and torch.equal(out_seg, again[1])
+
+
+def test_options_off_leave_the_random_stream_of_the_reference_set() -> None:
+    image, seg = torch.randn(4, 1, 8, 8, 8), blocky_seg(4, (8, 8, 8))
+    reference = AugmentSettings(zoom_prob=0.5, noise_prob=0.5)
+    g_a, g_b = gen(33), gen(33)
+    augment(image, seg, reference, g_a)
+    augment(image, seg, reference, g_b)
+    assert torch.equal(g_a.get_state(), g_b.get_state())
+    with_option = gen(33)
+    augment(image, seg, replace(reference, gamma_prob=0.3), with_option)
+    assert not torch.equal(with_option.get_state(), g_a.get_state())  # it draws its own block
+    assert not AugmentSettings().uses_extras
+
+
+def test_from_names_switches_on_nnunet_probabilities() -> None:
+    settings = AugmentSettings.from_names(True, ["rotation", "lowres", "gamma"])
+    assert (settings.rotation_prob, settings.lowres_prob, settings.gamma_prob) == (0.2, 0.25, 0.3)
+    assert settings.scaling_prob == 0.0 and settings.gamma_inverted_prob == 0.0
+    assert settings.zoom_prob == AugmentSettings().zoom_prob and settings.enabled
+    assert AugmentSettings.from_names(True, []) == AugmentSettings()
+    everything = AugmentSettings.from_names(True, sorted(EXTRA_TRANSFORMS))
+    assert (everything.scaling_prob, everything.gamma_inverted_prob) == (0.2, 0.1)
+    assert not AugmentSettings.from_names(False, ["scaling"]).enabled
+
+
+@pytest.mark.parametrize(("names", "message"), [
+    (["rotation", "mirror"], r"unknown augmentation name\(s\) \['mirror'\]"),
+    (["gamma", "gamma"], r"\['gamma'\] given more than once"),
+])
+def test_from_names_rejects_bad_names(names: list[str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        AugmentSettings.from_names(True, names)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"rotation_range": (30.0, -30.0)}, "rotation_range"),
+    ({"scaling_range": (0.0, 1.4)}, "scaling_range"),
+    ({"lowres_range": (0.5, 2.0)}, "lowres_range"),
+    ({"gamma_prob": 1.5}, "gamma_prob"),
+])
+def test_option_settings_reject_bad_values(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        AugmentSettings(**kwargs)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from nnpipe.data.augment import AugmentSettings
-from nnpipe.data.loader import BatchLoader, loader_throughput
+from nnpipe.data.loader import BatchLoader, loader_throughput, make_loader
 from nnpipe.data.sampling import SamplerSettings
 
 SAMPLER = SamplerSettings((6, 6, 4), foreground_prob=0.4)
@@ -70,9 +71,9 @@ def test_resume_reproduces_the_following_batches(preprocessed: Path, tmp_path: P
         take(loader, 3)
         # Let the thread run ahead: the saved state must still be that of batch 4.
         deadline = time.monotonic() + 5.0
-        while loader._items.qsize() < 4 and time.monotonic() < deadline:
+        while loader._stager.queued() < 4 and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert loader._items.qsize() == 4
+        assert loader._stager.queued() == 4
         state = loader.state_dict()
         expected = take(loader, 4)
     torch.save(state, tmp_path / "loader.pt")  # a checkpoint holds it; weights_only loads it
@@ -104,13 +105,13 @@ def test_close_and_continue_keeps_the_sequence(preprocessed: Path) -> None:
 def test_sampling_errors_reach_the_training_thread(preprocessed: Path) -> None:
     loader = make(preprocessed)
 
-    def broken(rng: np.random.Generator, batch_size: int) -> None:
+    def broken(rng: np.random.Generator, image: np.ndarray, seg: np.ndarray) -> None:
         raise OSError("disk went away")
 
-    loader.sampler.sample = broken  # type: ignore[method-assign]
+    loader.sampler.sample_into = broken  # type: ignore[method-assign]
     with pytest.raises(OSError, match="disk went away"):
         next(loader)
-    assert loader._thread is None
+    assert not loader._stager.running
 
 
 def test_throughput_is_positive(preprocessed: Path) -> None:
@@ -122,6 +123,7 @@ def test_throughput_is_positive(preprocessed: Path) -> None:
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"batch_size": 0}, "batch_size"),
     ({"prefetch": 0}, "prefetch"),
+    ({"seed": -1}, "seed"),
 ])
 def test_bad_arguments_are_rejected(preprocessed: Path, kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -131,3 +133,49 @@ def test_bad_arguments_are_rejected(preprocessed: Path, kwargs: dict, message: s
 def test_bad_state_is_rejected(preprocessed: Path) -> None:
     with make(preprocessed) as loader, pytest.raises(ValueError, match="torch"):
         loader.load_state_dict({"numpy": {}, "batches_delivered": 0})
+
+
+def test_batches_do_not_depend_on_the_number_of_workers(preprocessed: Path) -> None:
+    one = BatchLoader(preprocessed, ["p", "q", "r"], SAMPLER, AUGMENT, 3, 4, "cpu", workers=1)
+    three = BatchLoader(preprocessed, ["p", "q", "r"], SAMPLER, AUGMENT, 3, 4, "cpu",
+                        prefetch=5, workers=3)
+    with one, three:
+        assert_same(take(one, 5), take(three, 5))
+
+
+def test_resume_with_other_workers_continues_the_stream(preprocessed: Path) -> None:
+    with make(preprocessed, seed=8) as loader:
+        take(loader, 2)
+        state = loader.state_dict()
+        expected = take(loader, 3)
+    other = BatchLoader(preprocessed, ["p", "q", "r"], SAMPLER, AUGMENT, 3, 0, "cpu", workers=3)
+    with other:
+        other.load_state_dict(state)
+        assert_same(take(other, 3), expected)
+
+
+def test_make_loader_builds_the_torch_backend(preprocessed: Path) -> None:
+    loader = make_loader("torch", preprocessed, ["p", "q", "r"], SAMPLER, AUGMENT, 3, 5, "cpu")
+    with loader, make(preprocessed, seed=5) as reference:
+        assert isinstance(loader, BatchLoader)
+        assert_same(take(loader, 2), take(reference, 2))
+
+
+def test_make_loader_rejects_an_unknown_backend(preprocessed: Path) -> None:
+    with pytest.raises(ValueError, match=r"unknown loader backend 'jax'; choose from \['dali', "
+                                         r"'torch'\]"):
+        make_loader("jax", preprocessed, ["p"], SAMPLER, AUGMENT, 3, 0, "cpu")
+
+
+def test_make_loader_says_when_dali_is_missing(preprocessed: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # makes the import fail
+    with pytest.raises(ValueError, match="'dali' needs nvidia-dali, which is not installed"):
+        make_loader("dali", preprocessed, ["p"], SAMPLER, AUGMENT, 3, 0, "cpu")
+
+
+def test_torch_loader_refuses_a_dali_state(preprocessed: Path) -> None:
+    with make(preprocessed) as loader:
+        state = {**loader.state_dict(), "backend": "dali"}
+        with pytest.raises(ValueError, match="'dali' loader state"):
+            loader.load_state_dict(state)

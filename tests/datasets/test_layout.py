@@ -125,3 +125,66 @@ def test_listed_but_missing_file(tmp_path):
 def test_missing_dataset_json(tmp_path):
     with pytest.raises(DataError, match="dataset.json is missing"):
         load_dataset(tmp_path)
+
+
+def _break_2d(root: Path) -> None:
+    _save(root / "imagesTr" / "c1.nii.gz", np.ones((6, 5), np.float32))
+
+
+def _break_single_slice(root: Path) -> None:
+    _save(root / "imagesTr" / "c1.nii.gz", np.ones((6, 5, 1, 2), np.float32))
+
+
+@pytest.mark.parametrize(("breaker", "shape"),
+                         [(_break_2d, r"\(6, 5\)"), (_break_single_slice, r"\(6, 5, 1, 2\)")])
+def test_2d_image_in_3d_dataset(tmp_path, breaker, shape):
+    root = _msd(tmp_path)
+    breaker(root)
+    ds = load_dataset(root)
+    with pytest.raises(DataError, match=rf"case 'c1', file .*c1\.nii\.gz': is a 2D image "
+                                        rf"\(shape {shape}\) in a 3D dataset"):
+        read_image(ds, ds.training[0])
+
+
+def _nnunetv2(root: Path, affines: tuple[np.ndarray, np.ndarray]) -> None:
+    for c, affine in enumerate(affines):
+        _save(root / "imagesTr" / f"k_{c:04d}.nii.gz", np.ones((4, 4, 3), np.float32), affine)
+    _save(root / "labelsTr" / "k.nii.gz", np.zeros((4, 4, 3), np.uint8))
+    (root / "dataset.json").write_text(json.dumps(
+        {"channel_names": {"0": "T1", "1": "T2"}, "labels": {"background": 0, "organ": 1},
+         "numTraining": 1, "file_ending": ".nii.gz"}))
+
+
+def test_channel_spacing_mismatch_names_both_spacings(tmp_path):
+    _nnunetv2(tmp_path, (AFFINE, np.diag([1.5, 1.0, 3.0, 1.0])))
+    ds = load_dataset(tmp_path)
+    with pytest.raises(DataError, match=r"case 'k', file '.*k_0001\.nii\.gz': channel spacing "
+                                        r"\(1\.5, 1, 3\) mm differs from the first channel's "
+                                        r"\(1\.5, 1, 2\) mm"):
+        read_image(ds, ds.training[0])
+
+
+def test_channel_position_mismatch(tmp_path):
+    moved = AFFINE.copy()
+    moved[:3, 3] = 10.0
+    _nnunetv2(tmp_path, (AFFINE, moved))
+    ds = load_dataset(tmp_path)
+    with pytest.raises(DataError, match="channel affine \\(position or orientation\\) differs"):
+        read_image(ds, ds.training[0])
+
+
+def test_missing_channel_file_of_nnunetv2_case(tmp_path):
+    _nnunetv2(tmp_path, (AFFINE, AFFINE))
+    (tmp_path / "imagesTr" / "k_0001.nii.gz").unlink()
+    with pytest.raises(DataError, match=r"case 'k', file '.*k_0001\.nii\.gz': listed in "
+                                        r"dataset.json but missing"):
+        load_dataset(tmp_path)
+
+
+def test_empty_label_is_a_warning_naming_the_case(tmp_path, capsys):
+    root = _msd(tmp_path)
+    _save(root / "labelsTr" / "c1.nii.gz", np.zeros((6, 5, 4), np.uint8))
+    ds = load_dataset(root)
+    label = read_label(ds, ds.training[0])
+    assert label.shape == (6, 5, 4) and label.sum() == 0
+    assert "warning: case 'c1', file" in capsys.readouterr().err

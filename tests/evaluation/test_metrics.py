@@ -6,10 +6,26 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from monai.metrics import compute_dice
+from monai.metrics import (
+    compute_dice,
+    compute_hausdorff_distance,
+    compute_iou,
+    compute_surface_dice,
+)
 
 from nnpipe.errors import DataError
-from nnpipe.evaluation.metrics import dice_per_class, evaluate_case, evaluate_folder, mean_dice
+from nnpipe.evaluation.metrics import (
+    ScoredClass,
+    dice_per_class,
+    evaluate_case,
+    evaluate_folder,
+    hd95,
+    image_diagonal_mm,
+    iou,
+    mean_dice,
+    normalized_surface_dice,
+    score_masks,
+)
 from nnpipe.io import save_nifti
 
 
@@ -100,7 +116,13 @@ def folders(tmp_path: Path) -> tuple[Path, Path]:
 def test_evaluate_case_reads_nifti(folders: tuple[Path, Path]) -> None:
     pred_dir, ref_dir = folders
     row = evaluate_case(pred_dir / "c1.nii.gz", ref_dir / "c1.nii.gz", [1, 2])
-    assert row == pytest.approx({"dice_1": 2 / 3, "dice_2": 0.5, "dice_mean": 7 / 12})
+    assert {k: row[k] for k in ("dice_1", "dice_2", "dice_mean")} == pytest.approx(
+        {"dice_1": 2 / 3, "dice_2": 0.5, "dice_mean": 7 / 12})
+    # label 1: |P∩R| = 3, |P∪R| = 6; label 2: 1 of 3
+    assert (row["iou_1"], row["iou_2"]) == pytest.approx((0.5, 1 / 3))
+    assert row["iou_mean"] == pytest.approx((0.5 + 1 / 3) / 2)
+    assert set(row) == {f"{m}_{c}" for m in ("dice", "iou", "hd95", "nsd")
+                        for c in ("1", "2", "mean")}
 
 
 def test_evaluate_case_rejects_other_geometry(tmp_path: Path, folders: tuple[Path, Path]) -> None:
@@ -120,7 +142,9 @@ def test_evaluate_folder_writes_csv(tmp_path: Path, folders: tuple[Path, Path]) 
     out = tmp_path / "eval" / "fold0.csv"
     evaluate_folder(pred_dir, ref_dir, ["c1", "c2"], [1, 2], out)
     table = pd.read_csv(out)
-    assert list(table.columns) == ["case", "dice_1", "dice_2", "dice_mean"]
+    assert list(table.columns) == ["case", "dice_1", "iou_1", "hd95_1", "nsd_1",
+                                   "dice_2", "iou_2", "hd95_2", "nsd_2",
+                                   "dice_mean", "iou_mean", "hd95_mean", "nsd_mean"]
     assert table["case"].tolist() == ["c1", "c2"]
     # c2: label 1 identical (1.0); label 2 predicted but absent from the reference (0.0)
     assert table["dice_1"].tolist() == pytest.approx([2 / 3, 1.0])
@@ -140,3 +164,119 @@ def test_evaluate_folder_with_mapping_and_missing_prediction(tmp_path: Path,
     assert not (tmp_path / "x.csv").exists()
     with pytest.raises(DataError, match=r"case 'c1'.*no reference"):
         evaluate_folder(pred_dir, refs, ["c1"], [1], tmp_path / "y.csv")
+
+
+# ---------------------------------------------------------------- IoU, HD95, NSD: golden values
+
+
+def box(shape: tuple[int, ...], lo: tuple[int, ...], hi: tuple[int, ...]) -> np.ndarray:
+    m = np.zeros(shape, dtype=bool)
+    m[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))] = True
+    return m
+
+
+def test_hd95_and_nsd_of_a_shifted_box_use_the_spacing() -> None:
+    # the same 4-voxel cube shifted by 2 voxels along x: surface distances are 0, 1 or 2
+    # voxels along x only, so in mm they scale with the x spacing alone
+    ref = box((12, 8, 8), (2, 2, 2), (6, 6, 6))
+    pred = box((12, 8, 8), (4, 2, 2), (8, 6, 6))
+    for sx in (1.0, 2.5):
+        assert hd95(pred, ref, (sx, 1.0, 1.0)) == pytest.approx(2 * sx)
+        assert hd95(pred, ref, (1.0, 3.0, 3.0)) == pytest.approx(2.0)  # y, z do not matter
+    assert iou(pred, ref) == pytest.approx(2 / 6)
+    # with a 1-voxel (1 mm) tolerance, the surface voxels 2 mm away fail the test
+    nsd_tight = normalized_surface_dice(pred, ref, (1.0, 1.0, 1.0), 1.0)
+    assert 0.0 < nsd_tight < 1.0
+    assert normalized_surface_dice(pred, ref, (1.0, 1.0, 1.0), 2.0) == 1.0
+    assert normalized_surface_dice(pred, ref, (2.0, 1.0, 1.0), 2.0) == pytest.approx(nsd_tight)
+
+
+def test_identical_masks_are_perfect() -> None:
+    m = box((9, 9, 9), (1, 2, 3), (6, 7, 8))
+    assert score_masks(m, m, (1.0, 2.0, 0.5), 0.0) == {"dice": 1.0, "iou": 1.0, "hd95": 0.0,
+                                                       "nsd": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("pred_any", "ref_any", "expected"),
+    [
+        (False, False, {"dice": 1.0, "iou": 1.0, "hd95": 0.0, "nsd": 1.0}),
+        (True, False, {"dice": 0.0, "iou": 0.0, "hd95": "diagonal", "nsd": 0.0}),
+        (False, True, {"dice": 0.0, "iou": 0.0, "hd95": "diagonal", "nsd": 0.0}),
+    ],
+)
+def test_empty_class_convention_for_every_metric(pred_any, ref_any, expected) -> None:
+    shape, spacing = (240, 240, 155), (1.0, 1.0, 1.0)
+    some = box(shape, (10, 10, 10), (12, 12, 12))
+    none = np.zeros(shape, dtype=bool)
+    scores = score_masks(some if pred_any else none, some if ref_any else none, spacing, 1.0)
+    diagonal = image_diagonal_mm(shape, spacing)
+    assert diagonal == pytest.approx(373.13, abs=0.01)  # BraTS's value for its grid
+    assert scores == pytest.approx({k: diagonal if v == "diagonal" else v
+                                    for k, v in expected.items()})
+
+
+# ---------------------------------------------------------------- cross-check against MONAI
+
+
+def blobs(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """A random blobby label map with labels 0-2 (smoothed noise, thresholded)."""
+    from scipy import ndimage
+
+    noise = ndimage.gaussian_filter(rng.standard_normal(shape), 1.5)
+    return np.digitize(noise, [0.05, 0.15]).astype(np.uint8)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_all_metrics_match_monai(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    shape = (20, 18, 12)
+    spacing = (0.8, 1.1, 2.5)  # anisotropic, so a wrong axis order would show
+    tolerance = 1.5
+    ref = blobs(rng, shape)
+    pred = blobs(np.random.default_rng(seed + 100), shape)
+    pred[ref == 2] = np.where(rng.random(int((ref == 2).sum())) < 0.7, 2, pred[ref == 2])
+
+    def one_hot(a: np.ndarray) -> torch.Tensor:
+        return torch.nn.functional.one_hot(torch.from_numpy(a).long(), 3).permute(3, 0, 1, 2)[None]
+
+    p, r = one_hot(pred).float(), one_hot(ref).float()
+    monai = {
+        "dice": compute_dice(p, r, include_background=False, ignore_empty=False)[0],
+        "iou": compute_iou(p, r, include_background=False, ignore_empty=False)[0],
+        "hd95": compute_hausdorff_distance(p, r, include_background=False, percentile=95,
+                                           spacing=spacing)[0],
+        "nsd": compute_surface_dice(p, r, [tolerance, tolerance], include_background=False,
+                                    spacing=spacing)[0],
+    }
+    for k, label in enumerate((1, 2)):
+        c = ScoredClass(str(label), (label,))
+        ours = score_masks(c.mask(pred), c.mask(ref), spacing, tolerance)
+        for metric, values in monai.items():
+            assert ours[metric] == pytest.approx(float(values[k]), abs=1e-5), (metric, label)
+
+
+def test_summary_json_per_class_and_per_case(tmp_path: Path, folders: tuple[Path, Path]) -> None:
+    import json
+
+    pred_dir, ref_dir = folders
+    summary = tmp_path / "fold0.json"
+    evaluate_folder(pred_dir, ref_dir, ["c1", "c2"], [1, 2], tmp_path / "fold0.csv",
+                    tolerance_mm=2.0, summary_json=summary)
+    record = json.loads(summary.read_text())
+    assert record["nsd_tolerance_mm"] == 2.0
+    assert record["classes"] == {"1": [1], "2": [2]}
+    assert record["mean"]["1"]["dice"] == pytest.approx((2 / 3 + 1.0) / 2)
+    assert record["mean"]["2"]["dice"] == pytest.approx((0.5 + 0.0) / 2)
+    assert record["foreground_mean"]["dice"] == pytest.approx((7 / 12 + 0.5) / 2)
+    assert [c["case"] for c in record["cases"]] == ["c1", "c2"]
+    # c2, label 2: predicted, absent from the reference -> HD95 is the image diagonal in mm
+    assert record["cases"][1]["hd95_2"] == pytest.approx(float(np.sqrt(6.0**2 + 4.5**2 + 4.0**2)))
+
+
+def test_region_classes_score_label_sets() -> None:
+    wt = ScoredClass("WT", (1, 2, 3))
+    pred = label_map({1: [0, 1], 3: [2]})
+    ref = label_map({2: [0, 1, 2, 3]})
+    assert score_masks(wt.mask(pred), wt.mask(ref), (1, 1, 1), 1.0)["dice"] == pytest.approx(
+        2 * 3 / 7)

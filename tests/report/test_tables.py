@@ -10,12 +10,14 @@ import pytest
 from nnpipe.config import study_config
 from nnpipe.errors import DataError
 from nnpipe.report.tables import (
+    PlotLink,
     RunKey,
     TableGrid,
     bench_json_path,
     collect_and_render,
     eval_csv_path,
     render_tables,
+    study_plots,
     train_json_path,
 )
 
@@ -62,11 +64,19 @@ BENCH = [
     bench("train", 3, "fp32", 1, 1, 10.0),
     bench("predict", 2, "fp32", 4, 1, 400.0),
     bench("predict", 2, "bf16", 4, 1, 500.0, (8.0, 9.0, 9.5, 10.0)),
+    bench("predict", 3, "bf16", 1, 1, 20.0, (50.0, 51.0, 52.0, 53.0)),
 ]
 
 
+# the plots of GRID as collect_and_render links them from results/tables.md; one not rendered
+PLOTS = [PlotLink(section, family, label, path,
+                  present=not (label == "3d-bf16-2gpu" and "prediction" in family))
+         for section, family, label, path in study_plots(GRID)]
+
+
 def render() -> str:
-    return render_tables(GRID, DICE, TRAIN_INFO, BENCH, MACHINE, dataset="embedded")
+    return render_tables(GRID, DICE, TRAIN_INFO, BENCH, MACHINE, dataset="embedded",
+                         plots=PLOTS)
 
 
 def table_rows(text: str, heading: str) -> list[list[str]]:
@@ -114,8 +124,23 @@ def test_predict_throughput_values() -> None:
     rows = table_rows(render(), "Inference throughput")
     assert rows[0] == ["2", "4", "32×48", "400.00", "10.00 / 11.00 / 12.00 / 13.00",
                        "500.00", "8.00 / 9.00 / 9.50 / 10.00"]
-    assert rows[1][:4] == ["3", "1", "unknown (no benchmark file)",
-                           "missing: results/embedded/benchmark/predict-3d-fp32-bs1-1gpu.json"]
+    # a cubic patch is written as the reference writes 128³; fp32 is missing, bf16 is there
+    assert rows[1] == ["3", "1", "32³",
+                       "missing: results/embedded/benchmark/predict-3d-fp32-bs1-1gpu.json",
+                       "— (no benchmark file)", "20.00", "50.00 / 51.00 / 52.00 / 53.00"]
+
+
+def test_plot_links_under_the_tables() -> None:
+    text = render()
+    accuracy = text.split("## Training accuracy\n", 1)[1].split("\n## ", 1)[0]
+    assert "- training curves (loss, Dice, lr): [2d-fp32-1gpu](plots/curves-2d-fp32-1gpu.png)" \
+        in accuracy
+    assert "3d-bf16-2gpu (not rendered: plots/overlays-3d-bf16-2gpu.png)" in accuracy
+    assert "[3d-bf16-2gpu](plots/overlays-3d-bf16-2gpu.png)" not in text
+    for heading in ("Training throughput", "Inference throughput"):
+        section = text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+        assert "- throughput: [samples/s against batch size](plots/throughput.png)" in section
+        assert "curves-" not in section
 
 
 def test_no_cell_without_measurement_is_empty_and_machine_is_named() -> None:
@@ -184,9 +209,17 @@ def test_collect_and_render_reads_what_render_expects(tmp_path: Path) -> None:
     out = tmp_path / "results" / "tables.md"
     text = collect_and_render(root, "embedded", GRID, out, machine=MACHINE)
     assert out.read_text() == text
+    # plots are linked relative to tables.md; none exists here except the one written below
+    not_rendered = [PlotLink(s, f, label, path, present=False)
+                    for s, f, label, path in study_plots(GRID)]
     expected = render_tables(GRID, DICE, TRAIN_INFO, BENCH, MACHINE, dataset="embedded",
-                             results_dir=root)
+                             results_dir=root, plots=not_rendered)
     assert text == expected
+    (root / "plots").mkdir()
+    (root / "plots" / "throughput.png").write_bytes(b"png")
+    text = collect_and_render(root, "embedded", GRID, out, machine=MACHINE)
+    assert "- throughput: [samples/s against batch size](plots/throughput.png)" in text
+    assert "box plots (not rendered: plots/dice-per-class.png)" in text
     assert f"missing: {root}/embedded/evaluate/2d-bf16-2gpu/fold{{0,1,2}}.csv" in text
 
 

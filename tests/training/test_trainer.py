@@ -93,3 +93,47 @@ def test_sigterm_checkpoints_and_exits_143(tiny_study, uninterrupted, tmp_path):
     res = _run(tiny_study, tmp_path)
     assert res.returncode == 0, res.stderr
     _assert_same_weights(uninterrupted / "final.pt", tmp_path / "final.pt")
+
+
+def test_more_epochs_extend_a_finished_run(tiny_study, uninterrupted, tmp_path):
+    import shutil
+
+    shutil.copytree(uninterrupted, tmp_path, dirs_exist_ok=True)
+    cmd = _command(tiny_study, tmp_path) + ["--epochs", "5"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "extending fold 1" in res.stderr
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5]
+    assert json.loads((tmp_path / "train.json").read_text())["epochs"] == 5
+
+
+def test_two_cpu_ranks_under_torchrun(tiny_study, tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", *_command(tiny_study,
+                                                                             tmp_path)[1:]]
+    settings = {"training": {**SETTINGS["training"], "epochs": 2, "steps_per_epoch": 3}}
+    cmd[cmd.index("--config-json") + 1] = json.dumps(settings)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((tmp_path / "train.json").read_text())
+    assert summary["gpus"] == 2 and summary["epochs"] == 2
+    # one rank logs and writes: each epoch line appears once
+    assert res.stderr.count("fold 1 epoch 2/2") == 1
+    ckpt = torch.load(tmp_path / "final.pt", map_location="cpu", weights_only=False)
+    assert ckpt["world_size"] == 2 and len(ckpt["loader"]) == 2
+
+
+def test_sgd_poly_decay():
+    from nnpipe.config import study_config
+    from nnpipe.training.trainer import make_optimizer
+
+    s = study_config({"training": {"optimizer": "sgd", "learning_rate": 0.01}}).training
+    model = torch.nn.Linear(2, 2)
+    opt, sched = make_optimizer(model, s, total_steps=10, device=torch.device("cpu"))
+    assert opt.param_groups[0]["nesterov"] and opt.param_groups[0]["momentum"] == 0.99
+    for _ in range(5):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.01 * 0.5**0.9)

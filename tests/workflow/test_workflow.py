@@ -61,6 +61,22 @@ def test_prediction_keeps_source_geometry(study):
     assert pred.get_data_dtype() == np.uint8
 
 
+def test_ensemble_and_postprocessing_outputs(study):
+    ds = study / "results" / "wftest"
+    test_images = sorted(p.name for p in (ds / "raw" / "imagesTs").glob("*.nii.gz"))
+    for run in ("2d-fp32-1gpu", "3d-fp32-1gpu"):
+        decision = json.loads((ds / "postprocess" / f"{run}.json").read_text())
+        assert set(decision["classes"]) == {"1", "2", "3"}
+        assert len(decision["cases"]) == 2  # the validation cases of both folds (1 each)
+        written = sorted(p.name for p in (ds / "ensemble" / run).iterdir())
+        assert written == test_images and written
+        pred = nib.load(ds / "ensemble" / run / written[0])
+        src = nib.load(ds / "raw" / "imagesTs" / written[0])
+        np.testing.assert_allclose(pred.affine, src.affine, atol=1e-5)
+        summary = json.loads((ds / "evaluate" / run / "fold0.json").read_text())
+        assert set(summary["foreground_mean"]) == {"dice", "iou", "hd95", "nsd"}
+
+
 def test_training_outputs(study):
     run = study / "results" / "wftest" / "train" / "2d-fp32-1gpu" / "fold1"
     summary = json.loads((run / "train.json").read_text())
@@ -75,8 +91,33 @@ def test_forcing_one_fold_reruns_only_its_chain(study):
     assert res.returncode == 0, res.stderr[-3000:]
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", res.stdout, flags=re.M))
     counts.pop("total", None)
-    assert counts == {"train": "1", "predict": "1", "evaluate": "1", "tables": "1", "all": "1"}
+    # the fold's chain: its run's curves and overlays and the Dice box plot show it too, and
+    # the run's postprocessing decision and fold ensemble use its model and predictions
+    assert counts == {"train": "1", "predict": "1", "evaluate": "1", "plot_curves": "1",
+                      "plot_overlays": "1", "plot_dice": "1", "postprocess": "1",
+                      "ensemble": "1", "tables": "1", "all": "1"}
     assert "fold1" in res.stdout and "fold0/final.pt" not in res.stdout
+
+
+def test_plots_linked_from_tables_and_in_the_html_report(study):
+    text = (study / "results" / "tables.md").read_text()
+    links = re.findall(r"\]\((plots/[\w.-]+\.png)\)", text)
+    # Dice box plot, curves and overlays of the two runs, throughput (under two tables)
+    assert sorted(set(links)) == sorted(
+        ["plots/dice-per-class.png", "plots/throughput.png"]
+        + [f"plots/{kind}-{dim}d-fp32-1gpu.png" for kind in ("curves", "overlays")
+           for dim in (2, 3)])
+    assert "not rendered" not in text
+    for link in links:
+        assert (study / "results" / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", link
+    events = list((study / "results/wftest/train/3d-fp32-1gpu/fold0/tensorboard").iterdir())
+    assert len(events) == 1 and events[0].name.startswith("events.out.tfevents.")
+    res = snakemake(study, "--report", "results/report.html")
+    assert res.returncode == 0, res.stderr[-3000:]
+    html = (study / "results" / "report.html").read_text()
+    for needle in ("overlays-3d-fp32-1gpu.png", "dice-per-class.png", "throughput.png",
+                   "worst, median and best case", "Training curves", "nnU-Net for PyTorch"):
+        assert needle in html, needle
 
 
 def test_nothing_to_do_after_a_complete_run(study):

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from nnpipe.data.augment import AugmentSettings
-from nnpipe.data.loader import BatchLoader
+from nnpipe.data.loader import make_loader
 from nnpipe.data.sampling import SamplerSettings
 from nnpipe.io import read_json
 from nnpipe.machine import cpu_model
@@ -32,7 +32,7 @@ from nnpipe.training import distributed as D
 from nnpipe.training.loss import DeepSupervisionLoss
 from nnpipe.training.precision import autocast, configure_backend, get_precision, make_scaler
 
-MODES = ("train", "predict")
+MODES = ("train", "predict", "loader")
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,9 @@ class BenchmarkSpec:
     timed_steps: int
     patch_size: tuple[int, ...] = ()  # empty: the plan's
     synthetic: bool = False  # random tensors instead of real patches with augmentation
+    compile: bool = False  # torch.compile the network
+    channels_last: bool = False  # channels-last memory format for network and inputs
+    loader: str = "torch"  # data pipeline backend (torch | dali)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -96,10 +99,10 @@ def _batches(plan: Plan, spec: BenchmarkSpec, preprocessed_dir: Path | None,
         while True:
             yield image, seg
     cases = sorted(read_json(preprocessed_dir / "manifest.json")["cases"])
-    loader = BatchLoader(preprocessed_dir, cases,
+    loader = make_loader(spec.loader, preprocessed_dir, cases,
                          SamplerSettings(patch_size=tuple(plan.patch_size), foreground_prob=0.4,
                                          dim=plan.dim, slice_axis=plan.slice_axis),
-                         AugmentSettings(enabled=spec.mode == "train"),
+                         AugmentSettings(enabled=spec.mode != "predict"),
                          batch_size=spec.batch_size, seed=rank, device=device)
     yield from loader
 
@@ -115,10 +118,8 @@ def run_benchmark(plan: Plan, spec: BenchmarkSpec, preprocessed_dir: Path | None
         plan = plan_for_patch(plan, spec.patch_size)
         precision = get_precision(spec.precision, info.device)
         configure_backend(precision)
-        model = build_unet(plan, deep_supervision=spec.mode == "train").to(info.device)
         batches = _batches(plan, spec, preprocessed_dir, info.device, info.rank)
-        step = (_train_step(model, precision, info, batches) if spec.mode == "train"
-                else _predict_step(model, precision, info, batches))
+        step = _STEPS[spec.mode](plan, spec, precision, info, batches)
         log(f"benchmark {spec.mode} {plan.dim}D bs {spec.batch_size} {spec.precision}: "
             f"{spec.warmup_steps} warm-up steps")
         _timed(step, spec.warmup_steps, info.device)
@@ -141,10 +142,25 @@ def run_benchmark(plan: Plan, spec: BenchmarkSpec, preprocessed_dir: Path | None
         D.shutdown(info)
 
 
-def _train_step(model, precision, info, batches) -> Callable[[], None]:
+def _network(plan: Plan, spec: BenchmarkSpec, info: D.DistInfo) -> tuple[torch.nn.Module, Any]:
+    fmt = torch.contiguous_format
+    if spec.channels_last:
+        fmt = torch.channels_last_3d if plan.dim == 3 else torch.channels_last
+    model = build_unet(plan, deep_supervision=spec.mode == "train").to(info.device,
+                                                                      memory_format=fmt)
+    return model, fmt
+
+
+def _train_step(plan, spec, precision, info, batches) -> Callable[[], None]:
+    """One optimizer step as the trainer takes it, batch fetching (sampling, augmentation)
+    included."""
+    model, fmt = _network(plan, spec, info)
     net = (torch.nn.parallel.DistributedDataParallel(model) if info.world_size > 1 else model)
+    if spec.compile:
+        net = torch.compile(net)
     net.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=8e-4)
+    fused = {"fused": True} if info.device.type == "cuda" else {}
+    optimizer = torch.optim.Adam(model.parameters(), lr=8e-4, **fused)
     scaler = make_scaler(precision, info.device)
     loss_fn = DeepSupervisionLoss()
 
@@ -152,7 +168,7 @@ def _train_step(model, precision, info, batches) -> Callable[[], None]:
         image, seg = next(batches)
         optimizer.zero_grad(set_to_none=True)
         with autocast(precision, info.device):
-            loss = loss_fn(net(image), seg)
+            loss = loss_fn(net(image.contiguous(memory_format=fmt)), seg)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
@@ -160,15 +176,32 @@ def _train_step(model, precision, info, batches) -> Callable[[], None]:
     return step
 
 
-def _predict_step(model, precision, info, batches) -> Callable[[], None]:
+def _predict_step(plan, spec, precision, info, batches) -> Callable[[], None]:
+    """One forward pass over a batch of patches already on the device."""
+    model, fmt = _network(plan, spec, info)
     model.eval()
-    image, _ = next(batches)  # inference is timed on patches already on the device
+    net = torch.compile(model) if spec.compile else model
+    image = next(batches)[0].contiguous(memory_format=fmt)
 
     def step() -> None:
         with torch.inference_mode(), autocast(precision, info.device):
-            model(image)
+            net(image)
 
     return step
+
+
+def _loader_step(plan, spec, precision, info, batches) -> Callable[[], None]:
+    """The data pipeline alone: fetch one augmented batch onto the device."""
+
+    def step() -> None:
+        next(batches)
+
+    return step
+
+
+_STEPS: dict[str, Callable[..., Callable[[], None]]] = {
+    "train": _train_step, "predict": _predict_step, "loader": _loader_step,
+}
 
 
 def _device_name(device: torch.device) -> str:

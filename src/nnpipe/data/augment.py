@@ -1,14 +1,18 @@
 """Batched data augmentation in torch, on whatever device the batch lives on.
 
 The transforms and their defaults follow the NVIDIA nnU-Net reference (its DALI pipeline), in
-its order: zoom, flips, Gaussian noise, Gaussian blur, brightness, contrast. Every decision is
+its order: zoom, flips, Gaussian noise, Gaussian blur, brightness, contrast. nnU-Net's own
+rotation and scaling (one affine resampling, before the zoom), low-resolution simulation and
+gamma (after the contrast) are options, off by default (:meth:`AugmentSettings.from_names`
+switches them on with nnU-Net's probabilities). Every decision is
 made per sample: the random numbers for the whole batch are drawn at once, and each transform
 runs as a few tensor operations on the subset of samples it applies to, never as a Python loop
 over voxels. Running on the GPU is what lets augmentation keep up with training (a 4-channel
 128³ float32 stream at 100 samples/s is about 3.4 GB/s); the same code runs on CPU in tests.
 
 Shapes: ``image`` is ``(B, C, H, W)`` (2D) or ``(B, C, D, H, W)`` (3D), floating point;
-``seg`` is ``(B, 1, *spatial)`` with an integer dtype. Spatial transforms (zoom, flips) move
+``seg`` is ``(B, 1, *spatial)`` with an integer dtype. Spatial transforms (rotation, scaling,
+zoom, flips) move
 both identically, so labels stay aligned with the image; intensity transforms touch only the
 image.
 """
@@ -16,7 +20,8 @@ image.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +39,17 @@ class AugmentSettings:
     the reference rounds to 0.33). ``blur_sigma`` is in voxels. ``brightness_range`` multiplies
     the intensities; ``contrast_range`` scales them about the per-channel mean, then clips to
     the channel's original range. ``flip_prob`` applies to each spatial axis independently.
+
+    The nnU-Net options (probability 0 = off, the default; :data:`EXTRA_TRANSFORMS` holds
+    nnU-Net's probabilities): ``rotation_range`` in degrees, drawn per spatial axis in 3D and
+    once (in-plane) in 2D; ``scaling_range`` magnifies the content by the factor (> 1 zooms
+    in) about the patch centre; rotation and scaling share one resampling (image linear, seg
+    nearest, zero padding = background where the rotated patch leaves the input).
+    ``gamma_range`` is the exponent applied to each channel rescaled to [0, 1] and mapped back
+    to its original range (nnU-Net draws below 1 and above 1 equally often, so do we);
+    ``gamma_inverted_prob`` is the same on the inverted image (nnU-Net's second gamma).
+    ``lowres_range`` is the downsampling factor of the low-resolution simulation (nearest
+    down, then cubic (2D) or trilinear (3D) back up).
     """
 
     enabled: bool = True
@@ -48,6 +64,15 @@ class AugmentSettings:
     brightness_range: Range = (0.7, 1.3)
     contrast_prob: float = 0.15
     contrast_range: Range = (0.65, 1.5)
+    rotation_prob: float = 0.0
+    rotation_range: Range = (-30.0, 30.0)
+    scaling_prob: float = 0.0
+    scaling_range: Range = (0.7, 1.4)
+    gamma_prob: float = 0.0
+    gamma_inverted_prob: float = 0.0
+    gamma_range: Range = (0.7, 1.5)
+    lowres_prob: float = 0.0
+    lowres_range: Range = (1.0, 2.0)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -66,34 +91,94 @@ class AugmentSettings:
         """Settings that leave every batch unchanged (validation, benchmarks of the model)."""
         return cls(enabled=False)
 
+    @classmethod
+    def from_names(cls, enabled: bool, extra: Sequence[str]) -> AugmentSettings:
+        """The reference's set (if ``enabled``) plus the nnU-Net options named in ``extra``.
+
+        ``extra`` lists names of :data:`EXTRA_TRANSFORMS`; each switches that transform on with
+        nnU-Net's probability. With ``enabled=False`` nothing is applied, names or not (they
+        are still checked, so a config typo fails whatever the switch says).
+
+        Raises:
+            ValueError: for an unknown or repeated name.
+        """
+        names = list(extra)
+        unknown = sorted(set(names) - set(EXTRA_TRANSFORMS))
+        if unknown:
+            raise ValueError(f"unknown augmentation name(s) {unknown}; "
+                             f"choose from {sorted(EXTRA_TRANSFORMS)}")
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"augmentation name(s) {repeated} given more than once")
+        settings = cls(enabled=enabled)
+        for name in names:
+            settings = replace(settings, **EXTRA_TRANSFORMS[name])
+        return settings
+
+    @property
+    def uses_extras(self) -> bool:
+        """Whether any nnU-Net option is on (they draw their own block of random numbers)."""
+        return any(getattr(self, f"{name}_prob") > 0.0 for name in _EXTRA_COLUMNS)
+
+
+# The nnU-Net options by name, with nnU-Net's (v2 default trainer) probabilities.
+EXTRA_TRANSFORMS: dict[str, dict[str, float]] = {
+    "rotation": {"rotation_prob": 0.2},
+    "scaling": {"scaling_prob": 0.2},
+    "gamma": {"gamma_prob": 0.3},
+    "gamma_inverted": {"gamma_inverted_prob": 0.1},
+    "lowres": {"lowres_prob": 0.25},
+}
 
 # Lowest allowed value of each range; a tiny positive number where zero is meaningless.
 _RANGE_MINIMA = {"zoom_range": 1.0, "noise_std": 0.0, "blur_sigma": 1e-3,
-                 "brightness_range": 1e-3, "contrast_range": 1e-3}
+                 "brightness_range": 1e-3, "contrast_range": 1e-3, "rotation_range": -180.0,
+                 "scaling_range": 1e-2, "gamma_range": 1e-2, "lowres_range": 1.0}
+
+# Columns of the extra block of draws: one "apply" column per option, in this order.
+_EXTRA_COLUMNS = ("rotation", "scaling", "gamma", "gamma_inverted", "lowres")
 
 
 @dataclass(frozen=True)
-class _Draws:
-    """Every per-sample random number of one batch, on the generator's device."""
+class Draws:
+    """Every per-sample random number of one batch, on the generator's device.
+
+    Public so that the DALI backend (:mod:`nnpipe.data.dali`) takes the same decisions from
+    the same generator state as :func:`augment`.
+    """
 
     apply: torch.Tensor  # (B, 5) bool: zoom, noise, blur, brightness, contrast
     value: torch.Tensor  # (B, 5) uniform [0, 1) parameter draws, same columns
     flip: torch.Tensor  # (B, dim) uniform draws compared with flip_prob
     shift: torch.Tensor  # (B, dim) uniform placement of the zoomed region
+    # The nnU-Net options, None when all are off: (B, 5) bool in _EXTRA_COLUMNS order, and
+    # (B, 9) uniform [0, 1): scaling, gamma side, gamma, inverted-gamma side, inverted gamma,
+    # lowres factor, three rotation angles (2D uses the first).
+    extra_apply: torch.Tensor | None = None
+    extra_value: torch.Tensor | None = None
 
     @classmethod
     def draw(cls, batch: int, dim: int, settings: AugmentSettings,
-             generator: torch.Generator) -> _Draws:
+             generator: torch.Generator) -> Draws:
         # One draw of fixed shape: the generator advances by the same amount whatever is
         # applied, so a batch's randomness never depends on the previous batch's decisions.
         u = torch.rand((batch, 10 + 2 * dim), generator=generator, device=generator.device)
         probs = torch.tensor([settings.zoom_prob, settings.noise_prob, settings.blur_prob,
                               settings.brightness_prob, settings.contrast_prob],
                              device=generator.device)
-        return cls(u[:, :5] < probs, u[:, 5:10], u[:, 10: 10 + dim], u[:, 10 + dim:])
+        extra_apply = extra_value = None
+        if settings.uses_extras:
+            # A second fixed-shape block, drawn only when an option is on: runs without the
+            # options keep exactly the random stream they had before the options existed.
+            e = torch.rand((batch, 14), generator=generator, device=generator.device)
+            extra_probs = torch.tensor([getattr(settings, f"{n}_prob") for n in _EXTRA_COLUMNS],
+                                       device=generator.device)
+            extra_apply, extra_value = e[:, :5] < extra_probs, e[:, 5:]
+        return cls(u[:, :5] < probs, u[:, 5:10], u[:, 10: 10 + dim], u[:, 10 + dim:],
+                   extra_apply, extra_value)
 
 
-def _scaled(u: torch.Tensor, bounds: Range) -> torch.Tensor:
+def scaled(u: torch.Tensor, bounds: Range) -> torch.Tensor:
     return bounds[0] + (bounds[1] - bounds[0]) * u
 
 
@@ -135,6 +220,56 @@ def _zoom(image: torch.Tensor, seg: torch.Tensor, idx: torch.Tensor, scale: torc
     seg[idx] = labels.round().to(seg.dtype)
 
 
+def _rotation(angles: torch.Tensor, dim: int) -> torch.Tensor:
+    """Rotation matrices (n, dim, dim) for ``angles`` (n, 3) in radians, tensor-axis order.
+
+    2D: one in-plane rotation by ``angles[:, 0]``. 3D: ``angles[:, k]`` rotates about spatial
+    axis ``k`` (the plane of the other two), composed as R0 @ R1 @ R2.
+    """
+    n = angles.shape[0]
+    eye = torch.eye(dim, dtype=angles.dtype, device=angles.device).repeat(n, 1, 1)
+    planes = [(0, 1)] if dim == 2 else [(1, 2), (0, 2), (0, 1)]
+    result = eye
+    for k, (i, j) in enumerate(planes):
+        c, s = torch.cos(angles[:, k]), torch.sin(angles[:, k])
+        r = eye.clone()
+        r[:, i, i], r[:, i, j], r[:, j, i], r[:, j, j] = c, -s, s, c
+        result = result @ r
+    return result
+
+
+def sampling_matrices(angles_deg: torch.Tensor, scale: torch.Tensor, dim: int) -> torch.Tensor:
+    """Where each output voxel reads its input: (n, dim, dim), tensor-axis order, in voxels.
+
+    The content is rotated by ``angles_deg`` (n, 3) degrees and magnified by ``scale`` (n,)
+    about the patch centre, so an output offset ``o`` (voxels from the centre) reads the input
+    at ``R^T o / scale``. Shared with the DALI backend so both resample the same way.
+    """
+    rotation = _rotation(torch.deg2rad(angles_deg.double()), dim)
+    return (rotation.transpose(1, 2) / scale.double()[:, None, None]).float()
+
+
+def _resample(image: torch.Tensor, seg: torch.Tensor, idx: torch.Tensor,
+              matrices: torch.Tensor) -> None:
+    """Resample the samples ``idx`` in place through centred voxel matrices (n, dim, dim).
+
+    ``affine_grid`` works in normalized coordinates with the axes reversed (x is the last
+    axis); the voxel matrix is converted so that rotations stay rotations on a non-cubic
+    patch. Outside the input: image 0 and seg 0 (background), like the sampler's padding.
+    """
+    n, dim = matrices.shape[0], image.ndim - 2
+    reversed_matrices = matrices.flip(1).flip(2).to(image.device)
+    half = torch.tensor(image.shape[2:][::-1], dtype=torch.float32, device=image.device) / 2
+    theta = torch.zeros((n, dim, dim + 1), dtype=torch.float32, device=image.device)
+    theta[:, :, :dim] = reversed_matrices * half[None, None, :] / half[None, :, None]
+    grid = F.affine_grid(theta, [n, 1, *image.shape[2:]], align_corners=False)
+    image[idx] = F.grid_sample(image[idx].float(), grid, mode="bilinear", padding_mode="zeros",
+                               align_corners=False).to(image.dtype)
+    labels = F.grid_sample(seg[idx].float(), grid, mode="nearest", padding_mode="zeros",
+                           align_corners=False)
+    seg[idx] = labels.round().to(seg.dtype)
+
+
 def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Tensor:
     """Blur each sample of ``x`` (n, C, *spatial) with its own ``sigma`` (n,), in voxels.
 
@@ -167,6 +302,49 @@ def _contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return torch.clamp((x - mean) * factor.view(view) + mean, low, high)
 
 
+def gamma_exponents(side: torch.Tensor, u: torch.Tensor, bounds: Range) -> torch.Tensor:
+    """Gamma per sample as nnU-Net draws it: below and above 1 equally often when the range
+    straddles 1 (``side`` < 0.5 picks [low, 1)), uniform over the range otherwise."""
+    low, high = bounds
+    if low < 1.0 < high:
+        return torch.where(side < 0.5, low + (1.0 - low) * u, 1.0 + (high - 1.0) * u)
+    return scaled(u, bounds)
+
+
+def _gamma(x: torch.Tensor, gamma: torch.Tensor, inverted: bool) -> torch.Tensor:
+    """Gamma on each channel of ``x`` (n, C, *spatial) rescaled to [0, 1], range kept.
+
+    ``inverted`` applies it to the inverted image (the channel maximum maps to 0). A constant
+    channel is left unchanged.
+    """
+    dims = tuple(range(2, x.ndim))
+    view = (-1,) + (1,) * (x.ndim - 1)
+    x = x.float()
+    low, high = x.amin(dim=dims, keepdim=True), x.amax(dim=dims, keepdim=True)
+    spread = high - low
+    safe = torch.where(spread > 0, spread, torch.ones_like(spread))
+    unit = ((high - x) if inverted else (x - low)) / safe
+    curved = unit.clamp(0.0, 1.0) ** gamma.view(view)
+    return high - curved * spread if inverted else low + curved * spread
+
+
+def _lowres(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Simulate a resolution ``factor`` (n,) times coarser: nearest down, smooth back up.
+
+    Up is bicubic in 2D and trilinear in 3D (torch has no tricubic). Each sample has its own
+    coarse size, so this loops over the (few) selected samples.
+    """
+    spatial = x.shape[2:]
+    mode = "bicubic" if len(spatial) == 2 else "trilinear"
+    out = torch.empty_like(x)
+    for k in range(x.shape[0]):
+        coarse = [max(1, round(s / float(factor[k]))) for s in spatial]
+        small = F.interpolate(x[k: k + 1].float(), size=coarse, mode="nearest")
+        out[k] = F.interpolate(small, size=list(spatial), mode=mode,
+                               align_corners=False)[0].to(x.dtype)
+    return out
+
+
 def _check(image: torch.Tensor, seg: torch.Tensor) -> None:
     if image.ndim not in (4, 5) or not image.is_floating_point():
         raise ValueError(f"augment needs a floating image of shape (B, C, H, W) or "
@@ -189,13 +367,23 @@ def _selected(mask: torch.Tensor, device: torch.device) -> torch.Tensor:
     return mask.nonzero().flatten().to(device)
 
 
-def _spatial(image: torch.Tensor, seg: torch.Tensor, draws: _Draws,
+def _spatial(image: torch.Tensor, seg: torch.Tensor, draws: Draws,
              settings: AugmentSettings) -> None:
-    """Zoom, then flip each spatial axis, in place; image and seg move together."""
+    """Rotation/scaling, zoom, then flip each axis, in place; image and seg move together."""
     device, dim = image.device, image.ndim - 2
+    if draws.extra_apply is not None and draws.extra_value is not None:
+        rotate, rescale = draws.extra_apply[:, 0], draws.extra_apply[:, 1]
+        idx = _selected(rotate | rescale, device)
+        if idx.numel():
+            angles = scaled(draws.extra_value[:, 6:9], settings.rotation_range)
+            angles = torch.where(rotate[:, None], angles, torch.zeros_like(angles))
+            scale = scaled(draws.extra_value[:, 0], settings.scaling_range)
+            scale = torch.where(rescale, scale, torch.ones_like(scale))
+            keep = (rotate | rescale).nonzero().flatten()
+            _resample(image, seg, idx, sampling_matrices(angles[keep], scale[keep], dim))
     idx = _selected(draws.apply[:, 0], device)
     if idx.numel():
-        scale = _scaled(draws.value[:, 0], settings.zoom_range).to(device)[idx]
+        scale = scaled(draws.value[:, 0], settings.zoom_range).to(device)[idx]
         _zoom(image, seg, idx, scale, draws.shift.to(device)[idx])
     for axis in range(dim):
         idx = _selected(draws.flip[:, axis] < settings.flip_prob, device)
@@ -204,30 +392,48 @@ def _spatial(image: torch.Tensor, seg: torch.Tensor, draws: _Draws,
             seg[idx] = seg[idx].flip(2 + axis)
 
 
-def _intensity(image: torch.Tensor, draws: _Draws, settings: AugmentSettings,
+def _intensity(image: torch.Tensor, draws: Draws, settings: AugmentSettings,
                noise_generator: torch.Generator) -> None:
     """Noise, blur, brightness, contrast, in place, each on its own subset of samples."""
     device, view = image.device, (-1,) + (1,) * (image.ndim - 1)
     value = draws.value.to(device)
     idx = _selected(draws.apply[:, 1], device)
     if idx.numel():
-        std = _scaled(value[idx, 1], settings.noise_std).view(view)
+        std = scaled(value[idx, 1], settings.noise_std).view(view)
         noise = torch.randn((idx.numel(), *image.shape[1:]), generator=noise_generator,
                             device=device, dtype=torch.float32)
         image[idx] = (image[idx] + noise * std).to(image.dtype)
     idx = _selected(draws.apply[:, 2], device)
     if idx.numel():
         radius = math.ceil(3.0 * settings.blur_sigma[1])  # 3 sigma holds 99.7 % of the kernel
-        sigma = _scaled(value[idx, 2], settings.blur_sigma)
+        sigma = scaled(value[idx, 2], settings.blur_sigma)
         image[idx] = _gaussian_blur(image[idx], sigma, radius)
     idx = _selected(draws.apply[:, 3], device)
     if idx.numel():
-        factor = _scaled(value[idx, 3], settings.brightness_range).view(view)
+        factor = scaled(value[idx, 3], settings.brightness_range).view(view)
         image[idx] = (image[idx] * factor).to(image.dtype)
     idx = _selected(draws.apply[:, 4], device)
     if idx.numel():
-        factor = _scaled(value[idx, 4], settings.contrast_range)
+        factor = scaled(value[idx, 4], settings.contrast_range)
         image[idx] = _contrast(image[idx], factor).to(image.dtype)
+    if draws.extra_apply is not None and draws.extra_value is not None:
+        _intensity_extras(image, draws.extra_apply, draws.extra_value.to(device), settings)
+
+
+def _intensity_extras(image: torch.Tensor, apply: torch.Tensor, value: torch.Tensor,
+                      settings: AugmentSettings) -> None:
+    """nnU-Net's order after contrast: low resolution, inverted gamma, gamma; in place."""
+    device = image.device
+    idx = _selected(apply[:, 4], device)
+    if idx.numel():
+        image[idx] = _lowres(image[idx], scaled(value[idx, 5], settings.lowres_range).cpu())
+    for column, inverted in ((3, True), (2, False)):
+        idx = _selected(apply[:, column], device)
+        if idx.numel():
+            side, u = (value[idx, 3], value[idx, 4]) if inverted else (value[idx, 1],
+                                                                       value[idx, 2])
+            gamma = gamma_exponents(side, u, settings.gamma_range)
+            image[idx] = _gamma(image[idx], gamma, inverted).to(image.dtype)
 
 
 def augment(image: torch.Tensor, seg: torch.Tensor, settings: AugmentSettings,
@@ -247,7 +453,7 @@ def augment(image: torch.Tensor, seg: torch.Tensor, settings: AugmentSettings,
     _check(image, seg)
     if not settings.enabled:
         return image, seg
-    draws = _Draws.draw(image.shape[0], image.ndim - 2, settings, generator)
+    draws = Draws.draw(image.shape[0], image.ndim - 2, settings, generator)
     noise_generator = _device_generator(generator, image.device)
     image, seg = image.clone(), seg.clone()
     _spatial(image, seg, draws, settings)

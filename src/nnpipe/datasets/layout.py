@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from nnpipe.errors import DataError
-from nnpipe.io import load_nifti
+from nnpipe.io import load_nifti, spacing_of
+from nnpipe.progress import log
 
 # Affines of an image and its label may differ by rounding in the header; beyond this (mm)
 # they describe different grids.
@@ -153,6 +154,7 @@ def read_image(ds: Dataset, case: Case) -> tuple[np.ndarray, np.ndarray]:
     """
     if len(case.images) == 1:
         data, affine = load_nifti(case.images[0], case=case.case_id)
+        _refuse_2d(data.shape, case, case.images[0])
         if data.ndim == 3:
             data = data[..., None]
         if data.ndim != 4:
@@ -164,6 +166,7 @@ def read_image(ds: Dataset, case: Case) -> tuple[np.ndarray, np.ndarray]:
         affine = None
         for path in case.images:
             d, a = load_nifti(path, case=case.case_id)
+            _refuse_2d(d.shape, case, path)
             if d.ndim != 3:
                 raise DataError(f"expected a 3D image per channel, got shape {d.shape}",
                                 case=case.case_id, path=path)
@@ -171,8 +174,11 @@ def read_image(ds: Dataset, case: Case) -> tuple[np.ndarray, np.ndarray]:
                 raise DataError(f"channel shape {d.shape} differs from the first channel's "
                                 f"{parts[0].shape}", case=case.case_id, path=path)
             if affine is not None and not np.allclose(a, affine, atol=AFFINE_TOLERANCE_MM):
-                raise DataError("channel affine (spacing or position) differs from the first "
-                                "channel's", case=case.case_id, path=path)
+                mine, first = spacing_of(a), spacing_of(affine)
+                what = (f"spacing {_mm(mine)} differs from the first channel's {_mm(first)}"
+                        if not np.allclose(mine, first, atol=AFFINE_TOLERANCE_MM) else
+                        "affine (position or orientation) differs from the first channel's")
+                raise DataError(f"channel {what}", case=case.case_id, path=path)
             parts.append(d)
             affine = a if affine is None else affine
         image = np.stack(parts)
@@ -185,6 +191,18 @@ def read_image(ds: Dataset, case: Case) -> tuple[np.ndarray, np.ndarray]:
     if not np.isfinite(image).all():
         raise DataError("contains NaN or Inf voxels", case=case.case_id, path=case.images[0])
     return image, affine
+
+
+def _mm(spacing: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in spacing) + ") mm"
+
+
+def _refuse_2d(shape: tuple[int, ...], case: Case, path: Path) -> None:
+    """A 2D image (2 axes, or a single slice) cannot be part of a 3D dataset."""
+    spatial = shape[:3]
+    if len(shape) < 3 or 1 in spatial:
+        raise DataError(f"is a 2D image (shape {tuple(shape)}) in a 3D dataset; every case "
+                        f"needs at least 2 voxels along X, Y and Z", case=case.case_id, path=path)
 
 
 def read_label(ds: Dataset, case: Case, *, image_shape: tuple[int, ...] | None = None,
@@ -208,6 +226,10 @@ def read_label(ds: Dataset, case: Case, *, image_shape: tuple[int, ...] | None =
     if not np.isfinite(data).all() or np.any(data != np.round(data)):
         raise DataError("label holds non-integer values", case=case.case_id, path=case.label)
     values = set(np.unique(data).astype(int).tolist())
+    if values <= {0}:
+        # Usable (a background-only example), so a warning rather than an error.
+        log(f"warning: case {case.case_id!r}, file {str(case.label)!r}: label is empty (no "
+            f"foreground); the case is kept as background only")
     unknown = sorted(values - set(ds.labels))
     if unknown:
         raise DataError(f"label values {unknown} are not listed in dataset.json "

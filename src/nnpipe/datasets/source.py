@@ -1,7 +1,10 @@
 """The download stage: put a dataset in MSD or nnU-Net v2 layout under ``results/{name}/raw``.
 
 ``embedded`` generates the built-in dataset (no network); ``local`` links the subfolders of a
-dataset the user already has (nothing is copied, so a 7 GB BraTS costs no disk). Either way the
+dataset the user already has (nothing is copied, so a 7 GB BraTS costs no disk); ``msd``
+downloads one of the ten Medical Segmentation Decathlon tasks (``dataset.task``), checks its
+MD5 and unpacks it (the archive waits in ``results/{name}/download/`` while incomplete, so a
+rerun resumes it, and is deleted once unpacked). Either way the
 new ``raw/`` is assembled under a temporary name and swapped into place only when complete, so
 ``raw/dataset.json`` (the workflow's output) exists only for a finished dataset.
 """
@@ -13,6 +16,7 @@ import shutil
 from pathlib import Path
 
 from nnpipe.config import DatasetSettings
+from nnpipe.datasets.download import fetch_msd
 from nnpipe.datasets.embedded import generate_embedded
 from nnpipe.datasets.layout import load_dataset
 from nnpipe.errors import DataError
@@ -45,6 +49,12 @@ def fetch_dataset(settings: DatasetSettings, out_dir: Path | str) -> Path:
             if not settings.path:
                 raise DataError("dataset.source is 'local' but dataset.path is empty")
             _link_local(Path(settings.path), partial)
+        elif settings.source == "msd":
+            if not settings.task:
+                raise DataError("dataset.source is 'msd' but dataset.task is empty "
+                                "(e.g. Task04_Hippocampus)")
+            fetch_msd(settings.task, partial, cache_dir=out.parent / "download")
+            load_dataset(partial)  # the unpacked dataset must read back before it counts
         else:
             raise ValueError(f"dataset.source {settings.source!r} is unknown")
         if out.is_symlink() or out.is_file():

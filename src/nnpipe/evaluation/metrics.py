@@ -1,31 +1,77 @@
-"""Dice scores of predicted label maps against reference label maps.
+"""Segmentation metrics of predicted label maps against reference label maps, in mm.
 
-Convention (defined here once, pinned by ``tests/evaluation/test_metrics.py``), per class:
+Per scored class (a label, or in region mode a set of labels such as BraTS's whole tumour)
+and per case: Dice, IoU (Jaccard), HD95 (the 95th percentile Hausdorff distance, mm) and the
+normalized surface Dice (NSD) at a tolerance in mm. Distances use the voxel spacing of the
+reference image, so they are physical distances in the original grid.
 
-* reference and prediction both empty -> Dice 1.0 (the prediction is right that there is
-  nothing to find);
-* reference empty, prediction not empty -> 0.0 (every predicted voxel is a false positive);
-* reference not empty, prediction empty -> 0.0;
-* otherwise ``2 |P ∩ R| / (|P| + |R|)``.
+Convention for empty classes (defined here once, pinned by ``tests/evaluation/``):
 
-This is MONAI's ``DiceMetric`` / ``compute_dice`` with ``ignore_empty=False``. A case's
-``dice_mean`` is the mean over the foreground labels scored (background 0 is never scored),
-so no case is dropped and no NaN reaches the tables. Dice values are fractions in ``[0, 1]``;
-the report turns them into percent.
+==========================  ======  =====  ===================  =====
+reference / prediction      Dice    IoU    HD95 (mm)            NSD
+==========================  ======  =====  ===================  =====
+both empty                  1.0     1.0    0.0                  1.0
+exactly one empty           0.0     0.0    image diagonal (mm)  0.0
+==========================  ======  =====  ===================  =====
+
+Both empty means the prediction is right that there is nothing to find. With one side
+empty there is no surface to measure a distance to; HD95 then takes the largest distance
+possible inside the image, the length of its diagonal in mm (BraTS's rule: 373.13 mm is
+the diagonal of its 240×240×155 1-mm grid). So every cell is a finite number, no case is
+dropped and no NaN reaches the tables. Dice and IoU of non-empty classes are MONAI's
+``compute_dice`` / ``compute_iou`` with ``ignore_empty=False``; HD95 and NSD follow MONAI's
+``compute_hausdorff_distance(percentile=95)`` and ``compute_surface_dice`` (surface voxels =
+mask minus its erosion, exact Euclidean distances between surface voxel centres); a test
+cross-checks all four against MONAI.
+
+A case's ``<metric>_mean`` is the mean over the scored classes (background 0 is never
+scored). Dice, IoU and NSD are fractions in ``[0, 1]``; the report turns Dice into percent.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from nnpipe.errors import DataError
-from nnpipe.io import atomic_path, load_nifti
+from nnpipe.io import atomic_path, load_nifti, spacing_of, write_json
 
 AFFINE_TOLERANCE = 1e-3  # mm; larger differences mean the prediction is in another space
+METRICS = ("dice", "iou", "hd95", "nsd")
+DEFAULT_NSD_TOLERANCE_MM = 1.0
+
+
+@dataclass(frozen=True)
+class ScoredClass:
+    """What one column group scores: ``name`` (``"1"`` or ``"WT"``) and its label values."""
+
+    name: str
+    labels: tuple[int, ...]
+
+    def mask(self, label_map: np.ndarray) -> np.ndarray:
+        if len(self.labels) == 1:
+            return label_map == self.labels[0]
+        return np.isin(label_map, self.labels)
+
+
+def label_classes(labels: Sequence[int]) -> tuple[ScoredClass, ...]:
+    """One scored class per foreground label (``ValueError`` for none or for label 0)."""
+    if len(labels) == 0:
+        raise ValueError("labels must name at least one foreground label")
+    if 0 in labels:
+        raise ValueError(f"labels must be foreground labels (> 0), got {list(labels)}")
+    return tuple(ScoredClass(str(int(lb)), (int(lb),)) for lb in labels)
+
+
+# ---------------------------------------------------------------- overlap metrics
 
 
 def dice_per_class(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int]) -> dict[int, float]:
@@ -34,39 +80,143 @@ def dice_per_class(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int]) -> 
     See the module docstring for empty classes. Raises ``ValueError`` if the shapes differ,
     ``labels`` is empty or contains the background label 0.
     """
-    if pred.shape != ref.shape:
-        raise ValueError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
-    if len(labels) == 0:
-        raise ValueError("labels must name at least one foreground label")
-    if 0 in labels:
-        raise ValueError(f"labels must be foreground labels (> 0), got {list(labels)}")
-    scores: dict[int, float] = {}
-    for label in labels:
-        p = pred == label
-        r = ref == label
-        denominator = int(p.sum()) + int(r.sum())
-        if denominator == 0:
-            scores[int(label)] = 1.0  # both empty: correctly predicted absence
-        else:
-            scores[int(label)] = 2.0 * int(np.logical_and(p, r).sum()) / denominator
-    return scores
+    _same_shape(pred, ref)
+    return {int(c.name): dice(c.mask(pred), c.mask(ref)) for c in label_classes(labels)}
 
 
-def mean_dice(scores: Mapping[int, float]) -> float:
-    """The case Dice: mean over the scored foreground labels."""
+def dice(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Dice ``2|P∩R| / (|P|+|R|)`` of boolean masks; 1.0 when both are empty."""
+    denominator = int(pred.sum()) + int(ref.sum())
+    if denominator == 0:
+        return 1.0
+    return 2.0 * int(np.logical_and(pred, ref).sum()) / denominator
+
+
+def iou(pred: np.ndarray, ref: np.ndarray) -> float:
+    """IoU ``|P∩R| / |P∪R|`` of boolean masks; 1.0 when both are empty."""
+    union = int(np.logical_or(pred, ref).sum())
+    if union == 0:
+        return 1.0
+    return int(np.logical_and(pred, ref).sum()) / union
+
+
+def mean_dice(scores: Mapping[Any, float]) -> float:
+    """The case Dice: mean over the scored foreground classes."""
     if not scores:
         raise ValueError("no Dice scores to average")
     return float(np.mean(list(scores.values())))
 
 
-def evaluate_case(pred_path: Path | str, ref_path: Path | str, labels: Sequence[int],
-                  case: str | None = None) -> dict[str, float]:
-    """Score one predicted NIfTI label map against its reference.
+# ---------------------------------------------------------------- surface metrics
 
-    Returns ``{"dice_<label>": ..., "dice_mean": ...}`` (fractions). Raises ``DataError``
-    naming the prediction file if its shape or affine (tolerance ``AFFINE_TOLERANCE``)
-    differs from the reference's, or if it holds non-integer labels.
+
+def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Distances (mm) from each surface voxel of ``pred`` to the nearest of ``ref``, and back.
+
+    Both masks must be non-empty. The surface of a mask is the mask minus its erosion (face
+    connectivity), computed on the union's bounding box plus one voxel, as MONAI does; a
+    mask touching the image border has its border voxels on the surface.
     """
+    box = _union_box(pred, ref)
+    p, r = pred[box], ref[box]
+    edge_p = p ^ ndimage.binary_erosion(p)
+    edge_r = r ^ ndimage.binary_erosion(r)
+    scale = np.asarray(spacing, dtype=np.float64)
+    pts_p = np.argwhere(edge_p) * scale
+    pts_r = np.argwhere(edge_r) * scale
+    d_pr = cKDTree(pts_r, leafsize=32).query(pts_p, k=1)[0]
+    d_rp = cKDTree(pts_p, leafsize=32).query(pts_r, k=1)[0]
+    return d_pr, d_rp
+
+
+def hd95(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> float:
+    """95th percentile Hausdorff distance (mm): the larger of the two directed 95th
+    percentiles of surface distances. Empty classes: see the module docstring."""
+    empty = _empty_case(pred, ref)
+    if empty is not None:
+        return 0.0 if empty else image_diagonal_mm(pred.shape, spacing)
+    d_pr, d_rp = surface_distances(pred, ref, spacing)
+    return float(max(np.percentile(d_pr, 95), np.percentile(d_rp, 95)))
+
+
+def normalized_surface_dice(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
+                            tolerance_mm: float) -> float:
+    """Fraction of both surfaces lying within ``tolerance_mm`` of the other surface."""
+    if tolerance_mm < 0:
+        raise ValueError(f"NSD tolerance must be >= 0 mm, got {tolerance_mm}")
+    empty = _empty_case(pred, ref)
+    if empty is not None:
+        return 1.0 if empty else 0.0
+    d_pr, d_rp = surface_distances(pred, ref, spacing)
+    within = int((d_pr <= tolerance_mm).sum()) + int((d_rp <= tolerance_mm).sum())
+    return within / (d_pr.size + d_rp.size)
+
+
+def image_diagonal_mm(shape: Sequence[int], spacing: Sequence[float]) -> float:
+    """Length (mm) of the image diagonal: the HD95 of a class present on one side only."""
+    return float(math.sqrt(sum((n * s) ** 2 for n, s in zip(shape, spacing, strict=True))))
+
+
+def score_masks(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
+                tolerance_mm: float) -> dict[str, float]:
+    """All four metrics of one class: ``{"dice", "iou", "hd95", "nsd"}``."""
+    _same_shape(pred, ref)
+    return {"dice": dice(pred, ref), "iou": iou(pred, ref), "hd95": hd95(pred, ref, spacing),
+            "nsd": normalized_surface_dice(pred, ref, spacing, tolerance_mm)}
+
+
+def _empty_case(pred: np.ndarray, ref: np.ndarray) -> bool | None:
+    """True: both empty; False: exactly one empty; None: both hold voxels."""
+    has_p, has_r = bool(pred.any()), bool(ref.any())
+    if has_p and has_r:
+        return None
+    return not has_p and not has_r
+
+
+def _union_box(pred: np.ndarray, ref: np.ndarray) -> tuple[slice, ...]:
+    union = pred | ref
+    box = []
+    for axis in range(union.ndim):
+        other = tuple(a for a in range(union.ndim) if a != axis)
+        idx = np.flatnonzero(union.any(axis=other))
+        box.append(slice(max(int(idx[0]) - 1, 0), min(int(idx[-1]) + 2, union.shape[axis])))
+    return tuple(box)
+
+
+def _same_shape(pred: np.ndarray, ref: np.ndarray) -> None:
+    if pred.shape != ref.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
+
+
+# ---------------------------------------------------------------- cases and folders
+
+
+def score_case(pred: np.ndarray, ref: np.ndarray, classes: Sequence[ScoredClass],
+               spacing: Sequence[float], tolerance_mm: float) -> dict[str, float]:
+    """``{"<metric>_<class>": ..., "<metric>_mean": ...}`` for label maps ``(X, Y, Z)``."""
+    row: dict[str, float] = {}
+    per_metric: dict[str, list[float]] = {m: [] for m in METRICS}
+    for c in classes:
+        for metric, value in score_masks(c.mask(pred), c.mask(ref), spacing,
+                                         tolerance_mm).items():
+            row[f"{metric}_{c.name}"] = value
+            per_metric[metric].append(value)
+    for metric, values in per_metric.items():
+        row[f"{metric}_mean"] = float(np.mean(values))
+    return row
+
+
+def evaluate_case(pred_path: Path | str, ref_path: Path | str, labels: Sequence[int] | None = None,
+                  case: str | None = None, *, classes: Sequence[ScoredClass] | None = None,
+                  tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM) -> dict[str, float]:
+    """Score one predicted NIfTI label map against its reference (spacing from its affine).
+
+    Scores ``classes`` (default: one per label in ``labels``). Raises ``DataError`` naming
+    the prediction file if its shape or affine (tolerance ``AFFINE_TOLERANCE``) differs from
+    the reference's, or if it holds non-integer labels.
+    """
+    classes = tuple(classes) if classes is not None else label_classes(labels or [])
     pred, pred_affine = load_nifti(pred_path, case=case)
     ref, ref_affine = load_nifti(ref_path, case=case)
     if pred.shape != ref.shape:
@@ -76,36 +226,62 @@ def evaluate_case(pred_path: Path | str, ref_path: Path | str, labels: Sequence[
     if largest > AFFINE_TOLERANCE:
         raise DataError(f"prediction affine differs from the reference's ({ref_path}) by up to "
                         f"{largest:.4g} (tolerance {AFFINE_TOLERANCE})", case=case, path=pred_path)
-    scores = dice_per_class(_as_labels(pred, pred_path, case), _as_labels(ref, ref_path, case),
-                            labels)
-    row = {f"dice_{label}": value for label, value in scores.items()}
-    row["dice_mean"] = mean_dice(scores)
-    return row
+    return score_case(_as_labels(pred, pred_path, case), _as_labels(ref, ref_path, case),
+                      classes, spacing_of(ref_affine), tolerance_mm)
+
+
+def columns(classes: Sequence[ScoredClass]) -> list[str]:
+    """CSV columns: ``case``, then per class its four metrics, then the four means."""
+    cols = ["case"]
+    for c in classes:
+        cols += [f"{m}_{c.name}" for m in METRICS]
+    return cols + [f"{m}_mean" for m in METRICS]
 
 
 def evaluate_folder(pred_dir: Path | str, refs: Path | str | Mapping[str, Path | str],
-                    case_ids: Sequence[str], labels: Sequence[int],
-                    out_csv: Path | str) -> pd.DataFrame:
+                    case_ids: Sequence[str], labels: Sequence[int] | None,
+                    out_csv: Path | str, *, classes: Sequence[ScoredClass] | None = None,
+                    tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
+                    summary_json: Path | str | None = None) -> pd.DataFrame:
     """Score ``{pred_dir}/{case}.nii.gz`` for every case; write and return the table.
 
     ``refs`` is a folder holding ``{case}.nii.gz`` (MSD ``labelsTr``) or a mapping from case
     id to reference path. The CSV (written atomically) has one row per case and the columns
-    ``case, dice_<label>..., dice_mean``. A missing prediction raises ``DataError`` naming
-    the case.
+    of :func:`columns`. With ``summary_json``, also writes :func:`summarize` of the table.
+    A missing prediction raises ``DataError`` naming the case; nothing is written then.
     """
     if len(case_ids) == 0:
         raise ValueError("case_ids is empty: nothing to evaluate")
+    classes = tuple(classes) if classes is not None else label_classes(labels or [])
     rows = []
     for case in case_ids:
         pred_path = Path(pred_dir) / f"{case}.nii.gz"
         if not pred_path.is_file():
             raise DataError("prediction is missing", case=case, path=pred_path)
-        rows.append({"case": case, **evaluate_case(pred_path, _ref_path(refs, case), labels,
-                                                   case=case)})
-    table = pd.DataFrame(rows, columns=["case", *(f"dice_{lb}" for lb in labels), "dice_mean"])
+        rows.append({"case": case, **evaluate_case(pred_path, _ref_path(refs, case),
+                                                   case=case, classes=classes,
+                                                   tolerance_mm=tolerance_mm)})
+    table = pd.DataFrame(rows, columns=columns(classes))
+    if summary_json is not None:
+        write_json(summary_json, summarize(table, classes, tolerance_mm))
     with atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False)
     return table
+
+
+def summarize(table: pd.DataFrame, classes: Sequence[ScoredClass],
+              tolerance_mm: float) -> dict[str, Any]:
+    """The summary JSON: per class and overall means of each metric, and every case's row."""
+    return {
+        "nsd_tolerance_mm": tolerance_mm,
+        "classes": {c.name: list(c.labels) for c in classes},
+        "mean": {c.name: {m: float(table[f"{m}_{c.name}"].mean()) for m in METRICS}
+                 for c in classes},
+        "foreground_mean": {m: float(table[f"{m}_mean"].mean()) for m in METRICS},
+        "cases": table.to_dict(orient="records"),
+        "convention": "both empty: Dice/IoU/NSD 1, HD95 0 mm; one empty: Dice/IoU/NSD 0, "
+                      "HD95 = image diagonal in mm",
+    }
 
 
 def _ref_path(refs: Path | str | Mapping[str, Path | str], case: str) -> Path:

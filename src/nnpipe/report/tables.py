@@ -8,10 +8,13 @@
 :func:`render_tables` is pure (numbers in, markdown out); :func:`collect_and_render` reads the
 files the pipeline wrote and writes the markdown atomically. A cell without a measurement
 says why in words ("missing: <path>", "— (1 GPU not in grid)"), never shows a number.
+Under each table, links to the PNG plots (:mod:`nnpipe.report.plots`) written beside it in
+``plots/``; a plot that is not there is named as not rendered.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -89,26 +92,70 @@ def bench_json_path(results_dir: Path | str, dataset: str, mode: str, dim: int, 
                 f"{mode}-{dim}d-{precision}-bs{batch_size}-{gpus}gpu.json")
 
 
+class PlotLink(NamedTuple):
+    """A PNG linked from ``tables.md``: under which table, its label, where, whether it exists."""
+
+    section: str  # "accuracy" (under the Dice table) or "throughput" (under both others)
+    family: str  # "training curves", ...: one list item per family
+    label: str
+    href: str  # relative to tables.md
+    present: bool = True
+
+
+PLOTS_DIR = "plots"
+
+
+def study_plots(grid: TableGrid) -> list[tuple[str, str, str, str]]:
+    """``(section, family, label, path under the results folder)`` of every plot of the grid.
+
+    The plot rules in ``rules/tables.smk`` write exactly these files.
+    """
+    runs = [run_name(d, p, g) for d in grid.dims for p in grid.precisions for g in grid.gpus]
+    plots = [("accuracy", "Dice per class across cases and folds", "box plots",
+              f"{PLOTS_DIR}/dice-per-class.png")]
+    plots += [("accuracy", "training curves (loss, Dice, lr)", r, f"{PLOTS_DIR}/curves-{r}.png")
+              for r in runs]
+    plots += [("accuracy", "image, reference and prediction (worst, median, best case)", r,
+               f"{PLOTS_DIR}/overlays-{r}.png") for r in runs]
+    plots.append(("throughput", "throughput", "samples/s against batch size",
+                  f"{PLOTS_DIR}/throughput.png"))
+    return plots
+
+
 # ---------------------------------------------------------------- rendering (pure)
 
 
 def render_tables(grid: TableGrid, dice: Mapping[tuple, float],
                   train_info: Mapping[tuple, Mapping[str, Any]], bench: Sequence[Mapping],
                   machine: Mapping[str, str], *, dataset: str,
-                  results_dir: Path | str = "results") -> str:
+                  results_dir: Path | str = "results", plots: Sequence[PlotLink] = ()) -> str:
     """The whole ``tables.md``.
 
     ``dice``: fold Dice in percent per ``RunKey``; ``train_info``: ``train.json`` contents per
     ``RunKey``; ``bench``: benchmark JSON contents; ``machine``: cpu, gpu, torch, monai and
-    nnpipe versions. Only measurements present are given; the rest is named as missing
-    under ``results_dir``.
+    nnpipe versions; ``plots``: PNGs to link under the tables. Only measurements present are
+    given; the rest is named as missing under ``results_dir``.
     """
     paths = _Paths(str(results_dir), dataset)
     index = _index_bench(bench)
+    accuracy = [p for p in plots if p.section == "accuracy"]
+    throughput = [p for p in plots if p.section == "throughput"]
     parts = [_header(dataset), _dice_table(grid, dice, train_info, machine, paths),
-             _train_bench_table(grid, index, machine, paths),
-             _predict_bench_table(grid, index, machine, paths)]
+             _plots_line(accuracy), _train_bench_table(grid, index, machine, paths),
+             _plots_line(throughput), _predict_bench_table(grid, index, machine, paths),
+             _plots_line(throughput)]
     return "".join(parts)
+
+
+def _plots_line(links: Sequence[PlotLink]) -> str:
+    """A list ``- family: [label](href), ...``; a missing PNG is named, not linked."""
+    if not links:
+        return ""
+    families: dict[str, list[str]] = {}
+    for p in links:
+        families.setdefault(p.family, []).append(
+            f"[{p.label}]({p.href})" if p.present else f"{p.label} (not rendered: {p.href})")
+    return "\nPlots:\n\n" + "".join(f"- {f}: {', '.join(c)}\n" for f, c in families.items())
 
 
 @dataclass(frozen=True)
@@ -297,7 +344,7 @@ def _predict_bench_table(grid: TableGrid, index: BenchIndex, machine: Mapping[st
             found = [index.get(("predict", dim, p, bs, 1)) for p in ps]
             present = [b for b in found if b is not None]
             devices += [str(b.get("device", "unknown")) for b in present]
-            resolution = ("×".join(str(int(s)) for s in present[0]["patch_size"]) if present
+            resolution = (_resolution(present[0]["patch_size"]) if present
                           else "unknown (no benchmark file)")
             row = [str(dim), str(bs), resolution]
             for p, b in zip(ps, found, strict=True):
@@ -314,6 +361,14 @@ def _predict_bench_table(grid: TableGrid, index: BenchIndex, machine: Mapping[st
             "per batch.\n\n" + _md_table(header, rows))
 
 
+def _resolution(patch_size: Sequence[int]) -> str:
+    """``192×160``, or ``128³`` for a cube, as the reference writes them."""
+    sizes = [int(s) for s in patch_size]
+    if len(sizes) == 3 and len(set(sizes)) == 1:
+        return f"{sizes[0]}³"
+    return "×".join(map(str, sizes))
+
+
 # ---------------------------------------------------------------- reading the outputs
 
 
@@ -322,7 +377,9 @@ def collect_and_render(results_dir: Path | str, dataset: str, grid: TableGrid,
     """Read every output the grid names that exists, render, write ``out_path`` atomically.
 
     ``machine`` defaults to :func:`nnpipe.machine.machine_info` of the machine running this.
-    Returns the markdown. A file that exists but is unusable raises ``DataError`` naming it.
+    Plots of :func:`study_plots` are linked relative to ``out_path``, as not rendered where
+    their PNG does not exist. Returns the markdown. A file that exists but is unusable raises
+    ``DataError`` naming it.
     """
     dice: dict[RunKey, float] = {}
     train_info: dict[RunKey, Mapping[str, Any]] = {}
@@ -339,8 +396,12 @@ def collect_and_render(results_dir: Path | str, dataset: str, grid: TableGrid,
                         train_info[key] = _read_checked(tj, ("time_to_train_s", "batch_size"))
     bench = [_read_bench(path, want) for path, want in _bench_files(results_dir, dataset, grid)
              if path.is_file()]
+    plots = [PlotLink(section, family, label,
+                      os.path.relpath(Path(results_dir, path), Path(out_path).parent),
+                      Path(results_dir, path).is_file())
+             for section, family, label, path in study_plots(grid)]
     text = render_tables(grid, dice, train_info, bench, machine or machine_info(),
-                         dataset=dataset, results_dir=results_dir)
+                         dataset=dataset, results_dir=results_dir, plots=plots)
     write_text(out_path, text)
     return text
 

@@ -12,12 +12,15 @@ class DeepSupervisionLoss(torch.nn.Module):
     Accepts logits ``(B, K, *S)`` or, with deep supervision, ``(B, H, K, *S)`` where head 0 is
     the full-resolution output; head ``i`` weighs ``0.5**i`` and the weights are normalized to
     sum to 1 (nnU-Net's scheme). Target: ``(B, 1, *S)`` integer labels.
+    ``base`` replaces Dice + CE per head (region mode passes
+    :class:`~nnpipe.training.regions.RegionLoss`).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, base: torch.nn.Module | None = None) -> None:
         super().__init__()
-        self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False,
-                                  batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
+        self.dice_ce = base or DiceCELoss(to_onehot_y=True, softmax=True,
+                                          include_background=False, batch=True,
+                                          smooth_nr=1e-5, smooth_dr=1e-5)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if logits.dim() == target.dim():

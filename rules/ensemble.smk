@@ -1,0 +1,48 @@
+# Per run (dim, precision, gpus): decide largest-component postprocessing per class from the
+# cross-validation predictions of all folds, then predict imagesTs with the fold models
+# averaged and that postprocessing applied.
+
+
+rule postprocess:
+    input:
+        predictions=get_fold_files(rules.predict.output.predictions),
+        splits=rules.split.output.splits,
+        dataset=rules.download.output.dataset,
+    output:
+        decision=f"{DS}/postprocess/{RUN}.json",
+    params:
+        raw=subpath(input.dataset, parent=True),
+        folds=" ".join(str(f) for f in GRID.folds),
+        settings=section_json("training"),
+    conda:
+        "../envs/nnpipe.yaml"
+    log:
+        f"logs/{{dataset}}/postprocess/{RUN}.log",
+    shell:
+        "nnpipe postprocess --config-json {params.settings:q} --pred {input.predictions}"
+        " --folds {params.folds} --raw {params.raw} --splits {input.splits}"
+        " --out {output.decision} > {log} 2>&1"
+
+
+rule ensemble:
+    input:
+        models=get_fold_files(rules.train.output.model),
+        plan=rules.plan.output.plan,
+        decision=rules.postprocess.output.decision,
+        dataset=rules.download.output.dataset,
+    output:
+        predictions=directory(f"{DS}/ensemble/{RUN}"),
+    params:
+        raw=subpath(input.dataset, parent=True),
+        settings=section_json("inference"),
+    threads: 1
+    conda:
+        "../envs/nnpipe.yaml"
+    log:
+        f"logs/{{dataset}}/ensemble/{RUN}.log",
+    benchmark:
+        f"benchmarks/{{dataset}}/ensemble/{RUN}.tsv"
+    shell:
+        "nnpipe predict --config-json {params.settings:q} --model {input.models}"
+        " --plan {input.plan} --postprocess {input.decision} --input {params.raw}/imagesTs"
+        " --allow-empty --threads {threads} --out {output.predictions} > {log} 2>&1"

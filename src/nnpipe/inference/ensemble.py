@@ -1,0 +1,193 @@
+"""Models for prediction: loading checkpoints, refusing mismatched plans, averaging models.
+
+An ensemble is several models trained with the same plan (the fold models of one run): each
+predicts the same preprocessed case and their probabilities are averaged before the argmax.
+Models trained with different plans see differently preprocessed inputs and cannot be
+averaged voxel by voxel, so they are refused with the name of the model that differs.
+
+Accumulation: on a GPU, the whole-volume sums live on the GPU when they fit (fast: no tile
+leaves the device) and in host memory otherwise; the choice is made from the free device
+memory before the case starts and again, on the host, if the device runs out anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nnpipe.config import InferenceSettings
+from nnpipe.evaluation.metrics import ScoredClass
+from nnpipe.inference.sliding_window import predict_volume_2d, sliding_window
+from nnpipe.model import build_unet
+from nnpipe.planning.plan import Plan
+from nnpipe.progress import log
+from nnpipe.training.checkpoint import load_checkpoint
+from nnpipe.training.regions import model_outputs, nested_regions
+
+CHECKPOINT_NAMES = ("final.pt", "last.pt")
+# Fraction of the free GPU memory the whole-volume sums may take; the rest is for the
+# network's activations and the tile batch.
+DEVICE_ACCUMULATION_SHARE = 0.5
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    plan: Plan
+    device: torch.device
+    path: Path
+    regions: tuple[ScoredClass, ...] | None = None  # region mode: one sigmoid per region
+    memory_format: torch.memory_format = torch.contiguous_format  # of the tiles fed in
+
+    @property
+    def out_channels(self) -> int:
+        return len(self.regions) if self.regions is not None else self.plan.num_classes
+
+
+def checkpoint_path(model: Path | str) -> Path:
+    """``model`` itself if it is a file, else its ``final.pt`` (or ``last.pt``)."""
+    model = Path(model)
+    if model.is_dir():
+        for name in CHECKPOINT_NAMES:
+            if (model / name).is_file():
+                return model / name
+        raise FileNotFoundError(f"model folder {str(model)!r} holds no "
+                                f"{' or '.join(CHECKPOINT_NAMES)}")
+    if not model.is_file():
+        raise FileNotFoundError(f"model {str(model)!r} does not exist")
+    return model
+
+
+def load_model(model: Path | str, device: torch.device | None = None) -> LoadedModel:
+    """Load a run folder or checkpoint: the plan it was trained with and its weights."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    path = checkpoint_path(model)
+    ckpt = load_checkpoint(path, "cpu")
+    if "plan" not in ckpt or "model" not in ckpt:
+        raise ValueError(f"checkpoint {str(path)!r} is not an nnpipe training checkpoint "
+                         "(no plan or model weights)")
+    plan = Plan.from_dict(ckpt["plan"])
+    use_regions = bool(ckpt.get("settings", {}).get("regions", False))
+    net = build_unet(plan, deep_supervision=False,
+                     out_channels=model_outputs(plan.num_classes, use_regions))
+    # deep-supervision heads exist only in training; inference needs the main path only
+    net.load_state_dict(ckpt["model"], strict=False)
+    net.to(device).eval()
+    regions = nested_regions(plan.labels) if use_regions else None
+    fmt = torch.contiguous_format
+    if device.type == "cpu":
+        net, fmt = cpu_fast_path(net, plan.dim)
+    return LoadedModel(net, plan, device, path, regions, fmt)
+
+
+def cpu_fast_path(net: torch.nn.Module, dim: int
+                  ) -> tuple[torch.nn.Module, torch.memory_format]:
+    """The same network, faster on CPUs: every InstanceNorm becomes a GroupNorm with one
+    group per channel (the same function: per sample and channel, over the spatial axes),
+    and 3D weights go channels-last. Measured with torch 2.13 on 2 Xeon cores, 16 channels
+    at 64^3: instance_norm 57 ms vs group_norm 15 ms; conv3d 130 ms vs 72 ms channels-last.
+    GPUs keep the network as built (not measured there)."""
+    for module in list(net.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.modules.instancenorm._InstanceNorm) and \
+                    not child.track_running_stats:
+                group = torch.nn.GroupNorm(child.num_features, child.num_features, child.eps,
+                                           affine=child.affine)
+                if child.affine:
+                    group.weight.data.copy_(child.weight.data)
+                    group.bias.data.copy_(child.bias.data)
+                setattr(module, child_name, group)
+    if dim == 3:
+        net = net.to(memory_format=torch.channels_last_3d)
+        return net, torch.channels_last_3d
+    return net, torch.contiguous_format
+
+
+def load_models(models: Sequence[Path | str], device: torch.device | None = None,
+                plan: Path | str | None = None) -> list[LoadedModel]:
+    """Load every model; ``ValueError`` naming the model if its plan (or region mode)
+    differs from ``plan`` (a plan JSON) or, without one, from the first model's."""
+    if not models:
+        raise ValueError("no model given")
+    loaded = [load_model(m, device) for m in models]
+    reference = Plan.load(plan) if plan is not None else loaded[0].plan
+    where = f"plan {str(plan)!r}" if plan is not None else f"model {str(loaded[0].path)!r}"
+    for lm in loaded:
+        if lm.plan != reference:
+            diff = [k for k in reference.to_dict()
+                    if reference.to_dict()[k] != lm.plan.to_dict().get(k)]
+            raise ValueError(f"model {str(lm.path)!r} was trained with a different plan than "
+                             f"{where} (differs in: {', '.join(diff)}); predict with models "
+                             "of one plan")
+        if (lm.regions is None) != (loaded[0].regions is None):
+            raise ValueError(f"model {str(lm.path)!r} and {str(loaded[0].path)!r} differ in "
+                             "region mode; they cannot be averaged")
+    return loaded
+
+
+def predict_probabilities(lm: LoadedModel, data: np.ndarray,
+                          settings: InferenceSettings) -> np.ndarray:
+    """Probabilities ``(K, X', Y', Z')`` float32 for a preprocessed case ``(C, X', Y', Z')``."""
+    acc = _accumulation_device(lm, data)
+    try:
+        return _predict(lm, data, settings, acc)
+    except torch.OutOfMemoryError:
+        if acc.type == "cpu":
+            raise
+        torch.cuda.empty_cache()
+        log(f"device memory ran out for a {data.shape[1:]} volume; stitching in host memory")
+        return _predict(lm, data, settings, torch.device("cpu"))
+
+
+def average_probabilities(models: Sequence[LoadedModel], data: np.ndarray,
+                          settings: InferenceSettings) -> np.ndarray:
+    """The mean of every model's :func:`predict_probabilities` (summed in place)."""
+    total = predict_probabilities(models[0], data, settings)
+    for lm in models[1:]:
+        total += predict_probabilities(lm, data, settings)
+    if len(models) > 1:
+        total /= len(models)
+    return total
+
+
+def _accumulation_device(lm: LoadedModel, data: np.ndarray) -> torch.device:
+    """The model's device if the sums fit in its free memory, else the CPU."""
+    if lm.device.type != "cuda":
+        return lm.device
+    free, _ = torch.cuda.mem_get_info(lm.device)
+    # image + class sums + weight sum, float32
+    needed = 4 * int(np.prod(data.shape[1:])) * (data.shape[0] + lm.out_channels + 1)
+    if needed > DEVICE_ACCUMULATION_SHARE * free:
+        log(f"volume {data.shape[1:]} needs {needed / 2**30:.1f} GiB of sums, more than "
+            f"{DEVICE_ACCUMULATION_SHARE:.0%} of the free device memory; stitching in host "
+            "memory")
+        return torch.device("cpu")
+    return lm.device
+
+
+def _predict(lm: LoadedModel, data: np.ndarray, settings: InferenceSettings,
+             acc: torch.device) -> np.ndarray:
+    plan = lm.plan
+    image = torch.from_numpy(np.ascontiguousarray(data)).to(acc)
+    kwargs = dict(num_classes=lm.out_channels, overlap=settings.overlap, blend=settings.blend,
+                  batch_size=settings.batch_size, tta_flips=settings.tta, device=lm.device,
+                  accumulate_device=acc,
+                  activation="sigmoid" if lm.regions is not None else "softmax")
+    # bf16 autocast: the forward passes only; softmax and the sums stay in float32
+    autocast = torch.autocast(lm.device.type, dtype=torch.bfloat16,
+                              enabled=settings.precision == "bf16")
+
+    def forward(tiles: torch.Tensor) -> torch.Tensor:
+        return lm.model(tiles.contiguous(memory_format=lm.memory_format))
+
+    with torch.inference_mode(), autocast:
+        if plan.dim == 3:
+            probs = sliding_window(forward, image, tuple(plan.patch_size), **kwargs)
+        else:
+            probs = predict_volume_2d(forward, image, plan.slice_axis,
+                                      tuple(plan.patch_size), **kwargs)
+    return probs.float().cpu().numpy()

@@ -1,0 +1,98 @@
+"""Cases in parallel under a RAM budget.
+
+nnU-Net v2 preprocesses with a fixed number of processes, so a few large cases arriving
+together can take more RAM than the machine has. Here every case first gets a peak-memory
+estimate from its NIfTI headers alone (shape, channels, spacing: no voxel is read), and a
+case starts only while the estimates of the cases in flight, plus its own, fit the budget; a
+case larger than the whole budget runs alone. ``workers`` still caps the processes.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import queue
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
+
+import nibabel as nib
+
+from nnpipe.datasets.layout import Case
+from nnpipe.errors import DataError
+from nnpipe.io import spacing_of
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+GB = 1024**3
+
+
+def estimate_case_bytes(case: Case, target_spacing: Callable[[Sequence[float]], Sequence[float]]
+                        ) -> int:
+    """Peak bytes one case needs while it is preprocessed, from its headers.
+
+    With ``n`` input and ``m`` output voxels per channel and ``C`` channels: the float32 image
+    (``4Cn``), the float64 spline coefficients of the channel being resampled (``8n``), the
+    resampled channels and their stacked copy (``8Cm``), the normalized output (``4Cm``), and
+    for the label one float32 class map in and two out (``4n + 8m``) plus the uint8 maps.
+    Measured peaks stay below this (tests/preprocessing/test_parallel.py).
+    """
+    shape: tuple[int, ...] = ()
+    channels = 0
+    spacing: Sequence[float] = (1.0, 1.0, 1.0)
+    for path in case.images:
+        try:
+            img = nib.load(str(path))
+        except Exception as exc:  # nibabel raises many types for foreign files
+            raise DataError(f"cannot read the NIfTI header ({type(exc).__name__}: {exc})",
+                            case=case.case_id, path=path) from exc
+        shape = tuple(int(s) for s in img.shape)
+        channels += shape[3] if len(shape) > 3 else 1
+        spacing = spacing_of(img.affine)
+    spatial = shape[:3] if len(shape) >= 3 else (*shape, 1)
+    n = math.prod(spatial)
+    target = target_spacing(spacing)
+    m = math.prod(max(1, round(s * o / t)) for s, o, t in zip(spatial, spacing, target,
+                                                               strict=True))
+    return 4 * channels * n + 8 * n + 12 * channels * m + 5 * n + 10 * m
+
+
+def imap_bounded(func: Callable[[T], R], items: Sequence[T], costs: Sequence[int],
+                 workers: int, budget_bytes: int = 0) -> Iterator[R]:
+    """``func`` over ``items`` in up to ``workers`` processes; results as they finish.
+
+    Items start in order; an item starts only while the running items' ``costs`` plus its
+    own stay within ``budget_bytes`` (0: no budget), or when nothing else runs. The first
+    exception in a worker stops the pool and is re-raised here.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if budget_bytes < 0:
+        raise ValueError(f"budget_bytes must be >= 0, got {budget_bytes}")
+    if len(costs) != len(items):
+        raise ValueError(f"{len(costs)} costs for {len(items)} items")
+    if workers == 1 or len(items) <= 1:
+        yield from map(func, items)
+        return
+    # fork: spawn would re-run a Snakemake script: (no __main__ guard) in every worker.
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    done: queue.Queue = queue.Queue()
+    pending = deque(range(len(items)))
+    running: dict[int, int] = {}
+    with multiprocessing.get_context(method).Pool(min(workers, len(items))) as pool:
+        while pending or running:
+            while pending and len(running) < workers and (
+                    not running or budget_bytes == 0
+                    or sum(running.values()) + costs[pending[0]] <= budget_bytes):
+                i = pending.popleft()
+                running[i] = costs[i]
+                pool.apply_async(func, (items[i],),
+                                 callback=lambda r, i=i: done.put((i, True, r)),
+                                 error_callback=lambda e, i=i: done.put((i, False, e)))
+            i, ok, result = done.get()
+            del running[i]
+            if not ok:
+                pool.terminate()
+                raise result
+            yield result

@@ -1,0 +1,34 @@
+"""Model fixtures for inference tests: untrained networks of the tiny study's plans, saved as
+training checkpoints (weights do not matter for geometry, files and error handling)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from nnpipe.model import build_unet
+from nnpipe.planning.plan import Plan
+from nnpipe.training.checkpoint import save_checkpoint
+from nnpipe.training.regions import model_outputs
+
+
+def save_model(run_dir: Path, plan: Plan, seed: int, regions: bool = False) -> Path:
+    torch.manual_seed(seed)
+    net = build_unet(plan, deep_supervision=False,
+                     out_channels=model_outputs(plan.num_classes, regions))
+    save_checkpoint(run_dir / "final.pt", {"model": net.state_dict(), "plan": plan.to_dict(),
+                                           "settings": {"regions": regions}})
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def models(tiny_study, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "3d": save_model(root / "3d-fold0", tiny_study.plans[3], 0),
+        "3d-b": save_model(root / "3d-fold1", tiny_study.plans[3], 1),
+        "2d": save_model(root / "2d-fold0", tiny_study.plans[2], 0),
+        "3d-regions": save_model(root / "3d-regions", tiny_study.plans[3], 0, regions=True),
+    }

@@ -1,0 +1,288 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from nnpipe.cli import main
+from nnpipe.config import InferenceSettings
+from nnpipe.errors import DataError
+from nnpipe.inference import ensemble as E
+from nnpipe.inference.predict import (
+    PredictionFailed,
+    find_cases,
+    predict_dataset,
+    predict_folder,
+)
+
+SETTINGS = InferenceSettings(overlap=0.5, blend="gaussian", tta=False, batch_size=2,
+                             save_probabilities=False)
+WITH_PROBS = InferenceSettings(overlap=0.5, blend="gaussian", tta=False, batch_size=2,
+                               save_probabilities=True)
+
+
+def msd_folder(tiny_study, dest: Path, n: int = 2) -> Path:
+    """``n`` training images of the tiny study, as an MSD-layout input folder (4D files)."""
+    dest.mkdir(parents=True)
+    for path in sorted((tiny_study.raw / "imagesTr").glob("*.nii.gz"))[:n]:
+        shutil.copy(path, dest / path.name)
+    return dest
+
+
+def split_channels(src: Path, dest: Path) -> Path:
+    """The same images in the nnU-Net v2 layout: <case>_0000.nii.gz per channel."""
+    dest.mkdir(parents=True)
+    for path in sorted(src.glob("*.nii.gz")):
+        img = nib.load(path)
+        data = np.asarray(img.dataobj)
+        case = path.name[: -len(".nii.gz")]
+        for c in range(data.shape[-1]):
+            nib.save(nib.Nifti1Image(data[..., c], img.affine, img.header),
+                     dest / f"{case}_{c:04d}.nii.gz")
+    return dest
+
+
+def listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+# ---------------------------------------------------------------- folder input, geometry
+
+
+def test_folder_prediction_keeps_source_geometry_and_codes(tiny_study, models, tmp_path):
+    src = msd_folder(tiny_study, tmp_path / "in")
+    # give one image distinct qform/sform codes (aligned = 2), which the labels must keep
+    first = sorted(src.glob("*.nii.gz"))[0]
+    img = nib.load(first)
+    img.set_qform(img.affine, code=2)
+    img.set_sform(img.affine, code=2)
+    nib.save(img, first)
+    out = tmp_path / "out"
+    written = predict_folder([models["3d"]], src, out, SETTINGS)
+    assert [p.name for p in written] == listing(src) == listing(out)
+    for path in written:
+        pred, ref = nib.load(path), nib.load(src / path.name)
+        assert pred.shape == ref.shape[:3]
+        np.testing.assert_allclose(pred.affine, ref.affine, atol=1e-6)
+        assert pred.get_data_dtype() == np.uint8
+        assert int(pred.header["intent_code"]) == 1002  # NIFTI_INTENT_LABEL
+        labels = np.asarray(pred.dataobj)
+        assert set(np.unique(labels)) <= {0, 1, 2, 3}
+        want = 2 if path == out / first.name else 1
+        assert int(pred.header["qform_code"]) == int(ref.header["qform_code"]) == want
+        assert int(pred.header["sform_code"]) == int(ref.header["sform_code"]) == want
+
+
+def test_per_channel_layout_gives_the_same_labels(tiny_study, models, tmp_path):
+    src = msd_folder(tiny_study, tmp_path / "msd")
+    per_channel = split_channels(src, tmp_path / "v2")
+    cases, errors = find_cases(per_channel, 4)
+    assert [c.case_id for c in cases] == [n[: -len(".nii.gz")] for n in listing(src)]
+    assert errors == [] and all(len(c.images) == 4 for c in cases)
+    a = predict_folder([models["3d"]], src, tmp_path / "a", SETTINGS)
+    b = predict_folder([models["3d"]], per_channel, tmp_path / "b", SETTINGS)
+    for pa, pb in zip(a, b, strict=True):
+        assert pa.name == pb.name
+        np.testing.assert_array_equal(np.asarray(nib.load(pa).dataobj),
+                                      np.asarray(nib.load(pb).dataobj))
+
+
+def test_probability_maps_are_float16_and_match_the_labels(tiny_study, models, tmp_path):
+    src = msd_folder(tiny_study, tmp_path / "in", n=1)
+    out = tmp_path / "out"
+    (label_path,) = predict_folder([models["3d"]], src, out, WITH_PROBS)
+    with np.load(out / label_path.name.replace(".nii.gz", ".npz")) as z:
+        probs, affine, names = z["probabilities"], z["affine"], list(z["names"])
+    labels = np.asarray(nib.load(label_path).dataobj)
+    assert probs.dtype == np.float16 and probs.shape == (4, *labels.shape)
+    assert names == ["background", "edema", "non-enhancing tumor", "enhancing tumour"]
+    np.testing.assert_allclose(probs.astype(np.float32).sum(0), 1.0, atol=5e-3)
+    np.testing.assert_allclose(affine, nib.load(label_path).affine, atol=1e-6)
+    # argmax of the stored maps gives the labels wherever the top class is not a near tie
+    top2 = np.sort(probs.astype(np.float32), axis=0)[-2:]
+    clear = (top2[1] - top2[0]) > 2e-3
+    assert clear.mean() > 0.9
+    np.testing.assert_array_equal(probs.argmax(0)[clear], labels[clear])
+
+
+def test_2d_model_predicts_slice_by_slice_in_source_geometry(tiny_study, models, tmp_path):
+    src = msd_folder(tiny_study, tmp_path / "in", n=1)
+    (path,) = predict_folder([models["2d"]], src, tmp_path / "out", SETTINGS)
+    ref = nib.load(src / path.name)
+    assert nib.load(path).shape == ref.shape[:3]
+
+
+# ---------------------------------------------------------------- bad input, --continue
+
+
+def test_bad_cases_are_named_and_the_others_still_predicted(tiny_study, models, tmp_path):
+    src = msd_folder(tiny_study, tmp_path / "in", n=2)
+    good = listing(src)
+    img = nib.load(src / good[0])
+    data = np.asarray(img.dataobj)
+    nib.save(nib.Nifti1Image(data[..., :3], img.affine), src / "THREE_CHANNELS.nii.gz")
+    singular = img.affine.copy()
+    singular[:3, 2] = 0.0  # a zero voxel axis: the affine has no inverse
+    bad = nib.Nifti1Image(data, None)
+    bad.set_sform(singular, code=1)  # a qform cannot even hold it
+    nib.save(bad, src / "SINGULAR.nii.gz")
+    shutil.copy(src / good[0], src / "HALF_0000.nii.gz")  # per-channel case missing 1..3
+    out = tmp_path / "out"
+    with pytest.raises(PredictionFailed) as info:
+        predict_folder([models["3d"]], src, out, SETTINGS)
+    message = str(info.value)
+    assert "3 case(s) failed" in message
+    assert "'THREE_CHANNELS'" in message and "has 3 channel(s); the model expects 4" in message
+    assert "'SINGULAR'" in message and "not invertible" in message
+    assert "'HALF'" in message and "_0000 to _0003" in message
+    assert listing(out) == good  # the good cases, and nothing half-written
+
+
+def test_continue_skips_cases_already_written(tiny_study, models, tmp_path):
+    src = msd_folder(tiny_study, tmp_path / "in", n=2)
+    out = tmp_path / "out"
+    first, second = predict_folder([models["3d"]], src, out, SETTINGS)
+    second.unlink()
+    before = first.stat().st_mtime_ns
+    predict_folder([models["3d"]], src, out, SETTINGS, skip_existing=True)
+    assert first.stat().st_mtime_ns == before  # skipped
+    assert second.is_file()  # redone
+
+
+def test_cli_predict_folder_and_error_exit(tiny_study, models, tmp_path, capsys):
+    src = msd_folder(tiny_study, tmp_path / "in", n=1)
+    out = tmp_path / "out"
+    assert main(["predict", "--model", str(models["3d"]), "--input", str(src),
+                 "--output", str(out)]) == 0
+    assert listing(out) == listing(src)
+    assert "predict [" in capsys.readouterr().err  # the progress line
+    assert main(["predict", "--model", str(models["3d"]), "--input", str(tmp_path / "nope"),
+                 "--output", str(out)]) == 1
+    assert "input folder does not exist" in capsys.readouterr().err
+    assert main(["predict", "--model", str(models["3d"]), "--output", str(out)]) == 2
+
+
+def test_empty_input_is_an_error_unless_allowed(models, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="holds no .nii.gz images"):
+        predict_folder([models["3d"]], tmp_path / "empty", tmp_path / "o", SETTINGS)
+    assert predict_folder([models["3d"]], tmp_path / "missing", tmp_path / "o", SETTINGS,
+                          allow_empty=True) == []
+
+
+# ---------------------------------------------------------------- plans and ensembles
+
+
+def test_model_of_a_different_plan_is_refused(tiny_study, models, tmp_path):
+    plan3 = tiny_study.preprocessed[3].parent / "plan3.json"
+    tiny_study.plans[3].save(plan3)
+    src = msd_folder(tiny_study, tmp_path / "in", n=1)
+    with pytest.raises(ValueError, match=r"2d-fold0.*different plan.*plan3\.json.*dim"):
+        predict_folder([models["2d"]], src, tmp_path / "out", SETTINGS, plan=plan3)
+    with pytest.raises(ValueError, match=r"2d-fold0.*different plan than model"):
+        predict_folder([models["3d"], models["2d"]], src, tmp_path / "out", SETTINGS)
+    assert not (tmp_path / "out").exists()
+
+
+def test_dataset_mode_refuses_a_model_of_another_dataset(tiny_study, models, tmp_path):
+    import json
+
+    other = tmp_path / "raw"
+    shutil.copytree(tiny_study.raw, other)
+    meta = json.loads((other / "dataset.json").read_text())
+    meta["labels"] = {"0": "background", "1": "tumour"}
+    (other / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="does not fit dataset"):
+        predict_dataset([models["3d"]], other, ["BRATS_001"], tmp_path / "out", SETTINGS)
+
+
+def test_ensemble_averages_the_models_probabilities(tiny_study, models, tmp_path):
+    src = msd_folder(tiny_study, tmp_path / "in", n=1)
+    probs = {}
+    for name, ms in {"a": [models["3d"]], "b": [models["3d-b"]],
+                     "ab": [models["3d"], models["3d-b"]]}.items():
+        (path,) = predict_folder(ms, src, tmp_path / name, WITH_PROBS)
+        with np.load(path.with_name(path.name.replace(".nii.gz", ".npz"))) as z:
+            probs[name] = z["probabilities"].astype(np.float32)
+    assert not np.allclose(probs["a"], probs["b"], atol=1e-2)  # the two models differ
+    np.testing.assert_allclose(probs["ab"], (probs["a"] + probs["b"]) / 2, atol=2e-3)
+
+
+def test_region_model_exports_labels_and_region_maps(tiny_study, models, tmp_path):
+    src = msd_folder(tiny_study, tmp_path / "in", n=1)
+    (path,) = predict_folder([models["3d-regions"]], src, tmp_path / "out", WITH_PROBS)
+    labels = np.asarray(nib.load(path).dataobj)
+    with np.load(path.with_name(path.name.replace(".nii.gz", ".npz"))) as z:
+        probs, names = z["probabilities"].astype(np.float32), list(z["names"])
+    assert names == ["WT", "TC", "ET"] and probs.shape == (3, *labels.shape)
+    # labels follow from the thresholded regions, innermost last
+    expected = np.zeros(labels.shape, np.uint8)
+    for value, region in enumerate(probs, start=1):
+        expected[region > 0.5] = value
+    near = np.abs(probs - 0.5).min(0) < 2e-3  # float16 storage may flip exact ties
+    np.testing.assert_array_equal(labels[~near], expected[~near])
+
+
+def test_device_out_of_memory_falls_back_to_host_stitching(tiny_study, models, monkeypatch):
+    lm = E.load_model(models["3d"], torch.device("cpu"))
+    data = np.load(tiny_study.preprocessed[3] / "BRATS_001.npy")
+    calls = []
+    real = E._predict
+
+    def fake_predict(lm_, data_, settings_, acc):
+        calls.append(acc.type)
+        if acc.type != "cpu":
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(lm_, data_, settings_, acc)
+
+    monkeypatch.setattr(E, "_accumulation_device", lambda *_: torch.device("meta"))
+    monkeypatch.setattr(E, "_predict", fake_predict)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    probs = E.predict_probabilities(lm, data, SETTINGS)
+    assert calls == ["meta", "cpu"]
+    assert probs.shape == (4, *data.shape[1:])
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+
+
+def test_model_folder_without_checkpoint_is_named(tmp_path):
+    (tmp_path / "run").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"run.*holds no final\.pt or last\.pt"):
+        E.checkpoint_path(tmp_path / "run")
+
+
+def test_bf16_forward_passes_stay_close_to_fp32(tiny_study, models):
+    from dataclasses import replace
+
+    lm = E.load_model(models["3d"], torch.device("cpu"))
+    data = np.load(tiny_study.preprocessed[3] / "BRATS_001.npy")
+    fp32 = E.predict_probabilities(lm, data, SETTINGS)
+    bf16 = E.predict_probabilities(lm, data, replace(SETTINGS, precision="bf16"))
+    assert bf16.dtype == np.float32  # sums stay in float32
+    np.testing.assert_allclose(bf16.sum(0), 1.0, atol=1e-4)
+    assert np.abs(bf16 - fp32).max() < 0.05
+    assert (bf16.argmax(0) == fp32.argmax(0)).mean() > 0.97
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_cpu_fast_path_computes_the_same_function(tiny_study, dim):
+    from nnpipe.model import build_unet
+
+    plan = tiny_study.plans[dim]
+    torch.manual_seed(0)
+    net = build_unet(plan, deep_supervision=False).eval()
+    for m in net.modules():  # non-trivial affine parameters in every norm
+        if isinstance(m, torch.nn.modules.instancenorm._InstanceNorm):
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    x = torch.randn(2, plan.num_channels, *plan.patch_size)
+    with torch.inference_mode():
+        expected = net(x)
+        fast, fmt = E.cpu_fast_path(net, dim)
+        got = fast(x.contiguous(memory_format=fmt))
+    assert not any(isinstance(m, torch.nn.modules.instancenorm._InstanceNorm)
+                   for m in fast.modules())
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
