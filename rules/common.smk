@@ -81,11 +81,13 @@ def get_ensembles(wildcards):
 
 
 def get_fold_files(pattern):
-    """Input function: `pattern` (a rule output with {dataset} and the run wildcards) for
-    every fold in GRID.folds of the run named by the wildcards."""
+    """Input function: `pattern` (a rule output with {dataset}, the run wildcards and {fold})
+    for every fold in GRID.folds of the run named by the wildcards, in that order. Rules
+    whose outputs lack the {dataset} wildcard (the plots) get the study's dataset."""
 
     def files(wildcards):
-        return [pattern.format(fold=f, **dict(wildcards.items())) for f in GRID.folds]
+        run = {"dataset": DATASET, **dict(wildcards.items())}
+        return [pattern.format(**run, fold=f) for f in GRID.folds]
 
     return files
 
@@ -127,17 +129,6 @@ def get_launcher(wildcards):
 
 
 # ---- plots (rules/tables.smk)
-
-
-def get_run_files(pattern):
-    """Input function: `pattern` (stage path with {dim}, {precision}, {gpus}, {fold}) for
-    every fold of the run named by the wildcards, in GRID.folds order."""
-
-    def files(wildcards):
-        run = dict(wildcards.items())
-        return [pattern.format(dataset=DATASET, fold=f, **run) for f in GRID.folds]
-
-    return files
 
 
 def get_all_evaluations(wildcards):

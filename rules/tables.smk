@@ -21,7 +21,7 @@ RAW_JSON = f"{RESULTS}/{DATASET}/raw/dataset.json"
 
 rule plot_curves:
     input:
-        metrics=get_run_files(rules.train.output.metrics),
+        metrics=get_fold_files(rules.train.output.metrics),
         dataset=RAW_JSON,
     output:
         png=report(
@@ -44,8 +44,8 @@ rule plot_curves:
 
 rule plot_overlays:
     input:
-        scores=get_run_files(rules.evaluate.output.scores),
-        predictions=get_run_files(rules.predict.output.predictions),
+        scores=get_fold_files(rules.evaluate.output.scores),
+        predictions=get_fold_files(rules.predict.output.predictions),
         dataset=RAW_JSON,
     output:
         png=report(

@@ -134,7 +134,9 @@ def _build(run: TrainRun, info: D.DistInfo, plan: Plan, train_ids: list[str]) ->
         SamplerSettings(patch_size=tuple(plan.patch_size), foreground_prob=s.foreground_prob,
                         dim=plan.dim, slice_axis=plan.slice_axis),
         AugmentSettings.from_names(s.augment, s.extra_augmentations), batch_size=batch_size,
-        seed=s.seed + 1000 * run.fold + 7919 * info.rank, device=info.device)
+        seed=s.seed + 1000 * run.fold + 7919 * info.rank, device=info.device,
+        # on CPU, sampler threads would compete with the training threads for the cores
+        workers=None if info.device.type == "cuda" else 1)
     return _Parts(plan, model, net, optimizer, scheduler, make_scaler(precision, info.device),
                   loader, DeepSupervisionLoss(R.head_loss(plan.labels, s.regions)), precision,
                   fmt, batch_size, epochs)
