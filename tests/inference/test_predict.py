@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from nnpipe.benchmark.predict_compare import split_channels
 from nnpipe.cli import main
 from nnpipe.config import InferenceSettings
 from nnpipe.errors import DataError
@@ -33,17 +34,6 @@ def msd_folder(tiny_study, dest: Path, n: int = 2) -> Path:
     return dest
 
 
-def split_channels(src: Path, dest: Path) -> Path:
-    """The same images in the nnU-Net v2 layout: <case>_0000.nii.gz per channel."""
-    dest.mkdir(parents=True)
-    for path in sorted(src.glob("*.nii.gz")):
-        img = nib.load(path)
-        data = np.asarray(img.dataobj)
-        case = path.name[: -len(".nii.gz")]
-        for c in range(data.shape[-1]):
-            nib.save(nib.Nifti1Image(data[..., c], img.affine, img.header),
-                     dest / f"{case}_{c:04d}.nii.gz")
-    return dest
 
 
 def listing(folder: Path) -> list[str]:
@@ -79,7 +69,8 @@ def test_folder_prediction_keeps_source_geometry_and_codes(tiny_study, models, t
 
 def test_per_channel_layout_gives_the_same_labels(tiny_study, models, tmp_path):
     src = msd_folder(tiny_study, tmp_path / "msd")
-    per_channel = split_channels(src, tmp_path / "v2")
+    per_channel = tmp_path / "v2"
+    split_channels(src, per_channel)
     cases, errors = find_cases(per_channel, 4)
     assert [c.case_id for c in cases] == [n[: -len(".nii.gz")] for n in listing(src)]
     assert errors == [] and all(len(c.images) == 4 for c in cases)

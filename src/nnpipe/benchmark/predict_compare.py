@@ -144,7 +144,9 @@ def nnunet_plans(plan: Plan, fingerprint: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _split_channels(src: Path, dest: Path) -> list[str]:
+def split_channels(src: Path, dest: Path) -> list[str]:
+    """Write the MSD 4D images of ``src`` to ``dest`` in the nnU-Net v2 layout
+    (``<case>_0000.nii.gz`` per channel); return the case ids."""
     dest.mkdir(parents=True, exist_ok=True)
     cases = []
     for path in sorted(src.glob("*.nii.gz")):
@@ -179,7 +181,7 @@ def compare(work: Path, venv: Path, n_cases: int, resolution_mm: float, patch_vo
         max_patch_voxels_3d=patch_voxels, max_patch_voxels_2d=4096, base_filters=base_filters,
         max_batch_size=2, batch_voxels_3d=2 * patch_voxels, batch_voxels_2d=8192), "compare")
     inputs = work / "imagesTs_per_channel"
-    cases = _split_channels(raw / "imagesTs", inputs)
+    cases = split_channels(raw / "imagesTs", inputs)
     model = _nnpipe_checkpoint(plan, work / "nnpipe_model")
 
     results = work / "nnUNet_results"

@@ -15,6 +15,7 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from enum import Enum
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -97,7 +98,7 @@ def gaussian_weight(patch: Sequence[int], sigma_scale: float = 0.125) -> torch.T
 
 def blend_weight(patch: Sequence[int], blend: Blend | str = Blend.GAUSSIAN) -> torch.Tensor:
     """The tile weight for ``blend``: :func:`gaussian_weight` or all ones, shape ``patch``."""
-    blend = _as_blend(blend)
+    blend = _as_enum(Blend, blend, "blend")
     if blend is Blend.CONSTANT:
         return torch.ones(tuple(patch), dtype=torch.float32)
     return gaussian_weight(patch)
@@ -161,7 +162,7 @@ def _sliding_window_many(predict: Predict, images: torch.Tensor, patch: Sequence
     if num_classes < 1 or batch_size < 1:
         raise ValueError(f"num_classes and batch_size must be >= 1, "
                          f"got num_classes={num_classes}, batch_size={batch_size}")
-    sigmoid = _as_activation(activation) is Activation.SIGMOID
+    sigmoid = _as_enum(Activation, activation, "activation") is Activation.SIGMOID
     device = torch.device(device) if device is not None else images.device
     acc_device = torch.device(accumulate_device) if accumulate_device else images.device
     padded, crop = _pad_to_patch(images, patch)
@@ -237,17 +238,13 @@ def _check_image(image: torch.Tensor, patch: Sequence[int], what: str, extra_axe
                          f"{tuple(patch)}, got shape {tuple(image.shape)}")
 
 
-def _as_activation(activation: Activation | str) -> Activation:
-    try:
-        return Activation(activation)
-    except ValueError:
-        options = ", ".join(a.value for a in Activation)
-        raise ValueError(f"activation must be one of {options}, got {activation!r}") from None
+E = TypeVar("E", bound=Enum)
 
 
-def _as_blend(blend: Blend | str) -> Blend:
+def _as_enum(kind: type[E], value: E | str, what: str) -> E:
+    """``value`` as a member of the closed option set ``kind``; a clear error otherwise."""
     try:
-        return Blend(blend)
+        return kind(value)
     except ValueError:
-        options = ", ".join(b.value for b in Blend)
-        raise ValueError(f"blend must be one of {options}, got {blend!r}") from None
+        options = ", ".join(m.value for m in kind)
+        raise ValueError(f"{what} must be one of {options}, got {value!r}") from None
