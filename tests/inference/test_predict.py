@@ -259,7 +259,8 @@ def test_bf16_forward_passes_stay_close_to_fp32(tiny_study, models):
 
 
 @pytest.mark.parametrize("dim", [2, 3])
-def test_cpu_fast_path_computes_the_same_function(tiny_study, dim):
+@pytest.mark.parametrize("batch", [1, 2])  # batch 1: the tiles PyTorch would not give oneDNN
+def test_cpu_fast_path_computes_the_same_function(tiny_study, dim, batch):
     from nnpipe.model import build_unet
 
     plan = tiny_study.plans[dim]
@@ -269,11 +270,14 @@ def test_cpu_fast_path_computes_the_same_function(tiny_study, dim):
         if isinstance(m, torch.nn.modules.instancenorm._InstanceNorm):
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.uniform_(-0.5, 0.5)
-    x = torch.randn(2, plan.num_channels, *plan.patch_size)
+    x = torch.randn(batch, plan.num_channels, *plan.patch_size)
     with torch.inference_mode():
         expected = net(x)
         fast, fmt = E.cpu_fast_path(net, dim)
         got = fast(x.contiguous(memory_format=fmt))
     assert not any(isinstance(m, torch.nn.modules.instancenorm._InstanceNorm)
                    for m in fast.modules())
+    if dim == 3 and torch.backends.mkldnn.is_available():
+        assert not any(type(m) is torch.nn.Conv3d and not isinstance(parent, E.OneDnnConv3d)
+                       for parent in fast.modules() for m in parent.children())
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)

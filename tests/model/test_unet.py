@@ -55,3 +55,52 @@ def test_mismatched_plan_is_refused():
     with pytest.raises(ValueError, match="must match"):
         build_unet(bad)
 
+
+
+def _dynunet(plan: Plan, heads: int):
+    """MONAI's DynUNet configured as the reference (our UNet's twin)."""
+    from monai.networks.nets import DynUNet
+
+    return DynUNet(spatial_dims=plan.dim, in_channels=plan.num_channels,
+                   out_channels=plan.num_classes, kernel_size=[list(k) for k in plan.kernels],
+                   strides=[list(s) for s in plan.strides],
+                   upsample_kernel_size=[list(s) for s in plan.strides[1:]],
+                   filters=list(plan.filters), norm_name=("INSTANCE", {"affine": True}),
+                   act_name=("leakyrelu", {"inplace": True, "negative_slope": 0.01}),
+                   deep_supervision=heads > 0, deep_supr_num=max(heads, 1), res_block=False)
+
+
+ANISO = Plan(dataset="t", dim=3, spacing=(0.8, 0.8, 3.0), full_spacing=(0.8, 0.8, 3.0),
+             patch_size=(48, 40, 16), kernels=((3, 3, 1), (3, 3, 1), (3, 3, 3), (3, 3, 3)),
+             strides=((1, 1, 1), (2, 2, 1), (2, 2, 2), (2, 2, 2)), filters=(8, 16, 32, 64),
+             batch_size=2, num_channels=2, num_classes=3, labels={0: "bg", 1: "a", 2: "b"},
+             channel_norms=(ChannelNorm("zscore_nonzero"),) * 2)
+
+
+@pytest.mark.parametrize("plan", [PLAN3, PLAN2, ANISO], ids=["3d", "2d", "anisotropic"])
+@pytest.mark.parametrize("deep_supervision", [True, False])
+def test_same_network_as_monai_dynunet(plan, deep_supervision):
+    """Seeded, our UNet and DynUNet build the same weights and compute the same function,
+    and a DynUNet state dict (with its skip_layers aliases) loads into ours strictly."""
+    heads = deep_supervision_heads(plan) if deep_supervision else 0
+    torch.manual_seed(3)
+    theirs = _dynunet(plan, heads)
+    torch.manual_seed(3)
+    ours = build_unet(plan, deep_supervision=deep_supervision)
+    their_state = {k: v for k, v in theirs.state_dict().items()
+                   if not k.startswith("skip_layers.")}
+    assert list(ours.state_dict()) == list(their_state)
+    for key, value in ours.state_dict().items():
+        assert torch.equal(value, their_state[key]), key
+    with torch.no_grad():  # distinct affine parameters, loaded from DynUNet's full state dict
+        for name, p in theirs.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+    fresh = build_unet(plan, deep_supervision=deep_supervision)
+    fresh.load_state_dict(theirs.state_dict(), strict=True)
+    x = torch.randn(2, plan.num_channels, *plan.patch_size)
+    for train in (True, False):
+        theirs.train(train)
+        fresh.train(train)
+        with torch.no_grad():
+            torch.testing.assert_close(fresh(x), theirs(x), rtol=1e-5, atol=1e-5)

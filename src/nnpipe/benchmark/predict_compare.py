@@ -162,7 +162,7 @@ def split_channels(src: Path, dest: Path) -> list[str]:
 
 def compare(work: Path, venv: Path, n_cases: int, resolution_mm: float, patch_voxels: int,
             base_filters: int, threads: int, tta_modes: list[bool],
-            repeats: int = 1) -> dict[str, Any]:
+            repeats: int = 1, precisions: tuple[str, ...] = ("fp32",)) -> dict[str, Any]:
     from nnpipe.datasets.embedded import generate_embedded
     from nnpipe.datasets.layout import load_dataset
     from nnpipe.inference.sliding_window import tile_grid
@@ -210,26 +210,36 @@ def compare(work: Path, venv: Path, n_cases: int, resolution_mm: float, patch_vo
                OMP_NUM_THREADS=str(threads))
     rows = []
     for tta in tta_modes:
-        cfg = json.dumps({"inference": {"overlap": 0.5, "blend": "gaussian", "tta": tta,
-                                        "batch_size": 1}})
-        ours_cmd = [sys.executable, "-m", "nnpipe", "predict", "--config-json", cfg,
-                    "--model", str(model), "--input", str(inputs), "--device", "cpu",
-                    "--threads", str(threads), "--out"]
         theirs_cmd = [str(venv / "bin" / "nnUNetv2_predict"), "-d", NNUNET_DATASET, "-c",
                       NNUNET_CONFIG, "-f", "0", "-i", str(inputs), "-device", "cpu",
                       "-step_size", "0.5", "-npp", "1", "-nps", "1"]
         theirs_cmd += [] if tta else ["--disable_tta"]
-        ours, theirs = [], []
-        for r in range(repeats):  # alternate, so load from other processes hits both alike
-            ours.append(run_timed(ours_cmd + [str(work / f"out_nnpipe_tta{int(tta)}_{r}")], env))
+        ours_cmds = {}
+        for precision in precisions:
+            cfg = json.dumps({"inference": {"overlap": 0.5, "blend": "gaussian", "tta": tta,
+                                            "batch_size": 1, "precision": precision}})
+            ours_cmds[precision] = [sys.executable, "-m", "nnpipe", "predict", "--config-json",
+                                    cfg, "--model", str(model), "--input", str(inputs),
+                                    "--device", "cpu", "--threads", str(threads), "--out"]
+        ours: dict[str, list] = {p: [] for p in precisions}
+        theirs = []
+        for r in range(repeats):  # alternate, so load from other processes hits all alike
             out = work / f"out_nnunet_tta{int(tta)}_{r}"
             theirs.append(run_timed(theirs_cmd + ["-o", str(out)], env))
-        best_ours = min(x["wall_s"] for x in ours)
+            for precision, cmd in ours_cmds.items():
+                out = work / f"out_nnpipe_{precision}_tta{int(tta)}_{r}"
+                ours[precision].append(run_timed(cmd + [str(out)], env))
         best_theirs = min(x["wall_s"] for x in theirs)
-        rows.append({"tta": tta, "nnpipe": ours, "nnunetv2": theirs,
-                     "best_nnpipe_s": best_ours, "best_nnunetv2_s": best_theirs,
-                     "speedup": round(best_theirs / best_ours, 2)})
-        print(json.dumps(rows[-1]), file=sys.stderr)
+        row: dict[str, Any] = {"tta": tta, "nnunetv2_fp32": theirs,
+                               "best_nnunetv2_fp32_s": best_theirs}
+        for precision, runs in ours.items():
+            best = min(x["wall_s"] for x in runs)
+            row[f"nnpipe_{precision}"] = runs
+            row[f"best_nnpipe_{precision}_s"] = best
+            row[f"speedup_{precision}"] = round(best_theirs / best, 2)
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if not isinstance(v, list)}),
+              file=sys.stderr)
     return {"cases": cases, "plan": {"patch_size": list(plan.patch_size),
                                      "spacing": list(plan.full_spacing),
                                      "filters": list(plan.filters)},
@@ -284,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--threads", type=int, default=2)
     c.add_argument("--tta", choices=("off", "on", "both"), default="both")
     c.add_argument("--repeats", type=int, default=2, help="alternating runs of each tool")
+    c.add_argument("--precision", nargs="+", choices=("fp32", "bf16"), default=["fp32"],
+                   help="nnpipe's inference precisions to time (nnU-Net v2 runs float32 on "
+                        "CPUs: it enables autocast on GPUs only)")
     m = sub.add_parser("memory")
     m.add_argument("--work", type=Path, required=True)
     m.add_argument("--shape", type=int, nargs=3, default=(512, 512, 400))
@@ -292,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "compare":
         modes = {"off": [False], "on": [True], "both": [False, True]}[args.tta]
         out = compare(args.work, args.nnunet_venv, args.cases, args.resolution_mm,
-                      args.patch_voxels, args.base_filters, args.threads, modes, args.repeats)
+                      args.patch_voxels, args.base_filters, args.threads, modes, args.repeats,
+                      tuple(args.precision))
     else:
         out = memory(args.work, tuple(args.shape), args.threads)
     text = json.dumps(out, indent=1)

@@ -23,7 +23,6 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
-from monai.losses import DiceLoss
 
 from nnpipe.evaluation.metrics import ScoredClass
 
@@ -73,6 +72,8 @@ class RegionLoss(torch.nn.Module):
     ``(B, 1, *S)`` integer labels, converted to regions here."""
 
     def __init__(self, regions: Sequence[ScoredClass]) -> None:
+        from monai.losses import DiceLoss  # here: prediction imports this module, not MONAI
+
         super().__init__()
         self.regions = tuple(regions)
         self.dice = DiceLoss(sigmoid=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
