@@ -30,9 +30,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -67,17 +67,34 @@ torch.save({"network_weights": net.state_dict(), "trainer_name": "nnUNetTrainer"
 """
 
 
+# Runs argv[2:] and writes its peak RSS (KiB) to argv[1]. Measured from this small process,
+# because Linux counts a child's memory from before its exec (a copy of its parent's) in
+# ru_maxrss: a command started directly from this torch-importing process would report at
+# least this process's size.
+_PEAK_RSS_LAUNCHER = """
+import os, subprocess, sys
+child = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(child.pid, 0)
+open(sys.argv[1], "w").write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_timed(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run ``cmd``; wall seconds and the peak RSS (GiB) of the largest child process."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    t0 = time.perf_counter()
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - t0
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if res.returncode != 0:
-        raise RuntimeError(f"{cmd[0]} failed ({res.returncode}):\n{res.stderr[-3000:]}")
-    return {"wall_s": round(wall, 2), "peak_rss_gib": round(max(peak_kib, before) / 2**20, 3),
-            "tail": res.stderr.strip().splitlines()[-1:] if res.stderr else []}
+    """Run ``cmd``; wall seconds and the peak RSS (GiB) of its largest process (itself or a
+    child it waited for), measured for this command alone."""
+    with tempfile.TemporaryDirectory() as tmp:
+        peak_file = Path(tmp) / "peak_kib"
+        t0 = time.perf_counter()
+        res = subprocess.run([sys.executable, "-c", _PEAK_RSS_LAUNCHER, str(peak_file), *cmd],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             env=env)
+        wall = time.perf_counter() - t0
+        if res.returncode != 0:
+            raise RuntimeError(f"{cmd[0]} failed ({res.returncode}):\n{res.stderr[-3000:]}")
+        peak_kib = int(peak_file.read_text())
+    return {"wall_s": round(wall, 2), "peak_rss_gib": round(peak_kib / 2**20, 3),
+            "tail": res.stderr.strip().splitlines()[-1:]}
 
 
 def _nnpipe_checkpoint(plan: Plan, out: Path) -> Path:
