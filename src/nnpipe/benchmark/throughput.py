@@ -177,9 +177,14 @@ def _train_step(plan, spec, precision, info, batches) -> Callable[[], None]:
 
 
 def _predict_step(plan, spec, precision, info, batches) -> Callable[[], None]:
-    """One forward pass over a batch of patches already on the device."""
+    """One forward pass over a batch of patches already on the device, through the network
+    ``nnpipe predict`` runs (on CPUs: :func:`~nnpipe.inference.ensemble.cpu_fast_path`)."""
+    from nnpipe.inference.ensemble import cpu_fast_path
+
     model, fmt = _network(plan, spec, info)
     model.eval()
+    if info.device.type == "cpu":
+        model, fmt = cpu_fast_path(model, plan.dim)
     net = torch.compile(model) if spec.compile else model
     image = next(batches)[0].contiguous(memory_format=fmt)
 
