@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nnpipe.data.augment import EXTRA_TRANSFORMS, AugmentSettings, augment, gamma_exponents
+from nnpipe.data.augment import EXTRA_TRANSFORMS, AugmentSettings, augment
+from nnpipe.data.transforms import gamma_exponents
 
 NOTHING = dict(zoom_prob=0.0, flip_prob=0.0, noise_prob=0.0, blur_prob=0.0,
                brightness_prob=0.0, contrast_prob=0.0)

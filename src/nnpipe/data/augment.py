@@ -6,9 +6,10 @@ rotation and scaling (one affine resampling, before the zoom), low-resolution si
 gamma (after the contrast) are options, off by default (:meth:`AugmentSettings.from_names`
 switches them on with nnU-Net's probabilities). Every decision is
 made per sample: the random numbers for the whole batch are drawn at once, and each transform
-runs as a few tensor operations on the subset of samples it applies to, never as a Python loop
-over voxels. Running on the GPU is what lets augmentation keep up with training (a 4-channel
-128³ float32 stream at 100 samples/s is about 3.4 GB/s); the same code runs on CPU in tests.
+runs as a few tensor operations (:mod:`nnpipe.data.transforms`) on the subset of samples it
+applies to, never as a Python loop over voxels. Running on the GPU is what lets augmentation
+keep up with training (a 4-channel 128³ float32 stream at 100 samples/s is about 3.4 GB/s);
+the same code runs on CPU in tests.
 
 Shapes: ``image`` is ``(B, C, H, W)`` (2D) or ``(B, C, D, H, W)`` (3D), floating point;
 ``seg`` is ``(B, 1, *spatial)`` with an integer dtype. Spatial transforms (rotation, scaling,
@@ -24,9 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 
 import torch
-import torch.nn.functional as F
 
-Range = tuple[float, float]
+from nnpipe.data import transforms as T
+from nnpipe.data.transforms import Range
 
 
 @dataclass(frozen=True)
@@ -178,10 +179,6 @@ class Draws:
                    extra_apply, extra_value)
 
 
-def scaled(u: torch.Tensor, bounds: Range) -> torch.Tensor:
-    return bounds[0] + (bounds[1] - bounds[0]) * u
-
-
 def _device_generator(generator: torch.Generator, device: torch.device) -> torch.Generator:
     """A generator on ``device``: ``generator`` itself, or one seeded from it.
 
@@ -195,154 +192,6 @@ def _device_generator(generator: torch.Generator, device: torch.device) -> torch
     device_generator = torch.Generator(device=device)
     device_generator.manual_seed(seed)
     return device_generator
-
-
-def _zoom(image: torch.Tensor, seg: torch.Tensor, idx: torch.Tensor, scale: torch.Tensor,
-          shift_u: torch.Tensor) -> None:
-    """Zoom the samples ``idx`` in place by ``scale`` (n,) at a random offset (``shift_u`` (n, d)).
-
-    An affine grid maps the output patch onto a region ``1/scale`` as large; ``shift_u`` in
-    [0, 1) places that region anywhere inside the patch (normalized coordinates, so the region
-    never leaves the volume). Image: (tri)linear; seg: nearest, so labels stay labels.
-    """
-    n, dim = shift_u.shape
-    inverse = 1.0 / scale
-    theta = torch.zeros((n, dim, dim + 1), dtype=torch.float32, device=image.device)
-    axes = torch.arange(dim, device=image.device)
-    theta[:, axes, axes] = inverse[:, None]
-    theta[:, :, dim] = (2.0 * shift_u - 1.0) * (1.0 - inverse)[:, None]
-    grid = F.affine_grid(theta, [n, 1, *image.shape[2:]], align_corners=False)
-    sub = image[idx]
-    image[idx] = F.grid_sample(sub.float(), grid, mode="bilinear", padding_mode="border",
-                               align_corners=False).to(image.dtype)
-    labels = F.grid_sample(seg[idx].float(), grid, mode="nearest", padding_mode="border",
-                           align_corners=False)
-    seg[idx] = labels.round().to(seg.dtype)
-
-
-def _rotation(angles: torch.Tensor, dim: int) -> torch.Tensor:
-    """Rotation matrices (n, dim, dim) for ``angles`` (n, 3) in radians, tensor-axis order.
-
-    2D: one in-plane rotation by ``angles[:, 0]``. 3D: ``angles[:, k]`` rotates about spatial
-    axis ``k`` (the plane of the other two), composed as R0 @ R1 @ R2.
-    """
-    n = angles.shape[0]
-    eye = torch.eye(dim, dtype=angles.dtype, device=angles.device).repeat(n, 1, 1)
-    planes = [(0, 1)] if dim == 2 else [(1, 2), (0, 2), (0, 1)]
-    result = eye
-    for k, (i, j) in enumerate(planes):
-        c, s = torch.cos(angles[:, k]), torch.sin(angles[:, k])
-        r = eye.clone()
-        r[:, i, i], r[:, i, j], r[:, j, i], r[:, j, j] = c, -s, s, c
-        result = result @ r
-    return result
-
-
-def sampling_matrices(angles_deg: torch.Tensor, scale: torch.Tensor, dim: int) -> torch.Tensor:
-    """Where each output voxel reads its input: (n, dim, dim), tensor-axis order, in voxels.
-
-    The content is rotated by ``angles_deg`` (n, 3) degrees and magnified by ``scale`` (n,)
-    about the patch centre, so an output offset ``o`` (voxels from the centre) reads the input
-    at ``R^T o / scale``. Shared with the DALI backend so both resample the same way.
-    """
-    rotation = _rotation(torch.deg2rad(angles_deg.double()), dim)
-    return (rotation.transpose(1, 2) / scale.double()[:, None, None]).float()
-
-
-def _resample(image: torch.Tensor, seg: torch.Tensor, idx: torch.Tensor,
-              matrices: torch.Tensor) -> None:
-    """Resample the samples ``idx`` in place through centred voxel matrices (n, dim, dim).
-
-    ``affine_grid`` works in normalized coordinates with the axes reversed (x is the last
-    axis); the voxel matrix is converted so that rotations stay rotations on a non-cubic
-    patch. Outside the input: image 0 and seg 0 (background), like the sampler's padding.
-    """
-    n, dim = matrices.shape[0], image.ndim - 2
-    reversed_matrices = matrices.flip(1).flip(2).to(image.device)
-    half = torch.tensor(image.shape[2:][::-1], dtype=torch.float32, device=image.device) / 2
-    theta = torch.zeros((n, dim, dim + 1), dtype=torch.float32, device=image.device)
-    theta[:, :, :dim] = reversed_matrices * half[None, None, :] / half[None, :, None]
-    grid = F.affine_grid(theta, [n, 1, *image.shape[2:]], align_corners=False)
-    image[idx] = F.grid_sample(image[idx].float(), grid, mode="bilinear", padding_mode="zeros",
-                               align_corners=False).to(image.dtype)
-    labels = F.grid_sample(seg[idx].float(), grid, mode="nearest", padding_mode="zeros",
-                           align_corners=False)
-    seg[idx] = labels.round().to(seg.dtype)
-
-
-def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Tensor:
-    """Blur each sample of ``x`` (n, C, *spatial) with its own ``sigma`` (n,), in voxels.
-
-    Separable: one depthwise convolution per axis, all samples and channels as groups of a
-    single convolution; borders replicate the edge voxel so the intensity level is kept.
-    """
-    n, channels, *spatial = x.shape
-    taps = torch.arange(-radius, radius + 1, dtype=torch.float32, device=x.device)
-    kernel = torch.exp(-0.5 * (taps[None, :] / sigma[:, None]) ** 2)
-    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(channels, dim=0)
-    conv = F.conv3d if len(spatial) == 3 else F.conv2d
-    out = x.float().reshape(1, n * channels, *spatial)
-    for axis in range(len(spatial)):
-        shape = [n * channels, 1] + [1] * len(spatial)
-        shape[2 + axis] = 2 * radius + 1
-        pad = [0, 0] * len(spatial)
-        last = len(spatial) - 1 - axis  # F.pad lists the last axis first
-        pad[2 * last: 2 * last + 2] = [radius, radius]
-        out = conv(F.pad(out, pad, mode="replicate"), kernel.reshape(shape),
-                   groups=n * channels)
-    return out.reshape(x.shape).to(x.dtype)
-
-
-def _contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Scale ``x`` (n, C, *spatial) about its per-channel mean; clip to each channel's range."""
-    dims = tuple(range(2, x.ndim))
-    view = (-1,) + (1,) * (x.ndim - 1)
-    mean = x.mean(dim=dims, keepdim=True)
-    low, high = x.amin(dim=dims, keepdim=True), x.amax(dim=dims, keepdim=True)
-    return torch.clamp((x - mean) * factor.view(view) + mean, low, high)
-
-
-def gamma_exponents(side: torch.Tensor, u: torch.Tensor, bounds: Range) -> torch.Tensor:
-    """Gamma per sample as nnU-Net draws it: below and above 1 equally often when the range
-    straddles 1 (``side`` < 0.5 picks [low, 1)), uniform over the range otherwise."""
-    low, high = bounds
-    if low < 1.0 < high:
-        return torch.where(side < 0.5, low + (1.0 - low) * u, 1.0 + (high - 1.0) * u)
-    return scaled(u, bounds)
-
-
-def _gamma(x: torch.Tensor, gamma: torch.Tensor, inverted: bool) -> torch.Tensor:
-    """Gamma on each channel of ``x`` (n, C, *spatial) rescaled to [0, 1], range kept.
-
-    ``inverted`` applies it to the inverted image (the channel maximum maps to 0). A constant
-    channel is left unchanged.
-    """
-    dims = tuple(range(2, x.ndim))
-    view = (-1,) + (1,) * (x.ndim - 1)
-    x = x.float()
-    low, high = x.amin(dim=dims, keepdim=True), x.amax(dim=dims, keepdim=True)
-    spread = high - low
-    safe = torch.where(spread > 0, spread, torch.ones_like(spread))
-    unit = ((high - x) if inverted else (x - low)) / safe
-    curved = unit.clamp(0.0, 1.0) ** gamma.view(view)
-    return high - curved * spread if inverted else low + curved * spread
-
-
-def _lowres(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Simulate a resolution ``factor`` (n,) times coarser: nearest down, smooth back up.
-
-    Up is bicubic in 2D and trilinear in 3D (torch has no tricubic). Each sample has its own
-    coarse size, so this loops over the (few) selected samples.
-    """
-    spatial = x.shape[2:]
-    mode = "bicubic" if len(spatial) == 2 else "trilinear"
-    out = torch.empty_like(x)
-    for k in range(x.shape[0]):
-        coarse = [max(1, round(s / float(factor[k]))) for s in spatial]
-        small = F.interpolate(x[k: k + 1].float(), size=coarse, mode="nearest")
-        out[k] = F.interpolate(small, size=list(spatial), mode=mode,
-                               align_corners=False)[0].to(x.dtype)
-    return out
 
 
 def _check(image: torch.Tensor, seg: torch.Tensor) -> None:
@@ -375,16 +224,16 @@ def _spatial(image: torch.Tensor, seg: torch.Tensor, draws: Draws,
         rotate, rescale = draws.extra_apply[:, 0], draws.extra_apply[:, 1]
         idx = _selected(rotate | rescale, device)
         if idx.numel():
-            angles = scaled(draws.extra_value[:, 6:9], settings.rotation_range)
+            angles = T.scaled(draws.extra_value[:, 6:9], settings.rotation_range)
             angles = torch.where(rotate[:, None], angles, torch.zeros_like(angles))
-            scale = scaled(draws.extra_value[:, 0], settings.scaling_range)
+            scale = T.scaled(draws.extra_value[:, 0], settings.scaling_range)
             scale = torch.where(rescale, scale, torch.ones_like(scale))
             keep = (rotate | rescale).nonzero().flatten()
-            _resample(image, seg, idx, sampling_matrices(angles[keep], scale[keep], dim))
+            T.resample(image, seg, idx, T.sampling_matrices(angles[keep], scale[keep], dim))
     idx = _selected(draws.apply[:, 0], device)
     if idx.numel():
-        scale = scaled(draws.value[:, 0], settings.zoom_range).to(device)[idx]
-        _zoom(image, seg, idx, scale, draws.shift.to(device)[idx])
+        scale = T.scaled(draws.value[:, 0], settings.zoom_range).to(device)[idx]
+        T.zoom(image, seg, idx, scale, draws.shift.to(device)[idx])
     for axis in range(dim):
         idx = _selected(draws.flip[:, axis] < settings.flip_prob, device)
         if idx.numel():
@@ -399,23 +248,23 @@ def _intensity(image: torch.Tensor, draws: Draws, settings: AugmentSettings,
     value = draws.value.to(device)
     idx = _selected(draws.apply[:, 1], device)
     if idx.numel():
-        std = scaled(value[idx, 1], settings.noise_std).view(view)
+        std = T.scaled(value[idx, 1], settings.noise_std).view(view)
         noise = torch.randn((idx.numel(), *image.shape[1:]), generator=noise_generator,
                             device=device, dtype=torch.float32)
         image[idx] = (image[idx] + noise * std).to(image.dtype)
     idx = _selected(draws.apply[:, 2], device)
     if idx.numel():
         radius = math.ceil(3.0 * settings.blur_sigma[1])  # 3 sigma holds 99.7 % of the kernel
-        sigma = scaled(value[idx, 2], settings.blur_sigma)
-        image[idx] = _gaussian_blur(image[idx], sigma, radius)
+        sigma = T.scaled(value[idx, 2], settings.blur_sigma)
+        image[idx] = T.gaussian_blur(image[idx], sigma, radius)
     idx = _selected(draws.apply[:, 3], device)
     if idx.numel():
-        factor = scaled(value[idx, 3], settings.brightness_range).view(view)
+        factor = T.scaled(value[idx, 3], settings.brightness_range).view(view)
         image[idx] = (image[idx] * factor).to(image.dtype)
     idx = _selected(draws.apply[:, 4], device)
     if idx.numel():
-        factor = scaled(value[idx, 4], settings.contrast_range)
-        image[idx] = _contrast(image[idx], factor).to(image.dtype)
+        factor = T.scaled(value[idx, 4], settings.contrast_range)
+        image[idx] = T.contrast(image[idx], factor).to(image.dtype)
     if draws.extra_apply is not None and draws.extra_value is not None:
         _intensity_extras(image, draws.extra_apply, draws.extra_value.to(device), settings)
 
@@ -426,14 +275,14 @@ def _intensity_extras(image: torch.Tensor, apply: torch.Tensor, value: torch.Ten
     device = image.device
     idx = _selected(apply[:, 4], device)
     if idx.numel():
-        image[idx] = _lowres(image[idx], scaled(value[idx, 5], settings.lowres_range).cpu())
+        image[idx] = T.lowres(image[idx], T.scaled(value[idx, 5], settings.lowres_range).cpu())
     for column, inverted in ((3, True), (2, False)):
         idx = _selected(apply[:, column], device)
         if idx.numel():
             side, u = (value[idx, 3], value[idx, 4]) if inverted else (value[idx, 1],
                                                                        value[idx, 2])
-            gamma = gamma_exponents(side, u, settings.gamma_range)
-            image[idx] = _gamma(image[idx], gamma, inverted).to(image.dtype)
+            gamma = T.gamma_exponents(side, u, settings.gamma_range)
+            image[idx] = T.apply_gamma(image[idx], gamma, inverted).to(image.dtype)
 
 
 def augment(image: torch.Tensor, seg: torch.Tensor, settings: AugmentSettings,

@@ -38,10 +38,11 @@ import nvidia.dali.types as types
 import torch
 from nvidia.dali import pipeline_def
 
-from nnpipe.data.augment import AugmentSettings, Draws, gamma_exponents, sampling_matrices, scaled
+from nnpipe.data.augment import AugmentSettings, Draws
 from nnpipe.data.loader import default_workers
 from nnpipe.data.sampling import PatchSampler, SamplerSettings
 from nnpipe.data.staging import BatchStager
+from nnpipe.data.transforms import gamma_exponents, sampling_matrices, scaled
 
 # Per-sample inputs of the pipeline, in external_source output order.
 _INPUTS = ("image", "seg", "spatial", "matrix", "flip0", "flip1", "flip2", "noise", "noise_std",
