@@ -67,13 +67,8 @@ def test_zoom_keeps_seg_aligned_with_image(spatial: tuple[int, ...]) -> None:
     assert not torch.equal(out_seg, seg)  # it did zoom
     # Linear and nearest interpolation agree except next to a label boundary of the output
     # (a boundary may lie just outside the patch, so its outermost voxels are not checked).
-    pool = F.max_pool3d if len(spatial) == 3 else F.max_pool2d
-    labels = out_seg.float()
-    boundary = pool(labels, 3, 1, 1) != -pool(-labels, 3, 1, 1)
-    mismatch = (out - labels).abs() > 1e-4
-    inner = (slice(None), slice(None)) + (slice(1, -1),) * len(spatial)
-    assert not (mismatch & ~boundary)[inner].any()
-    assert 0.0 < mismatch[inner].float().mean() < boundary[inner].float().mean()
+    mismatch, boundary = _mismatch_only_at_label_boundaries(out, out_seg)
+    assert 0.0 < mismatch.float().mean() < boundary.float().mean()
 
 
 @pytest.mark.parametrize("spatial", [(16, 20), (12, 16, 8)])
@@ -272,12 +267,7 @@ def test_rotation_and_scaling_keep_seg_aligned_with_image(spatial: tuple[int, ..
     out, out_seg = augment(seg.float(), seg, only(rotation_prob=1.0, scaling_prob=1.0), gen(25))
     assert out_seg.dtype == torch.int64 and not torch.equal(out_seg, seg)
     assert set(out_seg.unique().tolist()) <= set(seg.unique().tolist())
-    pool = F.max_pool3d if len(spatial) == 3 else F.max_pool2d
-    labels = out_seg.float()
-    boundary = pool(labels, 3, 1, 1) != -pool(-labels, 3, 1, 1)
-    mismatch = (out - labels).abs() > 1e-4
-    inner = (slice(None), slice(None)) + (slice(1, -1),) * len(spatial)
-    assert not (mismatch & ~boundary)[inner].any()
+    _mismatch_only_at_label_boundaries(out, out_seg)
 
 
 def test_gamma_curves_each_channel_and_keeps_its_range() -> None:
@@ -390,3 +380,19 @@ def test_from_names_rejects_bad_names(names: list[str], message: str) -> None:
 def test_option_settings_reject_bad_values(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         AugmentSettings(**kwargs)
+
+
+def _mismatch_only_at_label_boundaries(out: torch.Tensor, out_seg: torch.Tensor
+                                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Assert that the image resampled linearly (``out``, made from the labels) equals the
+    labels resampled by nearest neighbour (``out_seg``) except next to a label boundary;
+    return the mismatch and boundary masks of the inner voxels (the outermost are skipped:
+    a boundary may lie just outside the patch)."""
+    spatial = out_seg.shape[2:]
+    pool = F.max_pool3d if len(spatial) == 3 else F.max_pool2d
+    labels = out_seg.float()
+    boundary = pool(labels, 3, 1, 1) != -pool(-labels, 3, 1, 1)
+    mismatch = (out - labels).abs() > 1e-4
+    inner = (slice(None), slice(None)) + (slice(1, -1),) * len(spatial)
+    assert not (mismatch & ~boundary)[inner].any()
+    return mismatch[inner], boundary[inner]

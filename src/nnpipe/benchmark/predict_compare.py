@@ -181,7 +181,7 @@ def compare(work: Path, venv: Path, n_cases: int, resolution_mm: float, patch_vo
             base_filters: int, threads: int, tta_modes: list[bool],
             repeats: int = 1, precisions: tuple[str, ...] = ("fp32",)) -> dict[str, Any]:
     from nnpipe.datasets.embedded import generate_embedded
-    from nnpipe.datasets.layout import load_dataset
+    from nnpipe.datasets.layout import load_dataset, read_image
     from nnpipe.inference.sliding_window import tile_grid
     from nnpipe.planning.fingerprint import compute_fingerprint
     from nnpipe.planning.planner import PlannerSettings, make_plan
@@ -214,8 +214,6 @@ def compare(work: Path, venv: Path, n_cases: int, resolution_mm: float, patch_vo
 
     tiles = []
     for case in ds.test:
-        from nnpipe.datasets.layout import read_image
-
         image, affine = read_image(ds, case)
         data, _ = preprocess_image(image, affine, plan, case.case_id)
         shape = [max(s, p) for s, p in zip(data.shape[1:], plan.patch_size, strict=True)]

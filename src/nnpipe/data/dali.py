@@ -39,7 +39,7 @@ import torch
 from nvidia.dali import pipeline_def
 
 from nnpipe.data.augment import AugmentSettings, Draws
-from nnpipe.data.loader import default_workers
+from nnpipe.data.loader import check_loader_args, default_workers
 from nnpipe.data.sampling import PatchSampler, SamplerSettings
 from nnpipe.data.staging import BatchStager
 from nnpipe.data.transforms import gamma_exponents, sampling_matrices, scaled
@@ -216,12 +216,7 @@ class DaliLoader:
                  sampler_settings: SamplerSettings, augment_settings: AugmentSettings,
                  batch_size: int, seed: int, device: torch.device | str, prefetch: int = 2,
                  workers: int | None = None, num_threads: int | None = None):
-        if batch_size < 1:
-            raise ValueError(f"DaliLoader batch_size must be at least 1, got {batch_size!r}")
-        if prefetch < 1:
-            raise ValueError(f"DaliLoader prefetch must be at least 1, got {prefetch!r}")
-        if seed < 0:
-            raise ValueError(f"DaliLoader seed must be non-negative, got {seed!r}")
+        check_loader_args("DaliLoader", batch_size, prefetch, seed)
         self.device = torch.device(device)
         if self.device.type not in ("cpu", "cuda"):
             raise ValueError(f"DaliLoader runs on 'cpu' or a CUDA device, got {self.device}")

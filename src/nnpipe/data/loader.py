@@ -36,6 +36,16 @@ def default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+def check_loader_args(loader: str, batch_size: int, prefetch: int, seed: int) -> None:
+    """The arguments every loader backend shares; ``ValueError`` naming ``loader``."""
+    if batch_size < 1:
+        raise ValueError(f"{loader} batch_size must be at least 1, got {batch_size!r}")
+    if prefetch < 1:
+        raise ValueError(f"{loader} prefetch must be at least 1, got {prefetch!r}")
+    if seed < 0:
+        raise ValueError(f"{loader} seed must be non-negative, got {seed!r}")
+
+
 class BatchLoader:
     """An endless iterator of augmented training batches on ``device``.
 
@@ -61,12 +71,7 @@ class BatchLoader:
                  sampler_settings: SamplerSettings, augment_settings: AugmentSettings,
                  batch_size: int, seed: int, device: torch.device | str, prefetch: int = 2,
                  workers: int | None = None):
-        if batch_size < 1:
-            raise ValueError(f"BatchLoader batch_size must be at least 1, got {batch_size!r}")
-        if prefetch < 1:
-            raise ValueError(f"BatchLoader prefetch must be at least 1, got {prefetch!r}")
-        if seed < 0:
-            raise ValueError(f"BatchLoader seed must be non-negative, got {seed!r}")
+        check_loader_args("BatchLoader", batch_size, prefetch, seed)
         self.sampler = PatchSampler(preprocessed_dir, case_ids, sampler_settings)
         self.augment_settings = augment_settings
         self.batch_size = batch_size
