@@ -9,7 +9,8 @@ TORCH ?= torch==2.13.0
 PYTHON ?= python3
 # NVIDIA DALI (the optional GPU data pipeline; its CPU pipelines run in the tests) ships
 # wheels for x86-64 Linux only.
-EXTRAS ?= dev$(if $(filter x86_64,$(shell uname -m)),$(comma)dali)
+# formats: SimpleITK, tifffile and Pillow (NRRD, MetaImage, TIFF, PNG/BMP).
+EXTRAS ?= dev,formats$(if $(filter x86_64,$(shell uname -m)),$(comma)dali)
 comma := ,
 
 BIN := $(abspath $(VENV))/bin

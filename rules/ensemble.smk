@@ -44,5 +44,5 @@ rule ensemble:
         f"benchmarks/{{dataset}}/ensemble/{RUN}.tsv"
     shell:
         "nnpipe predict --config-json {params.settings:q} --model {input.models}"
-        " --plan {input.plan} --postprocess {input.decision} --input {params.raw}/imagesTs"
-        " --allow-empty --threads {threads} --out {output.predictions} > {log} 2>&1"
+        " --plan {input.plan} --postprocess {input.decision} --raw {params.raw} --test"
+        " --threads {threads} --out {output.predictions} > {log} 2>&1"

@@ -103,7 +103,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         predict_folder(args.model, args.input, args.out, _cfg(args).inference,
                        allow_empty=args.allow_empty, **common)
     else:
-        ids = args.cases or load_fold(args.splits, args.fold)["val"]
+        ids = None if args.test else args.cases or load_fold(args.splits, args.fold)["val"]
         predict_dataset(args.model, args.raw, ids, args.out, _cfg(args).inference, **common)
 
 
@@ -210,18 +210,22 @@ def _parser() -> argparse.ArgumentParser:
     sp = stage("predict", cmd_predict, "Sliding-window prediction to NIfTI in original geometry.")
     sp.add_argument("--model", required=True, nargs="+", help="run folder(s) or final.pt; "
                     "several (the fold models) are averaged as an ensemble")
-    sp.add_argument("--input", help="folder of NIfTI images in the dataset's channel layout "
-                    "(<case>.nii.gz 4D, or <case>_0000.nii.gz per channel); no labels needed")
-    sp.add_argument("--raw", help="dataset folder, with --splits/--fold or --cases")
+    sp.add_argument("--input", "-i", help="folder of images in the layout the model was trained "
+                    "on (MSD: one file per case, e.g. <case>.nii.gz; nnU-Net v2: "
+                    "<case>_0000.nii.gz per channel); any supported format; no labels needed")
+    sp.add_argument("--raw", help="dataset folder, with --splits/--fold, --cases or --test")
+    sp.add_argument("--test", action="store_true", help="with --raw: the dataset's test cases "
+                    "(dataset.json's 'test' list, else imagesTs)")
     sp.add_argument("--splits", help="splits.json (with --fold: predict its validation cases)")
     sp.add_argument("--fold", type=int)
     sp.add_argument("--cases", nargs="*", help="case ids to predict instead of a fold")
-    sp.add_argument("--out", "--output", dest="out", required=True)
+    sp.add_argument("--out", "--output", "-o", dest="out", required=True)
     sp.add_argument("--plan", help="plan JSON the models must have been trained with")
     sp.add_argument("--postprocess", help="postprocessing decision JSON to apply")
     sp.add_argument("--continue", dest="continue_", action="store_true",
                     help="skip cases whose output already exists")
-    sp.add_argument("--allow-empty", action="store_true", help="an empty --input is no error")
+    sp.add_argument("--allow-empty", action="store_true",
+                    help="no input cases (a missing --input folder, no test cases) is no error")
     sp.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda, cuda:1")
     sp.add_argument("--threads", type=int)
     sp = stage("evaluate", cmd_evaluate, "Dice, IoU, HD95, surface Dice per class per case "
@@ -266,10 +270,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "predict" and not args.input and (
-            args.raw is None or (not args.cases and (args.splits is None or args.fold is None))):
-        print("nnpipe predict: give --input, or --raw with --splits and --fold or --cases",
-              file=sys.stderr)
+    if args.command == "predict" and not args.input and (args.raw is None or (
+            not args.test and not args.cases and (args.splits is None or args.fold is None))):
+        print("nnpipe predict: give --input, or --raw with --test, --cases, or --splits and "
+              "--fold", file=sys.stderr)
         return 2
     try:
         return int(args.func(args) or 0)

@@ -121,6 +121,7 @@ class InferenceSettings:
     save_probabilities: bool = False
     ensemble: bool = True
     precision: str = "fp32"  # forward passes: fp32 or bf16 autocast
+    memory_gb: float = 0.0  # refuse a case whose estimated peak exceeds this; 0 = machine RAM
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ import nibabel as nib
 import numpy as np
 
 from nnpipe.errors import DataError
+from nnpipe.geometry import spacing_of  # noqa: F401  (re-exported: nnpipe.io.spacing_of)
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -106,8 +107,3 @@ def save_nifti(path: Path | str, array: np.ndarray, affine: np.ndarray,
     img.set_data_dtype(array.dtype)
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
-
-
-def spacing_of(affine: np.ndarray) -> tuple[float, ...]:
-    """Voxel spacing in mm along the voxel axes: the column norms of the affine's 3×3 part."""
-    return tuple(float(s) for s in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))

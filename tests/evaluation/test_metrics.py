@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import json
+import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +26,11 @@ from nnpipe.evaluation.metrics import (
     image_diagonal_mm,
     iou,
     mean_dice,
+    nanmean,
     normalized_surface_dice,
+    score_case,
     score_masks,
+    summarize,
 )
 from nnpipe.io import save_nifti
 
@@ -53,7 +59,7 @@ def test_dice_golden_overlaps() -> None:
 @pytest.mark.parametrize(
     ("pred", "ref", "expected"),
     [
-        ({}, {}, 1.0),  # both empty: the prediction is right that there is nothing
+        ({}, {}, math.nan),  # both empty: not scored
         ({1: [0, 1]}, {}, 0.0),  # reference empty, prediction not
         ({}, {1: [0, 1]}, 0.0),  # reference not empty, prediction empty
         ({1: [0, 1]}, {1: [0, 1]}, 1.0),  # identical
@@ -61,32 +67,59 @@ def test_dice_golden_overlaps() -> None:
     ],
 )
 def test_dice_empty_class_convention(pred: dict, ref: dict, expected: float) -> None:
-    assert dice_per_class(label_map(pred), label_map(ref), [1]) == {1: expected}
+    assert dice_per_class(label_map(pred), label_map(ref), [1]) == pytest.approx(
+        {1: expected}, nan_ok=True)
 
 
-def test_case_mean_is_over_foreground_labels_including_empty_ones() -> None:
-    pred = label_map({1: [0, 1]})
-    ref = label_map({1: [0, 1]})
-    scores = dice_per_class(pred, ref, [1, 2, 3])  # labels 2 and 3 absent from both -> 1.0
-    assert scores == {1: 1.0, 2: 1.0, 3: 1.0}
-    assert mean_dice(dice_per_class(label_map({}), ref, [1, 2])) == 0.5
+def test_case_mean_leaves_out_classes_absent_from_both() -> None:
+    # label 1: prediction 2 voxels inside a 4-voxel reference -> Dice 2*2/6 = 2/3, IoU 2/4;
+    # label 2: predicted, absent from the reference -> 0; label 3: absent from both -> NaN.
+    # Case mean: (2/3 + 0) / 2 = 1/3 (counting label 3 as 1.0 would give 5/9).
+    pred = label_map({1: [0, 1], 2: [5]})
+    ref = label_map({1: [0, 1, 2, 3]})
+    classes = [ScoredClass(str(v), (v,)) for v in (1, 2, 3)]
+    row = score_case(pred, ref, classes, (1.0, 1.0, 1.0), 1.0)
+    for metric in ("dice", "iou", "hd95", "nsd"):
+        assert math.isnan(row[f"{metric}_3"]), metric
+    assert row["dice_mean"] == pytest.approx(1 / 3)
+    assert row["iou_mean"] == pytest.approx((0.5 + 0.0) / 2)
+    assert row["hd95_mean"] == pytest.approx((row["hd95_1"] + image_diagonal_mm((4, 3, 2),
+                                                                                (1, 1, 1))) / 2)
+    assert (row["n_ref_3"], row["n_pred_3"], row["n_ref_2"], row["n_pred_2"]) == (0, 0, 0, 1)
+    assert mean_dice(dice_per_class(pred, ref, [1, 2, 3])) == pytest.approx(1 / 3)
+
+
+def test_case_with_no_class_scored_has_nan_means() -> None:
+    empty = label_map({})
+    row = score_case(empty, empty, [ScoredClass("1", (1,))], (1.0, 1.0, 1.0), 1.0)
+    assert all(math.isnan(row[f"{m}_mean"]) for m in ("dice", "iou", "hd95", "nsd"))
+
+
+def test_nanmean_leaves_out_nan_and_does_not_warn() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert nanmean([0.5, math.nan, 1.0]) == 0.75
+        assert math.isnan(nanmean([math.nan, math.nan]))
+        assert math.isnan(nanmean([]))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_dice_matches_monai_compute_dice(seed: int) -> None:
     rng = np.random.default_rng(seed)
     shape = (6, 5, 4)
-    # sparse labels so that some classes are empty in one or both maps
-    pred = rng.choice(4, size=shape, p=[0.85, 0.1, 0.05, 0.0]).astype(np.uint8)
-    ref = rng.choice(4, size=shape, p=[0.8, 0.1, 0.0, 0.1]).astype(np.uint8)
-    ours = dice_per_class(pred, ref, [1, 2, 3])
+    # sparse labels so that classes are empty in one map (2, 3) or in both (4)
+    pred = rng.choice(5, size=shape, p=[0.85, 0.1, 0.05, 0.0, 0.0]).astype(np.uint8)
+    ref = rng.choice(5, size=shape, p=[0.8, 0.1, 0.0, 0.1, 0.0]).astype(np.uint8)
+    ours = dice_per_class(pred, ref, [1, 2, 3, 4])
 
     def one_hot(a: np.ndarray) -> torch.Tensor:
-        return torch.nn.functional.one_hot(torch.from_numpy(a).long(), 4).permute(3, 0, 1, 2)[None]
+        return torch.nn.functional.one_hot(torch.from_numpy(a).long(), 5).permute(3, 0, 1, 2)[None]
 
     monai = compute_dice(one_hot(pred).float(), one_hot(ref).float(), include_background=False,
-                         ignore_empty=False)[0]
-    assert [ours[k] for k in (1, 2, 3)] == pytest.approx(monai.tolist(), abs=1e-6)
+                         ignore_empty=False)[0].tolist()
+    assert [ours[k] for k in (1, 2, 3)] == pytest.approx(monai[:3], abs=1e-6)
+    # the one deliberate difference: MONAI scores a class absent from both as 1.0
+    assert math.isnan(ours[4]) and monai[3] == 1.0
 
 
 def test_dice_rejects_bad_arguments() -> None:
@@ -110,6 +143,9 @@ def folders(tmp_path: Path) -> tuple[Path, Path]:
     save_nifti(pred_dir / "c1.nii.gz", label_map({1: [0, 1, 2, 3], 2: [10, 11]}), affine)
     save_nifti(ref_dir / "c2.nii.gz", label_map({1: [0, 1]}), affine)
     save_nifti(pred_dir / "c2.nii.gz", label_map({1: [0, 1], 2: [5]}), affine)
+    # c3: label 2 absent from both -> not scored
+    save_nifti(ref_dir / "c3.nii.gz", label_map({1: [0, 1, 2]}), affine)
+    save_nifti(pred_dir / "c3.nii.gz", label_map({1: [1, 2]}), affine)
     return pred_dir, ref_dir
 
 
@@ -121,8 +157,10 @@ def test_evaluate_case_reads_nifti(folders: tuple[Path, Path]) -> None:
     # label 1: |P∩R| = 3, |P∪R| = 6; label 2: 1 of 3
     assert (row["iou_1"], row["iou_2"]) == pytest.approx((0.5, 1 / 3))
     assert row["iou_mean"] == pytest.approx((0.5 + 1 / 3) / 2)
+    assert (row["n_ref_1"], row["n_pred_1"], row["n_ref_2"], row["n_pred_2"]) == (5, 4, 2, 2)
     assert set(row) == {f"{m}_{c}" for m in ("dice", "iou", "hd95", "nsd")
-                        for c in ("1", "2", "mean")}
+                        for c in ("1", "2", "mean")} | {f"n_{s}_{c}" for s in ("ref", "pred")
+                                                        for c in ("1", "2")}
 
 
 def test_evaluate_case_rejects_other_geometry(tmp_path: Path, folders: tuple[Path, Path]) -> None:
@@ -140,16 +178,19 @@ def test_evaluate_case_rejects_other_geometry(tmp_path: Path, folders: tuple[Pat
 def test_evaluate_folder_writes_csv(tmp_path: Path, folders: tuple[Path, Path]) -> None:
     pred_dir, ref_dir = folders
     out = tmp_path / "eval" / "fold0.csv"
-    evaluate_folder(pred_dir, ref_dir, ["c1", "c2"], [1, 2], out)
+    evaluate_folder(pred_dir, ref_dir, ["c1", "c2", "c3"], [1, 2], out)
     table = pd.read_csv(out)
-    assert list(table.columns) == ["case", "dice_1", "iou_1", "hd95_1", "nsd_1",
-                                   "dice_2", "iou_2", "hd95_2", "nsd_2",
-                                   "dice_mean", "iou_mean", "hd95_mean", "nsd_mean"]
-    assert table["case"].tolist() == ["c1", "c2"]
+    assert list(table.columns) == ["case", "dice_1", "iou_1", "hd95_1", "nsd_1", "n_ref_1",
+                                   "n_pred_1", "dice_2", "iou_2", "hd95_2", "nsd_2", "n_ref_2",
+                                   "n_pred_2", "dice_mean", "iou_mean", "hd95_mean", "nsd_mean"]
+    assert table["case"].tolist() == ["c1", "c2", "c3"]
     # c2: label 1 identical (1.0); label 2 predicted but absent from the reference (0.0)
-    assert table["dice_1"].tolist() == pytest.approx([2 / 3, 1.0])
-    assert table["dice_2"].tolist() == pytest.approx([0.5, 0.0])
-    assert table["dice_mean"].tolist() == pytest.approx([7 / 12, 0.5])
+    # c3: label 1 2*2/(2+3) = 0.8; label 2 absent from both: empty cells, out of the mean
+    assert table["dice_1"].tolist() == pytest.approx([2 / 3, 1.0, 0.8])
+    assert table["dice_2"].tolist() == pytest.approx([0.5, 0.0, math.nan], nan_ok=True)
+    assert table["dice_mean"].tolist() == pytest.approx([7 / 12, 0.5, 0.8])
+    c3 = out.read_text().splitlines()[3].split(",")
+    assert c3[0] == "c3" and c3[7:11] == ["", "", "", ""] and c3[11:13] == ["0", "0"]
     assert sorted(p.name for p in out.parent.iterdir()) == ["fold0.csv"]  # no temporary left
 
 
@@ -159,8 +200,8 @@ def test_evaluate_folder_with_mapping_and_missing_prediction(tmp_path: Path,
     refs = {"c2": ref_dir / "c2.nii.gz"}
     table = evaluate_folder(pred_dir, refs, ["c2"], [1], tmp_path / "m.csv")
     assert table["dice_mean"].tolist() == [1.0]
-    with pytest.raises(DataError, match=r"case 'c3'.*prediction is missing"):
-        evaluate_folder(pred_dir, ref_dir, ["c1", "c3"], [1], tmp_path / "x.csv")
+    with pytest.raises(DataError, match=r"case 'c9'.*prediction is missing"):
+        evaluate_folder(pred_dir, ref_dir, ["c1", "c9"], [1], tmp_path / "x.csv")
     assert not (tmp_path / "x.csv").exists()
     with pytest.raises(DataError, match=r"case 'c1'.*no reference"):
         evaluate_folder(pred_dir, refs, ["c1"], [1], tmp_path / "y.csv")
@@ -200,7 +241,7 @@ def test_identical_masks_are_perfect() -> None:
 @pytest.mark.parametrize(
     ("pred_any", "ref_any", "expected"),
     [
-        (False, False, {"dice": 1.0, "iou": 1.0, "hd95": 0.0, "nsd": 1.0}),
+        (False, False, {"dice": math.nan, "iou": math.nan, "hd95": math.nan, "nsd": math.nan}),
         (True, False, {"dice": 0.0, "iou": 0.0, "hd95": "diagonal", "nsd": 0.0}),
         (False, True, {"dice": 0.0, "iou": 0.0, "hd95": "diagonal", "nsd": 0.0}),
     ],
@@ -213,7 +254,7 @@ def test_empty_class_convention_for_every_metric(pred_any, ref_any, expected) ->
     diagonal = image_diagonal_mm(shape, spacing)
     assert diagonal == pytest.approx(373.13, abs=0.01)  # BraTS's value for its grid
     assert scores == pytest.approx({k: diagonal if v == "diagonal" else v
-                                    for k, v in expected.items()})
+                                    for k, v in expected.items()}, nan_ok=True)
 
 
 # ---------------------------------------------------------------- cross-check against MONAI
@@ -257,21 +298,52 @@ def test_all_metrics_match_monai(seed: int) -> None:
 
 
 def test_summary_json_per_class_and_per_case(tmp_path: Path, folders: tuple[Path, Path]) -> None:
-    import json
-
     pred_dir, ref_dir = folders
     summary = tmp_path / "fold0.json"
-    evaluate_folder(pred_dir, ref_dir, ["c1", "c2"], [1, 2], tmp_path / "fold0.csv",
+    evaluate_folder(pred_dir, ref_dir, ["c1", "c2", "c3"], [1, 2], tmp_path / "fold0.csv",
                     tolerance_mm=2.0, summary_json=summary)
-    record = json.loads(summary.read_text())
+    def reject(token: str) -> None:
+        raise AssertionError(f"{token} in the summary JSON: not scored must be null")
+
+    record = json.loads(summary.read_text(), parse_constant=reject)  # strict JSON
     assert record["nsd_tolerance_mm"] == 2.0
     assert record["classes"] == {"1": [1], "2": [2]}
-    assert record["mean"]["1"]["dice"] == pytest.approx((2 / 3 + 1.0) / 2)
-    assert record["mean"]["2"]["dice"] == pytest.approx((0.5 + 0.0) / 2)
-    assert record["foreground_mean"]["dice"] == pytest.approx((7 / 12 + 0.5) / 2)
-    assert [c["case"] for c in record["cases"]] == ["c1", "c2"]
+    one, two = record["per_class"]["1"], record["per_class"]["2"]
+    assert one["dice"] == pytest.approx((2 / 3 + 1.0 + 0.8) / 3)
+    assert (one["n_cases_in_reference"], one["n_cases_scored"], one["n_cases"]) == (3, 3, 3)
+    # label 2: in c1's reference only, predicted in c2, absent from both in c3
+    assert two["dice"] == pytest.approx((0.5 + 0.0) / 2)
+    assert (two["n_cases_in_reference"], two["n_cases_scored"], two["n_cases"]) == (1, 2, 3)
+    assert record["foreground_mean"]["dice"] == pytest.approx((7 / 12 + 0.5 + 0.8) / 3)
+    assert [c["case"] for c in record["cases"]] == ["c1", "c2", "c3"]
     # c2, label 2: predicted, absent from the reference -> HD95 is the image diagonal in mm
     assert record["cases"][1]["hd95_2"] == pytest.approx(float(np.sqrt(6.0**2 + 4.5**2 + 4.0**2)))
+    assert record["cases"][2]["dice_2"] is None and record["cases"][2]["n_ref_2"] == 0
+    assert "not scored" in record["convention"]
+
+
+def test_summary_of_a_toy_table_counts_cases_per_class() -> None:
+    # 3 cases, 3 classes; NaN = absent from both. Class 3 is in no case: never scored.
+    nan = math.nan
+    classes = [ScoredClass(str(v), (v,)) for v in (1, 2, 3)]
+    table = pd.DataFrame({
+        "case": ["a", "b", "c"],
+        "dice_1": [0.9, 0.7, 0.0], "n_ref_1": [10, 8, 0], "n_pred_1": [9, 8, 3],
+        "dice_2": [0.6, nan, nan], "n_ref_2": [5, 0, 0], "n_pred_2": [4, 0, 0],
+        "dice_3": [nan, nan, nan], "n_ref_3": [0, 0, 0], "n_pred_3": [0, 0, 0],
+        "dice_mean": [0.75, 0.7, 0.0],
+    })
+    for m in ("iou", "hd95", "nsd"):
+        table = table.assign(**{f"{m}_{c.name}": table[f"dice_{c.name}"] for c in classes},
+                             **{f"{m}_mean": table["dice_mean"]})
+    record = summarize(table, classes, 1.0)
+    counts = {c: tuple(record["per_class"][c][k] for k in
+                       ("n_cases_in_reference", "n_cases_scored", "n_cases")) for c in "123"}
+    assert counts == {"1": (2, 3, 3), "2": (1, 1, 3), "3": (0, 0, 3)}
+    assert record["per_class"]["1"]["dice"] == pytest.approx(1.6 / 3)
+    assert record["per_class"]["2"]["dice"] == pytest.approx(0.6)
+    assert record["per_class"]["3"]["dice"] is None
+    assert record["foreground_mean"]["dice"] == pytest.approx(1.45 / 3)
 
 
 def test_region_classes_score_label_sets() -> None:

@@ -92,6 +92,19 @@ def test_dice_boxes_per_class_and_run_with_means(tmp_path: Path) -> None:
     assert (tmp_path / "dice.png").stat().st_size > 0
 
 
+def test_dice_boxes_leave_out_classes_not_scored(tmp_path: Path) -> None:
+    # empty cells = absent from both reference and prediction: class 2 in case b, class 3
+    # in every case (never scored)
+    csv = tmp_path / "f0.csv"
+    csv.write_text("case,dice_1,dice_2,dice_3,dice_mean\n"
+                   "a,0.9,0.5,,0.7\nb,0.6,,,0.6\nc,0.3,0.1,,0.2\n")
+    fig = plot_dice_per_class({"3d-fp32-1gpu": {0: csv}}, tmp_path / "d.png",
+                              class_names=NAMES)
+    assert [ax.texts[0].get_text() for ax in fig.axes] == ["60.0", "30.0", "n/a", "50.0"]
+    np.testing.assert_allclose(sorted(fig.axes[1].collections[0].get_offsets()[:, 1]), [10, 50])
+    assert len(fig.axes[2].collections[0].get_offsets()) == 0
+
+
 def test_dice_boxes_of_regions(tiny_study, tmp_path: Path) -> None:
     """Region mode scores WT, TC, ET (columns dice_WT, ...): one panel per region."""
     m = np.array([0.5, 0.7])
@@ -137,6 +150,10 @@ def test_pick_cases_worst_median_best() -> None:
                                                                    0.2, 0.6]})
     assert list(pick_cases(scores, 3)["case"]) == ["b", "a", "c"]  # 0.1, 0.5, 0.9
     assert list(pick_cases(scores.head(2), 3)["case"]) == ["b", "a"]
+    # a case with no class scored (empty dice_mean) has no rank: never worst or best
+    unscored = pd.concat([scores, pd.DataFrame({"case": ["h"], "dice_mean": [float("nan")]})])
+    assert list(pick_cases(unscored, 3)["case"]) == ["b", "a", "c"]
+    assert list(pick_cases(unscored.tail(1), 3)["case"]) == []
 
 
 def test_overlays_show_the_slice_with_the_most_reference_tumour(tiny_study, tmp_path) -> None:
@@ -148,11 +165,15 @@ def test_overlays_show_the_slice_with_the_most_reference_tumour(tiny_study, tmp_
         save_nifti(pred_dir / f"{cid}.nii.gz", np.asarray(img.dataobj).astype(np.uint8),
                    img.affine)
     csv = _scores(tmp_path / "fold0.csv", cases, [0.8, 0.2, 0.5])
+    table = pd.read_csv(csv)
+    table.loc[1, "dice_3"] = np.nan  # class 3 absent from both in the worst case: not scored
+    table.to_csv(csv, index=False)
     fig = plot_overlays(tiny_study.raw, {0: csv}, {0: pred_dir}, tmp_path / "ov.png",
                         title="3d-fp32-1gpu")
     rows = [ax for i, ax in enumerate(fig.axes) if i % 3 == 0]
     # worst, median, best by dice_mean, case id and fold named at the left
     assert [ax.get_ylabel().split(" ")[0] for ax in rows] == [cases[1], cases[2], cases[0]]
+    assert rows[0].get_ylabel().endswith(" n/a") and "nan" not in rows[0].get_ylabel()
     worst = ds.case(cases[1])
     label = read_label(ds, worst)
     canonical = np.asarray(nib.as_closest_canonical(

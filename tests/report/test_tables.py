@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from nnpipe.report.tables import (
     bench_json_path,
     collect_and_render,
     eval_csv_path,
+    read_fold_dice,
     render_tables,
     study_plots,
     train_json_path,
@@ -163,6 +165,43 @@ def test_single_precision_and_no_one_gpu_baseline() -> None:
     assert table_rows(text, "Training throughput") == [
         ["2", "2", "4", "80.00", "— (one precision in grid)", "— (1 GPU not in grid)"]]
     assert table_rows(text, "Inference throughput") == []
+
+
+ONE_RUN = TableGrid(dims=(3,), precisions=("fp32", "bf16"), gpus=(1,), folds=(0, 1, 2),
+                    bench_precisions=("fp32",), bench_gpus=(1,), train_batch_sizes={3: ()},
+                    predict_batch_sizes={3: ()})
+
+
+def test_folds_with_no_class_scored_are_left_out_and_never_shown_as_nan() -> None:
+    nan = float("nan")
+    dice = {RunKey(3, "fp32", 1, 0): 60.0, RunKey(3, "fp32", 1, 1): nan,
+            RunKey(3, "fp32", 1, 2): 64.0,
+            **{RunKey(3, "bf16", 1, f): nan for f in (0, 1, 2)}}
+    text = render_tables(ONE_RUN, dice, {}, [], MACHINE, dataset="d")
+    # fp32: mean and sample std of 60 and 64 (sqrt(8) = 2.83); bf16: nothing scored
+    assert table_rows(text, "Training accuracy")[0][3:5] == [
+        "62.00 ± 2.83 (2 of 3 folds; 1 with no class scored)",
+        "n/a (no class scored in 3 folds)"]
+    assert not re.search(r"\bnan\b", text, re.IGNORECASE)
+
+
+def test_fold_dice_from_csvs_with_empty_cells(tmp_path: Path) -> None:
+    # class 2 is never scored (empty cells); case b of fold 1 and all of fold 2 have no
+    # class scored (dice_mean empty). Fold Dice: 70 (mean of 0.6, 0.8), 50 (b left out), n/a.
+    csvs = {0: "case,dice_1,dice_2,dice_mean\na,0.6,,0.6\nb,0.8,,0.8\n",
+            1: "case,dice_1,dice_2,dice_mean\na,0.5,,0.5\nb,,,\n",
+            2: "case,dice_1,dice_2,dice_mean\na,,,\n"}
+    root = tmp_path / "results"
+    for fold, text in csvs.items():
+        path = eval_csv_path(root, "d", 3, "fp32", 1, fold)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert read_fold_dice(eval_csv_path(root, "d", 3, "fp32", 1, 0)) == pytest.approx(70.0)
+    assert read_fold_dice(eval_csv_path(root, "d", 3, "fp32", 1, 1)) == pytest.approx(50.0)
+    text = collect_and_render(root, "d", ONE_RUN, tmp_path / "t.md", machine=MACHINE)
+    assert table_rows(text, "Training accuracy")[0][3] == (
+        "60.00 ± 14.14 (2 of 3 folds; 1 with no class scored)")
+    assert not re.search(r"\bnan\b", text, re.IGNORECASE)
 
 
 def test_grid_from_study_config() -> None:

@@ -1,31 +1,47 @@
-"""Reading a dataset folder in either the MSD or the nnU-Net v2 raw layout.
+"""The one reader: dataset folders, their cases, images and label maps.
 
-MSD (Medical Segmentation Decathlon): ``dataset.json`` with ``modality`` and ``labels``
-(``{"0": "background", ...}``), 4D images ``imagesTr/<case>.nii.gz`` of shape (X, Y, Z, C)
-(3D when there is one channel), ``labelsTr/<case>.nii.gz`` and ``imagesTs/``.
+Everything a user brings passes through here, and only here: fingerprint, preprocess,
+training (through preprocess), ``nnpipe predict`` (``--raw`` and ``--input``), the ensemble
+rule, evaluation and the plots. Two layouts:
 
-nnU-Net v2 raw: ``dataset.json`` with ``channel_names`` and ``labels`` (``{"background": 0}``)
-and ``file_ending``; one file per channel, ``imagesTr/<case>_0000.nii.gz``.
+* **MSD** (Medical Segmentation Decathlon): ``dataset.json`` with ``modality``, ``labels``
+  and the ``training`` / ``test`` lists; one file per case holding every channel
+  (``(X, Y, Z, C)``, 3D for one channel). The case id is the whole file stem, ``_0007``
+  included.
+* **nnU-Net v2 raw**: ``dataset.json`` with ``channel_names``, ``labels`` and
+  ``file_ending``; one file per channel, ``imagesTr/<case>_0000<ending>``; cases come from
+  the folders.
 
-Both become one :class:`Dataset`; images are returned channel-first, ``(C, X, Y, Z)``
-float32 in NIfTI voxel order, labels ``(X, Y, Z)`` uint8.
+Cases come from dataset.json's lists where the layout has them, else from the folder by one
+rule (:func:`find_cases`): hidden files and macOS ``._`` twins are ignored (one log line),
+every ending of :data:`nnpipe.imageio.ENDINGS` is accepted, and a file that matches no rule
+is named in a warning.
+
+Images come out channel-first ``(C, X, Y, Z)`` float32 in the canonical voxel order
+(:mod:`nnpipe.geometry`), with the canonical affine in mm; label maps ``(X, Y, Z)`` int64
+holding the values users wrote (rounded where they are integers up to float round-off,
+:func:`nnpipe.labels.integer_labels`). :func:`write_prediction` is the way back out: the
+canonical label map goes back to the file's own voxel order, format and header.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from nnpipe.errors import DataError
-from nnpipe.io import load_nifti, spacing_of
+from nnpipe.geometry import Orientation, grid_difference, orientation_of
+from nnpipe.imageio import ImageFile, ending_of, is_companion, read_file, strip_ending, write_like
+from nnpipe.labels import LabelTable, integer_labels, parse_labels
 from nnpipe.progress import log
 
-# Affines of an image and its label may differ by rounding in the header; beyond this (mm)
-# they describe different grids.
-AFFINE_TOLERANCE_MM = 1e-3
+LAYOUTS = ("msd", "nnunetv2")
+CHANNEL_SUFFIX_LEN = len("_0000")
 
 
 @dataclass(frozen=True)
@@ -33,7 +49,7 @@ class Case:
     """One case: its id, its image file(s) and (for training cases) its label file."""
 
     case_id: str
-    images: tuple[Path, ...]  # one 4D file (MSD) or one file per channel (nnU-Net v2)
+    images: tuple[Path, ...]  # one file holding every channel (MSD) or one per channel (v2)
     label: Path | None = None
 
 
@@ -43,7 +59,7 @@ class Dataset:
     name: str
     layout: str  # "msd" or "nnunetv2"
     channels: tuple[str, ...]  # channel names ("FLAIR", "T1w", "CT", ...)
-    labels: dict[int, str]  # label value -> name, background included
+    labels: dict[int, str]  # label value -> name, background 0 included, sorted by value
     training: tuple[Case, ...]
     test: tuple[Case, ...]
     file_ending: str = ".nii.gz"
@@ -58,6 +74,10 @@ class Dataset:
         return len(self.labels)
 
     @property
+    def label_table(self) -> LabelTable:
+        return LabelTable.from_labels(self.labels)
+
+    @property
     def is_ct(self) -> tuple[bool, ...]:
         """Per channel: normalize as CT (clip to foreground percentiles) rather than MRI."""
         return tuple(c.strip().upper() == "CT" for c in self.channels)
@@ -69,13 +89,93 @@ class Dataset:
         raise DataError("no such case in the dataset", case=case_id, path=self.root)
 
 
-def _case_id_of(path: str, ending: str) -> str:
-    name = Path(path).name
-    return name[: -len(ending)] if name.endswith(ending) else Path(name).stem
+# ---------------------------------------------------------------- finding cases
+
+
+def is_hidden(path: Path) -> bool:
+    """Dot-files, macOS ``._`` AppleDouble twins among them: never cases."""
+    return path.name.startswith(".")
+
+
+def _listing(folder: Path) -> list[Path]:
+    """The files of ``folder`` that could be images, hidden ones dropped with one log line."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() or p.is_symlink())
+    hidden = [p for p in files if is_hidden(p)]
+    if hidden:
+        twins = sum(p.name.startswith("._") for p in hidden)
+        log(f"{folder}: ignored {len(hidden)} hidden file(s)"
+            + (f" ({twins} macOS '._' twins)" if twins else ""))
+    return [p for p in files if not is_hidden(p) and not is_companion(p)]
+
+
+def find_cases(folder: Path | str, *, layout: str, num_channels: int,
+               label_folder: Path | None = None) -> tuple[list[Case], list[DataError]]:
+    """The cases of a folder of images, by the layout's rule.
+
+    ``msd``: every supported file is one case whose id is the whole stem. ``nnunetv2``:
+    ``<case>_<NNNN><ending>``, one file per channel; a case with missing or extra channel
+    files becomes an error. Files with an unsupported ending are named in a warning. Returns
+    the cases sorted by id and the per-case errors; two files giving one case id (``x.nii``
+    beside ``x.nii.gz``) raise :class:`DataError` naming both.
+    """
+    folder = Path(folder)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if not folder.is_dir():
+        raise DataError("input folder does not exist", path=folder)
+    files: dict[str, Path] = {}
+    for p in _listing(folder):
+        if ending_of(p) is None:
+            log(f"warning: {p}: not a supported image file ({', '.join(_endings())}); ignored")
+            continue
+        stem = strip_ending(p)
+        if stem in files:
+            raise DataError(f"two files give case/channel {stem!r}: {files[stem].name} and "
+                            f"{p.name}; keep one", path=folder)
+        files[stem] = p
+    labels = _label_files(label_folder) if label_folder is not None else {}
+    if layout == "msd":
+        return [Case(s, (p,), labels.get(s)) for s, p in sorted(files.items())], []
+    return _group_channels(files, num_channels, labels, folder)
+
+
+def _endings() -> list[str]:
+    from nnpipe.imageio import ENDINGS
+
+    return list(ENDINGS)
+
+
+def _group_channels(files: dict[str, Path], num_channels: int, labels: dict[str, Path],
+                    folder: Path) -> tuple[list[Case], list[DataError]]:
+    per_case: dict[str, dict[int, Path]] = {}
+    for stem, p in files.items():
+        suffix = stem[-CHANNEL_SUFFIX_LEN:]
+        if len(stem) > CHANNEL_SUFFIX_LEN and suffix[0] == "_" and suffix[1:].isdigit():
+            per_case.setdefault(stem[:-CHANNEL_SUFFIX_LEN], {})[int(suffix[1:])] = p
+        else:
+            log(f"warning: {p}: no _NNNN channel suffix (nnU-Net v2 layout: "
+                f"<case>_0000{ending_of(p)}); ignored")
+    cases, errors = [], []
+    for cid, chans in sorted(per_case.items()):
+        if sorted(chans) != list(range(num_channels)):
+            errors.append(DataError(f"has channel files {sorted(chans)}; expected _0000 to "
+                                    f"_{num_channels - 1:04d}", case=cid, path=folder))
+            continue
+        cases.append(Case(cid, tuple(chans[i] for i in range(num_channels)), labels.get(cid)))
+    return cases, errors
+
+
+def _label_files(folder: Path) -> dict[str, Path]:
+    if not folder.is_dir():
+        return {}
+    return {strip_ending(p): p for p in _listing(folder) if ending_of(p) is not None}
+
+
+# ---------------------------------------------------------------- dataset.json
 
 
 def load_dataset(root: Path | str) -> Dataset:
-    """Read ``root/dataset.json`` and detect the layout from its keys.
+    """Read ``root/dataset.json``, detect the layout from its keys, and find the cases.
 
     Files listed but missing are reported here, before any work starts.
     """
@@ -88,6 +188,8 @@ def load_dataset(root: Path | str) -> Dataset:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as exc:
         raise DataError(f"not valid JSON ({exc})", path=meta_path) from exc
+    if not isinstance(meta, dict):
+        raise DataError("must hold a JSON object", path=meta_path)
     if "channel_names" in meta:
         ds = _load_nnunetv2(root, meta)
     elif "modality" in meta:
@@ -101,137 +203,260 @@ def load_dataset(root: Path | str) -> Dataset:
                 raise DataError("listed in dataset.json but missing", case=case.case_id, path=p)
     if not ds.training:
         raise DataError("lists no training cases", path=meta_path)
+    ids = [c.case_id for c in ds.training + ds.test]
+    dupes = sorted({c for c in ids if ids.count(c) > 1})
+    if dupes:
+        raise DataError(f"case ids {dupes} occur more than once", path=meta_path)
     return ds
 
 
+def _channel_names(meta: dict, key: str, path: Path) -> tuple[str, ...]:
+    value = meta[key]
+    if not isinstance(value, dict) or not value:
+        raise DataError(f"'{key}' must map channel numbers to names, e.g. {{\"0\": \"T1\"}}",
+                        path=path)
+    try:
+        order = sorted(value, key=int)
+    except ValueError as exc:
+        raise DataError(f"'{key}' keys must be channel numbers \"0\", \"1\", ... ({exc})",
+                        path=path) from exc
+    return tuple(str(value[k]) for k in order)
+
+
+def _entry_path(root: Path, entry: object, key: str, meta_path: Path) -> Path:
+    rel = entry.get(key) if isinstance(entry, dict) else entry
+    if not isinstance(rel, str):
+        raise DataError(f"an entry of '{key}' lists is not a file name: {entry!r}",
+                        path=meta_path)
+    return root / rel
+
+
 def _load_msd(root: Path, meta: dict) -> Dataset:
-    channels = tuple(meta["modality"][k] for k in sorted(meta["modality"], key=int))
-    labels = {int(k): str(v) for k, v in meta["labels"].items()}
-    training = tuple(
-        Case(_case_id_of(e["image"], ".nii.gz"), (root / e["image"],), root / e["label"])
-        for e in meta.get("training", [])
-    )
-    test = tuple(
-        Case(_case_id_of(e if isinstance(e, str) else e["image"], ".nii.gz"),
-             (root / (e if isinstance(e, str) else e["image"]),))
-        for e in meta.get("test", [])
-    )
-    return Dataset(root, str(meta.get("name", root.name)), "msd", channels,
-                   dict(sorted(labels.items())), training, test)
+    meta_path = root / "dataset.json"
+    channels = _channel_names(meta, "modality", meta_path)
+    labels = parse_labels(meta.get("labels"), layout="msd", path=meta_path)
+    training = []
+    for e in meta.get("training", []):
+        image = _entry_path(root, e, "image", meta_path)
+        training.append(Case(strip_ending(image), (image,),
+                             _entry_path(root, e, "label", meta_path)))
+    if "test" in meta:
+        test = [Case(strip_ending(p), (p,)) for p in
+                (_entry_path(root, e, "image", meta_path) for e in meta["test"])]
+    else:  # no list: the folder rule
+        test = find_cases(root / "imagesTs", layout="msd", num_channels=len(channels))[0] \
+            if (root / "imagesTs").is_dir() else []
+    _warn_unlisted(root / "imagesTr", {c.images[0].name for c in training}, "training")
+    _warn_unlisted(root / "imagesTs", {c.images[0].name for c in test}, "test")
+    return Dataset(root, str(meta.get("name", root.name)), "msd", channels, labels,
+                   tuple(training), tuple(test), str(meta.get("file_ending", ".nii.gz")))
+
+
+def _warn_unlisted(folder: Path, listed: set[str], key: str) -> None:
+    """MSD: image files that dataset.json does not list are named, not silently skipped."""
+    if not folder.is_dir():
+        return
+    extra = [p.name for p in _listing(folder) if p.name not in listed]
+    if extra:
+        log(f"warning: {folder}: {len(extra)} file(s) not listed in dataset.json's {key!r} "
+            f"and not used: {', '.join(extra[:8])}{' ...' if len(extra) > 8 else ''}")
 
 
 def _load_nnunetv2(root: Path, meta: dict) -> Dataset:
+    meta_path = root / "dataset.json"
+    channels = _channel_names(meta, "channel_names", meta_path)
+    labels = parse_labels(meta.get("labels"), layout="nnunetv2", path=meta_path)
     ending = str(meta.get("file_ending", ".nii.gz"))
-    channels = tuple(meta["channel_names"][k] for k in sorted(meta["channel_names"], key=int))
-    labels: dict[int, str] = {}
-    for name, value in meta["labels"].items():
-        if isinstance(value, list):  # region-based labels are not supported
-            raise DataError(f"label {name!r} is a region list; nnpipe needs one value per label",
-                            path=root / "dataset.json")
-        labels[int(value)] = str(name)
 
-    def cases(folder: str, with_labels: bool) -> tuple[Case, ...]:
+    def cases(folder: str, label_folder: Path | None) -> tuple[Case, ...]:
         d = root / folder
         if not d.is_dir():
             return ()
-        ids = sorted({p.name[: -len(ending)][:-5] for p in d.glob(f"*_0000{ending}")})
-        return tuple(
-            Case(cid, tuple(d / f"{cid}_{i:04d}{ending}" for i in range(len(channels))),
-                 (root / "labelsTr" / f"{cid}{ending}") if with_labels else None)
-            for cid in ids
-        )
+        found, errors = find_cases(d, layout="nnunetv2", num_channels=len(channels),
+                                   label_folder=label_folder)
+        if errors:
+            raise errors[0]
+        return tuple(found)
 
-    return Dataset(root, str(meta.get("name", root.name)), "nnunetv2", channels,
-                   dict(sorted(labels.items())), cases("imagesTr", True), cases("imagesTs", False),
-                   ending)
+    training = cases("imagesTr", root / "labelsTr")
+    for c in training:
+        if c.label is None:
+            raise DataError(f"has no label file in labelsTr (expected {c.case_id}{ending})",
+                            case=c.case_id, path=root / "labelsTr")
+    return Dataset(root, str(meta.get("name", root.name)), "nnunetv2", channels, labels,
+                   training, cases("imagesTs", None), ending)
 
 
-def read_image(ds: Dataset, case: Case) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``(image, affine)``: image ``(C, X, Y, Z)`` float32 in NIfTI voxel order.
+# ---------------------------------------------------------------- images
 
-    Checks the channel count against dataset.json, that per-channel files share one grid, that
-    the image is 3D, and that every voxel is finite.
+
+@dataclass(frozen=True)
+class CaseImage:
+    """One case's image as the pipeline sees it, and what is needed to go back.
+
+    ``image``: ``(C, X, Y, Z)`` float32 in the canonical voxel order; ``affine``: the
+    canonical grid's voxel -> world RAS+ mm; ``orientation``: file order -> canonical;
+    ``source``: the first image file's header (voxels dropped), for writing predictions.
     """
-    if len(case.images) == 1:
-        data, affine = load_nifti(case.images[0], case=case.case_id)
-        _refuse_2d(data.shape, case, case.images[0])
-        if data.ndim == 3:
-            data = data[..., None]
-        if data.ndim != 4:
-            raise DataError(f"expected a 3D or 4D image, got {data.ndim}D of shape {data.shape}",
-                            case=case.case_id, path=case.images[0])
-        image = np.moveaxis(data, -1, 0)
-    else:
-        parts = []
-        affine = None
-        for path in case.images:
-            d, a = load_nifti(path, case=case.case_id)
-            _refuse_2d(d.shape, case, path)
-            if d.ndim != 3:
-                raise DataError(f"expected a 3D image per channel, got shape {d.shape}",
-                                case=case.case_id, path=path)
-            if parts and d.shape != parts[0].shape:
-                raise DataError(f"channel shape {d.shape} differs from the first channel's "
-                                f"{parts[0].shape}", case=case.case_id, path=path)
-            if affine is not None and not np.allclose(a, affine, atol=AFFINE_TOLERANCE_MM):
-                mine, first = spacing_of(a), spacing_of(affine)
-                what = (f"spacing {_mm(mine)} differs from the first channel's {_mm(first)}"
-                        if not np.allclose(mine, first, atol=AFFINE_TOLERANCE_MM) else
-                        "affine (position or orientation) differs from the first channel's")
-                raise DataError(f"channel {what}", case=case.case_id, path=path)
-            parts.append(d)
-            affine = a if affine is None else affine
-        image = np.stack(parts)
-        assert affine is not None
-    if image.shape[0] != ds.num_channels:
-        raise DataError(f"has {image.shape[0]} channel(s) but dataset.json lists "
-                        f"{ds.num_channels} ({', '.join(ds.channels)})",
-                        case=case.case_id, path=case.images[0])
-    image = image.astype(np.float32, copy=False)
+
+    case_id: str
+    image: np.ndarray
+    affine: np.ndarray
+    orientation: Orientation
+    source: ImageFile
+    file_affine: np.ndarray  # the file grid's affine (mm), for checking labels against it
+
+    @property
+    def spatial_shape(self) -> tuple[int, int, int]:
+        s = self.image.shape
+        return (int(s[1]), int(s[2]), int(s[3]))
+
+
+def _what_file_holds(f: ImageFile) -> str:
+    stored = f.source.get_data_dtype() if f.family == "nifti" else f.data.dtype
+    names = getattr(stored, "names", None)
+    kind = (f"RGB{'A' if len(names) == 4 else ''}{8 * stored.itemsize} voxels "
+            f"({len(names)} components each)" if names else f"dtype {stored}")
+    return f"{f.channels} channel(s), voxel shape {f.spatial_shape}, {kind}"
+
+
+def read_case_image(case: Case, num_channels: int, channel_names: Sequence[str] = ()
+                    ) -> CaseImage:
+    """Read ``case``'s image file(s) into a :class:`CaseImage`.
+
+    Channel files must share one grid (:func:`nnpipe.geometry.grid_difference` names what
+    differs); the total channel count must equal ``num_channels``; every voxel must be finite.
+    Raises :class:`DataError` naming the case, the file and the problem.
+    """
+    files = [read_file(p, case=case.case_id) for p in case.images]
+    first = files[0]
+    for f in files[1:]:
+        diff = grid_difference(first.spatial_shape, first.affine, f.spatial_shape, f.affine)
+        if diff:
+            raise DataError(f"channel grid differs from the first channel's "
+                            f"({first.path.name}): {diff}", case=case.case_id, path=f.path)
+    total = sum(f.channels for f in files)
+    if total != num_channels:
+        listed = f" ({', '.join(channel_names)})" if channel_names else ""
+        holds = "; ".join(f"{f.path.name} holds {_what_file_holds(f)}" for f in files)
+        raise DataError(f"has {total} channel(s) but dataset.json lists {num_channels}"
+                        f"{listed}: {holds}; list {total} channel(s) in dataset.json to use "
+                        f"them", case=case.case_id, path=first.path)
+    data = files[0].data if len(files) == 1 else np.concatenate([f.data for f in files], -1)
+    for note in first.notes:
+        log(f"case {case.case_id!r}, file {str(first.path)!r}: {note}")
+    o = orientation_of(first.affine, first.spatial_shape)
+    image = np.moveaxis(o.apply(data), -1, 0).astype(np.float32, copy=False)
+    image = np.ascontiguousarray(image)
     if not np.isfinite(image).all():
-        raise DataError("contains NaN or Inf voxels", case=case.case_id, path=case.images[0])
-    return image, affine
+        raise DataError("contains NaN or Inf voxels", case=case.case_id, path=first.path)
+    for f in files:  # keep the header, not the voxels
+        f.data = np.broadcast_to(np.zeros((), f.data.dtype), f.data.shape)
+    return CaseImage(case.case_id, image, o.canonical_affine(first.affine), o, first,
+                     first.affine)
 
 
-def _mm(spacing: tuple[float, ...]) -> str:
-    return "(" + ", ".join(f"{v:.4g}" for v in spacing) + ") mm"
+def read_image(ds: Dataset, case: Case) -> CaseImage:
+    """:func:`read_case_image` with the dataset's channels."""
+    return read_case_image(case, ds.num_channels, ds.channels)
 
 
-def _refuse_2d(shape: tuple[int, ...], case: Case, path: Path) -> None:
-    """A 2D image (2 axes, or a single slice) cannot be part of a 3D dataset."""
-    spatial = shape[:3]
-    if len(shape) < 3 or 1 in spatial:
-        raise DataError(f"is a 2D image (shape {tuple(shape)}) in a 3D dataset; every case "
-                        f"needs at least 2 voxels along X, Y and Z", case=case.case_id, path=path)
+# ---------------------------------------------------------------- labels
 
 
-def read_label(ds: Dataset, case: Case, *, image_shape: tuple[int, ...] | None = None,
-               image_affine: np.ndarray | None = None) -> np.ndarray:
-    """Return the label map ``(X, Y, Z)`` as uint8, checked against dataset.json and the image."""
+class Label(NamedTuple):
+    """A label map ``(X, Y, Z)`` int64 of label values, canonical order; ``rounded`` when
+    float values were rounded to the nearest integer."""
+
+    values: np.ndarray
+    rounded: bool
+
+
+def read_label(ds: Dataset, case: Case, image: CaseImage | None = None) -> Label:
+    """Read ``case``'s label map, checked against dataset.json's labels and (when given) the
+    image's grid. Raises :class:`DataError` naming the case, the file and the problem."""
     if case.label is None:
         raise DataError("has no label file", case=case.case_id)
-    data, affine = load_nifti(case.label, case=case.case_id)
-    if data.ndim == 4 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise DataError(f"label must be 3D, got shape {data.shape}", case=case.case_id,
-                        path=case.label)
-    if image_shape is not None and tuple(data.shape) != tuple(image_shape):
-        raise DataError(f"label shape {tuple(data.shape)} differs from image shape "
-                        f"{tuple(image_shape)}", case=case.case_id, path=case.label)
-    if image_affine is not None and not np.allclose(affine, image_affine,
-                                                    atol=AFFINE_TOLERANCE_MM):
-        raise DataError("label affine differs from the image affine (different grid)",
-                        case=case.case_id, path=case.label)
-    if not np.isfinite(data).all() or np.any(data != np.round(data)):
-        raise DataError("label holds non-integer values", case=case.case_id, path=case.label)
-    values = set(np.unique(data).astype(int).tolist())
-    if values <= {0}:
-        # Usable (a background-only example), so a warning rather than an error.
+    f = read_file(case.label, case=case.case_id)
+    if f.channels != 1:
+        raise DataError(f"label must hold one value per voxel, got {f.channels} components "
+                        f"(shape {tuple(f.data.shape)})", case=case.case_id, path=case.label)
+    if image is not None:
+        _check_label_grid(f, image, case)
+    values, rounded = integer_labels(f.data[..., 0], case=case.case_id, path=case.label)
+    o = image.orientation if image is not None else orientation_of(f.affine, f.spatial_shape)
+    values = np.ascontiguousarray(o.apply(values))
+    present = np.unique(values)
+    unknown = sorted(set(present.tolist()) - set(ds.labels))
+    if unknown:
+        raise DataError(f"label values {unknown[:10]} are not listed in dataset.json "
+                        f"(listed: {sorted(ds.labels)})", case=case.case_id, path=case.label)
+    if present.size == 1 and present[0] == 0:
+        # usable (a background-only example), so a warning rather than an error
         log(f"warning: case {case.case_id!r}, file {str(case.label)!r}: label is empty (no "
             f"foreground); the case is kept as background only")
-    unknown = sorted(values - set(ds.labels))
-    if unknown:
-        raise DataError(f"label values {unknown} are not listed in dataset.json "
-                        f"(known: {sorted(ds.labels)})", case=case.case_id, path=case.label)
-    return data.astype(np.uint8)
+    return Label(values, rounded)
+
+
+def _check_label_grid(f: ImageFile, image: CaseImage, case: Case) -> None:
+    src = image.source
+    diff = grid_difference(src.spatial_shape, image.file_affine, f.spatial_shape, f.affine)
+    if diff is None:
+        return
+    # NIfTI: a label written with the image's other form (qform vs sform) is the same grid
+    # in the tool that wrote it; accept it and say so.
+    for mine, theirs, what in ((f.affine, src.other_affine, "the image's qform"),
+                               (f.other_affine, image.file_affine, "the image's sform")):
+        if theirs is not None and mine is not None and grid_difference(
+                src.spatial_shape, theirs, f.spatial_shape, mine) is None:
+            log(f"warning: case {case.case_id!r}, file {str(f.path)!r}: label grid matches "
+                f"{what}, not the form the NIfTI rule picks (sform when sform_code > 0); "
+                f"accepted on the image's grid")
+            return
+    raise DataError(f"label grid differs from the image's: {diff}", case=case.case_id,
+                    path=f.path)
+
+
+def read_label_file(path: Path | str, *, case: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A label map file on its own (a prediction, or a reference for evaluation):
+    ``(values (X, Y, Z) int64 canonical, canonical affine (mm))``."""
+    f = read_file(path, case=case)
+    if f.channels != 1:
+        raise DataError(f"label map must hold one value per voxel, got {f.channels} "
+                        "components", case=case, path=path)
+    values, _ = integer_labels(f.data[..., 0], case=case, path=path)
+    o = orientation_of(f.affine, f.spatial_shape)
+    return np.ascontiguousarray(o.apply(values)), o.canonical_affine(f.affine)
+
+
+# ---------------------------------------------------------------- predictions out
+
+
+def prediction_name(image: CaseImage) -> str:
+    """``<case><ending>``: a prediction keeps its input's format (``.nii`` stays ``.nii``)."""
+    return f"{image.case_id}{ending_of(image.source.path)}"
+
+
+def write_prediction(out_dir: Path | str, labels: np.ndarray, image: CaseImage) -> Path:
+    """Write a label map ``(X, Y, Z)`` of label values in the canonical order back onto the
+    case's own grid, voxel order, format and header; returns the path written."""
+    out = Path(out_dir) / prediction_name(image)
+    write_like(out, image.orientation.undo(labels), image.source)
+    return out
+
+
+def prediction_path(folder: Path | str, case_id: str) -> Path:
+    """The prediction file of ``case_id`` in ``folder`` (any supported ending). Raises
+    :class:`DataError` if there is none or more than one."""
+    folder = Path(folder)
+    found = [p for p in folder.glob(f"{_glob_escape(case_id)}.*")
+             if not is_hidden(p) and ending_of(p) and strip_ending(p) == case_id]
+    if len(found) != 1:
+        problem = "prediction is missing" if not found else (
+            f"several predictions: {', '.join(sorted(p.name for p in found))}")
+        raise DataError(problem, case=case_id, path=folder / f"{case_id}.*")
+    return found[0]
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)

@@ -10,28 +10,36 @@ Convention for empty classes (defined here once, pinned by ``tests/evaluation/``
 ==========================  ======  =====  ===================  =====
 reference / prediction      Dice    IoU    HD95 (mm)            NSD
 ==========================  ======  =====  ===================  =====
-both empty                  1.0     1.0    0.0                  1.0
+both empty                  NaN     NaN    NaN                  NaN
 exactly one empty           0.0     0.0    image diagonal (mm)  0.0
 ==========================  ======  =====  ===================  =====
 
-Both empty means the prediction is right that there is nothing to find. With one side
-empty there is no surface to measure a distance to; HD95 then takes the largest distance
-possible inside the image, the length of its diagonal in mm (BraTS's rule: 373.13 mm is
-the diagonal of its 240×240×155 1-mm grid). So every cell is a finite number, no case is
-dropped and no NaN reaches the tables. Dice and IoU of non-empty classes are MONAI's
-``compute_dice`` / ``compute_iou`` with ``ignore_empty=False``; HD95 and NSD follow MONAI's
+Both empty means the class is not scored in that case: there was nothing to find, and
+counting that as a perfect score would show a class that no label contains as Dice 100.
+Every function here returns NaN for it (:func:`dice` and :func:`iou` too), the CSV cell is
+empty and the summary JSON holds ``null``; it is kept out of every mean, which are all
+means over scored cells only (:func:`nanmean`): a case's ``<metric>_mean`` is over the
+classes scored in that case (NaN if none was), a class's mean in :func:`summarize` over the
+cases where it was scored, and ``foreground_mean`` over the cases whose mean is not NaN.
+This is nnU-Net v2's convention (NaN when TP + FP + FN = 0, averaged with ``nanmean``).
+With exactly one side empty there is no surface to measure a distance to; HD95 then takes
+the largest distance possible inside the image, the length of its diagonal in mm (BraTS's
+rule: 373.13 mm is the diagonal of its 240×240×155 1-mm grid). Dice and IoU of the other
+classes are MONAI's ``compute_dice`` / ``compute_iou`` with ``ignore_empty=False`` (which
+gives 1.0, not NaN, when both are empty); HD95 and NSD follow MONAI's
 ``compute_hausdorff_distance(percentile=95)`` and ``compute_surface_dice`` (surface voxels =
 mask minus its erosion, exact Euclidean distances between surface voxel centres); a test
 cross-checks all four against MONAI.
 
-A case's ``<metric>_mean`` is the mean over the scored classes (background 0 is never
-scored). Dice, IoU and NSD are fractions in ``[0, 1]``; the report turns Dice into percent.
+Background 0 is never scored. Dice, IoU and NSD are fractions in ``[0, 1]``; the report
+turns Dice into percent. Each row also holds the class's voxel counts ``n_ref_<class>`` and
+``n_pred_<class>``, so a reader sees why a cell is empty or 0.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +54,7 @@ from nnpipe.io import atomic_path, load_nifti, spacing_of, write_json
 
 AFFINE_TOLERANCE = 1e-3  # mm; larger differences mean the prediction is in another space
 METRICS = ("dice", "iou", "hd95", "nsd")
+COUNTS = ("n_ref", "n_pred")  # voxels of the class in the reference and in the prediction
 DEFAULT_NSD_TOLERANCE_MM = 1.0
 
 
@@ -85,26 +94,36 @@ def dice_per_class(pred: np.ndarray, ref: np.ndarray, labels: Sequence[int]) -> 
 
 
 def dice(pred: np.ndarray, ref: np.ndarray) -> float:
-    """Dice ``2|P∩R| / (|P|+|R|)`` of boolean masks; 1.0 when both are empty."""
+    """Dice ``2|P∩R| / (|P|+|R|)`` of boolean masks; NaN (not scored) when both are empty."""
     denominator = int(pred.sum()) + int(ref.sum())
     if denominator == 0:
-        return 1.0
+        return math.nan
     return 2.0 * int(np.logical_and(pred, ref).sum()) / denominator
 
 
 def iou(pred: np.ndarray, ref: np.ndarray) -> float:
-    """IoU ``|P∩R| / |P∪R|`` of boolean masks; 1.0 when both are empty."""
+    """IoU ``|P∩R| / |P∪R|`` of boolean masks; NaN (not scored) when both are empty."""
     union = int(np.logical_or(pred, ref).sum())
     if union == 0:
-        return 1.0
+        return math.nan
     return int(np.logical_and(pred, ref).sum()) / union
 
 
 def mean_dice(scores: Mapping[Any, float]) -> float:
-    """The case Dice: mean over the scored foreground classes."""
+    """The case Dice: mean over the scored classes (NaN values left out; NaN if all are)."""
     if not scores:
         raise ValueError("no Dice scores to average")
-    return float(np.mean(list(scores.values())))
+    return nanmean(scores.values())
+
+
+def nanmean(values: Iterable[float]) -> float:
+    """Mean of the values that are not NaN; NaN if there are none (without numpy's warning).
+
+    The one averaging rule of the module docstring: cells that were not scored are left out.
+    """
+    array = np.asarray(list(values), dtype=np.float64)
+    scored = array[~np.isnan(array)]
+    return float(scored.mean()) if scored.size else math.nan
 
 
 # ---------------------------------------------------------------- surface metrics
@@ -135,7 +154,7 @@ def hd95(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> float:
     percentiles of surface distances. Empty classes: see the module docstring."""
     empty = _empty_case(pred, ref)
     if empty is not None:
-        return 0.0 if empty else image_diagonal_mm(pred.shape, spacing)
+        return math.nan if empty else image_diagonal_mm(pred.shape, spacing)
     d_pr, d_rp = surface_distances(pred, ref, spacing)
     return float(max(np.percentile(d_pr, 95), np.percentile(d_rp, 95)))
 
@@ -147,7 +166,7 @@ def normalized_surface_dice(pred: np.ndarray, ref: np.ndarray, spacing: Sequence
         raise ValueError(f"NSD tolerance must be >= 0 mm, got {tolerance_mm}")
     empty = _empty_case(pred, ref)
     if empty is not None:
-        return 1.0 if empty else 0.0
+        return math.nan if empty else 0.0
     d_pr, d_rp = surface_distances(pred, ref, spacing)
     within = int((d_pr <= tolerance_mm).sum()) + int((d_rp <= tolerance_mm).sum())
     return within / (d_pr.size + d_rp.size)
@@ -160,7 +179,8 @@ def image_diagonal_mm(shape: Sequence[int], spacing: Sequence[float]) -> float:
 
 def score_masks(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
                 tolerance_mm: float) -> dict[str, float]:
-    """All four metrics of one class: ``{"dice", "iou", "hd95", "nsd"}``."""
+    """All four metrics of one class's boolean masks ``(X, Y, Z)``: ``{"dice", "iou", "hd95",
+    "nsd"}``, every one NaN when both masks are empty (see the module docstring)."""
     _same_shape(pred, ref)
     return {"dice": dice(pred, ref), "iou": iou(pred, ref), "hd95": hd95(pred, ref, spacing),
             "nsd": normalized_surface_dice(pred, ref, spacing, tolerance_mm)}
@@ -194,16 +214,19 @@ def _same_shape(pred: np.ndarray, ref: np.ndarray) -> None:
 
 def score_case(pred: np.ndarray, ref: np.ndarray, classes: Sequence[ScoredClass],
                spacing: Sequence[float], tolerance_mm: float) -> dict[str, float]:
-    """``{"<metric>_<class>": ..., "<metric>_mean": ...}`` for label maps ``(X, Y, Z)``."""
+    """One CSV row of label maps ``(X, Y, Z)``, spacing in mm.
+
+    Per class ``<metric>_<class>`` and the voxel counts ``n_ref_<class>``, ``n_pred_<class>``;
+    then ``<metric>_mean``, the mean over the classes scored in this case (NaN if none was).
+    """
     row: dict[str, float] = {}
-    per_metric: dict[str, list[float]] = {m: [] for m in METRICS}
     for c in classes:
-        for metric, value in score_masks(c.mask(pred), c.mask(ref), spacing,
-                                         tolerance_mm).items():
+        p, r = c.mask(pred), c.mask(ref)
+        for metric, value in score_masks(p, r, spacing, tolerance_mm).items():
             row[f"{metric}_{c.name}"] = value
-            per_metric[metric].append(value)
-    for metric, values in per_metric.items():
-        row[f"{metric}_mean"] = float(np.mean(values))
+        row[f"n_ref_{c.name}"], row[f"n_pred_{c.name}"] = int(r.sum()), int(p.sum())
+    for metric in METRICS:
+        row[f"{metric}_mean"] = nanmean(row[f"{metric}_{c.name}"] for c in classes)
     return row
 
 
@@ -231,10 +254,11 @@ def evaluate_case(pred_path: Path | str, ref_path: Path | str, labels: Sequence[
 
 
 def columns(classes: Sequence[ScoredClass]) -> list[str]:
-    """CSV columns: ``case``, then per class its four metrics, then the four means."""
+    """CSV columns: ``case``, then per class its four metrics and two voxel counts, then the
+    four means."""
     cols = ["case"]
     for c in classes:
-        cols += [f"{m}_{c.name}" for m in METRICS]
+        cols += [f"{m}_{c.name}" for m in (*METRICS, *COUNTS)]
     return cols + [f"{m}_mean" for m in METRICS]
 
 
@@ -269,19 +293,46 @@ def evaluate_folder(pred_dir: Path | str, refs: Path | str | Mapping[str, Path |
     return table
 
 
+CONVENTION = ("reference and prediction both empty: the class is not scored in that case "
+              "(NaN in the CSV, null here) and left out of every mean; exactly one empty: "
+              "Dice/IoU/NSD 0, HD95 = image diagonal in mm. Class means are over the cases "
+              "where the class was scored, a case mean over the classes scored in it, "
+              "foreground_mean over the case means that are not NaN (nnU-Net v2's nanmean)")
+
+
 def summarize(table: pd.DataFrame, classes: Sequence[ScoredClass],
               tolerance_mm: float) -> dict[str, Any]:
-    """The summary JSON: per class and overall means of each metric, and every case's row."""
+    """The summary JSON of a table with the :func:`columns` of ``classes``.
+
+    ``per_class``: each metric's mean over the cases where the class was scored, and the
+    case counts ``n_cases_in_reference`` (reference holds the class), ``n_cases_scored``
+    (not both empty) and ``n_cases``; ``foreground_mean``: mean of the case means; ``cases``:
+    every row. NaN (not scored) is written as ``null``, valid JSON.
+    """
     return {
         "nsd_tolerance_mm": tolerance_mm,
         "classes": {c.name: list(c.labels) for c in classes},
-        "mean": {c.name: {m: float(table[f"{m}_{c.name}"].mean()) for m in METRICS}
-                 for c in classes},
-        "foreground_mean": {m: float(table[f"{m}_mean"].mean()) for m in METRICS},
-        "cases": table.to_dict(orient="records"),
-        "convention": "both empty: Dice/IoU/NSD 1, HD95 0 mm; one empty: Dice/IoU/NSD 0, "
-                      "HD95 = image diagonal in mm",
+        "per_class": {c.name: _class_summary(table, c.name) for c in classes},
+        "foreground_mean": {m: _json_number(nanmean(table[f"{m}_mean"])) for m in METRICS},
+        "cases": [{k: _json_number(v) for k, v in row.items()}
+                  for row in table.to_dict(orient="records")],
+        "convention": CONVENTION,
     }
+
+
+def _class_summary(table: pd.DataFrame, name: str) -> dict[str, Any]:
+    means = {m: _json_number(nanmean(table[f"{m}_{name}"])) for m in METRICS}
+    return {**means, "n_cases_in_reference": int((table[f"n_ref_{name}"] > 0).sum()),
+            "n_cases_scored": int(table[f"dice_{name}"].notna().sum()), "n_cases": len(table)}
+
+
+def _json_number(value: Any) -> Any:
+    """``value`` as plain JSON: NaN (not scored) -> ``None``, numpy scalars -> Python."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
 
 
 def _ref_path(refs: Path | str | Mapping[str, Path | str], case: str) -> Path:

@@ -6,14 +6,19 @@ fixes that for single-object classes and hurts multi-object ones, so it is decid
 class from the cross-validation predictions, as nnU-Net does: for each scored class (a
 label, or a region in region mode) the mean Dice over every validation case of every fold
 is computed with and without the removal, and the removal is applied to that class only if
-it raises the mean Dice by more than ``MIN_GAIN``. The decision, with both means, is
-recorded in a JSON file that the ensemble rule applies to the test predictions.
+it raises the mean Dice by more than ``MIN_GAIN``. A case where the class is absent from
+both reference and prediction is not scored (NaN, :mod:`nnpipe.evaluation.metrics`) and
+left out of both means; removal never changes that (an empty mask stays empty). A class
+scored in no case has no means (``null``) and gets no postprocessing. The decision, with
+both means, is recorded in a JSON file that the ensemble rule applies to the test
+predictions.
 Removed voxels become background (0). Decisions are taken per class independently; since
 removing voxels of one label never changes another label's mask, they compose.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +27,7 @@ import numpy as np
 from scipy import ndimage
 
 from nnpipe.errors import DataError
-from nnpipe.evaluation.metrics import ScoredClass, dice
+from nnpipe.evaluation.metrics import ScoredClass, dice, nanmean
 from nnpipe.io import load_nifti, read_json, write_json
 from nnpipe.progress import log
 
@@ -51,7 +56,8 @@ def decide(pairs: Sequence[tuple[str, Path, Path]], classes: Sequence[ScoredClas
     """Decide per class from ``(case, prediction, reference)`` NIfTI paths.
 
     Returns the JSON record: per class its labels, ``dice_before``, ``dice_after`` (means
-    over the cases), ``apply``; plus the cases and the rule.
+    over the cases where the class is scored; ``None`` if it is in none), ``n_cases_scored``,
+    ``apply``; plus the cases and the rule.
     """
     if not pairs:
         raise ValueError("no cross-validation predictions to decide postprocessing from")
@@ -72,14 +78,30 @@ def decide(pairs: Sequence[tuple[str, Path, Path]], classes: Sequence[ScoredClas
     record: dict[str, Any] = {"classes": {}, "cases": [p[0] for p in pairs],
                               "rule": f"keep the largest connected component (face "
                                       f"connectivity) of a class if it raises the class's mean "
-                                      f"cross-validation Dice by more than {MIN_GAIN}"}
+                                      f"cross-validation Dice by more than {MIN_GAIN}; cases "
+                                      f"where the class is absent from both reference and "
+                                      f"prediction are left out of the means"}
     for c in classes:
-        b, a = float(np.mean(before[c.name])), float(np.mean(after[c.name]))
-        record["classes"][c.name] = {"labels": list(c.labels), "dice_before": b,
-                                     "dice_after": a, "apply": a - b > MIN_GAIN}
-        log(f"postprocess {c.name}: mean Dice {b:.4f} -> {a:.4f} "
-            f"({'apply' if a - b > MIN_GAIN else 'leave'})")
+        record["classes"][c.name] = _class_decision(c, before[c.name], after[c.name])
     return record
+
+
+def _class_decision(cls: ScoredClass, before: Sequence[float], after: Sequence[float]
+                    ) -> dict[str, Any]:
+    """One class's record from its per-case Dice without and with the removal (NaN: not
+    scored). A class scored in no case is left as it is."""
+    b, a = nanmean(before), nanmean(after)
+    scored = sum(not math.isnan(v) for v in before)
+    apply = scored > 0 and a - b > MIN_GAIN
+    if scored == 0:
+        log(f"postprocess {cls.name}: not scored in any case (absent from every reference "
+            "and prediction) -> leave")
+    else:
+        log(f"postprocess {cls.name}: mean Dice {b:.4f} -> {a:.4f} over {scored} case(s) "
+            f"({'apply' if apply else 'leave'})")
+    return {"labels": list(cls.labels), "dice_before": None if math.isnan(b) else b,
+            "dice_after": None if math.isnan(a) else a, "n_cases_scored": scored,
+            "apply": apply}
 
 
 def decide_to_file(pairs: Sequence[tuple[str, Path, Path]], classes: Sequence[ScoredClass],

@@ -1,48 +1,66 @@
-"""Whole-case prediction: NIfTI images in, NIfTI label maps out, in the source geometry.
+"""Whole-case prediction: images in, label maps out, in each input's format and geometry.
 
-Per case: read the image, apply the plan's preprocessing (crop, resample, normalize), run the
+Per case: check its estimated peak memory from the header (:func:`check_memory`), read the
+image through the one reader (:mod:`nnpipe.datasets.layout`: canonical voxel order, mm),
+apply the plan's preprocessing (crop, resample, normalize), run the
 sliding window of every model (3D tiles, or 2D tiles slice by slice) and average their
 probabilities (one model, or the fold models of an ensemble), undo the preprocessing on the
 probabilities (resample to the cropped grid, paste into the full grid), take the argmax (or,
 in region mode, threshold the regions and turn them back into labels), optionally keep only
 the largest component of some classes, and write:
 
-* ``<case>.nii.gz``: integer labels (uint8; uint16 past 255 labels) with the source image's
-  qform and sform (matrices and codes; code 1 "scanner" where the source had none);
+* ``<case><ending>`` (the input's ending and format): the label values of dataset.json
+  (the plan's value <-> index table; the smallest unsigned dtype holding them) in the
+  input's own voxel order, with its header geometry (NIfTI: qform and sform, matrices and
+  codes; code 1 "scanner" where the source had none);
 * with ``save_probabilities``, first ``<case>.npz``: ``probabilities`` ``(K, X, Y, Z)``
-  float16 (compressed), ``affine`` and ``names`` (class or region names).
+  float16 (compressed, the input's voxel order), ``affine`` and ``names`` (class or
+  region names).
 
 Every file is written atomically and the label map last, so an interrupted run leaves no
 file that looks finished, and ``--continue`` skips exactly the cases already done.
-A bad case (wrong channel count, affine not invertible, unreadable file) is reported with
-its name and the other cases are still predicted; the run then fails listing every bad case.
+A bad case (too large for ``inference.memory_gb``, wrong channel count, unreadable file, or
+any exception in its work) is reported with its name and file and the other cases are still
+predicted; the run then fails listing every bad case.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 
 from nnpipe.config import InferenceSettings
-from nnpipe.datasets.layout import Case, Dataset, read_image
+from nnpipe.datasets.layout import (
+    Case,
+    find_cases,
+    load_dataset,
+    read_case_image,
+    write_prediction,
+)
 from nnpipe.errors import DataError
 from nnpipe.evaluation.metrics import ScoredClass
+from nnpipe.imageio import ENDINGS, ending_of, read_header
 from nnpipe.inference.ensemble import LoadedModel, average_probabilities, load_models
 from nnpipe.inference.postprocess import keep_largest_component, load_decision
-from nnpipe.io import atomic_path, load_nifti
+from nnpipe.io import atomic_path
 from nnpipe.planning.plan import Plan
-from nnpipe.preprocessing.pipeline import CaseMeta, preprocess_image, restore_probabilities
+from nnpipe.preprocessing.pipeline import (
+    CaseMeta,
+    case_target_spacing,
+    preprocess_image,
+    restore_probabilities,
+)
 from nnpipe.progress import log
 from nnpipe.training.regions import regions_to_labels
 
-NIFTI_ENDING = ".nii.gz"
-CHANNEL_SUFFIX_LEN = len("_0000")
+GiB = 1024**3
 
 
 class PredictionFailed(DataError):
@@ -51,66 +69,52 @@ class PredictionFailed(DataError):
 
 @dataclass(frozen=True)
 class CaseResult:
-    labels: np.ndarray  # (X, Y, Z) integer labels in the source grid
+    labels: np.ndarray  # (X, Y, Z) label values in the canonical grid of the input
     probabilities: np.ndarray | None  # (K, X, Y, Z) float32, when asked for
 
 
-# ---------------------------------------------------------------- finding input images
+# ---------------------------------------------------------------- memory before voxels
 
 
-def find_cases(folder: Path | str, num_channels: int) -> tuple[list[Case], list[DataError]]:
-    """The cases of a folder of NIfTI images in a dataset's channel layout.
+def machine_memory_gb() -> float:
+    """Physical RAM of this machine in GiB (0 where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB
+    except (ValueError, OSError, AttributeError):
+        return 0.0
 
-    ``<case>_0000.nii.gz``, ``<case>_0001.nii.gz``, ... (nnU-Net v2: one file per channel) or
-    ``<case>.nii.gz`` (MSD: 4D ``(X, Y, Z, C)``, or 3D with one channel). Returns the cases,
-    sorted, and one error per case whose channel files are incomplete.
+
+def estimate_peak_bytes(case: Case, plan: Plan, out_channels: int) -> int:
+    """Peak RAM (bytes) of predicting ``case`` with ``plan``, from its header(s) alone.
+
+    With ``C`` channels, ``n`` voxels as stored, ``m`` after resampling to the plan's
+    spacing and ``K`` network outputs: the float32 image and its resampled copy
+    (``4C(n + m)``), the sliding window's probability and weight sums (``8Km``), the
+    probabilities resampled back and their pasted copy (``8Kn``), and the labels (``8n``).
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError("input folder does not exist", path=folder)
-    per_channel: dict[str, dict[int, Path]] = {}
-    whole: list[Case] = []
-    for path in sorted(folder.glob(f"*{NIFTI_ENDING}")):
-        stem = path.name[: -len(NIFTI_ENDING)]
-        suffix = stem[-CHANNEL_SUFFIX_LEN:]
-        if len(stem) > CHANNEL_SUFFIX_LEN and suffix[0] == "_" and suffix[1:].isdigit():
-            per_channel.setdefault(stem[:-CHANNEL_SUFFIX_LEN], {})[int(suffix[1:])] = path
-        else:
-            whole.append(Case(stem, (path,)))
-    errors: list[DataError] = []
-    cases = list(whole)
-    for case_id, files in per_channel.items():
-        expected = set(range(num_channels))
-        if set(files) != expected:
-            errors.append(DataError(f"has channel files {sorted(files)}; the model expects "
-                                    f"_0000 to _{num_channels - 1:04d}", case=case_id,
-                                    path=folder))
-            continue
-        cases.append(Case(case_id, tuple(files[i] for i in range(num_channels))))
-    return sorted(cases, key=lambda c: c.case_id), errors
+    headers = [read_header(p, case=case.case_id) for p in case.images]
+    shape, spacing = headers[0].shape, headers[0].spacing
+    channels = sum(h.channels for h in headers)
+    target = case_target_spacing(plan, spacing)
+    n = math.prod(shape)
+    m = math.prod(max(1, round(s * o / t)) for s, o, t in zip(shape, spacing, target,
+                                                               strict=True))
+    return 4 * channels * (n + m) + 8 * out_channels * m + 8 * out_channels * n + 8 * n
 
 
-def read_case(case: Case, num_channels: int) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
-    """Image ``(C, X, Y, Z)`` float32, its affine and the first file's header."""
-    if len(case.images) == 1:
-        data, affine = load_nifti(case.images[0], case=case.case_id)
-        data = data[..., None] if data.ndim == 3 else data
-        if data.ndim != 4:
-            raise DataError(f"expected a 3D or 4D image, got shape {data.shape}",
-                            case=case.case_id, path=case.images[0])
-        image = np.moveaxis(data, -1, 0).astype(np.float32, copy=False)
-        if image.shape[0] != num_channels:
-            raise DataError(f"has {image.shape[0]} channel(s); the model expects "
-                            f"{num_channels}", case=case.case_id, path=case.images[0])
-        if not np.isfinite(image).all():
-            raise DataError("contains NaN or Inf voxels", case=case.case_id, path=case.images[0])
-    else:
-        names = tuple(f"channel{i}" for i in range(num_channels))
-        ds = Dataset(case.images[0].parent, "input", "nnunetv2", names, {0: "background"},
-                     (), (case,))
-        image, affine = read_image(ds, case)
-    header = nib.load(str(case.images[0])).header
-    return image, affine, header
+def check_memory(case: Case, plan: Plan, out_channels: int, limit_gb: float) -> None:
+    """Raise :class:`DataError` naming the case and the GiB if its estimated peak exceeds
+    ``limit_gb`` (0: the machine's RAM; no check where that is unknown)."""
+    limit = limit_gb or machine_memory_gb()
+    if limit <= 0:
+        return
+    need = estimate_peak_bytes(case, plan, out_channels) / GiB
+    if need > limit:
+        raise DataError(f"needs about {need:.1f} GiB to predict (image size after resampling "
+                        f"to {tuple(round(s, 3) for s in plan.full_spacing)} mm x "
+                        f"{out_channels} classes), over the {limit:.1f} GiB allowed "
+                        f"(inference.memory_gb); not read", case=case.case_id,
+                        path=case.images[0])
 
 
 # ---------------------------------------------------------------- one case
@@ -120,7 +124,9 @@ def predict_image(models: Sequence[LoadedModel], image: np.ndarray, affine: np.n
                   settings: InferenceSettings, case_id: str, *,
                   postprocess: Sequence[ScoredClass] = (),
                   with_probabilities: bool = False) -> CaseResult:
-    """Labels ``(X, Y, Z)`` (and probabilities) for ``image`` ``(C, X, Y, Z)`` in its own grid."""
+    """Label values ``(X, Y, Z)`` (and probabilities) for ``image`` ``(C, X, Y, Z)`` in its
+    own grid (the reader's canonical order; :func:`nnpipe.datasets.layout.write_prediction`
+    takes them back to the file's)."""
     plan = models[0].plan
     if image.ndim != 4 or image.shape[0] != plan.num_channels:
         raise DataError(f"image of shape {image.shape} has {image.shape[0]} channel(s); the "
@@ -135,9 +141,9 @@ def predict_image(models: Sequence[LoadedModel], image: np.ndarray, affine: np.n
     full = _restore(probs, meta, regions is not None)
     del probs
     if regions is not None:
-        labels = regions_to_labels(full, regions)
+        labels = regions_to_labels(full, regions).astype(plan.label_table.value_dtype)
     else:
-        labels = full.argmax(0).astype(label_dtype(plan))
+        labels = plan.label_table.to_values(full.argmax(0))
     for c in postprocess:
         labels = keep_largest_component(labels, c)
     return CaseResult(labels, full if with_probabilities else None)
@@ -150,27 +156,6 @@ def _restore(probs: np.ndarray, meta: CaseMeta, regions: bool) -> np.ndarray:
         return restore_probabilities(probs, meta)
     padded = np.concatenate([np.zeros_like(probs[:1]), probs])
     return restore_probabilities(padded, meta)[1:]
-
-
-def label_dtype(plan: Plan) -> type:
-    """The smallest unsigned integer type holding every label of ``plan``."""
-    return np.uint8 if max(plan.labels) <= np.iinfo(np.uint8).max else np.uint16
-
-
-def write_labels(path: Path | str, labels: np.ndarray, source: nib.Nifti1Header,
-                 affine: np.ndarray) -> None:
-    """Write integer ``labels`` with the source's qform and sform (matrices and codes)."""
-    img = nib.Nifti1Image(labels, affine)
-    qform, qcode = source.get_qform(coded=True) if hasattr(source, "get_qform") else (None, 0)
-    sform, scode = source.get_sform(coded=True) if hasattr(source, "get_sform") else (None, 0)
-    # a source with neither code set gets code 1 (scanner) from its best affine, so every
-    # viewer places the labels where it placed the image
-    img.set_qform(qform if qcode else affine, code=int(qcode) or 1)
-    img.set_sform(sform if scode else affine, code=int(scode) or 1)
-    img.set_data_dtype(labels.dtype)
-    img.header["intent_code"] = 1002  # NIFTI_INTENT_LABEL
-    with atomic_path(path) as tmp:
-        nib.save(img, str(tmp))
 
 
 def write_probabilities(path: Path | str, probs: np.ndarray, affine: np.ndarray,
@@ -202,7 +187,7 @@ def predict_cases(models: Sequence[LoadedModel], cases: Sequence[Case], out_dir:
     names = class_names(models[0])
     t0 = time.monotonic()
     for i, case in enumerate(cases, start=1):
-        label_path = out_dir / f"{case.case_id}{NIFTI_ENDING}"
+        label_path = out_dir / f"{case.case_id}{ending_of(case.images[0])}"
         prob_path = out_dir / f"{case.case_id}.npz"
         if skip_existing and label_path.is_file() and (
                 not settings.save_probabilities or prob_path.is_file()):
@@ -211,16 +196,12 @@ def predict_cases(models: Sequence[LoadedModel], cases: Sequence[Case], out_dir:
             continue
         t_case = time.monotonic()
         try:
-            image, affine, header = read_case(case, models[0].plan.num_channels)
-            result = predict_image(models, image, affine, settings, case.case_id,
-                                   postprocess=postprocess,
-                                   with_probabilities=settings.save_probabilities)
-            if result.probabilities is not None:
-                write_probabilities(prob_path, result.probabilities, affine, names)
-            write_labels(label_path, result.labels, header, affine)
-        except DataError as exc:
-            failed.append(str(exc))
-            log(f"{_bar(i, len(cases), t0)} {case.case_id}: FAILED: {exc}")
+            label_path = _predict_one(models, case, out_dir, settings, postprocess, names)
+        except Exception as exc:  # any failure of one case: name it, go on with the others
+            message = exc if isinstance(exc, DataError) else DataError(
+                f"{type(exc).__name__}: {exc}", case=case.case_id, path=case.images[0])
+            failed.append(str(message))
+            log(f"{_bar(i, len(cases), t0)} {case.case_id}: FAILED: {message}")
             continue
         written.append(label_path)
         log(f"{_bar(i, len(cases), t0)} {case.case_id}: {time.monotonic() - t_case:.1f}s "
@@ -229,6 +210,23 @@ def predict_cases(models: Sequence[LoadedModel], cases: Sequence[Case], out_dir:
         raise PredictionFailed(f"{len(failed)} case(s) failed, the others were written:\n  "
                                + "\n  ".join(failed))
     return written
+
+
+def _predict_one(models: Sequence[LoadedModel], case: Case, out_dir: Path,
+                 settings: InferenceSettings, postprocess: Sequence[ScoredClass],
+                 names: Sequence[str]) -> Path:
+    """Read, predict and write one case; the label map is written last. Returns its path."""
+    plan = models[0].plan
+    check_memory(case, plan, models[0].out_channels, settings.memory_gb)
+    ci = read_case_image(case, plan.num_channels)
+    result = predict_image(models, ci.image, ci.affine, settings, case.case_id,
+                           postprocess=postprocess,
+                           with_probabilities=settings.save_probabilities)
+    if result.probabilities is not None:
+        write_probabilities(out_dir / f"{case.case_id}.npz",
+                            ci.orientation.undo(result.probabilities, channel_first=True),
+                            ci.source.affine, names)
+    return write_prediction(out_dir, result.labels, ci)
 
 
 def class_names(model: LoadedModel) -> list[str]:
@@ -260,29 +258,30 @@ def predict_folder(models: Sequence[Path | str], input_dir: Path | str, out_dir:
                    settings: InferenceSettings, *, plan: Path | str | None = None,
                    postprocess: Path | str | None = None, skip_existing: bool = False,
                    allow_empty: bool = False, device: str = "auto") -> list[Path]:
-    """``nnpipe predict --model ... --input DIR``: every case of a folder of NIfTI images
-    (in the dataset's channel layout, no labels needed); models averaged if several."""
+    """``nnpipe predict --model ... --input DIR``: every image of a folder (no labels
+    needed), found by the rule of the layout the model was trained on
+    (:func:`nnpipe.datasets.layout.find_cases`); models averaged if several."""
     loaded = load_models(models, select_device(device), plan)
+    mp = loaded[0].plan
     if allow_empty and not Path(input_dir).is_dir():
         cases, errors = [], []
     else:
-        cases, errors = find_cases(input_dir, loaded[0].plan.num_channels)
+        cases, errors = find_cases(input_dir, layout=mp.layout, num_channels=mp.num_channels)
     if not cases and not errors and not allow_empty:
-        raise DataError(f"holds no {NIFTI_ENDING} images", path=input_dir)
+        raise DataError("holds no images (" + ", ".join(ENDINGS) + ")", path=input_dir)
     log(f"predict {len(cases)} case(s) from {input_dir} with {len(loaded)} model(s)")
     return predict_cases(loaded, cases, Path(out_dir), settings, skip_existing=skip_existing,
                          postprocess=load_decision(postprocess) if postprocess else (),
                          errors=errors)
 
 
-def predict_dataset(models: Sequence[Path | str], raw: Path | str, case_ids: Sequence[str],
+def predict_dataset(models: Sequence[Path | str], raw: Path | str, case_ids: Sequence[str] | None,
                     out_dir: Path | str, settings: InferenceSettings, *,
                     plan: Path | str | None = None, postprocess: Path | str | None = None,
                     skip_existing: bool = False, device: str = "auto") -> list[Path]:
-    """``nnpipe predict --raw RAW --splits S --fold F``: cases of a dataset by id; the
-    models must fit the dataset's channels and labels."""
-    from nnpipe.datasets.layout import load_dataset
-
+    """``nnpipe predict --raw RAW --splits S --fold F`` (or ``--cases``, or ``--test``):
+    cases of a dataset by id, or with ``case_ids=None`` its test cases (dataset.json's
+    ``test`` list, or ``imagesTs``); the models must fit the dataset's channels and labels."""
     ds = load_dataset(raw)
     loaded = load_models(models, select_device(device), plan)
     mp = loaded[0].plan
@@ -290,6 +289,8 @@ def predict_dataset(models: Sequence[Path | str], raw: Path | str, case_ids: Seq
         raise ValueError(f"model {str(loaded[0].path)!r} ({mp.num_channels} channel(s), labels "
                          f"{mp.labels}) does not fit dataset {str(raw)!r} ({ds.num_channels} "
                          f"channel(s), labels {ds.labels})")
-    return predict_cases(loaded, [ds.case(c) for c in case_ids], Path(out_dir), settings,
+    cases = list(ds.test) if case_ids is None else [ds.case(c) for c in case_ids]
+    log(f"predict {len(cases)} case(s) of {raw} with {len(loaded)} model(s)")
+    return predict_cases(loaded, cases, Path(out_dir), settings,
                          skip_existing=skip_existing,
                          postprocess=load_decision(postprocess) if postprocess else ())

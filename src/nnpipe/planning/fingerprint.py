@@ -13,14 +13,15 @@ from __future__ import annotations
 import multiprocessing
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
 
 from nnpipe.datasets.layout import Case, Dataset, read_image, read_label
 from nnpipe.errors import DataError
-from nnpipe.io import spacing_of
+from nnpipe.geometry import axis_codes, spacing_of
+from nnpipe.labels import INTEGER_TOLERANCE
 from nnpipe.progress import log
 
 Bbox = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
@@ -58,6 +59,22 @@ class Fingerprint:
     num_channels: int
     labels: dict[int, str]  # label value -> name, background included
     is_ct: tuple[bool, ...]  # per channel
+    layout: str = "msd"  # dataset layout ("msd" or "nnunetv2"): how predict finds channels
+    # label value -> number of training cases whose label map contains it
+    class_cases: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def single_slice(self) -> bool:
+        """True for a 2D dataset: every case has one voxel along some axis."""
+        return all(1 in s for s in self.shapes)
+
+    @property
+    def slice_axis_2d(self) -> int | None:
+        """The (canonical) axis every case is one voxel thick along, for a 2D dataset."""
+        if not self.single_slice:
+            return None
+        common = [a for a in range(3) if all(s[a] == 1 for s in self.shapes)]
+        return common[0] if common else None
 
     def __post_init__(self) -> None:
         n = len(self.case_ids)
@@ -74,6 +91,7 @@ class Fingerprint:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["labels"] = {str(k): v for k, v in self.labels.items()}
+        d["class_cases"] = {str(k): v for k, v in self.class_cases.items()}
         return d
 
     @classmethod
@@ -87,6 +105,8 @@ class Fingerprint:
             num_channels=int(d["num_channels"]),
             labels={int(k): str(v) for k, v in d["labels"].items()},
             is_ct=tuple(bool(v) for v in d["is_ct"]),
+            layout=str(d.get("layout", "msd")),
+            class_cases={int(k): int(v) for k, v in d.get("class_cases", {}).items()},
         )
 
 
@@ -135,6 +155,9 @@ class _CaseRecord:
     shape: tuple[int, int, int]
     cropped_shape: tuple[int, int, int]
     channels: tuple[_ChannelPart, ...]
+    classes: tuple[int, ...]  # label values present
+    rounded: bool  # label values rounded from floats
+    axis_codes: str  # the file's voxel order, e.g. "RAS" or "ASR"
 
 
 def _case_seed(case_id: str) -> int:
@@ -144,8 +167,9 @@ def _case_seed(case_id: str) -> int:
 
 def _fingerprint_case(args: tuple[Dataset, Case, int]) -> _CaseRecord:
     ds, case, max_samples = args
-    image, affine = read_image(ds, case)
-    label = read_label(ds, case, image_shape=image.shape[1:], image_affine=affine)
+    ci = read_image(ds, case)
+    image, affine = ci.image, ci.affine
+    label, rounded = read_label(ds, case, ci)
     _, cropped, _ = crop_to_nonzero(image, None)
     foreground = label > 0
     n = int(foreground.sum())
@@ -163,7 +187,9 @@ def _fingerprint_case(args: tuple[Dataset, Case, int]) -> _CaseRecord:
                                   float(values.min()), float(values.max()), sample))
     spacing = spacing_of(affine)
     return _CaseRecord(case.case_id, (spacing[0], spacing[1], spacing[2]),
-                       _shape3(image.shape[1:]), _shape3(cropped.shape[1:]), tuple(parts))
+                       _shape3(image.shape[1:]), _shape3(cropped.shape[1:]), tuple(parts),
+                       tuple(int(v) for v in np.unique(label)), rounded,
+                       axis_codes(ci.file_affine))
 
 
 def _shape3(shape: Iterable[int]) -> tuple[int, int, int]:
@@ -222,6 +248,8 @@ def compute_fingerprint(ds: Dataset, workers: int = 1, progress: bool = True, *,
                 f"{tuple(round(s, 3) for s in rec.spacing)} cropped {rec.cropped_shape}")
     if all(r.channels[0].n == 0 for r in records):
         raise DataError("no training case has any foreground voxel (label > 0)", path=ds.root)
+    class_cases = {v: sum(v in r.classes for r in records) for v in ds.labels}
+    _dataset_messages(ds, records, class_cases)
     return Fingerprint(
         case_ids=tuple(r.case_id for r in records),
         spacings=tuple(r.spacing for r in records),
@@ -232,4 +260,44 @@ def compute_fingerprint(ds: Dataset, workers: int = 1, progress: bool = True, *,
         num_channels=ds.num_channels,
         labels=dict(ds.labels),
         is_ct=ds.is_ct,
+        layout=ds.layout,
+        class_cases=class_cases,
     )
+
+
+def _dataset_messages(ds: Dataset, records: list[_CaseRecord],
+                      class_cases: dict[int, int]) -> None:
+    """Dataset-level facts, one message each: rounded labels, reoriented cases, classes
+    never or rarely labelled, a 2D dataset (or single slices mixed into a 3D one: an error)."""
+    n = len(records)
+    rounded = [r.case_id for r in records if r.rounded]
+    if rounded:
+        log(f"labels: {len(rounded)} of {n} case(s) hold integers up to float round-off "
+            f"(within {INTEGER_TOLERANCE:g}); rounded: {_ids(rounded)}")
+    codes: dict[str, list[str]] = {}
+    for r in records:
+        codes.setdefault(r.axis_codes, []).append(r.case_id)
+    if len(codes) > 1 or "RAS" not in codes:
+        log("orientation: cases are read in the canonical (RAS) voxel order and written back "
+            "in their own; stored as " + "; ".join(f"{c}: {len(v)} case(s) ({_ids(v)})"
+                                                   for c, v in sorted(codes.items())))
+    never = [f"{v} ({ds.labels[v]})" for v, k in class_cases.items() if v != 0 and k == 0]
+    rare = [f"{v} ({ds.labels[v]}, {k} case)" for v, k in class_cases.items()
+            if v != 0 and k == 1]
+    if never:
+        log(f"warning: class(es) {', '.join(never)} listed in dataset.json but present in no "
+            f"training label: the network cannot learn them")
+    if rare and n > 1:
+        log(f"warning: class(es) {', '.join(rare)} present in fewer than two training cases: "
+            f"most cross-validation folds cannot score them")
+    thin = [r.case_id for r in records if 1 in r.shape]
+    if thin and len(thin) == n:
+        log(f"2D dataset: all {n} cases are single slices; only 2D is planned (3D runs are "
+            f"left out of the study)")
+    elif thin:
+        raise DataError(f"{len(thin)} of {n} cases are single slices ({_ids(thin)}) but the "
+                        f"others are volumes; a dataset must be all 2D or all 3D", path=ds.root)
+
+
+def _ids(ids: list[str], limit: int = 6) -> str:
+    return ", ".join(ids[:limit]) + (f" and {len(ids) - limit} more" if len(ids) > limit else "")

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from nnpipe.io import write_json
+from nnpipe.labels import LabelTable
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,14 @@ class Plan:
     slice_axis: int | None = None  # 2D only: the voxel axis sliced along
     median_shape: tuple[int, ...] = ()  # median cropped shape at the target spacing (X, Y, Z)
     notes: tuple[str, ...] = field(default_factory=tuple)  # why the planner chose what it did
+    # class index -> label value (nnpipe.labels.LabelTable); () in plans older than the table
+    label_values: tuple[int, ...] = ()
+    layout: str = "msd"  # the dataset layout: how `nnpipe predict --input` groups channels
+
+    @property
+    def label_table(self) -> LabelTable:
+        """The value <-> class index table: training and losses use indices, files values."""
+        return LabelTable(self.label_values or tuple(sorted(self.labels)))
 
     @property
     def in_plane_axes(self) -> tuple[int, ...]:
@@ -68,7 +77,8 @@ class Plan:
         d = dict(d)
         d["labels"] = {int(k): v for k, v in d["labels"].items()}
         d["channel_norms"] = tuple(ChannelNorm(**c) for c in d["channel_norms"])
-        for key in ("spacing", "full_spacing", "patch_size", "filters", "median_shape", "notes"):
+        for key in ("spacing", "full_spacing", "patch_size", "filters", "median_shape", "notes",
+                    "label_values"):
             d[key] = tuple(d.get(key, ()))
         d["kernels"] = tuple(tuple(k) for k in d["kernels"])
         d["strides"] = tuple(tuple(s) for s in d["strides"])

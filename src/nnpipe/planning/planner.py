@@ -185,18 +185,25 @@ def make_plan(fp: Fingerprint, dim: int, settings: PlannerSettings, dataset_name
     """The plan for a ``dim``-D (2 or 3) network on the dataset ``fp`` describes."""
     if dim not in (2, 3):
         raise ValueError(f"dim must be 2 or 3, got {dim}")
+    if dim == 3 and fp.single_slice:
+        raise ValueError(f"dataset {dataset_name!r} is a 2D dataset (every case is a single "
+                         "slice): there is no 3D plan; use grid.dims: [2]")
     target, notes = target_spacing(fp, settings.anisotropy_threshold)
     slice_axis: int | None = None
     full = target
     if dim == 2:
         median_spacing = np.median(np.asarray(fp.spacings, dtype=np.float64), axis=0).tolist()
-        slice_axis = _last_argmax(median_spacing, SLICE_AXIS_TOLERANCE)
+        slice_axis = fp.slice_axis_2d
+        if slice_axis is None:
+            slice_axis = _last_argmax(median_spacing, SLICE_AXIS_TOLERANCE)
         # 2D preprocessing never resamples along the slice axis: keep its median spacing.
         full = tuple(median_spacing[a] if a == slice_axis else target[a]  # type: ignore[assignment]
                      for a in range(3))
         notes = [n + " (unused in 2D: slice axis kept at its median)"
                  if n.startswith(f"anisotropic: axis {slice_axis} ") else n for n in notes]
-        notes.append(f"2D: slice axis {slice_axis} (coarsest median spacing, ties within "
+        notes.append(f"2D: slice axis {slice_axis} (every case is one voxel thick along it)"
+                     if fp.single_slice else
+                     f"2D: slice axis {slice_axis} (coarsest median spacing, ties within "
                      f"{SLICE_AXIS_TOLERANCE:.0%} to the last axis)")
     med = median_shape(fp, full)
     axes = (0, 1, 2) if dim == 3 else tuple(a for a in range(3) if a != slice_axis)
@@ -217,4 +224,5 @@ def make_plan(fp: Fingerprint, dim: int, settings: PlannerSettings, dataset_name
         batch_size=batch, num_channels=fp.num_channels, num_classes=len(fp.labels),
         labels=dict(fp.labels), channel_norms=channel_norms(fp), slice_axis=slice_axis,
         median_shape=med, notes=tuple(notes),
+        label_values=tuple(sorted(fp.labels)), layout=fp.layout,
     )

@@ -130,6 +130,7 @@ def reference_plan(fp: Fingerprint, dim: int, preset: TaskPreset, settings: Plan
         num_channels=fp.num_channels, num_classes=len(fp.labels), labels=dict(fp.labels),
         channel_norms=_norms(preset, fp), slice_axis=slice_axis,
         median_shape=median_shape(fp, full), notes=notes,
+        label_values=tuple(sorted(fp.labels)), layout=fp.layout,
     )
 
 

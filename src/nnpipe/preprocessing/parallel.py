@@ -16,11 +16,8 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
-import nibabel as nib
-
 from nnpipe.datasets.layout import Case
-from nnpipe.errors import DataError
-from nnpipe.io import spacing_of
+from nnpipe.imageio import read_header
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -30,7 +27,7 @@ GB = 1024**3
 
 def estimate_case_bytes(case: Case, target_spacing: Callable[[Sequence[float]], Sequence[float]]
                         ) -> int:
-    """Peak bytes one case needs while it is preprocessed, from its headers.
+    """Peak bytes one case needs while it is preprocessed, from its headers (no voxel read).
 
     With ``n`` input and ``m`` output voxels per channel and ``C`` channels: the float32 image
     (``4Cn``), the float64 spline coefficients of the channel being resampled (``8n``), the
@@ -38,19 +35,10 @@ def estimate_case_bytes(case: Case, target_spacing: Callable[[Sequence[float]], 
     for the label one float32 class map in and two out (``4n + 8m``) plus the uint8 maps.
     Measured peaks stay below this (tests/preprocessing/test_parallel.py).
     """
-    shape: tuple[int, ...] = ()
-    channels = 0
-    spacing: Sequence[float] = (1.0, 1.0, 1.0)
-    for path in case.images:
-        try:
-            img = nib.load(str(path))
-        except Exception as exc:  # nibabel raises many types for foreign files
-            raise DataError(f"cannot read the NIfTI header ({type(exc).__name__}: {exc})",
-                            case=case.case_id, path=path) from exc
-        shape = tuple(int(s) for s in img.shape)
-        channels += shape[3] if len(shape) > 3 else 1
-        spacing = spacing_of(img.affine)
-    spatial = shape[:3] if len(shape) >= 3 else (*shape, 1)
+    headers = [read_header(p, case=case.case_id) for p in case.images]
+    spatial = headers[0].shape
+    spacing = headers[0].spacing
+    channels = sum(h.channels for h in headers)
     n = math.prod(spatial)
     target = target_spacing(spacing)
     m = math.prod(max(1, round(s * o / t)) for s, o, t in zip(spatial, spacing, target,

@@ -5,8 +5,10 @@ resample to the plan's target spacing, normalize. :class:`CaseMeta` records ever
 that :func:`restore_probabilities` and :func:`restore_labels` can undo them exactly: the
 prediction ends in the original voxel grid and keeps the original affine.
 
-On disk (``preprocess_dataset``): ``<case>.npy`` (float32 ``(C, X', Y', Z')``),
-``<case>_seg.npy`` (uint8 ``(X', Y', Z')``), both uncompressed so the loader can memory-map
+Arrays are in the canonical voxel order the reader (:mod:`nnpipe.datasets.layout`) gives; the
+affine in :class:`CaseMeta` is that canonical grid's. On disk (``preprocess_dataset``):
+``<case>.npy`` (float32 ``(C, X', Y', Z')``), ``<case>_seg.npy`` (uint8 class indices
+``(X', Y', Z')``, :class:`nnpipe.labels.LabelTable`), both uncompressed so the loader can memory-map
 them, and last ``manifest.json``, whose presence means the folder is complete.
 """
 
@@ -22,7 +24,8 @@ import numpy as np
 
 from nnpipe.datasets.layout import Case, Dataset, read_image, read_label
 from nnpipe.errors import DataError
-from nnpipe.io import save_npy, spacing_of, write_json
+from nnpipe.geometry import spacing_of
+from nnpipe.io import save_npy, write_json
 from nnpipe.planning.fingerprint import Bbox, crop_to_nonzero
 from nnpipe.planning.plan import Plan
 from nnpipe.preprocessing.normalize import nonzero_mask, normalize
@@ -170,12 +173,13 @@ def preprocess_image(image: np.ndarray, affine: np.ndarray, plan: Plan, case_id:
 
 def preprocess_case(image: np.ndarray, label: np.ndarray, affine: np.ndarray, plan: Plan,
                     case_id: str) -> tuple[np.ndarray, np.ndarray, CaseMeta]:
-    """Like :func:`preprocess_image`, plus the label map ``(X, Y, Z)`` resampled to uint8
-    ``(X', Y', Z')`` and the foreground class locations in the meta."""
+    """Like :func:`preprocess_image`, plus the label map of class indices ``(X, Y, Z)``
+    (:class:`nnpipe.labels.LabelTable`, not label values) resampled to uint8 ``(X', Y', Z')``,
+    and the foreground class locations (keyed by class index) in the meta."""
     data, seg, meta = _preprocess(image, label, affine, plan, case_id)
     if seg is None:  # unreachable: a label was passed in
         raise RuntimeError(f"case {case_id!r}: label resampling returned nothing")
-    fg = [v for v in sorted(plan.labels) if v != 0]
+    fg = list(range(1, plan.num_classes))
     return data, seg, replace(meta, class_locations=class_locations(seg, fg, case_id))
 
 
@@ -212,9 +216,10 @@ def restore_labels(labels: np.ndarray, meta: CaseMeta) -> np.ndarray:
 
 def _preprocess_one(args: tuple[Dataset, Case, Plan, Path]) -> CaseMeta:
     ds, case, plan, out_dir = args
-    image, affine = read_image(ds, case)
-    label = read_label(ds, case, image_shape=image.shape[1:], image_affine=affine)
-    data, seg, meta = preprocess_case(image, label, affine, plan, case.case_id)
+    ci = read_image(ds, case)
+    label = read_label(ds, case, ci).values
+    indices = plan.label_table.to_indices(label, case=case.case_id, path=case.label)
+    data, seg, meta = preprocess_case(ci.image, indices, ci.affine, plan, case.case_id)
     save_npy(out_dir / f"{case.case_id}.npy", data)
     save_npy(out_dir / f"{case.case_id}_seg.npy", seg)
     return meta
@@ -231,7 +236,8 @@ def preprocess_dataset(ds: Dataset, plan: Plan, out_dir: Path, workers: int = 1,
     atomically, and removed first, so it exists only when every case succeeded. Bad input
     raises :class:`DataError` naming the case.
     """
-    if plan.num_channels != ds.num_channels or dict(plan.labels) != dict(ds.labels):
+    if plan.num_channels != ds.num_channels or dict(plan.labels) != dict(ds.labels) \
+            or plan.label_table != ds.label_table:
         raise ValueError(f"plan for {plan.dataset!r} ({plan.num_channels} channel(s), labels "
                          f"{plan.labels}) does not fit dataset {ds.name!r} ({ds.num_channels} "
                          f"channel(s), labels {ds.labels})")

@@ -10,6 +10,10 @@
 
 Figures are built with ``matplotlib.figure.Figure`` (no pyplot), so nothing depends on a
 display or on global pyplot state, saved atomically, and returned (tests read their data).
+
+An empty cell of an evaluation CSV (NaN) is a class absent from both reference and
+prediction in that case, not scored (:mod:`nnpipe.evaluation.metrics`): it is not drawn,
+not averaged, and shown as "n/a" where a number would be written.
 """
 
 from __future__ import annotations
@@ -68,6 +72,11 @@ def _class_columns(table: pd.DataFrame, prefix: str) -> list[tuple[str, str]]:
 
 def _label(names: Mapping[str, str], cls: str) -> str:
     return names.get(cls, f"class {cls}")
+
+
+def _percent(fraction: float, digits: int) -> str:
+    """A Dice fraction as percent text; "n/a" for NaN (not scored)."""
+    return "n/a" if np.isnan(fraction) else f"{100 * fraction:.{digits}f}"
 
 
 # ---------------------------------------------------------------- training curves
@@ -152,6 +161,8 @@ def plot_dice_per_class(runs: Mapping[str, Mapping[int, Path | str]], out_png: P
 
     ``runs``: run name (``3d-fp32-1gpu``) -> fold -> evaluation CSV. Every case is drawn as a
     dot over its box: with a few dozen cases the spread is worth seeing, not just quartiles.
+    Only scored cells are drawn and averaged; a class scored in no case of a run gets no
+    box and "n/a" above it.
     """
     if not runs:
         raise ValueError("plot_dice_per_class needs at least one run")
@@ -173,8 +184,8 @@ def plot_dice_per_class(runs: Mapping[str, Mapping[int, Path | str]], out_png: P
         for i, d in enumerate(data, start=1):
             ax.scatter(i + rng.uniform(-0.15, 0.15, len(d)), d, s=10, color="black",
                        alpha=0.6, zorder=3)
-            if len(d):
-                ax.text(i, 101, f"{np.mean(d):.1f}", ha="center", va="bottom", fontsize=8)
+            ax.text(i, 101, f"{np.mean(d):.1f}" if len(d) else "n/a", ha="center",
+                    va="bottom", fontsize=8)
         ax.set_title(label, pad=16)
         ax.set_ylim(-3, 108)
         ax.grid(axis="y", alpha=0.3)
@@ -249,8 +260,12 @@ def plot_throughput(records: Sequence[Mapping[str, Any] | Path | str],
 
 
 def pick_cases(runs_scores: pd.DataFrame, n: int = 3) -> pd.DataFrame:
-    """The worst, median and best case by ``dice_mean`` (``n`` spread evenly; ties by id)."""
-    ranked = runs_scores.sort_values(["dice_mean", "case"], kind="stable").reset_index(drop=True)
+    """The worst, median and best case by ``dice_mean`` (``n`` spread evenly; ties by id).
+
+    Cases without a scored class (``dice_mean`` NaN) have no rank and are never picked.
+    """
+    scored = runs_scores[runs_scores["dice_mean"].notna()]
+    ranked = scored.sort_values(["dice_mean", "case"], kind="stable").reset_index(drop=True)
     if len(ranked) <= n:
         return ranked
     picks = sorted({round(i * (len(ranked) - 1) / (n - 1)) for i in range(n)}) if n > 1 else [0]
@@ -295,6 +310,10 @@ def plot_overlays(raw_dir: Path | str, fold_csvs: Mapping[int, Path | str],
     ds = load_dataset(raw_dir)
     scores = read_scores(fold_csvs)
     picked = pick_cases(scores, n_cases)
+    if len(picked) == 0:
+        files = ", ".join(str(f) for f in fold_csvs.values())
+        raise DataError(f"no case in {files} has a scored class (every dice_mean is empty): "
+                        "no worst, median or best case to show")
     # colour of label value v at index v, whatever values the dataset uses
     cmap = ListedColormap(["none", *(LABEL_COLOURS[(v - 1) % len(LABEL_COLOURS)]
                                      for v in range(1, max(ds.labels) + 1))])
@@ -321,11 +340,11 @@ def plot_overlays(raw_dir: Path | str, fold_csvs: Mapping[int, Path | str],
         aspect = spacing[1] / spacing[0]  # rows are Y, columns X after the transpose below
         lo, hi = _window(img[:, :, z])
         dice = case._asdict()
-        parts = [f"{ds.labels.get(int(c), c) if c.isdigit() else c} {100 * dice[col]:.0f}"
+        parts = [f"{ds.labels.get(int(c), c) if c.isdigit() else c} {_percent(dice[col], 0)}"
                  for c, col in _class_columns(picked, "dice_")]
         panels = [(None, f"{ds.channels[channel]}, slice z={z}"),
                   (ref, f"reference ({int((ref[:, :, z] > 0).sum())} tumour voxels)"),
-                  (prd, f"prediction, Dice mean {100 * dice['dice_mean']:.1f}")]
+                  (prd, f"prediction, Dice mean {_percent(dice['dice_mean'], 1)}")]
         for ax, (overlay, panel_title) in zip(row, panels, strict=True):
             ax.imshow(img[:, :, z].T, cmap="gray", vmin=lo, vmax=hi, origin="lower",
                       aspect=aspect, interpolation="nearest")

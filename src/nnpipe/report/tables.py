@@ -14,6 +14,7 @@ Under each table, links to the PNG plots (:mod:`nnpipe.report.plots`) written be
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 from collections.abc import Mapping, Sequence
@@ -131,7 +132,8 @@ def render_tables(grid: TableGrid, dice: Mapping[tuple, float],
                   results_dir: Path | str = "results", plots: Sequence[PlotLink] = ()) -> str:
     """The whole ``tables.md``.
 
-    ``dice``: fold Dice in percent per ``RunKey``; ``train_info``: ``train.json`` contents per
+    ``dice``: fold Dice in percent per ``RunKey`` (NaN: no class scored in any case of the
+    fold, see :func:`read_fold_dice`); ``train_info``: ``train.json`` contents per
     ``RunKey``; ``bench``: benchmark JSON contents; ``machine``: cpu, gpu, torch, monai and
     nnpipe versions; ``plots``: PNGs to link under the tables. Only measurements present are
     given; the rest is named as missing under ``results_dir``.
@@ -215,18 +217,25 @@ def _format_time(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
-def _folds_note(n: int, total: int) -> str:
+def _folds_note(n: int, total: int, extra: str = "") -> str:
     if n == total:
-        return f"({n} fold{'s' if n > 1 else ''})"
-    return f"({n} of {total} folds)"
+        return f"({n} fold{'s' if n > 1 else ''}{extra})"
+    return f"({n} of {total} folds{extra})"
 
 
 def _dice_cell(values: list[float], total: int, missing: str) -> str:
+    """Mean ± sample std over the folds; a fold whose Dice is NaN (no class scored in any
+    of its cases) is left out and counted, and with no fold left the cell says n/a."""
     if not values:
         return f"missing: {missing}"
-    mean = statistics.fmean(values)
-    spread = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
-    return f"{mean:.2f}{spread} {_folds_note(len(values), total)}"
+    scored = [v for v in values if not math.isnan(v)]
+    unscored = len(values) - len(scored)
+    if not scored:
+        return f"n/a (no class scored in {_folds_note(unscored, total)[1:-1]})"
+    mean = statistics.fmean(scored)
+    spread = f" ± {statistics.stdev(scored):.2f}" if len(scored) > 1 else ""
+    extra = f"; {unscored} with no class scored" if unscored else ""
+    return f"{mean:.2f}{spread} {_folds_note(len(scored), total, extra)}"
 
 
 def _dice_table(grid: TableGrid, dice: Mapping[tuple, float],
@@ -253,9 +262,10 @@ def _dice_table(grid: TableGrid, dice: Mapping[tuple, float],
             speedups = _ratio_cells(grid.precisions, times, "time", invert=True)
             rows.append([str(dim), str(g), batch, *dice_cells, *time_cells, *speedups])
     return ("\n## Training accuracy\n\n" + _machine_line(machine) + "\n"
-            "Dice: mean over foreground labels per case, mean over a fold's validation cases,\n"
-            "in percent; mean ± sample std over folds. Time: wall time of one fold's training,\n"
-            "mean over folds. Speedup: time of the first precision / time of the other.\n\n"
+            "Dice: mean over the classes scored in a case (a class absent from both reference\n"
+            "and prediction is not scored), mean over a fold's validation cases, in percent;\n"
+            "mean ± sample std over folds. Time: wall time of one fold's training, mean over\n"
+            "folds. Speedup: time of the first precision / time of the other.\n\n"
             + _md_table(header, rows))
 
 
@@ -407,14 +417,17 @@ def collect_and_render(results_dir: Path | str, dataset: str, grid: TableGrid,
 
 
 def read_fold_dice(path: Path) -> float:
-    """A fold's Dice in percent: the mean of the ``dice_mean`` column (fractions) × 100."""
+    """A fold's Dice in percent: the mean of the ``dice_mean`` column (fractions) × 100.
+
+    An empty cell (NaN: no class scored in that case) is left out; NaN if every cell is.
+    """
     try:
         table = pd.read_csv(path)
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot be read as CSV ({exc})", path=path) from exc
     if "dice_mean" not in table.columns or len(table) == 0:
         raise DataError("evaluation CSV has no dice_mean column or no rows", path=path)
-    return 100.0 * float(table["dice_mean"].mean())
+    return 100.0 * float(table["dice_mean"].mean(skipna=True))
 
 
 def _bench_files(results_dir: Path | str, dataset: str,

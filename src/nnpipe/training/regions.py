@@ -56,11 +56,13 @@ def labels_to_regions(seg: torch.Tensor, regions: Sequence[ScoredClass]) -> torc
 
 def regions_to_labels(probs: np.ndarray, regions: Sequence[ScoredClass],
                       threshold: float = THRESHOLD) -> np.ndarray:
-    """Region probabilities ``(R, *S)`` -> uint8 labels ``(*S)``: each region's lowest label
-    where its probability exceeds ``threshold``, inner regions written last."""
+    """Region probabilities ``(R, *S)`` -> labels ``(*S)`` (the smallest unsigned dtype that
+    holds them): each region's lowest label where its probability exceeds ``threshold``,
+    inner regions written last."""
     if probs.shape[0] != len(regions):
         raise ValueError(f"got {probs.shape[0]} region maps for {len(regions)} regions")
-    out = np.zeros(probs.shape[1:], dtype=np.uint8)
+    top = max((max(r.labels) for r in regions), default=0)
+    out = np.zeros(probs.shape[1:], dtype=np.uint8 if top <= 255 else np.uint16)
     for r, p in zip(regions, probs, strict=True):  # outermost (WT) first
         out[p > threshold] = min(r.labels)
     return out
@@ -105,8 +107,11 @@ def model_outputs(num_classes: int, enabled: bool) -> int:
     return output_channels(num_classes, enabled)
 
 
-def head_loss(labels: Mapping[int, str], enabled: bool) -> torch.nn.Module | None:
-    """The per-head loss in region mode, else ``None`` (Dice + CE, the default)."""
+def head_loss(labels: Mapping[int, str] | Sequence[int], enabled: bool
+              ) -> torch.nn.Module | None:
+    """The per-head loss in region mode, else ``None`` (Dice + CE, the default). ``labels``
+    are the class indices the preprocessed maps hold (``range(num_classes)``): the regions
+    "index >= i" are the regions "value >= l_i", as the value <-> index table keeps order."""
     return RegionLoss(nested_regions(labels)) if enabled else None
 
 

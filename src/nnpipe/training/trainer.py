@@ -137,9 +137,10 @@ def _build(run: TrainRun, info: D.DistInfo, plan: Plan, train_ids: list[str]) ->
         seed=s.seed + 1000 * run.fold + 7919 * info.rank, device=info.device,
         # on CPU, sampler threads would compete with the training threads for the cores
         workers=None if info.device.type == "cuda" else 1)
+    # the preprocessed label maps hold class indices (nnpipe.labels.LabelTable)
+    loss = DeepSupervisionLoss(R.head_loss(range(plan.num_classes), s.regions))
     return _Parts(plan, model, net, optimizer, scheduler, make_scaler(precision, info.device),
-                  loader, DeepSupervisionLoss(R.head_loss(plan.labels, s.regions)), precision,
-                  fmt, batch_size, epochs)
+                  loader, loss, precision, fmt, batch_size, epochs)
 
 
 def _fresh_state() -> dict[str, Any]:

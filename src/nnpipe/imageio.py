@@ -1,0 +1,434 @@
+"""Image files in and out: NIfTI (nibabel), NRRD and MetaImage (SimpleITK), 3D TIFF (tifffile),
+PNG and BMP (Pillow). The only module that knows file formats.
+
+:func:`read_file` returns an :class:`ImageFile`: the voxels in the file's own voxel order as
+``(X, Y, Z, C)`` (2D files get ``Z = 1``; RGB24 and vector voxels become channels), the affine
+from voxel indices to world RAS+ millimetres (header units converted), and what
+:func:`write_like` needs to write a label map back in the same format on the same grid.
+Orientation to the canonical voxel order is :mod:`nnpipe.geometry`'s job, datasets and cases
+:mod:`nnpipe.datasets.layout`'s.
+
+NIfTI rules followed (NIfTI-1 header, ``nifti1.h``): the affine is the sform when
+``sform_code > 0``, else the qform when ``qform_code > 0``, else the pixdim diagonal
+(nibabel's ``get_best_affine``); ``xyzt_units`` metres and micrometres become mm;
+``scl_slope``/``scl_inter`` are applied. SimpleITK images are LPS+: the first two world axes
+are negated to reach RAS+. TIFF and PNG have no geometry: spacing 1 mm unless a sidecar
+``<case>.json`` (nnU-Net v2's convention) gives ``{"spacing": [x, y, z]}``.
+
+SimpleITK, tifffile and Pillow are the ``formats`` extra (``pip install 'nnpipe[formats]'``);
+a missing one gives a :class:`DataError` with the ``pip install`` line.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from nnpipe.errors import DataError
+from nnpipe.geometry import orientation_of, spacing_of
+from nnpipe.io import atomic_path
+
+# Ending -> reader family. Longest endings first so ".nii.gz" wins over ".gz".
+ENDINGS: dict[str, str] = {
+    ".nii.gz": "nifti", ".nii": "nifti",
+    ".nrrd": "sitk", ".nhdr": "sitk", ".mha": "sitk", ".mhd": "sitk",
+    ".tif": "tiff", ".tiff": "tiff",
+    ".png": "pillow", ".bmp": "pillow",
+}
+# Files that belong to an image without being one (MetaImage/NRRD detached data, TIFF
+# spacing sidecars): never cases, never warned about.
+COMPANIONS = (".raw", ".zraw", ".raw.gz", ".img", ".json")
+
+_EXTRA = {"SimpleITK": "SimpleITK", "tifffile": "tifffile", "PIL": "Pillow"}
+_UNITS_TO_MM = {"meter": 1000.0, "mm": 1.0, "micron": 1e-3, "unknown": 1.0}
+
+
+def ending_of(path: Path | str) -> str | None:
+    """The supported ending of ``path`` (``".nii.gz"``, ``".nrrd"``, ...), or None."""
+    name = Path(path).name.lower()
+    for ending in sorted(ENDINGS, key=len, reverse=True):
+        if name.endswith(ending) and len(name) > len(ending):
+            return ending
+    return None
+
+
+def strip_ending(path: Path | str) -> str:
+    """The file name without its supported ending (the whole stem, ``_NNNN`` included)."""
+    name = Path(path).name
+    ending = ending_of(path)
+    return name[: -len(ending)] if ending else Path(name).stem
+
+
+def is_companion(path: Path | str) -> bool:
+    return Path(path).name.lower().endswith(COMPANIONS)
+
+
+@dataclass
+class ImageFile:
+    """One image file's voxels and geometry.
+
+    ``data``: ``(X, Y, Z, C)`` in the file's voxel order, the stored dtype (scaled to float
+    where the header says so). ``affine``: 4×4 voxel -> world RAS+ mm. ``other_affine``: for
+    NIfTI with both forms coded and different, the form not chosen (mm), else None.
+    """
+
+    path: Path
+    data: np.ndarray
+    affine: np.ndarray
+    family: str
+    source: Any = None  # what the writer needs: nibabel header, SimpleITK image information
+    other_affine: np.ndarray | None = None
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def spatial_shape(self) -> tuple[int, int, int]:
+        s = self.data.shape
+        return (int(s[0]), int(s[1]), int(s[2]))
+
+    @property
+    def channels(self) -> int:
+        return int(self.data.shape[3])
+
+
+@dataclass(frozen=True)
+class HeaderInfo:
+    """What a header says without reading voxels: canonical shape (X, Y, Z), channels,
+    canonical spacing (mm) and bytes per stored voxel value."""
+
+    shape: tuple[int, int, int]
+    channels: int
+    spacing: tuple[float, float, float]
+    itemsize: int
+
+
+def _module(name: str, path: Path, case: str | None) -> ModuleType:
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise DataError(f"reading or writing {ending_of(path) or path.suffix} files needs "
+                        f"{_EXTRA[name]}: pip install 'nnpipe[formats]' (or pip install "
+                        f"{_EXTRA[name]})", case=case, path=path) from exc
+
+
+def _family(path: Path, case: str | None) -> str:
+    ending = ending_of(path)
+    if ending is None:
+        raise DataError(f"unsupported file type; nnpipe reads {', '.join(ENDINGS)}",
+                        case=case, path=path)
+    return ENDINGS[ending]
+
+
+def read_file(path: Path | str, *, case: str | None = None) -> ImageFile:
+    """Read one image file (see the module docstring). Raises :class:`DataError` naming the
+    case and file if it is missing, of an unsupported type, truncated or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("file is missing", case=case, path=path)
+    family = _family(path, case)
+    reader = {"nifti": _read_nifti, "sitk": _read_sitk, "tiff": _read_tiff,
+              "pillow": _read_pillow}[family]
+    try:
+        out = reader(path, case)
+    except DataError:
+        raise
+    except Exception as exc:  # each library raises its own types for corrupt files
+        raise DataError(f"cannot be read as {family} ({type(exc).__name__}: {exc})",
+                        case=case, path=path) from exc
+    out.data = _as_xyzc(out.data, path, case)
+    a = out.affine[:3, :3]
+    if not np.all(np.isfinite(out.affine)) or abs(float(np.linalg.det(a))) < 1e-12:
+        raise DataError("header geometry is not invertible (zero or non-finite voxel size or "
+                        "direction): fix the affine (NIfTI sform/qform, or spacing/direction)",
+                        case=case, path=path)
+    return out
+
+
+def _as_xyzc(data: np.ndarray, path: Path, case: str | None) -> np.ndarray:
+    """Any supported voxel layout -> ``(X, Y, Z, C)``."""
+    if data.dtype.names:  # RGB24 / RGBA32 NIfTI: one structured voxel per position
+        data = np.stack([data[n] for n in data.dtype.names], axis=-1)
+        if data.ndim == 3:  # a 2D RGB image (X, Y, C)
+            data = data[:, :, None, :]
+        return data
+    if data.ndim == 2:
+        return data[:, :, None, None]
+    if data.ndim == 3:
+        return data[..., None]
+    if data.ndim == 4:
+        return data
+    if data.ndim == 5 and data.shape[3] == 1:  # NIfTI vector image (X, Y, Z, 1, C)
+        return data[:, :, :, 0, :]
+    raise DataError(f"expected 2 to 4 axes (X, Y[, Z][, C]) or a NIfTI vector image "
+                    f"(X, Y, Z, 1, C), got shape {tuple(data.shape)}", case=case, path=path)
+
+
+# ---------------------------------------------------------------- NIfTI
+
+
+def _read_nifti(path: Path, case: str | None) -> ImageFile:
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
+        raise DataError(f"not a NIfTI image (nibabel read it as {type(img).__name__})",
+                        case=case, path=path)
+    header = img.header
+    unit = header.get_xyzt_units()[0]
+    scale = _UNITS_TO_MM.get(unit, 1.0)
+    notes = () if scale == 1.0 else (f"header units {unit} converted to mm (x{scale:g})",)
+    affine = _scaled(np.asarray(img.affine, dtype=np.float64), scale)
+    other = None
+    qform, qcode = header.get_qform(coded=True)
+    sform, scode = header.get_sform(coded=True)
+    if qcode and scode and not np.allclose(qform, sform, atol=1e-4):
+        other = _scaled(np.asarray(qform, dtype=np.float64), scale)
+    data = np.asarray(np.asanyarray(img.dataobj))
+    return ImageFile(path, data, affine, "nifti", header, other, notes)
+
+
+def _scaled(affine: np.ndarray, scale: float) -> np.ndarray:
+    out = affine.copy()
+    out[:3, :] *= scale
+    return out
+
+
+def _write_nifti(path: Path, labels: np.ndarray, src: ImageFile) -> None:
+    """Labels ``(X, Y, Z)`` in the file order, with the source's qform and sform (matrices,
+    codes, units); code 1 (scanner) where the source had none."""
+    import nibabel as nib
+
+    header = src.source
+    img_cls = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+    qform, qcode = header.get_qform(coded=True)
+    sform, scode = header.get_sform(coded=True)
+    best = header.get_best_affine()
+    data = labels[:, :, 0] if src.data.ndim == 4 and _was_2d(header) else labels
+    img = img_cls(data, best)
+    img.set_qform(qform if qcode else best, code=int(qcode) or 1)
+    img.set_sform(sform if scode else best, code=int(scode) or 1)
+    img.header.set_xyzt_units(*header.get_xyzt_units())
+    img.set_data_dtype(labels.dtype)
+    img.header["intent_code"] = 1002  # NIFTI_INTENT_LABEL
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+
+
+def _was_2d(header: Any) -> bool:
+    return int(header["dim"][0]) == 2
+
+
+# ---------------------------------------------------------------- SimpleITK
+
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+def _sitk_affine(img: Any) -> np.ndarray:
+    dim = img.GetDimension()
+    direction = np.eye(3)
+    direction[:dim, :dim] = np.asarray(img.GetDirection(), dtype=np.float64).reshape(dim, dim)
+    spacing = np.ones(3)
+    spacing[:dim] = img.GetSpacing()
+    origin = np.zeros(3)
+    origin[:dim] = img.GetOrigin()
+    a = np.eye(4)
+    a[:3, :3] = _LPS_TO_RAS @ direction @ np.diag(spacing)
+    a[:3, 3] = _LPS_TO_RAS @ origin
+    return a
+
+
+def _read_sitk(path: Path, case: str | None) -> ImageFile:
+    sitk = _module("SimpleITK", path, case)
+    img = sitk.ReadImage(str(path))
+    if img.GetDimension() not in (2, 3):
+        raise DataError(f"SimpleITK reads a {img.GetDimension()}D image; nnpipe needs 2D or 3D "
+                        "(channels as vector pixels)", case=case, path=path)
+    arr = sitk.GetArrayFromImage(img)  # (Z, Y, X[, C]) or (Y, X[, C])
+    spatial = img.GetDimension()
+    arr = np.moveaxis(arr, list(range(spatial)), list(reversed(range(spatial))))
+    if img.GetNumberOfComponentsPerPixel() == 1:
+        arr = arr[..., None]
+    if spatial == 2:
+        arr = arr[:, :, None, :]
+    info = {"origin": img.GetOrigin(), "spacing": img.GetSpacing(),
+            "direction": img.GetDirection(), "dimension": spatial}
+    return ImageFile(path, arr, _sitk_affine(img), "sitk", info)
+
+
+def _write_sitk(path: Path, labels: np.ndarray, src: ImageFile) -> None:
+    sitk = _module("SimpleITK", path, None)
+    info = src.source
+    arr = labels[:, :, 0] if info["dimension"] == 2 else labels
+    img = sitk.GetImageFromArray(np.ascontiguousarray(arr.T))
+    img.SetOrigin(info["origin"])
+    img.SetSpacing(info["spacing"])
+    img.SetDirection(info["direction"])
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(img, str(tmp), True)
+
+
+# ---------------------------------------------------------------- TIFF and PNG/BMP
+
+
+def _sidecar_spacing(path: Path, ndim: int) -> tuple[float, ...]:
+    """Spacing from ``<case>.json`` (``{"spacing": [x, y, z]}``), else 1 mm per axis."""
+    side = path.with_name(strip_ending(path) + ".json")
+    if not side.is_file():
+        return (1.0,) * ndim
+    try:
+        spacing = [float(v) for v in json.loads(side.read_text())["spacing"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"spacing sidecar is not {{\"spacing\": [x, y, z]}} ({exc})",
+                        path=side) from exc
+    return tuple(spacing)
+
+
+def _diag_affine(spacing: tuple[float, ...]) -> np.ndarray:
+    a = np.eye(4)
+    for i, s in enumerate(spacing[:3]):
+        a[i, i] = s
+    return a
+
+
+def _read_tiff(path: Path, case: str | None) -> ImageFile:
+    tifffile = _module("tifffile", path, case)
+    arr = np.asarray(tifffile.imread(str(path)))  # (Z, Y, X[, C]) or (Y, X[, C])
+    # 2D (Y, X), 3D stack (Z, Y, X), or channels as a 4D (Z, Y, X, C) stack
+    if arr.ndim == 2:
+        arr = arr.T
+    elif arr.ndim == 3:
+        arr = arr.transpose(2, 1, 0)
+    elif arr.ndim == 4:
+        arr = arr.transpose(2, 1, 0, 3)
+    spacing = _sidecar_spacing(path, 3)
+    return ImageFile(path, arr, _diag_affine(spacing), "tiff", {"ndim": arr.ndim})
+
+
+def _write_tiff(path: Path, labels: np.ndarray, src: ImageFile) -> None:
+    tifffile = _module("tifffile", path, None)
+    arr = labels[:, :, 0].T if src.source.get("ndim") == 2 else labels.transpose(2, 1, 0)
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(str(tmp), np.ascontiguousarray(arr))
+
+
+def _read_pillow(path: Path, case: str | None) -> ImageFile:
+    _module("PIL", path, case)  # the install hint if Pillow is missing
+    from PIL import Image
+
+    with Image.open(str(path)) as im:
+        arr = np.asarray(im)  # (Y, X) or (Y, X, C)
+    arr = arr.swapaxes(0, 1)  # (X, Y[, C])
+    arr = arr[:, :, None] if arr.ndim == 2 else arr[:, :, None, :]
+    spacing = _sidecar_spacing(path, 3)
+    return ImageFile(path, arr, _diag_affine(spacing), "pillow", None)
+
+
+def _write_pillow(path: Path, labels: np.ndarray, src: ImageFile) -> None:
+    _module("PIL", path, None)
+    from PIL import Image
+
+    arr = np.ascontiguousarray(labels[:, :, 0].T)
+    if arr.dtype.itemsize > 1 and path.suffix.lower() == ".bmp":
+        raise DataError("label values above 255 cannot be written as BMP", path=path)
+    if arr.dtype != np.uint8:
+        arr = arr.astype(np.uint16)
+    with atomic_path(path) as tmp:
+        Image.fromarray(arr).save(str(tmp), format=path.suffix.lstrip(".").upper())
+
+
+_WRITERS = {"nifti": _write_nifti, "sitk": _write_sitk, "tiff": _write_tiff,
+            "pillow": _write_pillow}
+
+
+def write_like(path: Path | str, labels: np.ndarray, src: ImageFile) -> None:
+    """Write an integer label map ``(X, Y, Z)`` (the source file's voxel order and shape) to
+    ``path`` in ``src``'s format with its geometry, atomically."""
+    path = Path(path)
+    if labels.shape[:3] != src.spatial_shape:
+        raise ValueError(f"labels of shape {labels.shape} do not match the source grid "
+                         f"{src.spatial_shape} of {src.path}")
+    _WRITERS[src.family](path, labels, src)
+
+
+# ---------------------------------------------------------------- headers only
+
+
+def read_header(path: Path | str, *, case: str | None = None) -> HeaderInfo:
+    """Shape, channels and spacing from the header alone (no voxel read), in the canonical
+    voxel order: what memory estimates need. Raises :class:`DataError` like :func:`read_file`."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("file is missing", case=case, path=path)
+    family = _family(path, case)
+    try:
+        shape, channels, affine, itemsize = _HEADERS[family](path, case)
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"cannot read the {family} header ({type(exc).__name__}: {exc})",
+                        case=case, path=path) from exc
+    o = orientation_of(affine, shape)
+    sp = spacing_of(affine)
+    canon = [0.0, 0.0, 0.0]
+    for s, (axis, _) in zip(sp, o.transform, strict=True):
+        canon[axis] = s
+    return HeaderInfo(o.canonical_shape, channels, (canon[0], canon[1], canon[2]), itemsize)
+
+
+def _nifti_header(path: Path, case: str | None) -> tuple[tuple[int, ...], int, np.ndarray, int]:
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    shape = tuple(int(s) for s in img.shape)
+    dtype = img.get_data_dtype()
+    channels = len(dtype.names) if dtype.names else 1
+    spatial = (shape + (1, 1))[:3]
+    for s in shape[3:]:
+        channels *= s
+    scale = _UNITS_TO_MM.get(img.header.get_xyzt_units()[0], 1.0)
+    return spatial, channels, _scaled(np.asarray(img.affine, dtype=np.float64), scale), 4
+
+
+def _sitk_header(path: Path, case: str | None) -> tuple[tuple[int, ...], int, np.ndarray, int]:
+    sitk = _module("SimpleITK", path, case)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    size = tuple(int(s) for s in reader.GetSize())
+    spatial = (size + (1, 1))[:3]
+    a = np.eye(4)
+    dim = len(size)
+    direction = np.eye(3)
+    direction[:dim, :dim] = np.asarray(reader.GetDirection()).reshape(dim, dim)
+    spacing = np.ones(3)
+    spacing[:dim] = reader.GetSpacing()
+    a[:3, :3] = _LPS_TO_RAS @ direction @ np.diag(spacing)
+    return spatial, int(reader.GetNumberOfComponents()), a, 4
+
+
+def _tiff_header(path: Path, case: str | None) -> tuple[tuple[int, ...], int, np.ndarray, int]:
+    tifffile = _module("tifffile", path, case)
+    with tifffile.TiffFile(str(path)) as tf:
+        shape = tuple(int(s) for s in tf.series[0].shape)
+    xyz = tuple(reversed(shape[:3])) if len(shape) >= 3 else (shape[1], shape[0], 1)
+    channels = shape[3] if len(shape) == 4 else 1
+    return xyz, channels, _diag_affine(_sidecar_spacing(path, 3)), 4
+
+
+def _pillow_header(path: Path, case: str | None) -> tuple[tuple[int, ...], int, np.ndarray, int]:
+    _module("PIL", path, case)
+    from PIL import Image
+
+    with Image.open(str(path)) as im:
+        x, y = im.size
+        channels = len(im.getbands())
+    return (x, y, 1), channels, _diag_affine(_sidecar_spacing(path, 3)), 4
+
+
+_HEADERS = {"nifti": _nifti_header, "sitk": _sitk_header, "tiff": _tiff_header,
+            "pillow": _pillow_header}
