@@ -1,6 +1,8 @@
 # Wiring only: config validation, the experiment grid, wildcard constraints, input functions.
 
+import functools
 import json
+import os
 
 from snakemake.utils import validate
 
@@ -34,11 +36,50 @@ def section_json(*names):
     return json.dumps({name: config[name] for name in names}, sort_keys=True)
 
 
+# ---- dims the dataset allows: the fingerprint (a checkpoint) decides
+
+
+@functools.cache
+def _single_slice(path, mtime_ns):
+    """Fingerprint.single_slice of the fingerprint JSON at `path`, read once per version of
+    the file (mtime_ns) although the input functions below run once per job."""
+    from nnpipe.planning.fingerprint import Fingerprint
+
+    with open(path) as f:
+        return Fingerprint.from_dict(json.load(f)).single_slice
+
+
+def left_out_dims():
+    """Dims of grid.dims the dataset cannot have, each with why: {3: ...} when every case is a
+    single slice (a 2D dataset; the fingerprint job logs it). Waits for the fingerprint
+    checkpoint, so only input functions (and params of a rule whose input does) call it."""
+    path = checkpoints.fingerprint.get(dataset=DATASET).output.fingerprint
+    if 3 not in GRID.dims or not _single_slice(path, os.stat(path).st_mtime_ns):
+        return {}
+    return {3: f"every case of `{DATASET}` is a single slice (a 2D dataset)"}
+
+
+def planned_dims():
+    """GRID.dims less left_out_dims(): the dims whose runs are in the study's DAG."""
+    left_out = left_out_dims()
+    dims = [d for d in GRID.dims if d not in left_out]
+    if not dims:
+        raise ValueError(f"grid.dims is {list(GRID.dims)} but "
+                         + "; ".join(left_out.values()) + ": add 2 to grid.dims")
+    return dims
+
+
+def get_left_out(wildcards):
+    """left_out_dims() for the tables (a params function: the tables' input waits for the
+    fingerprint)."""
+    return left_out_dims()
+
+
 def run_keys():
-    """(dim, precision, gpus, fold) of every training run in the grid."""
+    """(dim, precision, gpus, fold) of every training run the study makes (planned_dims)."""
     return [
         dict(dim=d, precision=p, gpus=g, fold=f)
-        for d in GRID.dims
+        for d in planned_dims()
         for p in GRID.precisions
         for g in GRID.gpus
         for f in GRID.folds
@@ -46,9 +87,9 @@ def run_keys():
 
 
 def benchmark_keys():
-    """(mode, dim, precision, bs, gpus) of every benchmark cell in the grid."""
+    """(mode, dim, precision, bs, gpus) of every benchmark cell the study makes."""
     keys = []
-    for d in GRID.dims:
+    for d in planned_dims():
         for p in BENCH.precisions:
             keys += [dict(mode="train", dim=d, precision=p, bs=b, gpus=g)
                      for b in BENCH.train_batch_sizes(d) for g in BENCH.gpus]
@@ -58,6 +99,7 @@ def benchmark_keys():
 
 
 def get_table_inputs(wildcards):
+    """Everything tables.md reads, for the dims planned_dims() keeps."""
     ds = DS.format(dataset=DATASET)
     run = f"{ds}/{{stage}}/{RUN}"
     return {
@@ -77,7 +119,7 @@ def get_ensembles(wildcards):
         return []
     ds = DS.format(dataset=DATASET)
     return [f"{ds}/ensemble/{RUN}".format(dim=d, precision=p, gpus=g)
-            for d in GRID.dims for p in GRID.precisions for g in GRID.gpus]
+            for d in planned_dims() for p in GRID.precisions for g in GRID.gpus]
 
 
 def get_fold_files(pattern):
@@ -143,11 +185,16 @@ def get_benchmarks(wildcards):
 
 def get_plot_files(wildcards):
     """Every PNG that tables.md links (the list nnpipe.report.tables.study_plots names)."""
+    from dataclasses import replace
+
     from nnpipe.report.tables import TableGrid, study_plots
 
-    return [f"{RESULTS}/{path}" for *_, path in study_plots(TableGrid.from_study(STUDY))]
+    grid = replace(TableGrid.from_study(STUDY), dims=tuple(planned_dims()))
+    return [f"{RESULTS}/{path}" for *_, path in study_plots(grid)]
 
 
-def run_names():
+def get_run_names(wildcards):
+    """Run names in get_all_evaluations order (a params function: it waits for the
+    fingerprint through that input function)."""
     return [RUN.format(dim=d, precision=p, gpus=g)
-            for d in GRID.dims for p in GRID.precisions for g in GRID.gpus]
+            for d in planned_dims() for p in GRID.precisions for g in GRID.gpus]

@@ -1,4 +1,6 @@
-rule fingerprint:
+# A checkpoint: the fingerprint says which dims the dataset can have (a 2D dataset, every
+# case a single slice, has no 3D runs), and rules/common.smk's input functions read it.
+checkpoint fingerprint:
     input:
         dataset=rules.download.output.dataset,
     output:

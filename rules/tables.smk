@@ -78,7 +78,7 @@ rule plot_dice:
         ),
     params:
         folds=list(GRID.folds),
-        runs=run_names(),
+        runs=get_run_names,
         regions=STUDY.training.regions,
     conda:
         "../envs/nnpipe.yaml"
@@ -112,6 +112,8 @@ rule tables:
         plots=get_plot_files,
     output:
         tables=report(TABLES, caption="../report/tables.rst", category="Tables"),
+    params:
+        left_out=get_left_out,
     conda:
         "../envs/nnpipe.yaml"
     log:

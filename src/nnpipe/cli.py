@@ -101,7 +101,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
                   device=args.device)
     if args.input:
         predict_folder(args.model, args.input, args.out, _cfg(args).inference,
-                       allow_empty=args.allow_empty, **common)
+                       allow_empty=args.allow_empty, layout=args.layout, **common)
     else:
         ids = None if args.test else args.cases or load_fold(args.splits, args.fold)["val"]
         predict_dataset(args.model, args.raw, ids, args.out, _cfg(args).inference, **common)
@@ -213,6 +213,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--input", "-i", help="folder of images in the layout the model was trained "
                     "on (MSD: one file per case, e.g. <case>.nii.gz; nnU-Net v2: "
                     "<case>_0000.nii.gz per channel); any supported format; no labels needed")
+    sp.add_argument("--layout", choices=("msd", "nnunetv2"), help="how --input groups files "
+                    "into cases (default: the layout of the dataset the model was trained on)")
     sp.add_argument("--raw", help="dataset folder, with --splits/--fold, --cases or --test")
     sp.add_argument("--test", action="store_true", help="with --raw: the dataset's test cases "
                     "(dataset.json's 'test' list, else imagesTs)")

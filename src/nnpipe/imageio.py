@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -45,6 +47,8 @@ ENDINGS: dict[str, str] = {
 # spacing sidecars): never cases, never warned about.
 COMPANIONS = (".raw", ".zraw", ".raw.gz", ".img", ".json")
 
+_FAMILY_NAMES = {"nifti": "NIfTI", "sitk": "NRRD/MetaImage (SimpleITK)", "tiff": "TIFF",
+                 "pillow": "PNG/BMP (Pillow)"}
 _EXTRA = {"SimpleITK": "SimpleITK", "tifffile": "tifffile", "PIL": "Pillow"}
 _UNITS_TO_MM = {"meter": 1000.0, "mm": 1.0, "micron": 1e-3, "unknown": 1.0}
 
@@ -138,15 +142,19 @@ def read_file(path: Path | str, *, case: str | None = None) -> ImageFile:
     except DataError:
         raise
     except Exception as exc:  # each library raises its own types for corrupt files
-        raise DataError(f"cannot be read as {family} ({type(exc).__name__}: {exc})",
+        raise DataError(f"cannot be read as {_FAMILY_NAMES[family]} "
+                        f"({type(exc).__name__}: {exc})",
                         case=case, path=path) from exc
     out.data = _as_xyzc(out.data, path, case)
-    a = out.affine[:3, :3]
-    if not np.all(np.isfinite(out.affine)) or abs(float(np.linalg.det(a))) < 1e-12:
+    _check_affine(out.affine, path, case)
+    return out
+
+
+def _check_affine(affine: np.ndarray, path: Path, case: str | None) -> None:
+    if not np.all(np.isfinite(affine)) or abs(float(np.linalg.det(affine[:3, :3]))) < 1e-12:
         raise DataError("header geometry is not invertible (zero or non-finite voxel size or "
                         "direction): fix the affine (NIfTI sform/qform, or spacing/direction)",
                         case=case, path=path)
-    return out
 
 
 def _as_xyzc(data: np.ndarray, path: Path, case: str | None) -> np.ndarray:
@@ -268,8 +276,31 @@ def _write_sitk(path: Path, labels: np.ndarray, src: ImageFile) -> None:
     img.SetOrigin(info["origin"])
     img.SetSpacing(info["spacing"])
     img.SetDirection(info["direction"])
+    if path.name.lower().endswith(_DETACHED):
+        _write_detached(sitk, img, path)
+        return
     with atomic_path(path) as tmp:
         sitk.WriteImage(img, str(tmp), True)
+
+
+# Headers whose voxels live in a second file (.zraw, .raw.gz) named after the header file.
+_DETACHED = (".mhd", ".nhdr")
+
+
+def _write_detached(sitk: ModuleType, img: Any, path: Path) -> None:
+    """Write a detached-header image under its final names. The writer names the data file
+    after the header file, so writing to :func:`atomic_path`'s temporary name would leave the
+    header pointing at a hidden temporary data file. Both files are written in a temporary
+    folder beside ``path`` and moved in data first, header last (the header marks completion).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{path.name}.", dir=path.parent) as tmp:
+        staged = Path(tmp) / path.name
+        sitk.WriteImage(img, str(staged), True)
+        for p in Path(tmp).iterdir():
+            if p != staged:
+                os.replace(p, path.with_name(p.name))
+        os.replace(staged, path)
 
 
 # ---------------------------------------------------------------- TIFF and PNG/BMP
@@ -370,8 +401,10 @@ def read_header(path: Path | str, *, case: str | None = None) -> HeaderInfo:
     except DataError:
         raise
     except Exception as exc:
-        raise DataError(f"cannot read the {family} header ({type(exc).__name__}: {exc})",
+        raise DataError(f"cannot read the {_FAMILY_NAMES[family]} header "
+                        f"({type(exc).__name__}: {exc})",
                         case=case, path=path) from exc
+    _check_affine(affine, path, case)
     o = orientation_of(affine, shape)
     sp = spacing_of(affine)
     canon = [0.0, 0.0, 0.0]

@@ -173,7 +173,7 @@ def parse_labels(labels: Any, *, layout: str, path: Path | str) -> dict[int, str
                         "label values must be non-negative integers", path=path)
     if 0 not in out:
         raise DataError(f"'labels' does not list the background value 0 (listed: "
-                        f"{sorted(out)}); nnpipe needs background = 0", path=path)
+                        f"{sorted(out)}); nnpipe needs background = 0; {forms}", path=path)
     return dict(sorted(out.items()))
 
 

@@ -33,8 +33,9 @@ def cases(ds: Dataset) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(image (C, X, Y, Z), label (X, Y, Z), affine) per training case, read back via layout."""
     out = []
     for case in ds.training:
-        image, affine = read_image(ds, case)
-        label = read_label(ds, case, image_shape=image.shape[1:], image_affine=affine)
+        ci = read_image(ds, case)
+        image, affine = ci.image, ci.affine
+        label = read_label(ds, case, ci).values
         out.append((image, label, affine))
     return out
 
@@ -43,11 +44,12 @@ def _digest(root: Path) -> str:
     ds = load_dataset(root)
     h = hashlib.sha256()
     for case in ds.training + ds.test:
-        image, affine = read_image(ds, case)
+        ci = read_image(ds, case)
+        image, affine = ci.image, ci.affine
         h.update(image.tobytes())
         h.update(affine.tobytes())
         if case.label is not None:
-            h.update(read_label(ds, case).tobytes())
+            h.update(read_label(ds, case).values.astype(np.uint8).tobytes())
     return h.hexdigest()
 
 
@@ -65,7 +67,7 @@ def test_layout_reads_back(generated: Path, ds: Dataset) -> None:
     assert ds.layout == "msd"
     assert [c.case_id for c in ds.training] == ["BRATS_001", "BRATS_002", "BRATS_003"]
     assert [c.case_id for c in ds.test] == ["BRATS_004"]
-    image, _ = read_image(ds, ds.test[0])
+    image = read_image(ds, ds.test[0]).image
     assert image.shape[0] == 4
     notice = (generated / "LICENSE-MNI152.txt").read_text()
     assert "Copyright (C) 1993-2009 Louis Collins" in notice
@@ -80,7 +82,7 @@ def test_shapes_and_dtypes(generated: Path, cases: list) -> None:
     lab = nib.load(str(generated / "labelsTr" / "BRATS_001.nii.gz"))
     assert lab.get_data_dtype() == np.uint8 and lab.shape == raw.shape[:3]
     for image, label, _ in cases:
-        assert image.dtype == np.float32 and label.dtype == np.uint8
+        assert image.dtype == np.float32 and label.dtype == np.int64  # values as written
         assert image.shape[1:] == label.shape
         # 6 mm grid over a ~150-180 mm brain: 20-40 voxels per side (fewer on a coarse axis)
         assert all(12 <= n <= 45 for n in label.shape), label.shape

@@ -11,6 +11,7 @@ import pytest
 
 from nnpipe.datasets.layout import load_dataset, read_image, read_label
 from nnpipe.errors import DataError
+from nnpipe.planning.fingerprint import compute_fingerprint
 
 AFFINE = np.diag([1.5, 1.0, 2.0, 1.0])
 
@@ -40,10 +41,10 @@ def test_msd_layout(tmp_path):
     ds = load_dataset(_msd(tmp_path))
     assert ds.layout == "msd" and ds.channels == ("M0", "M1") and ds.labels == {0: "background",
                                                                                1: "tumour"}
-    image, affine = read_image(ds, ds.training[0])
-    assert image.shape == (2, 6, 5, 4) and image.dtype == np.float32
-    np.testing.assert_array_equal(affine, AFFINE)
-    assert read_label(ds, ds.training[0], image_shape=image.shape[1:]).sum() == 8
+    ci = read_image(ds, ds.training[0])
+    assert ci.image.shape == (2, 6, 5, 4) and ci.image.dtype == np.float32
+    np.testing.assert_array_equal(ci.affine, AFFINE)
+    assert read_label(ds, ds.training[0], ci).values.sum() == 8
     assert [c.case_id for c in ds.test] == ["t1"]
 
 
@@ -58,7 +59,7 @@ def test_nnunetv2_layout(tmp_path):
     ds = load_dataset(tmp_path)
     assert ds.layout == "nnunetv2" and ds.is_ct == (False, True)
     assert [c.case_id for c in ds.training] == ["case_a"]
-    assert read_image(ds, ds.training[0])[0].shape == (2, 4, 4, 3)
+    assert read_image(ds, ds.training[0]).image.shape == (2, 4, 4, 3)
 
 
 def _break_label_shape(root: Path) -> None:
@@ -97,8 +98,10 @@ def _break_truncated(root: Path) -> None:
 @pytest.mark.parametrize(
     ("breaker", "message"),
     [
-        (_break_label_shape, r"label shape \(6, 5, 3\) differs from image shape \(6, 5, 4\)"),
-        (_break_label_affine, "label affine differs"),
+        (_break_label_shape, r"label grid differs from the image's: shape \(6, 5, 3\) vs "
+                             r"\(6, 5, 4\)"),
+        (_break_label_affine, r"label grid differs from the image's: spacing \(1, 1, 1\) mm vs "
+                              r"\(1\.5, 1, 2\) mm"),
         (_break_channel, r"has 1 channel\(s\) but dataset.json lists 2"),
         (_break_label_value, r"label values \[5\] are not listed"),
         (_break_not_nifti, "cannot be read as NIfTI"),
@@ -111,8 +114,7 @@ def test_bad_input_names_case_and_problem(tmp_path, breaker, message):
     breaker(root)
     ds = load_dataset(root)
     with pytest.raises(DataError, match=rf"case 'c1', file '.*c1\.nii\.gz': .*{message}"):
-        image, affine = read_image(ds, ds.training[0])
-        read_label(ds, ds.training[0], image_shape=image.shape[1:], image_affine=affine)
+        read_label(ds, ds.training[0], read_image(ds, ds.training[0]))
 
 
 def test_listed_but_missing_file(tmp_path):
@@ -127,23 +129,25 @@ def test_missing_dataset_json(tmp_path):
         load_dataset(tmp_path)
 
 
-def _break_2d(root: Path) -> None:
-    _save(root / "imagesTr" / "c1.nii.gz", np.ones((6, 5), np.float32))
-
-
 def _break_single_slice(root: Path) -> None:
     _save(root / "imagesTr" / "c1.nii.gz", np.ones((6, 5, 1, 2), np.float32))
+    _save(root / "labelsTr" / "c1.nii.gz", np.ones((6, 5, 1), np.uint8))
 
 
-@pytest.mark.parametrize(("breaker", "shape"),
-                         [(_break_2d, r"\(6, 5\)"), (_break_single_slice, r"\(6, 5, 1, 2\)")])
-def test_2d_image_in_3d_dataset(tmp_path, breaker, shape):
+def test_single_slice_case_in_a_volume_dataset(tmp_path):
+    """One dataset-level message naming the single-slice cases, not a per-case error."""
     root = _msd(tmp_path)
-    breaker(root)
+    for folder in ("imagesTr", "labelsTr"):  # a second, volume case c2
+        (root / folder / "c2.nii.gz").write_bytes((root / folder / "c1.nii.gz").read_bytes())
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["training"].append({"image": "./imagesTr/c2.nii.gz", "label": "./labelsTr/c2.nii.gz"})
+    (root / "dataset.json").write_text(json.dumps(meta))
+    _break_single_slice(root)
     ds = load_dataset(root)
-    with pytest.raises(DataError, match=rf"case 'c1', file .*c1\.nii\.gz': is a 2D image "
-                                        rf"\(shape {shape}\) in a 3D dataset"):
-        read_image(ds, ds.training[0])
+    assert read_image(ds, ds.training[0]).image.shape == (2, 6, 5, 1)
+    with pytest.raises(DataError, match=r"1 of 2 cases are single slices \(c1\) but the "
+                                        r"others are volumes"):
+        compute_fingerprint(ds, progress=False)
 
 
 def _nnunetv2(root: Path, affines: tuple[np.ndarray, np.ndarray]) -> None:
@@ -158,9 +162,9 @@ def _nnunetv2(root: Path, affines: tuple[np.ndarray, np.ndarray]) -> None:
 def test_channel_spacing_mismatch_names_both_spacings(tmp_path):
     _nnunetv2(tmp_path, (AFFINE, np.diag([1.5, 1.0, 3.0, 1.0])))
     ds = load_dataset(tmp_path)
-    with pytest.raises(DataError, match=r"case 'k', file '.*k_0001\.nii\.gz': channel spacing "
-                                        r"\(1\.5, 1, 3\) mm differs from the first channel's "
-                                        r"\(1\.5, 1, 2\) mm"):
+    with pytest.raises(DataError, match=r"case 'k', file '.*k_0001\.nii\.gz': channel grid "
+                                        r"differs from the first channel's \(k_0000.nii.gz\): "
+                                        r"spacing \(1\.5, 1, 3\) mm vs \(1\.5, 1, 2\) mm"):
         read_image(ds, ds.training[0])
 
 
@@ -169,15 +173,16 @@ def test_channel_position_mismatch(tmp_path):
     moved[:3, 3] = 10.0
     _nnunetv2(tmp_path, (AFFINE, moved))
     ds = load_dataset(tmp_path)
-    with pytest.raises(DataError, match="channel affine \\(position or orientation\\) differs"):
+    with pytest.raises(DataError, match=r"channel grid differs .*: origin \(10, 10, 10\) mm vs "
+                                        r"\(0, 0, 0\) mm \(17.32 mm apart\)"):
         read_image(ds, ds.training[0])
 
 
 def test_missing_channel_file_of_nnunetv2_case(tmp_path):
     _nnunetv2(tmp_path, (AFFINE, AFFINE))
     (tmp_path / "imagesTr" / "k_0001.nii.gz").unlink()
-    with pytest.raises(DataError, match=r"case 'k', file '.*k_0001\.nii\.gz': listed in "
-                                        r"dataset.json but missing"):
+    with pytest.raises(DataError, match=r"case 'k', file '.*imagesTr': has channel files \[0\]; "
+                                        r"expected _0000 to _0001"):
         load_dataset(tmp_path)
 
 
@@ -185,6 +190,6 @@ def test_empty_label_is_a_warning_naming_the_case(tmp_path, capsys):
     root = _msd(tmp_path)
     _save(root / "labelsTr" / "c1.nii.gz", np.zeros((6, 5, 4), np.uint8))
     ds = load_dataset(root)
-    label = read_label(ds, ds.training[0])
+    label = read_label(ds, ds.training[0]).values
     assert label.shape == (6, 5, 4) and label.sum() == 0
     assert "warning: case 'c1', file" in capsys.readouterr().err

@@ -71,11 +71,11 @@ def test_per_channel_layout_gives_the_same_labels(tiny_study, models, tmp_path):
     src = msd_folder(tiny_study, tmp_path / "msd")
     per_channel = tmp_path / "v2"
     split_channels(src, per_channel)
-    cases, errors = find_cases(per_channel, 4)
+    cases, errors = find_cases(per_channel, layout="nnunetv2", num_channels=4)
     assert [c.case_id for c in cases] == [n[: -len(".nii.gz")] for n in listing(src)]
     assert errors == [] and all(len(c.images) == 4 for c in cases)
     a = predict_folder([models["3d"]], src, tmp_path / "a", SETTINGS)
-    b = predict_folder([models["3d"]], per_channel, tmp_path / "b", SETTINGS)
+    b = predict_folder([models["3d"]], per_channel, tmp_path / "b", SETTINGS, layout="nnunetv2")
     for pa, pb in zip(a, b, strict=True):
         assert pa.name == pb.name
         np.testing.assert_array_equal(np.asarray(nib.load(pa).dataobj),
@@ -121,16 +121,86 @@ def test_bad_cases_are_named_and_the_others_still_predicted(tiny_study, models, 
     bad = nib.Nifti1Image(data, None)
     bad.set_sform(singular, code=1)  # a qform cannot even hold it
     nib.save(bad, src / "SINGULAR.nii.gz")
-    shutil.copy(src / good[0], src / "HALF_0000.nii.gz")  # per-channel case missing 1..3
     out = tmp_path / "out"
     with pytest.raises(PredictionFailed) as info:
         predict_folder([models["3d"]], src, out, SETTINGS)
     message = str(info.value)
-    assert "3 case(s) failed" in message
-    assert "'THREE_CHANNELS'" in message and "has 3 channel(s); the model expects 4" in message
+    assert "2 case(s) failed" in message
+    assert "'THREE_CHANNELS'" in message and "has 3 channel(s) but dataset.json lists 4" in message
     assert "'SINGULAR'" in message and "not invertible" in message
-    assert "'HALF'" in message and "_0000 to _0003" in message
     assert listing(out) == good  # the good cases, and nothing half-written
+
+
+def test_incomplete_channel_files_are_named(tiny_study, models, tmp_path):
+    src = msd_folder(tiny_study, tmp_path / "in", n=1)
+    per_channel = tmp_path / "v2"
+    split_channels(src, per_channel)
+    for extra in sorted(per_channel.iterdir())[1:]:  # keep _0000 only
+        extra.unlink()
+    with pytest.raises(PredictionFailed, match=r"has channel files \[0\]; expected _0000 to "
+                                               r"_0003"):
+        predict_folder([models["3d"]], per_channel, tmp_path / "out", SETTINGS,
+                       layout="nnunetv2")
+
+
+def test_any_exception_in_one_case_is_named_and_the_others_predicted(tiny_study, models,
+                                                                     tmp_path, monkeypatch):
+    from nnpipe.inference import predict as P
+
+    src = msd_folder(tiny_study, tmp_path / "in", n=2)
+    first = listing(src)[0].removesuffix(".nii.gz")
+    real = P.predict_image
+
+    def flaky(models_, image, affine, settings, case_id, **kw):
+        if case_id == first:
+            raise RuntimeError("CUDA error: an illegal memory access")
+        return real(models_, image, affine, settings, case_id, **kw)
+
+    monkeypatch.setattr(P, "predict_image", flaky)
+    with pytest.raises(PredictionFailed, match=rf"(?s)1 case\(s\) failed.*case '{first}', "
+                                               r"file '.*': RuntimeError: CUDA error"):
+        predict_folder([models["3d"]], src, tmp_path / "out", SETTINGS)
+    assert listing(tmp_path / "out") == listing(src)[1:]
+
+
+def test_a_case_over_the_memory_limit_is_refused_before_reading(tiny_study, models, tmp_path,
+                                                                monkeypatch):
+    import dataclasses
+
+    from nnpipe.inference import predict as P
+
+    src = msd_folder(tiny_study, tmp_path / "in", n=1)
+    small = listing(src)[0]
+    img = nib.load(src / small)  # the same case on a 2x finer grid: 8x the voxels
+    fine = img.affine.copy()
+    fine[:3, :3] /= 2
+    data = np.asarray(img.dataobj)
+    for axis in range(3):
+        data = np.repeat(data, 2, axis=axis)
+    nib.save(nib.Nifti1Image(data, fine), src / "FINE.nii.gz")
+    plan = models_plan(models)
+    need = {n: P.estimate_peak_bytes(P.Case(n, (src / n,)), plan, 4) / P.GiB
+            for n in listing(src)}
+    assert need["FINE.nii.gz"] > 4 * need[small]
+    limit = dataclasses.replace(SETTINGS, memory_gb=(need["FINE.nii.gz"] + need[small]) / 2)
+    monkeypatch.setattr(P, "read_case_image", _refuse_to_read(P.read_case_image, "FINE.nii.gz"))
+    with pytest.raises(PredictionFailed, match=r"case 'FINE', file '.*FINE.nii.gz': needs about "
+                                               r".* GiB .* over the .* GiB allowed "
+                                               r"\(inference.memory_gb\); not read"):
+        P.predict_folder([models["3d"]], src, tmp_path / "out", limit)
+    assert listing(tmp_path / "out") == [small]
+
+
+def models_plan(models):
+    return E.load_model(models["3d"], torch.device("cpu")).plan
+
+
+def _refuse_to_read(real, name):
+    def read(case, *args, **kw):
+        assert case.images[0].name != name, "read the voxels of a case over the memory limit"
+        return real(case, *args, **kw)
+
+    return read
 
 
 def test_continue_skips_cases_already_written(tiny_study, models, tmp_path):
@@ -159,7 +229,7 @@ def test_cli_predict_folder_and_error_exit(tiny_study, models, tmp_path, capsys)
 
 def test_empty_input_is_an_error_unless_allowed(models, tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="holds no .nii.gz images"):
+    with pytest.raises(DataError, match=r"holds no images \(\.nii\.gz, \.nii, \.nrrd"):
         predict_folder([models["3d"]], tmp_path / "empty", tmp_path / "o", SETTINGS)
     assert predict_folder([models["3d"]], tmp_path / "missing", tmp_path / "o", SETTINGS,
                           allow_empty=True) == []

@@ -8,4 +8,6 @@ from nnpipe.report.tables import render_study
 
 with open(snakemake.log[0], "w") as log:  # noqa: F821 (snakemake is injected)
     sys.stderr = log
-    render_study(study_config(snakemake.config), Path(snakemake.output.tables))  # noqa: F821
+    sm = snakemake  # noqa: F821
+    # params.left_out: dims of the grid the dataset cannot have, with why (rules/common.smk)
+    render_study(study_config(sm.config), Path(sm.output.tables), left_out=sm.params.left_out)

@@ -257,16 +257,18 @@ def select_device(name: str = "auto") -> torch.device:
 def predict_folder(models: Sequence[Path | str], input_dir: Path | str, out_dir: Path | str,
                    settings: InferenceSettings, *, plan: Path | str | None = None,
                    postprocess: Path | str | None = None, skip_existing: bool = False,
-                   allow_empty: bool = False, device: str = "auto") -> list[Path]:
+                   allow_empty: bool = False, device: str = "auto",
+                   layout: str | None = None) -> list[Path]:
     """``nnpipe predict --model ... --input DIR``: every image of a folder (no labels
-    needed), found by the rule of the layout the model was trained on
-    (:func:`nnpipe.datasets.layout.find_cases`); models averaged if several."""
+    needed), found by the rule of ``layout`` (default: the layout the model was trained on;
+    :func:`nnpipe.datasets.layout.find_cases`); models averaged if several."""
     loaded = load_models(models, select_device(device), plan)
     mp = loaded[0].plan
     if allow_empty and not Path(input_dir).is_dir():
         cases, errors = [], []
     else:
-        cases, errors = find_cases(input_dir, layout=mp.layout, num_channels=mp.num_channels)
+        cases, errors = find_cases(input_dir, layout=layout or mp.layout,
+                                   num_channels=mp.num_channels)
     if not cases and not errors and not allow_empty:
         raise DataError("holds no images (" + ", ".join(ENDINGS) + ")", path=input_dir)
     log(f"predict {len(cases)} case(s) from {input_dir} with {len(loaded)} model(s)")

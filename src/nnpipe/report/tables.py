@@ -18,7 +18,7 @@ import math
 import os
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -129,24 +129,33 @@ def study_plots(grid: TableGrid) -> list[tuple[str, str, str, str]]:
 def render_tables(grid: TableGrid, dice: Mapping[tuple, float],
                   train_info: Mapping[tuple, Mapping[str, Any]], bench: Sequence[Mapping],
                   machine: Mapping[str, str], *, dataset: str,
-                  results_dir: Path | str = "results", plots: Sequence[PlotLink] = ()) -> str:
+                  results_dir: Path | str = "results", plots: Sequence[PlotLink] = (),
+                  left_out: Mapping[int, str] | None = None) -> str:
     """The whole ``tables.md``.
 
     ``dice``: fold Dice in percent per ``RunKey`` (NaN: no class scored in any case of the
     fold, see :func:`read_fold_dice`); ``train_info``: ``train.json`` contents per
     ``RunKey``; ``bench``: benchmark JSON contents; ``machine``: cpu, gpu, torch, monai and
     nnpipe versions; ``plots``: PNGs to link under the tables. Only measurements present are
-    given; the rest is named as missing under ``results_dir``.
+    given; the rest is named as missing under ``results_dir``. ``left_out``: dims of the
+    config's grid the study does not run (not in ``grid.dims``), each with why, said under
+    the header.
     """
     paths = _Paths(str(results_dir), dataset)
     index = _index_bench(bench)
     accuracy = [p for p in plots if p.section == "accuracy"]
     throughput = [p for p in plots if p.section == "throughput"]
-    parts = [_header(dataset), _dice_table(grid, dice, train_info, machine, paths),
-             _plots_line(accuracy), _train_bench_table(grid, index, machine, paths),
+    parts = [_header(dataset), _left_out_lines(left_out or {}),
+             _dice_table(grid, dice, train_info, machine, paths), _plots_line(accuracy),
+             _train_bench_table(grid, index, machine, paths),
              _plots_line(throughput), _predict_bench_table(grid, index, machine, paths),
              _plots_line(throughput)]
     return "".join(parts)
+
+
+def _left_out_lines(left_out: Mapping[int, str]) -> str:
+    """``3D runs left out: <why>.``, one paragraph per dim the study does not run."""
+    return "".join(f"\n{dim}D runs left out: {why}.\n" for dim, why in sorted(left_out.items()))
 
 
 def _plots_line(links: Sequence[PlotLink]) -> str:
@@ -383,7 +392,8 @@ def _resolution(patch_size: Sequence[int]) -> str:
 
 
 def collect_and_render(results_dir: Path | str, dataset: str, grid: TableGrid,
-                       out_path: Path | str, machine: Mapping[str, str] | None = None) -> str:
+                       out_path: Path | str, machine: Mapping[str, str] | None = None,
+                       left_out: Mapping[int, str] | None = None) -> str:
     """Read every output the grid names that exists, render, write ``out_path`` atomically.
 
     ``machine`` defaults to :func:`nnpipe.machine.machine_info` of the machine running this.
@@ -411,7 +421,8 @@ def collect_and_render(results_dir: Path | str, dataset: str, grid: TableGrid,
                       Path(results_dir, path).is_file())
              for section, family, label, path in study_plots(grid)]
     text = render_tables(grid, dice, train_info, bench, machine or machine_info(),
-                         dataset=dataset, results_dir=results_dir, plots=plots)
+                         dataset=dataset, results_dir=results_dir, plots=plots,
+                         left_out=left_out)
     write_text(out_path, text)
     return text
 
@@ -467,7 +478,15 @@ def _read_checked(path: Path, keys: Sequence[str]) -> dict[str, Any]:
     return data
 
 
-def render_study(cfg: StudyConfig, out_path: Path) -> str:
-    """Render the tables of the study ``cfg`` describes into ``out_path``."""
-    return collect_and_render(Path(cfg.results_dir), cfg.dataset.name, TableGrid.from_study(cfg),
-                              out_path)
+def render_study(cfg: StudyConfig, out_path: Path,
+                 left_out: Mapping[int, str] | None = None) -> str:
+    """Render the tables of the study ``cfg`` describes into ``out_path``.
+
+    ``left_out``: dims of ``cfg.grid.dims`` the study does not run, each with why (e.g. 3 for a
+    2D dataset, see rules/common.smk ``left_out_dims``): no rows for them, a sentence instead.
+    """
+    left_out = dict(left_out or {})
+    grid = TableGrid.from_study(cfg)
+    grid = replace(grid, dims=tuple(d for d in grid.dims if d not in left_out))
+    return collect_and_render(Path(cfg.results_dir), cfg.dataset.name, grid, out_path,
+                              left_out=left_out)
