@@ -34,7 +34,7 @@ import numpy as np
 
 from nnpipe.errors import DataError
 from nnpipe.geometry import orientation_of, spacing_of
-from nnpipe.io import atomic_path
+from nnpipe.io import atomic_path, write_json
 
 # Ending -> reader family. Longest endings first so ".nii.gz" wins over ".gz".
 ENDINGS: dict[str, str] = {
@@ -319,6 +319,20 @@ def _sidecar_spacing(path: Path, ndim: int) -> tuple[float, ...]:
     return tuple(spacing)
 
 
+def _sidecar_of(path: Path) -> Path | None:
+    side = path.with_name(strip_ending(path) + ".json")
+    return side if side.is_file() else None
+
+
+def _copy_sidecar(path: Path, src: ImageFile) -> None:
+    """A label map written like a TIFF/PNG/BMP with a spacing sidecar gets its own copy:
+    the spacing is the only geometry these formats have."""
+    side = src.source.get("sidecar") if src.source else None
+    if side is not None:
+        spacing = [float(src.affine[i, i]) for i in range(3)]
+        write_json(path.with_name(strip_ending(path) + ".json"), {"spacing": spacing})
+
+
 def _diag_affine(spacing: tuple[float, ...]) -> np.ndarray:
     a = np.eye(4)
     for i, s in enumerate(spacing[:3]):
@@ -337,12 +351,14 @@ def _read_tiff(path: Path, case: str | None) -> ImageFile:
     elif arr.ndim == 4:
         arr = arr.transpose(2, 1, 0, 3)
     spacing = _sidecar_spacing(path, 3)
-    return ImageFile(path, arr, _diag_affine(spacing), "tiff", {"ndim": arr.ndim})
+    return ImageFile(path, arr, _diag_affine(spacing), "tiff",
+                     {"ndim": arr.ndim, "sidecar": _sidecar_of(path)})
 
 
 def _write_tiff(path: Path, labels: np.ndarray, src: ImageFile) -> None:
     tifffile = _module("tifffile", path, None)
     arr = labels[:, :, 0].T if src.source.get("ndim") == 2 else labels.transpose(2, 1, 0)
+    _copy_sidecar(path, src)  # before the image, which marks the pair complete
     with atomic_path(path) as tmp:
         tifffile.imwrite(str(tmp), np.ascontiguousarray(arr))
 
@@ -356,7 +372,7 @@ def _read_pillow(path: Path, case: str | None) -> ImageFile:
     arr = arr.swapaxes(0, 1)  # (X, Y[, C])
     arr = arr[:, :, None] if arr.ndim == 2 else arr[:, :, None, :]
     spacing = _sidecar_spacing(path, 3)
-    return ImageFile(path, arr, _diag_affine(spacing), "pillow", None)
+    return ImageFile(path, arr, _diag_affine(spacing), "pillow", {"sidecar": _sidecar_of(path)})
 
 
 def _write_pillow(path: Path, labels: np.ndarray, src: ImageFile) -> None:
@@ -364,10 +380,14 @@ def _write_pillow(path: Path, labels: np.ndarray, src: ImageFile) -> None:
     from PIL import Image
 
     arr = np.ascontiguousarray(labels[:, :, 0].T)
-    if arr.dtype.itemsize > 1 and path.suffix.lower() == ".bmp":
-        raise DataError("label values above 255 cannot be written as BMP", path=path)
-    if arr.dtype != np.uint8:
-        arr = arr.astype(np.uint16)
+    # the values decide, not the dtype: an int64 map of 0..3 is a valid 8-bit BMP
+    top = int(arr.max()) if arr.size else 0
+    bmp = path.suffix.lower() == ".bmp"
+    if (arr.size and int(arr.min()) < 0) or top > (255 if bmp else 65535):
+        raise DataError(f"label values {int(arr.min())}..{top} cannot be written as "
+                        f"{'BMP (0..255)' if bmp else 'PNG (0..65535)'}", path=path)
+    arr = arr.astype(np.uint8 if top <= 255 else np.uint16)
+    _copy_sidecar(path, src)  # before the image, which marks the pair complete
     with atomic_path(path) as tmp:
         Image.fromarray(arr).save(str(tmp), format=path.suffix.lstrip(".").upper())
 

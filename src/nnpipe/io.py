@@ -1,8 +1,10 @@
-"""Atomic file output and NIfTI input/output.
+"""Atomic file output, JSON, and the NIfTI writer of generated data.
 
 Every file nnpipe writes goes through :func:`atomic_path`: the data are written under a
 temporary name in the same folder and renamed into place only when complete, so an
 interrupted job never leaves a file that Snakemake or a later run could take for finished.
+Reading images is :mod:`nnpipe.datasets.layout`'s job (the one reader), writing
+predictions :func:`nnpipe.datasets.layout.write_prediction`'s.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from nnpipe.errors import DataError
 from nnpipe.geometry import spacing_of  # noqa: F401  (re-exported: nnpipe.io.spacing_of)
 
 _UMASK = os.umask(0)
@@ -68,30 +69,6 @@ def save_npy(path: Path | str, array: np.ndarray) -> None:
     """Save an uncompressed ``.npy`` atomically (memory-mappable by the training loader)."""
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.save(fh, array)
-
-
-def load_nifti(path: Path | str, *, case: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Read a NIfTI file as ``(array, affine)``.
-
-    The array keeps NIfTI voxel order ``(X, Y, Z[, C])`` and its stored dtype scaled to float
-    where the header says so; the affine is the best one nibabel finds (sform, else qform).
-    Raises :class:`DataError` naming the file if it is missing, not NIfTI or truncated.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError("file is missing", case=case, path=path)
-    try:
-        img = nib.load(str(path))
-        if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
-            raise DataError(f"not a NIfTI image (nibabel read it as {type(img).__name__})",
-                            case=case, path=path)
-        data = np.asanyarray(img.dataobj)
-    except DataError:
-        raise
-    except Exception as exc:  # nibabel raises many types for corrupt or foreign files
-        raise DataError(f"cannot be read as NIfTI ({type(exc).__name__}: {exc})",
-                        case=case, path=path) from exc
-    return np.asarray(data), np.asarray(img.affine, dtype=np.float64)
 
 
 def save_nifti(path: Path | str, array: np.ndarray, affine: np.ndarray,

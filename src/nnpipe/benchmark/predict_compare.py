@@ -214,8 +214,8 @@ def compare(work: Path, venv: Path, n_cases: int, resolution_mm: float, patch_vo
 
     tiles = []
     for case in ds.test:
-        image, affine = read_image(ds, case)
-        data, _ = preprocess_image(image, affine, plan, case.case_id)
+        ci = read_image(ds, case)
+        data, _ = preprocess_image(ci.image, ci.affine, plan, case.case_id)
         shape = [max(s, p) for s, p in zip(data.shape[1:], plan.patch_size, strict=True)]
         tiles.append({"case": case.case_id, "preprocessed_shape": list(data.shape[1:]),
                       "tiles": len(tile_grid(shape, plan.patch_size, 0.5))})

@@ -49,10 +49,11 @@ import pandas as pd
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from nnpipe.datasets.layout import prediction_path, read_label_file
 from nnpipe.errors import DataError
-from nnpipe.io import atomic_path, load_nifti, spacing_of, write_json
+from nnpipe.geometry import grid_difference, spacing_of
+from nnpipe.io import atomic_path, write_json
 
-AFFINE_TOLERANCE = 1e-3  # mm; larger differences mean the prediction is in another space
 METRICS = ("dice", "iou", "hd95", "nsd")
 COUNTS = ("n_ref", "n_pred")  # voxels of the class in the reference and in the prediction
 DEFAULT_NSD_TOLERANCE_MM = 1.0
@@ -233,24 +234,23 @@ def score_case(pred: np.ndarray, ref: np.ndarray, classes: Sequence[ScoredClass]
 def evaluate_case(pred_path: Path | str, ref_path: Path | str, labels: Sequence[int] | None = None,
                   case: str | None = None, *, classes: Sequence[ScoredClass] | None = None,
                   tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM) -> dict[str, float]:
-    """Score one predicted NIfTI label map against its reference (spacing from its affine).
+    """Score one predicted label map file against its reference (spacing from its affine).
 
-    Scores ``classes`` (default: one per label in ``labels``). Raises ``DataError`` naming
-    the prediction file if its shape or affine (tolerance ``AFFINE_TOLERANCE``) differs from
-    the reference's, or if it holds non-integer labels.
+    Both are read by the one reader (:func:`nnpipe.datasets.layout.read_label_file`: any
+    supported format, canonical voxel order, values rounded within float round-off). Scores
+    ``classes`` (default: one per label in ``labels``). Raises ``DataError`` naming the
+    prediction file if its grid differs from the reference's (saying which of shape, spacing,
+    origin or direction, :func:`nnpipe.geometry.grid_difference`), or if it holds fractional
+    labels.
     """
     classes = tuple(classes) if classes is not None else label_classes(labels or [])
-    pred, pred_affine = load_nifti(pred_path, case=case)
-    ref, ref_affine = load_nifti(ref_path, case=case)
-    if pred.shape != ref.shape:
-        raise DataError(f"prediction shape {pred.shape} differs from reference shape "
-                        f"{ref.shape} ({ref_path})", case=case, path=pred_path)
-    largest = float(np.abs(pred_affine - ref_affine).max())
-    if largest > AFFINE_TOLERANCE:
-        raise DataError(f"prediction affine differs from the reference's ({ref_path}) by up to "
-                        f"{largest:.4g} (tolerance {AFFINE_TOLERANCE})", case=case, path=pred_path)
-    return score_case(_as_labels(pred, pred_path, case), _as_labels(ref, ref_path, case),
-                      classes, spacing_of(ref_affine), tolerance_mm)
+    pred, pred_affine = read_label_file(pred_path, case=case)
+    ref, ref_affine = read_label_file(ref_path, case=case)
+    diff = grid_difference(ref.shape, ref_affine, pred.shape, pred_affine)
+    if diff:
+        raise DataError(f"prediction grid differs from the reference's ({ref_path}): {diff}",
+                        case=case, path=pred_path)
+    return score_case(pred, ref, classes, spacing_of(ref_affine), tolerance_mm)
 
 
 def columns(classes: Sequence[ScoredClass]) -> list[str]:
@@ -267,9 +267,9 @@ def evaluate_folder(pred_dir: Path | str, refs: Path | str | Mapping[str, Path |
                     out_csv: Path | str, *, classes: Sequence[ScoredClass] | None = None,
                     tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
                     summary_json: Path | str | None = None) -> pd.DataFrame:
-    """Score ``{pred_dir}/{case}.nii.gz`` for every case; write and return the table.
+    """Score ``{pred_dir}/{case}<ending>`` for every case; write and return the table.
 
-    ``refs`` is a folder holding ``{case}.nii.gz`` (MSD ``labelsTr``) or a mapping from case
+    ``refs`` is a folder holding ``{case}<ending>`` (MSD ``labelsTr``) or a mapping from case
     id to reference path. The CSV (written atomically) has one row per case and the columns
     of :func:`columns`. With ``summary_json``, also writes :func:`summarize` of the table.
     A missing prediction raises ``DataError`` naming the case; nothing is written then.
@@ -279,9 +279,7 @@ def evaluate_folder(pred_dir: Path | str, refs: Path | str | Mapping[str, Path |
     classes = tuple(classes) if classes is not None else label_classes(labels or [])
     rows = []
     for case in case_ids:
-        pred_path = Path(pred_dir) / f"{case}.nii.gz"
-        if not pred_path.is_file():
-            raise DataError("prediction is missing", case=case, path=pred_path)
+        pred_path = prediction_path(pred_dir, case)
         rows.append({"case": case, **evaluate_case(pred_path, _ref_path(refs, case),
                                                    case=case, classes=classes,
                                                    tolerance_mm=tolerance_mm)})
@@ -340,14 +338,4 @@ def _ref_path(refs: Path | str | Mapping[str, Path | str], case: str) -> Path:
         if case not in refs:
             raise DataError("no reference label map given for this case", case=case)
         return Path(refs[case])
-    return Path(refs) / f"{case}.nii.gz"
-
-
-def _as_labels(array: np.ndarray, path: Path | str, case: str | None) -> np.ndarray:
-    """``array`` as int64 labels; ``DataError`` if it is not a 3D map of whole numbers."""
-    if array.ndim != 3:
-        raise DataError(f"label map must be 3D (X, Y, Z), got shape {array.shape}",
-                        case=case, path=path)
-    if np.issubdtype(array.dtype, np.floating) and not np.array_equal(array, np.round(array)):
-        raise DataError("label map holds non-integer values", case=case, path=path)
-    return array.astype(np.int64)
+    return prediction_path(refs, case)

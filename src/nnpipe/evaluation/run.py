@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from nnpipe.datasets.layout import load_dataset
+from nnpipe.datasets.layout import load_dataset, prediction_path
 from nnpipe.evaluation.metrics import ScoredClass, evaluate_folder, label_classes
 from nnpipe.training.regions import nested_regions
 from nnpipe.training.splits import load_fold
@@ -47,5 +47,5 @@ def decide_postprocessing(pred_dirs: Sequence[Path | str], folds: Sequence[int],
         for case in load_fold(splits, fold)["val"]:
             label = ds.case(case).label
             assert label is not None  # validation cases are training cases
-            pairs.append((case, Path(pred_dir) / f"{case}.nii.gz", label))
+            pairs.append((case, prediction_path(pred_dir, case), label))
     return decide_to_file(pairs, scored_classes(ds.labels, regions), out)

@@ -26,9 +26,10 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from nnpipe.datasets.layout import read_label_file
 from nnpipe.errors import DataError
 from nnpipe.evaluation.metrics import ScoredClass, dice, nanmean
-from nnpipe.io import load_nifti, read_json, write_json
+from nnpipe.io import read_json, write_json
 from nnpipe.progress import log
 
 # Smallest mean-Dice gain for which the removal is switched on (ties keep the raw output).
@@ -64,13 +65,11 @@ def decide(pairs: Sequence[tuple[str, Path, Path]], classes: Sequence[ScoredClas
     before: dict[str, list[float]] = {c.name: [] for c in classes}
     after: dict[str, list[float]] = {c.name: [] for c in classes}
     for case, pred_path, ref_path in pairs:
-        pred, _ = load_nifti(pred_path, case=case)
-        ref, _ = load_nifti(ref_path, case=case)
+        pred, _ = read_label_file(pred_path, case=case)
+        ref, _ = read_label_file(ref_path, case=case)
         if pred.shape != ref.shape:
             raise DataError(f"prediction shape {pred.shape} differs from reference shape "
                             f"{ref.shape}", case=case, path=pred_path)
-        pred = pred.astype(np.int64)
-        ref = ref.astype(np.int64)
         for c in classes:
             before[c.name].append(dice(c.mask(pred), c.mask(ref)))
             cleaned = keep_largest_component(pred.copy(), c)

@@ -22,16 +22,22 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from nnpipe.datasets.layout import load_dataset, read_image, read_label
+from nnpipe.datasets.layout import (
+    load_dataset,
+    prediction_path,
+    read_image,
+    read_label,
+    read_label_file,
+)
 from nnpipe.errors import DataError
-from nnpipe.io import atomic_path, load_nifti, read_json
+from nnpipe.geometry import grid_difference, spacing_of
+from nnpipe.io import atomic_path, read_json
 
 DPI = 110
 # Label colours: 1 edema (gold), 2 non-enhancing core (blue), 3 enhancing rim (red) in
@@ -272,12 +278,6 @@ def pick_cases(runs_scores: pd.DataFrame, n: int = 3) -> pd.DataFrame:
     return ranked.iloc[picks].reset_index(drop=True)
 
 
-def _canonical(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[float, ...]]:
-    """``array`` (X, Y, Z) reoriented to RAS+ voxel axes, with its spacing in mm."""
-    img = nib.as_closest_canonical(nib.Nifti1Image(array, affine))
-    return np.asarray(img.dataobj), tuple(float(z) for z in img.header.get_zooms()[:3])
-
-
 def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, slice, slice]:
     """In-plane (X, Y) box of ``mask`` (X, Y, Z) with ``margin`` voxels; all of Z."""
     if not mask.any():
@@ -303,7 +303,7 @@ def plot_overlays(raw_dir: Path | str, fold_csvs: Mapping[int, Path | str],
     """Image, reference and prediction on the axial slice with the most reference tumour.
 
     Cases: the worst, median and best of the run by Dice (from ``fold_csvs``; each case was
-    predicted by the fold that held it out, read from ``pred_dirs[fold]/<case>.nii.gz``).
+    predicted by the fold that held it out, read from ``pred_dirs[fold]/<case><ending>``).
     Volumes are reoriented to RAS+ so that every case is shown the same way (anterior up,
     patient's right on the right), with the voxel spacing as aspect ratio.
     """
@@ -314,24 +314,26 @@ def plot_overlays(raw_dir: Path | str, fold_csvs: Mapping[int, Path | str],
         files = ", ".join(str(f) for f in fold_csvs.values())
         raise DataError(f"no case in {files} has a scored class (every dice_mean is empty): "
                         "no worst, median or best case to show")
-    # colour of label value v at index v, whatever values the dataset uses
-    cmap = ListedColormap(["none", *(LABEL_COLOURS[(v - 1) % len(LABEL_COLOURS)]
-                                     for v in range(1, max(ds.labels) + 1))])
+    # colour of class index k (label values through the dataset's value <-> index table)
+    table = ds.label_table
+    cmap = ListedColormap(["none", *(LABEL_COLOURS[(k - 1) % len(LABEL_COLOURS)]
+                                     for k in range(1, table.num_classes))])
     fig = Figure(figsize=(10.5, 3.4 * len(picked) + 0.6), layout="constrained")
     axes = np.atleast_2d(fig.subplots(len(picked), 3))
     for row, case in zip(axes, picked.itertuples(index=False), strict=True):
         cid, fold = str(case.case), int(case.fold)
         entry = ds.case(cid)
-        image, affine = read_image(ds, entry)
-        label = read_label(ds, entry, image_shape=image.shape[1:], image_affine=affine)
-        pred_path = Path(pred_dirs[fold]) / f"{cid}{ds.file_ending}"
-        pred, pred_affine = load_nifti(pred_path, case=cid)
-        if pred.shape != label.shape or not np.allclose(pred_affine, affine, atol=1e-3):
-            raise DataError(f"prediction grid {pred.shape} differs from the reference's "
-                            f"{label.shape} (or its affine does)", case=cid, path=pred_path)
-        img, spacing = _canonical(image[channel], affine)
-        ref, _ = _canonical(label, affine)
-        prd, _ = _canonical(pred.astype(np.uint8), affine)
+        ci = read_image(ds, entry)  # the reader gives RAS+ voxel order
+        label = read_label(ds, entry, ci).values
+        pred_path = prediction_path(pred_dirs[fold], cid)
+        pred, pred_affine = read_label_file(pred_path, case=cid)
+        diff = grid_difference(label.shape, ci.affine, pred.shape, pred_affine)
+        if diff:
+            raise DataError(f"prediction grid differs from the reference's: {diff}", case=cid,
+                            path=pred_path)
+        img, spacing = ci.image[channel], spacing_of(ci.affine)
+        ref = table.to_indices(label, case=cid)
+        prd = table.to_indices(pred, case=cid, path=pred_path)
         z = int(np.argmax((ref > 0).sum(axis=(0, 1))))
         # crop to the head's in-plane box (nonzero anywhere in the volume), 2 voxels margin,
         # so the slice fills the panel instead of a frame of empty background
