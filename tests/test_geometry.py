@@ -100,7 +100,7 @@ def test_canonical_affine_is_closest_ras(case):
 
 
 def test_oblique_affine_goes_to_the_closest_axes():
-    """A 20° rotation about z keeps the voxel order (closest axes R, A, S); 70° makes them A, L, S."""
+    """Rotated 20° about z the closest axes stay R, A, S; rotated 70° they become A, L, S."""
     for degrees, codes in ((20, "RAS"), (70, "ALS")):
         t = np.deg2rad(degrees)
         r = np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1]])

@@ -13,7 +13,7 @@ NIfTI rules followed (NIfTI-1 header, ``nifti1.h``): the affine is the sform whe
 (nibabel's ``get_best_affine``); ``xyzt_units`` metres and micrometres become mm;
 ``scl_slope``/``scl_inter`` are applied. SimpleITK images are LPS+: the first two world axes
 are negated to reach RAS+. TIFF and PNG have no geometry: spacing 1 mm unless a sidecar
-``<case>.json`` (nnU-Net v2's convention) gives ``{"spacing": [x, y, z]}``.
+``<case>.json`` gives it, in nnU-Net v2's convention (array order: ``{"spacing": [z, y, x]}``).
 
 SimpleITK, tifffile and Pillow are the ``formats`` extra (``pip install 'nnpipe[formats]'``);
 a missing one gives a :class:`DataError` with the ``pip install`` line.
@@ -217,14 +217,27 @@ def _write_nifti(path: Path, labels: np.ndarray, src: ImageFile) -> None:
     sform, scode = header.get_sform(coded=True)
     best = header.get_best_affine()
     data = labels[:, :, 0] if src.data.ndim == 4 and _was_2d(header) else labels
-    img = img_cls(data, best)
+    data = data.astype(_nifti_label_dtype(data), copy=False)
+    img = img_cls(data, best, dtype=data.dtype)
     img.set_qform(qform if qcode else best, code=int(qcode) or 1)
     img.set_sform(sform if scode else best, code=int(scode) or 1)
     img.header.set_xyzt_units(*header.get_xyzt_units())
-    img.set_data_dtype(labels.dtype)
     img.header["intent_code"] = 1002  # NIFTI_INTENT_LABEL
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
+
+
+def _nifti_label_dtype(labels: np.ndarray) -> np.dtype:
+    """The dtype a label map is written in: its own, except 64-bit integers (what
+    :func:`nnpipe.labels.integer_labels` returns), which nibabel refuses and many tools cannot
+    read; those go to the smallest integer type holding their values."""
+    if labels.dtype.kind not in "iu" or labels.dtype.itemsize < 8:
+        return labels.dtype
+    lo, hi = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
+    for dt in (np.uint8, np.uint16, np.int16, np.uint32, np.int32):
+        if np.iinfo(dt).min <= lo and hi <= np.iinfo(dt).max:
+            return np.dtype(dt)
+    return labels.dtype
 
 
 def _was_2d(header: Any) -> bool:
@@ -306,30 +319,45 @@ def _write_detached(sitk: ModuleType, img: Any, path: Path) -> None:
 # ---------------------------------------------------------------- TIFF and PNG/BMP
 
 
+def _sidecar_of(path: Path) -> Path | None:
+    """nnU-Net v2's spacing sidecar of a TIFF/PNG/BMP: ``<case>.json`` beside
+    ``<case>_0000.tif`` (or beside ``<case>.tif``)."""
+    stem = strip_ending(path)
+    names = [stem]
+    if len(stem) > 5 and stem[-5] == "_" and stem[-4:].isdigit():
+        names.append(stem[:-5])
+    for name in names:
+        side = path.with_name(name + ".json")
+        if side.is_file():
+            return side
+    return None
+
+
 def _sidecar_spacing(path: Path, ndim: int) -> tuple[float, ...]:
-    """Spacing from ``<case>.json`` (``{"spacing": [x, y, z]}``), else 1 mm per axis."""
-    side = path.with_name(strip_ending(path) + ".json")
-    if not side.is_file():
+    """Spacing (mm, X, Y, Z) from the sidecar, else 1 mm per axis. As in nnU-Net v2 the
+    sidecar lists the spacing in the file's array order, ``{"spacing": [z, y, x]}`` for a
+    3D TIFF and ``[y, x]`` for a 2D image, so it is reversed here."""
+    side = _sidecar_of(path)
+    if side is None:
         return (1.0,) * ndim
     try:
-        spacing = [float(v) for v in json.loads(side.read_text())["spacing"]]
+        spacing = [float(v) for v in json.loads(side.read_text())["spacing"]][::-1]
     except (ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"spacing sidecar is not {{\"spacing\": [x, y, z]}} ({exc})",
+        raise DataError(f"spacing sidecar is not {{\"spacing\": [z, y, x]}} ({exc})",
                         path=side) from exc
-    return tuple(spacing)
-
-
-def _sidecar_of(path: Path) -> Path | None:
-    side = path.with_name(strip_ending(path) + ".json")
-    return side if side.is_file() else None
+    if not 2 <= len(spacing) <= 3 or min(spacing) <= 0:
+        raise DataError(f"spacing sidecar must list 2 or 3 positive spacings in array order "
+                        f"(z, y, x), got {spacing[::-1]}", path=side)
+    return tuple(spacing) + (1.0,) * (ndim - len(spacing))
 
 
 def _copy_sidecar(path: Path, src: ImageFile) -> None:
-    """A label map written like a TIFF/PNG/BMP with a spacing sidecar gets its own copy:
-    the spacing is the only geometry these formats have."""
+    """A label map written like a TIFF/PNG/BMP with a spacing sidecar gets its own, in the
+    same array order: the spacing is the only geometry these formats have."""
     side = src.source.get("sidecar") if src.source else None
     if side is not None:
-        spacing = [float(src.affine[i, i]) for i in range(3)]
+        listed = len(json.loads(Path(side).read_text())["spacing"])
+        spacing = [float(src.affine[i, i]) for i in range(listed)][::-1]
         write_json(path.with_name(strip_ending(path) + ".json"), {"spacing": spacing})
 
 
@@ -360,7 +388,8 @@ def _write_tiff(path: Path, labels: np.ndarray, src: ImageFile) -> None:
     arr = labels[:, :, 0].T if src.source.get("ndim") == 2 else labels.transpose(2, 1, 0)
     _copy_sidecar(path, src)  # before the image, which marks the pair complete
     with atomic_path(path) as tmp:
-        tifffile.imwrite(str(tmp), np.ascontiguousarray(arr))
+        # minisblack: else tifffile stores a (3, Y, X) or (Z, Y, 3) volume as RGB
+        tifffile.imwrite(str(tmp), np.ascontiguousarray(arr), photometric="minisblack")
 
 
 def _read_pillow(path: Path, case: str | None) -> ImageFile:
