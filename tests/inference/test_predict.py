@@ -351,3 +351,27 @@ def test_cpu_fast_path_computes_the_same_function(tiny_study, dim, batch):
         assert not any(type(m) is torch.nn.Conv3d and not isinstance(parent, E.OneDnnConv3d)
                        for parent in fast.modules() for m in parent.children())
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_written_labels_are_the_dataset_values_not_class_indices(tiny_study, models, tmp_path):
+    """A dataset labelled 0, 2, 5, 300: the network's class k is written as values[k], in a
+    dtype that holds 300 (uint16), never as the index."""
+    import dataclasses
+
+    src = msd_folder(tiny_study, tmp_path / "in", n=1)
+    (indices_path,) = predict_folder([models["3d"]], src, tmp_path / "a", SETTINGS)
+    model = E.load_model(models["3d"], torch.device("cpu"))
+    names = dict(zip((0, 2, 5, 300), model.plan.labels.values(), strict=True))
+    plan = dataclasses.replace(model.plan, labels=names, label_values=(0, 2, 5, 300))
+    from nnpipe.datasets.layout import Case
+    from nnpipe.inference.predict import predict_cases
+
+    (values_path,) = predict_cases([dataclasses.replace(model, plan=plan)],
+                                   [Case("BRATS", (src / indices_path.name,))],
+                                   tmp_path / "b", SETTINGS)
+    indices = np.asarray(nib.load(indices_path).dataobj)
+    values = nib.load(values_path)
+    assert values.get_data_dtype() == np.uint16
+    np.testing.assert_array_equal(np.asarray(values.dataobj),
+                                  np.asarray([0, 2, 5, 300])[indices])
+    assert set(np.unique(indices)) > {0}  # the mapping was exercised

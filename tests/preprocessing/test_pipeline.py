@@ -215,7 +215,8 @@ def _bad_shape(case):
 
 @pytest.mark.parametrize(
     ("breaker", "message"),
-    [(_bad_label_value, "label values \\[3\\] are not listed"), (_bad_shape, "label shape")],
+    [(_bad_label_value, "label values \\[3\\] are not listed"),
+     (_bad_shape, r"label grid differs from the image.s: shape")],
 )
 @pytest.mark.parametrize("workers", [1, 2])
 def test_bad_case_raises_and_leaves_no_manifest(tmp_path, breaker, message, workers):

@@ -175,9 +175,8 @@ def test_overlays_show_the_slice_with_the_most_reference_tumour(tiny_study, tmp_
     assert [ax.get_ylabel().split(" ")[0] for ax in rows] == [cases[1], cases[2], cases[0]]
     assert rows[0].get_ylabel().endswith(" n/a") and "nan" not in rows[0].get_ylabel()
     worst = ds.case(cases[1])
-    label = read_label(ds, worst)
-    canonical = np.asarray(nib.as_closest_canonical(
-        nib.Nifti1Image(label, nib.load(worst.label).affine)).dataobj)
+    canonical = np.asarray(nib.as_closest_canonical(nib.load(worst.label)).dataobj)
+    np.testing.assert_array_equal(read_label(ds, worst).values, canonical)  # the reader: RAS
     z = int(np.argmax((canonical > 0).sum(axis=(0, 1))))
     assert fig.axes[0].get_title() == f"{ds.channels[0]}, slice z={z}"
     voxels = int((canonical[:, :, z] > 0).sum())
