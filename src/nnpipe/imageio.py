@@ -102,13 +102,12 @@ class ImageFile:
 
 @dataclass(frozen=True)
 class HeaderInfo:
-    """What a header says without reading voxels: canonical shape (X, Y, Z), channels,
-    canonical spacing (mm) and bytes per stored voxel value."""
+    """What a header says without reading voxels: canonical shape (X, Y, Z), channels and
+    canonical spacing (mm)."""
 
     shape: tuple[int, int, int]
     channels: int
     spacing: tuple[float, float, float]
-    itemsize: int
 
 
 def _module(name: str, path: Path, case: str | None) -> ModuleType:
@@ -250,7 +249,9 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
 
 def _sitk_affine(img: Any) -> np.ndarray:
-    dim = img.GetDimension()
+    """Voxel -> RAS+ mm of a SimpleITK image or ImageFileReader (LPS+ direction, spacing,
+    origin; 2D images get a unit third axis)."""
+    dim = len(img.GetSpacing())
     direction = np.eye(3)
     direction[:dim, :dim] = np.asarray(img.GetDirection(), dtype=np.float64).reshape(dim, dim)
     spacing = np.ones(3)
@@ -446,7 +447,7 @@ def read_header(path: Path | str, *, case: str | None = None) -> HeaderInfo:
         raise DataError("file is missing", case=case, path=path)
     family = _family(path, case)
     try:
-        shape, channels, affine, itemsize = _HEADERS[family](path, case)
+        shape, channels, affine = _HEADERS[family](path, case)
     except DataError:
         raise
     except Exception as exc:
@@ -459,10 +460,10 @@ def read_header(path: Path | str, *, case: str | None = None) -> HeaderInfo:
     canon = [0.0, 0.0, 0.0]
     for s, (axis, _) in zip(sp, o.transform, strict=True):
         canon[axis] = s
-    return HeaderInfo(o.canonical_shape, channels, (canon[0], canon[1], canon[2]), itemsize)
+    return HeaderInfo(o.canonical_shape, channels, (canon[0], canon[1], canon[2]))
 
 
-def _nifti_header(path: Path, case: str | None) -> tuple[tuple[int, ...], int, np.ndarray, int]:
+def _nifti_header(path: Path, case: str | None) -> tuple[tuple[int, ...], int, np.ndarray]:
     import nibabel as nib
 
     img = nib.load(str(path))
@@ -473,43 +474,36 @@ def _nifti_header(path: Path, case: str | None) -> tuple[tuple[int, ...], int, n
     for s in shape[3:]:
         channels *= s
     scale = _UNITS_TO_MM.get(img.header.get_xyzt_units()[0], 1.0)
-    return spatial, channels, _scaled(np.asarray(img.affine, dtype=np.float64), scale), 4
+    return spatial, channels, _scaled(np.asarray(img.affine, dtype=np.float64), scale)
 
 
-def _sitk_header(path: Path, case: str | None) -> tuple[tuple[int, ...], int, np.ndarray, int]:
+def _sitk_header(path: Path, case: str | None) -> tuple[tuple[int, ...], int, np.ndarray]:
     sitk = _module("SimpleITK", path, case)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
     size = tuple(int(s) for s in reader.GetSize())
     spatial = (size + (1, 1))[:3]
-    a = np.eye(4)
-    dim = len(size)
-    direction = np.eye(3)
-    direction[:dim, :dim] = np.asarray(reader.GetDirection()).reshape(dim, dim)
-    spacing = np.ones(3)
-    spacing[:dim] = reader.GetSpacing()
-    a[:3, :3] = _LPS_TO_RAS @ direction @ np.diag(spacing)
-    return spatial, int(reader.GetNumberOfComponents()), a, 4
+    return spatial, int(reader.GetNumberOfComponents()), _sitk_affine(reader)
 
 
-def _tiff_header(path: Path, case: str | None) -> tuple[tuple[int, ...], int, np.ndarray, int]:
+def _tiff_header(path: Path, case: str | None) -> tuple[tuple[int, ...], int, np.ndarray]:
     tifffile = _module("tifffile", path, case)
     with tifffile.TiffFile(str(path)) as tf:
         shape = tuple(int(s) for s in tf.series[0].shape)
     xyz = tuple(reversed(shape[:3])) if len(shape) >= 3 else (shape[1], shape[0], 1)
     channels = shape[3] if len(shape) == 4 else 1
-    return xyz, channels, _diag_affine(_sidecar_spacing(path, 3)), 4
+    return xyz, channels, _diag_affine(_sidecar_spacing(path, 3))
 
 
-def _pillow_header(path: Path, case: str | None) -> tuple[tuple[int, ...], int, np.ndarray, int]:
+def _pillow_header(path: Path, case: str | None) -> tuple[tuple[int, ...], int, np.ndarray]:
     _module("PIL", path, case)
     from PIL import Image
 
     with Image.open(str(path)) as im:
         x, y = im.size
         channels = len(im.getbands())
-    return (x, y, 1), channels, _diag_affine(_sidecar_spacing(path, 3)), 4
+    return (x, y, 1), channels, _diag_affine(_sidecar_spacing(path, 3))
 
 
 _HEADERS = {"nifti": _nifti_header, "sitk": _sitk_header, "tiff": _tiff_header,
