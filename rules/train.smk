@@ -3,6 +3,12 @@
 # warning signal before the time limit (profiles/slurm: slurm_extra --signal) makes training
 # checkpoint and exit 143; the retry (profile: retries) resumes from that checkpoint.
 
+# Seconds torchrun waits, after forwarding SIGTERM to its ranks, before it kills them (its
+# own default is 30 s). Sized to fit between the trainer's budget for its SIGTERM checkpoint
+# (nnpipe.training.trainer.SIGTERM_GRACE_S) and SLURM's warning before the time limit
+# (profiles/slurm: --signal=TERM@<lead>); tests/training/test_trainer.py pins the order.
+TORCHRUN_SHUTDOWN_S = 90
+
 
 rule train:
     input:
@@ -17,6 +23,7 @@ rule train:
         out=subpath(output.model, parent=True),
         launch=get_launcher,
         settings=section_json("training"),
+        torchrun_shutdown_s=TORCHRUN_SHUTDOWN_S,
     threads: 1
     resources:
         gpu=get_gpus,  # GPUs of the whole job (sbatch --gpus)
@@ -33,6 +40,7 @@ rule train:
     shell:
         # exec: the trainer replaces the shell, so a SIGTERM from SLURM reaches it while
         # Snakemake (in the job) waits for its checkpoint instead of seeing the shell die first
-        "exec {params.launch} train --config-json {params.settings:q}"
+        "TORCH_ELASTIC_SHUTDOWN_TIMEOUT={params.torchrun_shutdown_s}"
+        " exec {params.launch} train --config-json {params.settings:q}"
         " --preprocessed {params.preprocessed} --splits {input.splits} --fold {wildcards.fold}"
         " --precision {wildcards.precision} --threads {threads} --out {params.out} > {log} 2>&1"

@@ -14,7 +14,7 @@ from nnpipe.training.regions import (
     nested_regions,
     region_dice,
     regions_to_labels,
-    validation_dice,
+    validation_counts,
 )
 
 BRATS = {0: "background", 1: "edema", 2: "non-enhancing", 3: "enhancing"}
@@ -58,9 +58,11 @@ def test_validation_dice_per_region_or_per_class() -> None:
     logits = torch.tensor([[[1.0, 1, 1, -1], [-1, 1, 1, -1], [-1, -1, -1, -1]]])
     assert region_dice(logits, seg, regions) == [1.0, 1.0, 0.0]
     region_loss = DeepSupervisionLoss(head_loss(BRATS, True))
-    assert validation_dice(logits, seg, 4, region_loss, None) == [1.0, 1.0, 0.0]
-    called = validation_dice(logits, seg, 4, DeepSupervisionLoss(), lambda *a: ["default"])
-    assert called == ["default"]
+    counts = validation_counts(logits, seg, 4, region_loss, None)
+    # |P and R|, |P|, |R| per region: WT 3 of 3, TC 2 of 2, ET none predicted of 1
+    assert counts.tolist() == [[3, 3, 3], [2, 2, 2], [0, 0, 1]]
+    called = validation_counts(logits, seg, 4, DeepSupervisionLoss(), lambda *a: "default")
+    assert called == "default"
 
 
 def test_region_mode_trains_predicts_and_scores_regions(tiny_study, tmp_path) -> None:

@@ -211,9 +211,9 @@ def _selected(mask: torch.Tensor, device: torch.device) -> torch.Tensor:
     """Indices of the samples where ``mask`` (B,) is true, on ``device``.
 
     The decisions live with the generator (normally the CPU), so finding the indices costs
-    no device synchronisation; only the short index vector is copied.
+    no device synchronisation; only the short index vector is copied, without waiting.
     """
-    return mask.nonzero().flatten().to(device)
+    return T.to_device(mask.nonzero().flatten(), device)
 
 
 def _spatial(image: torch.Tensor, seg: torch.Tensor, draws: Draws,
@@ -232,8 +232,8 @@ def _spatial(image: torch.Tensor, seg: torch.Tensor, draws: Draws,
             T.resample(image, seg, idx, T.sampling_matrices(angles[keep], scale[keep], dim))
     idx = _selected(draws.apply[:, 0], device)
     if idx.numel():
-        scale = T.scaled(draws.value[:, 0], settings.zoom_range).to(device)[idx]
-        T.zoom(image, seg, idx, scale, draws.shift.to(device)[idx])
+        scale = T.to_device(T.scaled(draws.value[:, 0], settings.zoom_range), device)[idx]
+        T.zoom(image, seg, idx, scale, T.to_device(draws.shift, device)[idx])
     for axis in range(dim):
         idx = _selected(draws.flip[:, axis] < settings.flip_prob, device)
         if idx.numel():
@@ -245,7 +245,7 @@ def _intensity(image: torch.Tensor, draws: Draws, settings: AugmentSettings,
                noise_generator: torch.Generator) -> None:
     """Noise, blur, brightness, contrast, in place, each on its own subset of samples."""
     device, view = image.device, (-1,) + (1,) * (image.ndim - 1)
-    value = draws.value.to(device)
+    value = T.to_device(draws.value, device)
     idx = _selected(draws.apply[:, 1], device)
     if idx.numel():
         std = T.scaled(value[idx, 1], settings.noise_std).view(view)
@@ -266,16 +266,21 @@ def _intensity(image: torch.Tensor, draws: Draws, settings: AugmentSettings,
         factor = T.scaled(value[idx, 4], settings.contrast_range)
         image[idx] = T.contrast(image[idx], factor).to(image.dtype)
     if draws.extra_apply is not None and draws.extra_value is not None:
-        _intensity_extras(image, draws.extra_apply, draws.extra_value.to(device), settings)
+        _intensity_extras(image, draws.extra_apply, draws.extra_value, settings)
 
 
 def _intensity_extras(image: torch.Tensor, apply: torch.Tensor, value: torch.Tensor,
                       settings: AugmentSettings) -> None:
-    """nnU-Net's order after contrast: low resolution, inverted gamma, gamma; in place."""
+    """nnU-Net's order after contrast: low resolution, inverted gamma, gamma; in place.
+
+    ``apply`` and ``value`` are the host draws: the low-resolution factors size tensors, so
+    they are read on the host, and only the gamma draws are copied to the device.
+    """
     device = image.device
     idx = _selected(apply[:, 4], device)
     if idx.numel():
-        image[idx] = T.lowres(image[idx], T.scaled(value[idx, 5], settings.lowres_range).cpu())
+        image[idx] = T.lowres(image[idx], T.scaled(value[apply[:, 4], 5], settings.lowres_range))
+    value = T.to_device(value, device)
     for column, inverted in ((3, True), (2, False)):
         idx = _selected(apply[:, column], device)
         if idx.numel():

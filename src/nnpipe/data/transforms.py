@@ -14,6 +14,21 @@ import torch.nn.functional as F
 Range = tuple[float, float]
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor ``t`` on ``device``, without making the host wait for the device.
+
+    A plain ``.to("cuda")`` from pageable memory returns only after the copy, and the copy
+    waits for every kernel queued before it: a synchronisation per call. Staged in pinned
+    memory, the copy is queued like a kernel (the caching host allocator keeps the block until
+    the copy has run).
+    """
+    if t.device == device:
+        return t
+    if device.type == "cuda" and t.device.type == "cpu":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
 def scaled(u: torch.Tensor, bounds: Range) -> torch.Tensor:
     return bounds[0] + (bounds[1] - bounds[0]) * u
 
@@ -79,11 +94,13 @@ def resample(image: torch.Tensor, seg: torch.Tensor, idx: torch.Tensor,
     patch. Outside the input: image 0 and seg 0 (background), like the sampler's padding.
     """
     n, dim = matrices.shape[0], image.ndim - 2
-    reversed_matrices = matrices.flip(1).flip(2).to(image.device)
-    half = torch.tensor(image.shape[2:][::-1], dtype=torch.float32, device=image.device) / 2
-    theta = torch.zeros((n, dim, dim + 1), dtype=torch.float32, device=image.device)
+    # theta is built where the matrices are (the host, in augment) and copied in one go
+    reversed_matrices = matrices.flip(1).flip(2)
+    half = torch.tensor(image.shape[2:][::-1], dtype=torch.float32, device=matrices.device) / 2
+    theta = torch.zeros((n, dim, dim + 1), dtype=torch.float32, device=matrices.device)
     theta[:, :, :dim] = reversed_matrices * half[None, None, :] / half[None, :, None]
-    grid = F.affine_grid(theta, [n, 1, *image.shape[2:]], align_corners=False)
+    grid = F.affine_grid(to_device(theta, image.device), [n, 1, *image.shape[2:]],
+                         align_corners=False)
     image[idx] = F.grid_sample(image[idx].float(), grid, mode="bilinear", padding_mode="zeros",
                                align_corners=False).to(image.dtype)
     labels = F.grid_sample(seg[idx].float(), grid, mode="nearest", padding_mode="zeros",

@@ -23,6 +23,8 @@ from nnpipe.config import InferenceSettings
 from nnpipe.evaluation.metrics import ScoredClass
 from nnpipe.inference.sliding_window import predict_volume_2d, sliding_window
 from nnpipe.model import build_unet
+from nnpipe.model.onednn import OneDnnConv3d  # also re-exported: one class for predict and train
+from nnpipe.model.unet import DYNUNET_ALIAS_PREFIX
 from nnpipe.planning.plan import Plan
 from nnpipe.progress import log
 from nnpipe.training.checkpoint import load_checkpoint
@@ -66,7 +68,7 @@ def load_model(model: Path | str, device: torch.device | None = None) -> LoadedM
     """Load a run folder or checkpoint: the plan it was trained with and its weights."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     path = checkpoint_path(model)
-    ckpt = load_checkpoint(path, "cpu")
+    ckpt = load_checkpoint(path)  # on the CPU; the network is moved below
     if "plan" not in ckpt or "model" not in ckpt:
         raise ValueError(f"checkpoint {str(path)!r} is not an nnpipe training checkpoint "
                          "(no plan or model weights)")
@@ -74,14 +76,45 @@ def load_model(model: Path | str, device: torch.device | None = None) -> LoadedM
     use_regions = bool(ckpt.get("settings", {}).get("regions", False))
     net = build_unet(plan, deep_supervision=False,
                      out_channels=model_outputs(plan.num_classes, use_regions))
-    # deep-supervision heads exist only in training; inference needs the main path only
-    net.load_state_dict(ckpt["model"], strict=False)
+    load_weights(net, ckpt["model"], path)
     net.to(device).eval()
     regions = nested_regions(plan.labels) if use_regions else None
     fmt = torch.contiguous_format
     if device.type == "cpu":
         net, fmt = cpu_fast_path(net, plan.dim)
     return LoadedModel(net, plan, device, path, regions, fmt)
+
+
+# Deep-supervision heads exist only in training (UNet.deep_supervision_heads); prediction
+# uses the main path alone, so exactly these keys are dropped from a training checkpoint.
+# MONAI DynUNet checkpoints also hold aliases of other entries, which the network drops.
+DROPPED_PREFIXES = ("deep_supervision_heads.", DYNUNET_ALIAS_PREFIX)
+
+
+def load_weights(net: torch.nn.Module, weights: dict[str, torch.Tensor],
+                 path: Path | str) -> None:
+    """Load ``weights`` into ``net`` strictly, deep-supervision heads dropped by name.
+
+    A checkpoint whose other keys or shapes differ from the network its plan builds would
+    otherwise predict with random weights for the keys that did not match.
+
+    Raises:
+        ValueError: naming the checkpoint and the missing, unexpected or mis-shaped keys.
+    """
+    kept = {k: v for k, v in weights.items() if not k.startswith(DROPPED_PREFIXES)}
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(kept))
+    unexpected = sorted(set(kept) - set(expected))
+    shapes = sorted(f"{k} {tuple(kept[k].shape)} vs {tuple(expected[k].shape)}"
+                    for k in set(kept) & set(expected) if kept[k].shape != expected[k].shape)
+    problems = [f"{what}: {', '.join(keys)}" for what, keys in
+                (("missing", missing), ("unexpected", unexpected),
+                 ("shape (checkpoint vs plan)", shapes)) if keys]
+    if problems:
+        raise ValueError(f"checkpoint {str(path)!r} does not match the network its plan "
+                         f"builds ({'; '.join(problems)}); it was not written by this "
+                         "nnpipe's trainer for that plan")
+    net.load_state_dict(kept, strict=True)
 
 
 def cpu_fast_path(net: torch.nn.Module, dim: int
@@ -112,34 +145,11 @@ def cpu_fast_path(net: torch.nn.Module, dim: int
                     group.bias.data.copy_(child.bias.data)
                 setattr(module, child_name, group)
             elif type(child) is torch.nn.Conv3d and OneDnnConv3d.supports(child):
-                setattr(module, child_name, OneDnnConv3d(child))
+                setattr(module, child_name, OneDnnConv3d.from_conv(child))
     if dim == 3:
         net = net.to(memory_format=torch.channels_last_3d)
         return net, torch.channels_last_3d
     return net, torch.contiguous_format
-
-
-class OneDnnConv3d(torch.nn.Module):
-    """A ``Conv3d`` whose float32 forward always calls oneDNN (``aten.mkldnn_convolution``),
-    whatever the batch size; other dtypes (bf16 autocast) take the ordinary path, which
-    already uses oneDNN for them. Holds the original module, so the parameters are shared."""
-
-    def __init__(self, conv: torch.nn.Conv3d) -> None:
-        super().__init__()
-        self.conv = conv
-
-    @staticmethod
-    def supports(conv: torch.nn.Conv3d) -> bool:
-        return (torch.backends.mkldnn.is_available() and conv.padding_mode == "zeros"
-                and not isinstance(conv.padding, str))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = self.conv
-        if x.device.type != "cpu" or x.dtype != torch.float32 or \
-                torch.is_autocast_enabled("cpu"):
-            return c(x)
-        return torch.ops.aten.mkldnn_convolution(x, c.weight, c.bias, c.padding, c.stride,
-                                                 c.dilation, c.groups)
 
 
 def load_models(models: Sequence[Path | str], device: torch.device | None = None,

@@ -29,13 +29,44 @@ _CPU_PRECISIONS = ("fp32", "bf16")
 
 
 def get_precision(name: str, device: torch.device) -> Precision:
-    """Return the :class:`Precision` for ``name``, rejecting modes the device cannot run."""
+    """Return the :class:`Precision` for ``name``, rejecting modes the device cannot run.
+
+    Checked before training starts, so that a wrong choice fails at once with the GPU's name
+    instead of crashing mid-run (bf16 kernels missing) or timing plain fp32 as "tf32".
+
+    Raises:
+        ValueError: for an unknown name, a GPU-only mode on the CPU, bf16 on a GPU without
+            native bfloat16, or tf32 on a GPU without TF32 tensor cores.
+    """
     if name not in _PRECISIONS:
         raise ValueError(f"precision {name!r} is unknown; choose one of {sorted(_PRECISIONS)}")
     if device.type == "cpu" and name not in _CPU_PRECISIONS:
         raise ValueError(f"precision {name!r} needs a CUDA GPU; on CPU use one of "
                          f"{list(_CPU_PRECISIONS)}")
+    if device.type == "cuda":
+        _check_gpu(name, device)
     return _PRECISIONS[name]
+
+
+# bfloat16 arithmetic and TF32 tensor cores both arrived with Ampere (compute capability 8.0).
+# Before it, torch emulates bf16 (slow, and some kernels are missing) and ignores the TF32
+# switches (fp32 timed under the name "tf32").
+_AMPERE = (8, 0)
+
+
+def _check_gpu(name: str, device: torch.device) -> None:
+    """``ValueError`` naming the GPU if it cannot run ``name`` natively."""
+    if name not in ("bf16", "tf32") or torch.version.hip:  # ROCm: bf16 on every arch
+        return
+    capability = tuple(torch.cuda.get_device_capability(device))
+    if capability >= _AMPERE:
+        return
+    gpu = torch.cuda.get_device_name(device)
+    what = "bfloat16 arithmetic" if name == "bf16" else "TF32 tensor cores"
+    raise ValueError(f"precision {name!r} needs {what}, which {device} ({gpu}, compute "
+                     f"capability {capability[0]}.{capability[1]}) lacks: they need compute "
+                     f"capability {_AMPERE[0]}.{_AMPERE[1]} (Ampere) or newer; on this GPU "
+                     "use 'amp' (fp16) or 'fp32'")
 
 
 def configure_backend(precision: Precision) -> None:

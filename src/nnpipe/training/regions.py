@@ -19,7 +19,7 @@ settings, so prediction and evaluation pick it up from the model.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -86,17 +86,31 @@ class RegionLoss(torch.nn.Module):
         return self.dice(logits, masks) + self.bce(logits, masks)
 
 
+def dice_counts(pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Voxel counts ``(n, 3)`` float64 on the CPU: per channel |P and R|, |P|, |R|, summed
+    over the batch and space, for boolean masks ``(B, n, *S)``. Counts add up over chunks and
+    ranks, so Dice from their sums equals the Dice of all patches in one batch."""
+    dims = [0, *range(2, pred.dim())]
+    return torch.stack([(pred & ref).sum(dims), pred.sum(dims), ref.sum(dims)],
+                       dim=1).double().cpu()
+
+
+def dice_from_counts(counts: torch.Tensor) -> list[float]:
+    """Dice per row of :func:`dice_counts` sums: 2|P and R| / (|P| + |R|), 1.0 when both
+    are empty (nothing to find, nothing found)."""
+    return [1.0 if p + r == 0 else 2.0 * tp / (p + r) for tp, p, r in counts.tolist()]
+
+
 def region_dice(logits: torch.Tensor, seg: torch.Tensor,
                 regions: Sequence[ScoredClass]) -> list[float]:
     """Validation Dice per region pooled over the batch (1.0 when both are empty)."""
-    pred = logits > 0  # sigmoid(x) > 0.5
-    ref = labels_to_regions(seg, regions).bool()
-    out = []
-    for i in range(len(regions)):
-        p, r = pred[:, i], ref[:, i]
-        denom = int(p.sum() + r.sum())
-        out.append(1.0 if denom == 0 else 2.0 * int((p & r).sum()) / denom)
-    return out
+    return dice_from_counts(region_counts(logits, seg, regions))
+
+
+def region_counts(logits: torch.Tensor, seg: torch.Tensor,
+                  regions: Sequence[ScoredClass]) -> torch.Tensor:
+    """:func:`dice_counts` per region: prediction sigmoid(logit) > 0.5, i.e. logit > 0."""
+    return dice_counts(logits > 0, labels_to_regions(seg, regions).bool())
 
 
 # ---------------------------------------------------------------- trainer hooks (one line each)
@@ -115,10 +129,13 @@ def head_loss(labels: Mapping[int, str] | Sequence[int], enabled: bool
     return RegionLoss(nested_regions(labels)) if enabled else None
 
 
-def validation_dice(logits: torch.Tensor, seg: torch.Tensor, num_classes: int,
-                    loss_fn: torch.nn.Module, default) -> list[float]:
-    """Per-region Dice when ``loss_fn`` trains regions, else ``default(logits, seg, K)``."""
+def validation_counts(logits: torch.Tensor, seg: torch.Tensor, num_classes: int,
+                      loss_fn: torch.nn.Module,
+                      default: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+                      ) -> torch.Tensor:
+    """Per-region :func:`dice_counts` when ``loss_fn`` trains regions, else
+    ``default(logits, seg, K)``."""
     base = getattr(loss_fn, "dice_ce", None)
     if isinstance(base, RegionLoss):
-        return region_dice(logits, seg, base.regions)
+        return region_counts(logits, seg, base.regions)
     return default(logits, seg, num_classes)

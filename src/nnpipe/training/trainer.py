@@ -33,6 +33,7 @@ from nnpipe.report.tensorboard import TensorBoardLog
 from nnpipe.training import distributed as D
 from nnpipe.training import regions as R
 from nnpipe.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from nnpipe.training.determinism import configure_determinism
 from nnpipe.training.loss import DeepSupervisionLoss
 from nnpipe.training.precision import (
     Precision,
@@ -42,11 +43,18 @@ from nnpipe.training.precision import (
     make_scaler,
 )
 from nnpipe.training.splits import load_fold
+from nnpipe.training.validation import ValidationPatches, validate
 
 # Exit status after a SIGTERM checkpoint: 128 + SIGTERM, what shells and SLURM expect.
 EXIT_PREEMPTED = 143
 # With several ranks, SIGTERM flags are compared every this many steps.
 STOP_CHECK_EVERY = 4
+# Seconds from SIGTERM to exit 143 this trainer is built for: the rest of the current step,
+# up to STOP_CHECK_EVERY more, gathering the loader states and writing last.pt. torchrun
+# waits longer before it kills its workers (rules/train.smk), and SLURM's warning signal
+# comes earlier still before the time limit (profiles/slurm: --signal); a test pins
+# SIGTERM_GRACE_S < torchrun's timeout < the --signal lead time.
+SIGTERM_GRACE_S = 60
 
 
 @dataclass(frozen=True)
@@ -147,39 +155,71 @@ def _fresh_state() -> dict[str, Any]:
     return {"epoch": 0, "step": 0, "loss_sum": 0.0, "history": [], "train_seconds": 0.0}
 
 
+def _resume_source(last: Path, final: Path, info: D.DistInfo) -> Path | None:
+    """The checkpoint to continue from (``last.pt``, else ``final.pt``, else none), decided
+    by rank 0 and broadcast: on a shared file system another rank may not see a file rank 0
+    has just written, and ranks that disagree would wait forever in different collectives."""
+    choice = (last if last.is_file() else final if final.is_file() else None) \
+        if info.is_main else None
+    return D.broadcast_from_main(choice, info)
+
+
+def check_resumable(ckpt: dict[str, Any], path: Path, info: D.DistInfo) -> None:
+    """``ValueError`` if ``ckpt`` was written by a run of another world size or GPU count.
+
+    Each rank resumes its own loader and RNG states (``ckpt["loader"][rank]``), so the ranks
+    must be the same ones; a GPU run continues its random streams on GPUs only.
+    """
+    # checkpoints from before "gpus" was recorded: GPU runs could not resume then (their
+    # RNG state was loaded onto the GPU), so the CPU runs are the ones to continue
+    world, gpus = int(ckpt.get("world_size", 1)), int(ckpt.get("gpus", 0))
+    if (world, gpus) != (info.world_size, info.gpus):
+        raise ValueError(f"checkpoint {str(path)!r} was written by a run of {world} rank(s) "
+                         f"on {gpus} GPU(s); this run has {info.world_size} rank(s) on "
+                         f"{info.gpus} GPU(s) and cannot continue it exactly. Resume with the "
+                         f"same number of ranks and GPUs, or delete {path.name} to start afresh")
+
+
+def _per_rank(value: Any, info: D.DistInfo) -> Any:
+    """This rank's entry of a per-rank list (multi-rank checkpoints), or ``value`` itself."""
+    return value[info.rank] if isinstance(value, list) else value
+
+
 def _restore(parts: _Parts, path: Path, info: D.DistInfo) -> dict[str, Any]:
-    ckpt = load_checkpoint(path, info.device)
+    """Load ``path`` on the CPU and restore every part; ``load_state_dict`` copies weights and
+    optimizer state onto the parameters' device, RNG states stay CPU tensors."""
+    ckpt = load_checkpoint(path)
+    check_resumable(ckpt, path, info)
     parts.model.load_state_dict(ckpt["model"])
     parts.optimizer.load_state_dict(ckpt["optimizer"])
     parts.scheduler.load_state_dict(ckpt["scheduler"])
     parts.scaler.load_state_dict(ckpt["scaler"])
-    loader_state = ckpt["loader"]
-    if isinstance(loader_state, list):  # one per rank
-        loader_state = loader_state[info.rank]
-    parts.loader.load_state_dict(loader_state)
-    set_rng_state(ckpt["rng"])
+    parts.loader.load_state_dict(_per_rank(ckpt["loader"], info))
+    set_rng_state(_per_rank(ckpt["rng"], info), info.device)
     return ckpt["state"]
 
 
 def _checkpoint(parts: _Parts, path: Path, state: dict[str, Any], run: TrainRun,
                 info: D.DistInfo) -> None:
-    loader_state: Any = parts.loader.state_dict()
-    if info.world_size > 1:
-        gathered: list[Any] = [None] * info.world_size
-        torch.distributed.all_gather_object(gathered, loader_state)
-        loader_state = gathered
-    if info.is_main:
-        save_checkpoint(path, {
-            "model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
-            "scheduler": parts.scheduler.state_dict(), "scaler": parts.scaler.state_dict(),
-            "loader": loader_state, "rng": rng_state(), "state": state,
-            "plan": parts.plan.to_dict(), "settings": asdict(run.settings),
-            "precision": run.precision, "world_size": info.world_size,
-        })
+    """Write a checkpoint (rank 0); every rank contributes its loader and RNG states."""
+    mine = {"loader": parts.loader.state_dict(), "rng": rng_state(info.device)}
+    ranks = D.gather_objects(mine, info)
+    if not info.is_main:
+        return
+    per_rank = {k: [r[k] for r in ranks] if info.world_size > 1 else mine[k] for k in mine}
+    save_checkpoint(path, {
+        "model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
+        "scheduler": parts.scheduler.state_dict(), "scaler": parts.scaler.state_dict(),
+        **per_rank, "state": state, "plan": parts.plan.to_dict(),
+        "settings": asdict(run.settings), "precision": run.precision,
+        "world_size": info.world_size, "gpus": info.gpus,
+    })
 
 
 def train(run: TrainRun, threads: int | None = None) -> dict[str, Any]:
     """Train one fold; return the content of ``train.json`` (also written by rank 0)."""
+    # before CUDA starts: cuBLAS reads its workspace setting once
+    configure_determinism(run.settings.deterministic, run.settings.loader)
     info = D.init_distributed(force_cpu=run.force_cpu)
     try:
         return _train(run, info, threads)
@@ -196,14 +236,12 @@ def _train(run: TrainRun, info: D.DistInfo, threads: int | None) -> dict[str, An
     seed = s.seed + 1000 * run.fold
     torch.manual_seed(seed)
     np.random.seed(seed)
-    torch.use_deterministic_algorithms(s.deterministic)
-    torch.backends.cudnn.benchmark = not s.deterministic
     parts = _build(run, info, plan, split["train"])
-    val_image, val_seg = _validation_batch(run, plan, split["val"], s.val_patches)
+    val = _validation_patches(run, plan, split["val"], s.val_patches)
 
     last, final = run.out_dir / "last.pt", run.out_dir / "final.pt"
     state = _fresh_state()
-    source = last if last.is_file() else final if final.is_file() else None
+    source = _resume_source(last, final, info)
     if source is not None:
         state = _restore(parts, source, info)
         if info.is_main:
@@ -216,8 +254,9 @@ def _train(run: TrainRun, info: D.DistInfo, threads: int | None) -> dict[str, An
     # checkpoint's history is replayed, then each epoch is added after its checkpoint.
     board = TensorBoardLog(run.out_dir / "tensorboard", state["history"], enabled=info.is_main)
 
-    stop = {"flag": False}
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(flag=True))
+    stop: dict[str, Any] = {"flag": False, "at": None}
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(
+        flag=True, at=stop["at"] or time.monotonic()))
     try:
         batches = iter(parts.loader)
         while state["epoch"] < parts.epochs:
@@ -225,14 +264,9 @@ def _train(run: TrainRun, info: D.DistInfo, threads: int | None) -> dict[str, An
             stopped = _train_steps(parts, state, batches, s.steps_per_epoch, stop, info)
             state["epoch_seconds"] = state.get("epoch_seconds", 0.0) + time.perf_counter() - t0
             if stopped:
-                # every rank resumes with the mean partial loss: the epoch's final all-reduce
-                # then still gives the mean over ranks of the whole epoch
-                state["loss_sum"] = D.all_reduce_mean(state["loss_sum"], info)
-                _checkpoint(parts, last, state, run, info)
-                raise Preempted(f"SIGTERM: checkpoint written to {last} at epoch "
-                                f"{state['epoch']} step {state['step']}")
-            row = _end_epoch(parts, state, val_image, val_seg, info,
-                             state.pop("epoch_seconds"), s.steps_per_epoch)
+                _preempt(parts, last, state, run, info, stop["at"])
+            row = _end_epoch(parts, state, val, info, state.pop("epoch_seconds"),
+                             s.steps_per_epoch)
             if info.is_main:
                 log(f"fold {run.fold} epoch {row['epoch']}/{parts.epochs} "
                     f"loss {row['train_loss']:.4f} val_loss {row['val_loss']:.4f} "
@@ -249,19 +283,56 @@ def _train(run: TrainRun, info: D.DistInfo, threads: int | None) -> dict[str, An
     return _finish(run, info, parts, state, last, final)
 
 
-def _should_stop(stop: dict[str, bool], step: int, info: D.DistInfo) -> bool:
+def _preempt(parts: _Parts, last: Path, state: dict[str, Any], run: TrainRun,
+             info: D.DistInfo, signalled_at: float | None) -> None:
+    """Checkpoint after SIGTERM and raise :class:`Preempted`, once every rank is done."""
+    # every rank resumes with the mean partial loss: the epoch's final all-reduce then still
+    # gives the mean over ranks of the whole epoch
+    state["loss_sum"] = D.all_reduce_mean(state["loss_sum"], info)
+    _checkpoint(parts, last, state, run, info)
+    # no rank exits before rank 0 has written: torchrun stops the others when one exits
+    D.barrier(info)
+    took = time.monotonic() - (signalled_at or time.monotonic())
+    if info.is_main and took > SIGTERM_GRACE_S:
+        log(f"warning: the SIGTERM checkpoint took {took:.0f} s, more than the "
+            f"{SIGTERM_GRACE_S} s the launch budgets for it (rules/train.smk); a slower one "
+            "is killed before it is written")
+    raise Preempted(f"SIGTERM: checkpoint written to {last} at epoch {state['epoch']} "
+                    f"step {state['step']} ({took:.1f} s after the signal)")
+
+
+def _should_stop(stop: dict[str, Any], step: int, info: D.DistInfo) -> bool:
     """Whether to stop for SIGTERM, agreed by all ranks (a rank that stops alone would leave
-    the others waiting in the next collective). Ranks compare flags every few steps only, so
-    the check costs no synchronization on most steps."""
+    the others waiting in the next collective). Ranks compare flags every few steps only,
+    over the host-side (gloo) group, so the check never waits for the GPU."""
     if info.world_size == 1:
-        return stop["flag"]
+        return bool(stop["flag"])
     if step % STOP_CHECK_EVERY:
         return False
-    return D.all_reduce_mean(float(stop["flag"]), info) > 0
+    return D.any_rank(bool(stop["flag"]), info)
+
+
+def train_step(parts: _Parts, image: torch.Tensor, seg: torch.Tensor,
+               device: torch.device) -> torch.Tensor:
+    """One optimizer step on a batch ``(B, C, *patch)`` / ``(B, 1, *patch)`` on ``device``.
+
+    Returns the detached loss, still on the device: nothing here reads a device value on the
+    host (fused optimizers take the scaler's inf check on the device), so the host runs ahead
+    and queues the next step while the GPU works.
+    """
+    image = image.contiguous(memory_format=parts.memory_format)
+    parts.optimizer.zero_grad(set_to_none=True)
+    with autocast(parts.precision, device):
+        loss = parts.loss_fn(parts.net(image), seg)
+    parts.scaler.scale(loss).backward()
+    parts.scaler.step(parts.optimizer)
+    parts.scaler.update()
+    parts.scheduler.step()
+    return loss.detach().float()
 
 
 def _train_steps(parts: _Parts, state: dict[str, Any], batches, steps: int,
-                 stop: dict[str, bool], info: D.DistInfo) -> bool:
+                 stop: dict[str, Any], info: D.DistInfo) -> bool:
     """Run the rest of the current epoch's optimizer steps; return True if stopped by SIGTERM.
 
     The loss is summed on the device and read once at the end, so steps never wait for the
@@ -275,51 +346,27 @@ def _train_steps(parts: _Parts, state: dict[str, Any], batches, steps: int,
             stopped = True
             break
         image, seg = next(batches)
-        image = image.contiguous(memory_format=parts.memory_format)
-        parts.optimizer.zero_grad(set_to_none=True)
-        with autocast(parts.precision, info.device):
-            loss = parts.loss_fn(parts.net(image), seg)
-        parts.scaler.scale(loss).backward()
-        parts.scaler.step(parts.optimizer)
-        parts.scaler.update()
-        parts.scheduler.step()
-        running += loss.detach().float()
+        running += train_step(parts, image, seg, info.device)
         state["step"] += 1
     state["loss_sum"] += float(running)
     return stopped
 
 
-def _validation_batch(run: TrainRun, plan: Plan, val_ids: list[str], batch: int):
+def _validation_patches(run: TrainRun, plan: Plan, val_ids: list[str],
+                        n: int) -> ValidationPatches:
     """Fixed validation patches (same every epoch), half centred on foreground."""
     sampler = PatchSampler(run.preprocessed_dir, val_ids, SamplerSettings(
         patch_size=tuple(plan.patch_size), foreground_prob=0.5, dim=plan.dim,
         slice_axis=plan.slice_axis))
-    image, seg = sampler.sample(np.random.default_rng(run.settings.seed + 999), batch)
-    return torch.from_numpy(image), torch.from_numpy(seg)
+    image, seg = sampler.sample(np.random.default_rng(run.settings.seed + 999), n)
+    return ValidationPatches(torch.from_numpy(image), torch.from_numpy(seg))
 
 
-def dice_per_class(logits: torch.Tensor, seg: torch.Tensor, num_classes: int) -> list[float]:
-    """Dice of each foreground class pooled over the batch; 1.0 when both are empty."""
-    pred = logits.argmax(1)
-    ref = seg[:, 0]
-    out = []
-    for c in range(1, num_classes):
-        p, r = pred == c, ref == c
-        denom = int(p.sum() + r.sum())
-        out.append(1.0 if denom == 0 else 2.0 * int((p & r).sum()) / denom)
-    return out
-
-
-def _end_epoch(parts: _Parts, state: dict[str, Any], val_image: torch.Tensor,
-               val_seg: torch.Tensor, info: D.DistInfo, seconds: float,
-               steps: int) -> dict[str, Any]:
+def _end_epoch(parts: _Parts, state: dict[str, Any], val: ValidationPatches,
+               info: D.DistInfo, seconds: float, steps: int) -> dict[str, Any]:
     parts.model.eval()
-    image = val_image.to(info.device).contiguous(memory_format=parts.memory_format)
-    with torch.inference_mode(), autocast(parts.precision, info.device):
-        logits = parts.model(image).float()
-        val_loss = float(parts.loss_fn(logits, val_seg.to(info.device)))
-    dice = R.validation_dice(logits.cpu(), val_seg, parts.plan.num_classes, parts.loss_fn,
-                             dice_per_class)
+    val_loss, dice = validate(parts.model, val, parts.loss_fn, parts.plan.num_classes,
+                              parts.batch_size, parts.precision, parts.memory_format, info)
     state["train_seconds"] += seconds
     row = {
         "epoch": state["epoch"] + 1,
