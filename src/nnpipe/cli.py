@@ -123,24 +123,71 @@ def cmd_postprocess(args: argparse.Namespace) -> None:
                           regions=_cfg(args).training.regions)
 
 
-def cmd_benchmark(args: argparse.Namespace) -> None:
-    from nnpipe.benchmark.throughput import BenchmarkSpec, run_benchmark
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    """One benchmark cell: in this process, as one rank of the caller's torchrun, or (with
+    ``--gpus N > 1``) on N ranks this starts, beside a 1-rank baseline (weak scaling).
+    Prints the result line; writes the record only with ``--out``."""
+    from nnpipe.benchmark.launch import (
+        RankJob,
+        RanksFailed,
+        inside_torchrun,
+        measure_ranks,
+        torchrun_world_size,
+    )
+    from nnpipe.benchmark.throughput import result_line, run_benchmark
     from nnpipe.io import write_json
+
+    plan, spec = _benchmark_cell(args)
+    pre = Path(args.preprocessed) if args.preprocessed else None
+    if args.gpus is not None and args.gpus < 1:
+        raise ValueError(f"--gpus must be >= 1, got {args.gpus}")
+    if inside_torchrun() and args.gpus not in (None, torchrun_world_size()):
+        raise ValueError(f"--gpus {args.gpus}, but this is one of {torchrun_world_size()} "
+                         "ranks of a torchrun; give --gpus without torchrun (nnpipe starts "
+                         "the ranks) or leave it out under torchrun")
+    if (args.gpus or 1) > 1 and not inside_torchrun():
+        try:
+            record = measure_ranks(RankJob(spec, plan, args.preprocessed, args.threads,
+                                           args.cpu), args.gpus)
+        except RanksFailed as exc:
+            print(f"nnpipe benchmark: error: {exc}", file=sys.stderr)
+            return 1
+    else:
+        record = run_benchmark(plan, spec, pre, threads=args.threads, force_cpu=args.cpu)
+    if _rank() == 0:
+        print(result_line(record), flush=True)
+        if args.out:
+            write_json(args.out, record)
+    return 0
+
+
+def _benchmark_cell(args: argparse.Namespace):  # -> tuple[Plan, BenchmarkSpec]
+    """The plan (``--plan``, else the reference's Task01 network) and the spec the
+    arguments ask for; the seed's spellings (``--batch_size``, ``--amp``) mean the same as
+    ours (``--batch-size``, ``--precision amp``)."""
+    from nnpipe.benchmark.synthetic import task01_plan
+    from nnpipe.benchmark.throughput import BenchmarkSpec
     from nnpipe.planning.plan import Plan
 
     cfg = _cfg(args).benchmark
-    plan = Plan.load(args.plan)
-    if plan.dim != args.dim:
-        raise ValueError(f"--dim {args.dim} but plan {args.plan} is {plan.dim}D")
-    spec = BenchmarkSpec(args.mode, args.batch_size, args.precision,
-                         args.warmup or cfg.warmup_steps, args.steps or cfg.timed_steps,
-                         tuple(args.patch_size or cfg.patch_size(args.dim)),
-                         args.synthetic or cfg.synthetic, args.compile, args.channels_last,
-                         args.loader)
-    pre = Path(args.preprocessed) if args.preprocessed else None
-    record = run_benchmark(plan, spec, pre, threads=args.threads, force_cpu=args.cpu)
-    if record["gpus"] == 1 or _rank() == 0:
-        write_json(args.out, record)
+    if args.plan:
+        plan = Plan.load(args.plan)
+        if plan.dim != args.dim:
+            raise ValueError(f"--dim {args.dim} but plan {args.plan} is {plan.dim}D")
+    elif args.preprocessed:
+        raise ValueError(f"--preprocessed {args.preprocessed} needs the --plan it was "
+                         "preprocessed with (without --plan the benchmark builds the "
+                         "reference's Task01 network on synthetic data)")
+    else:
+        plan = task01_plan(args.dim)
+    spec = BenchmarkSpec(
+        args.mode, args.batch_size, "amp" if args.amp else args.precision or "fp32",
+        cfg.warmup_steps if args.warmup is None else args.warmup,
+        cfg.timed_steps if args.steps is None else args.steps,
+        tuple(args.patch_size or cfg.patch_size(args.dim)),
+        args.synthetic or cfg.synthetic or not args.plan, args.compile, args.channels_last,
+        args.loader, args.max_warmup_s, args.max_timing_s, args.bind, not args.plain_conv3d)
+    return plan, spec
 
 
 def cmd_tables(args: argparse.Namespace) -> None:
@@ -245,26 +292,48 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--raw", required=True)
     sp.add_argument("--splits", required=True)
     sp.add_argument("--out", required=True)
-    sp = stage("benchmark", cmd_benchmark, "Training or inference throughput like the reference.")
+    from nnpipe.benchmark.steady import TIMING_CAP_S, WARMUP_CAP_S, steps_for_quantile
+
+    sp = stage("benchmark", cmd_benchmark, "Training or inference throughput like the "
+               "reference, at steady state. Without --plan: the reference's MSD Task01 "
+               "network (4 channels, 4 classes, 128³ in 3D, 192×160 in 2D) on synthetic data. "
+               "The seed's spellings work: --batch_size, --amp, --gpus, --bind.")
     sp.add_argument("--mode", choices=("train", "predict", "loader"), required=True,
                     help="train: optimizer steps incl. data loading; predict: patch forward "
                     "passes; loader: the data pipeline alone")
     sp.add_argument("--dim", type=int, choices=(2, 3), required=True)
-    sp.add_argument("--batch-size", type=int, required=True)
-    sp.add_argument("--precision", choices=PRECISIONS, default="fp32")
-    sp.add_argument("--plan", required=True)
+    sp.add_argument("--batch-size", "--batch_size", dest="batch_size", type=int, required=True,
+                    help="per rank")
+    precision = sp.add_mutually_exclusive_group()
+    precision.add_argument("--precision", choices=PRECISIONS, help="default fp32")
+    precision.add_argument("--amp", action="store_true", help="the same as --precision amp")
+    sp.add_argument("--gpus", type=int, help="ranks (one per GPU; gloo on CPUs): N > 1 starts "
+                    "a 1-rank baseline and N ranks with torchrun and reports weak scaling "
+                    "(default: 1, or the ranks of the torchrun this runs under)")
+    sp.add_argument("--bind", action="store_true", help="pin each rank to its own share of "
+                    "the CPUs")
+    sp.add_argument("--plan", help="plan JSON (default: the reference's Task01 network)")
     sp.add_argument("--preprocessed", help="real patches with augmentation (else synthetic)")
     sp.add_argument("--patch-size", type=int, nargs="*", help="override the plan's patch")
-    sp.add_argument("--warmup", type=int, help="warm-up steps (default: config)")
-    sp.add_argument("--steps", type=int, help="timed steps (default: config)")
+    sp.add_argument("--warmup", type=int, help="warm-up steps at least (default: config); "
+                    "then on until the step times agree")
+    sp.add_argument("--steps", type=int, help="timed steps at least (default: config); then "
+                    f"on to {steps_for_quantile()} (p99) within --max-timing-s")
+    sp.add_argument("--max-warmup-s", type=float, default=WARMUP_CAP_S,
+                    help="warm-up time cap after --warmup steps (default: %(default)s)")
+    sp.add_argument("--max-timing-s", type=float, default=TIMING_CAP_S,
+                    help="timing cap after --steps steps (default: %(default)s)")
     sp.add_argument("--synthetic", action="store_true", help="random tensors instead of data")
     sp.add_argument("--compile", action="store_true", help="torch.compile the network")
     sp.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     sp.add_argument("--loader", choices=("torch", "dali"), default="torch",
                     help="data pipeline backend for train/loader modes")
-    sp.add_argument("--out", required=True)
-    sp.add_argument("--threads", type=int)
-    sp.add_argument("--cpu", action="store_true")
+    sp.add_argument("--plain-conv3d", action="store_true", help="train with plain nn.Conv3d "
+                    "(PyTorch's kernel choice: its reference kernel for single samples on "
+                    "CPUs) instead of the oneDNN path, to compare")
+    sp.add_argument("--out", help="record JSON to write (default: print the line only)")
+    sp.add_argument("--threads", type=int, help="CPU threads per rank")
+    sp.add_argument("--cpu", action="store_true", help="CPUs even if a GPU exists")
     sp = stage("tables", cmd_tables, "Render results/tables.md from the study's outputs.")
     sp.add_argument("--out", required=True)
     return p

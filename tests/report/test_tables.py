@@ -275,3 +275,50 @@ def test_collect_rejects_unusable_files(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"fold0/train\.json.*lacks the keys"):
         collect_and_render(root, "embedded", GRID, tmp_path / "t.md", machine=MACHINE)
     assert not (tmp_path / "t.md").exists()
+
+
+# ---------------------------------------------------------------- unsteady benchmark cells
+
+
+def with_spread(record: dict[str, Any], cv: float, p99_over_median: float,
+                **extra: Any) -> dict[str, Any]:
+    return {**record, "spread": {"cv": cv, "p99_over_median": p99_over_median},
+            "timed_steps": 50, **extra}
+
+
+def test_unsteady_cells_are_marked_not_printed_and_nothing_is_computed_from_them() -> None:
+    """The demo's 2D predict bf16 batch-8 cell (18 samples/s, mean 441 ms, p99 1028 ms,
+    beside 1397 at batch 16) must not be printed as a result again."""
+    def key(b: dict[str, Any]) -> tuple:
+        return b["mode"], b["dim"], b["precision"], b["gpus"]
+
+    # train records with spread: all steady but the 2D fp32 1-GPU cell
+    records = [(with_spread(b, 0.85, 2.9) if key(b) == ("train", 2, "fp32", 1)
+                else with_spread(b, 0.02, 1.1)) if b["mode"] == "train" else b for b in BENCH]
+    bench = [b for b in records if key(b) != ("predict", 2, "bf16", 1)]
+    bench.append({**BENCH[5], "throughput": 18.0,
+                  "latency_ms": {"mean": 441.0, "p90": 900.0, "p95": 1000.0, "p99": 1028.0}})
+    text = render_tables(GRID, DICE, TRAIN_INFO, bench, MACHINE, dataset="embedded")
+    train = {(r[0], r[1], r[2]): r[3:] for r in table_rows(text, "Training throughput")}
+    # fp32 | bf16 | Speedup | Weak scaling fp32 | Weak scaling bf16
+    assert train[("2", "1", "4")] == [
+        "unsteady (CV 0.85 > 0.20, p99/median 2.90 > 2.0; 50 steps): not a result", "150.00",
+        "— (unsteady fp32)", "— (1-GPU baseline)", "— (1-GPU baseline)"]
+    # the 2-GPU cell is steady, but its weak scaling would divide by the unsteady baseline
+    assert train[("2", "2", "4")][0] == "190.00"
+    assert train[("2", "2", "4")][3] == "— (unsteady 1-GPU measurement)"
+    predict = table_rows(text, "Inference throughput")
+    # a record without spread (written before it was recorded): judged by p99 / mean
+    assert predict[0][5:] == [
+        "unsteady (p99/mean 2.33 > 2.0, no spread recorded; 5 steps): not a result",
+        "— (unsteady)"]
+    assert "18.00" not in text and "441" not in text
+    assert predict[0][3:5] == ["400.00", "10.00 / 11.00 / 12.00 / 13.00"]  # steady: as before
+
+
+def test_p99_from_too_few_steps_is_not_printed() -> None:
+    shaky_p99 = with_spread(BENCH[4], 0.05, 1.3, p99_resolved=False, p99_min_steps=368)
+    bench = [shaky_p99 if b is BENCH[4] else b for b in BENCH]
+    rows = table_rows(render_tables(GRID, DICE, TRAIN_INFO, bench, MACHINE,
+                                    dataset="embedded"), "Inference throughput")
+    assert rows[0][3:5] == ["400.00", "10.00 / 11.00 / 12.00 / n/a (50 < 368 steps)"]

@@ -1,10 +1,15 @@
-"""Training and inference throughput, measured like the reference.
+"""Training and inference throughput, measured like the reference, at steady state.
 
-A warm-up pass of ``warmup_steps`` untimed steps (cuDNN autotuning, allocator growth), then
-``timed_steps`` timed steps. Throughput = global batch / mean step time (samples/s); latency
-statistics are per step (per batch), in ms: mean, p90, p95, p99. Training steps include
-fetching the batch from the loader (sampling and augmentation), forward, loss, backward and
-the optimizer step; inference steps are one forward pass over a batch of patches.
+Warm-up runs at least ``warmup_steps`` untimed steps and then until the last step times
+agree, at most ``warmup_cap_s`` seconds (cuDNN autotuning, allocator growth, oneDNN
+primitive caches); timing runs at least ``timed_steps`` steps and on to 368, the fewest for
+which p99 is bounded by an observed step, at most ``timing_cap_s`` seconds
+(:mod:`nnpipe.benchmark.steady` says why 368). Throughput = global batch / mean step time
+(samples/s), as the reference; the median-based figure and the spread (CV, p99/median) are
+recorded beside it, and a cell whose spread is large is marked unsteady. Latency statistics
+are per step (per batch), in ms. Training steps include fetching the batch from the loader
+(sampling and augmentation), forward, loss, backward and the optimizer step; inference steps
+are one forward pass over a batch of patches.
 """
 
 from __future__ import annotations
@@ -16,9 +21,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
+from nnpipe.benchmark.steady import (
+    TIMING_CAP_S,
+    WARMUP_CAP_S,
+    step_stats,
+    steps_for_quantile,
+    time_steps,
+    unsteady_reason,
+    warm_up,
+)
 from nnpipe.data.augment import AugmentSettings
 from nnpipe.data.loader import make_loader
 from nnpipe.data.sampling import SamplerSettings
@@ -37,23 +50,41 @@ MODES = ("train", "predict", "loader")
 
 @dataclass(frozen=True)
 class BenchmarkSpec:
-    mode: str  # train | predict
+    mode: str  # train | predict | loader
     batch_size: int  # per process
     precision: str
-    warmup_steps: int
-    timed_steps: int
+    warmup_steps: int  # at least this many untimed steps
+    timed_steps: int  # at least this many timed steps (on to 368 for p99, within the cap)
     patch_size: tuple[int, ...] = ()  # empty: the plan's
     synthetic: bool = False  # random tensors instead of real patches with augmentation
     compile: bool = False  # torch.compile the network
     channels_last: bool = False  # channels-last memory format for network and inputs
     loader: str = "torch"  # data pipeline backend (torch | dali)
+    warmup_cap_s: float = WARMUP_CAP_S  # warm-up stops here if step times still disagree
+    timing_cap_s: float = TIMING_CAP_S  # timing stops here (after timed_steps) short of 368
+    bind: bool = False  # pin each rank to its share of the CPUs (nnpipe.benchmark.launch)
+    onednn: bool = True  # False: plain nn.Conv3d in training (the slow path, to compare)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"benchmark mode {self.mode!r} is unknown; choose one of {MODES}")
-        if self.batch_size < 1 or self.timed_steps < 2:
-            raise ValueError(f"benchmark needs batch_size >= 1 and timed_steps >= 2, got "
-                             f"{self.batch_size} and {self.timed_steps}")
+        if self.batch_size < 1 or self.timed_steps < 2 or self.warmup_steps < 0:
+            raise ValueError(f"benchmark needs batch_size >= 1, timed_steps >= 2 and "
+                             f"warmup_steps >= 0, got {self.batch_size}, {self.timed_steps} "
+                             f"and {self.warmup_steps}")
+        if not self.onednn and self.mode == "predict":
+            raise ValueError("plain 3D convolutions compare the training path; prediction on "
+                             "CPUs always runs them in oneDNN (inference.ensemble.cpu_fast_path)")
+        if self.warmup_cap_s < 0 or self.timing_cap_s < 0:
+            raise ValueError(f"benchmark time caps must be >= 0 s, got warm-up "
+                             f"{self.warmup_cap_s} and timing {self.timing_cap_s}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BenchmarkSpec:
+        return cls(**{**d, "patch_size": tuple(d.get("patch_size", ()))})
 
 
 def plan_for_patch(plan: Plan, patch_size: tuple[int, ...]) -> Plan:
@@ -69,23 +100,23 @@ def plan_for_patch(plan: Plan, patch_size: tuple[int, ...]) -> Plan:
                                strides=strides, filters=unet_filters(len(strides), plan.dim, base))
 
 
-def latency_stats(seconds: list[float]) -> dict[str, float]:
-    ms = np.asarray(seconds) * 1000.0
-    return {"mean": float(ms.mean()), "p90": float(np.percentile(ms, 90)),
-            "p95": float(np.percentile(ms, 95)), "p99": float(np.percentile(ms, 99))}
+def _synchronized(step: Callable[[], None], device: torch.device) -> Callable[[], None]:
+    """``step`` followed by a device synchronisation, so that the clock sees the GPU's work
+    (one sync per step, outside the step the trainer takes)."""
+    if device.type != "cuda":
+        return step
 
-
-def _timed(step: Callable[[], None], n: int, device: torch.device) -> list[float]:
-    times = []
-    for _ in range(n):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
+    def synced() -> None:
         step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - t0)
-    return times
+        torch.cuda.synchronize(device)
+
+    return synced
+
+
+def _consensus(info: D.DistInfo) -> Callable[[bool], bool]:
+    """Stop only when every rank wants to: ranks must take the same number of steps (each
+    DDP step all-reduces gradients), though each judges its own step times."""
+    return lambda stop: not D.any_rank(not stop, info)
 
 
 def _batches(plan: Plan, spec: BenchmarkSpec, preprocessed_dir: Path | None,
@@ -108,10 +139,16 @@ def _batches(plan: Plan, spec: BenchmarkSpec, preprocessed_dir: Path | None,
 
 
 def run_benchmark(plan: Plan, spec: BenchmarkSpec, preprocessed_dir: Path | None = None,
-                  threads: int | None = None, force_cpu: bool = False) -> dict[str, Any]:
-    """Measure one benchmark cell; returns the JSON record the tables read."""
+                  threads: int | None = None, force_cpu: bool = False,
+                  clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
+    """Measure one benchmark cell in this process (one rank of torchrun's, if started by it);
+    returns the JSON record the tables read (:func:`result_line` prints it)."""
     info = D.init_distributed(force_cpu=force_cpu)
     try:
+        if spec.bind:
+            from nnpipe.benchmark.launch import bind_cpus
+
+            threads = bind_cpus(threads)
         if threads:
             torch.set_num_threads(threads)
         torch.backends.cudnn.benchmark = True
@@ -119,35 +156,65 @@ def run_benchmark(plan: Plan, spec: BenchmarkSpec, preprocessed_dir: Path | None
         precision = get_precision(spec.precision, info.device)
         configure_backend(precision)
         batches = _batches(plan, spec, preprocessed_dir, info.device, info.rank)
-        step = _STEPS[spec.mode](plan, spec, precision, info, batches)
-        log(f"benchmark {spec.mode} {plan.dim}D bs {spec.batch_size} {spec.precision}: "
-            f"{spec.warmup_steps} warm-up steps")
-        _timed(step, spec.warmup_steps, info.device)
-        times = _timed(step, spec.timed_steps, info.device)
-        mean_step = float(np.mean(times))
-        gathered = D.all_reduce_mean(mean_step, info)
-        throughput = spec.batch_size * info.world_size / gathered
-        log(f"benchmark {spec.mode} {plan.dim}D bs {spec.batch_size} {spec.precision}: "
-            f"{throughput:.2f} samples/s")
-        return {
+        step = _synchronized(_STEPS[spec.mode](plan, spec, precision, info, batches),
+                             info.device)
+        agree = _consensus(info)
+        what = f"benchmark {spec.mode} {plan.dim}D bs {spec.batch_size} {spec.precision}"
+        log(f"{what}: warm-up, >= {spec.warmup_steps} steps, <= {spec.warmup_cap_s:g} s")
+        warm = warm_up(step, clock, spec.warmup_steps, spec.warmup_cap_s, agree)
+        log(f"{what}: {warm.steps} warm-up steps in {warm.seconds:.1f} s "
+            f"({'converged' if warm.converged else 'capped, step times still disagree'})")
+        times = time_steps(step, clock, spec.timed_steps, spec.timing_cap_s, consensus=agree)
+        stats = step_stats(times)
+        mean_s = D.all_reduce_mean(stats["latency_ms"]["mean"] / 1000.0, info)
+        median_s = D.all_reduce_mean(stats["latency_ms"]["median"] / 1000.0, info)
+        record = {
             "mode": spec.mode, "dim": plan.dim, "precision": spec.precision,
             "batch_size": spec.batch_size, "gpus": info.world_size,
-            "patch_size": list(plan.patch_size), "throughput": throughput,
-            "latency_ms": latency_stats(times), "warmup_steps": spec.warmup_steps,
-            "timed_steps": spec.timed_steps,
+            "patch_size": list(plan.patch_size),
+            "throughput": spec.batch_size * info.world_size / mean_s,
+            "throughput_median": spec.batch_size * info.world_size / median_s,
+            **stats,
+            "warmup_steps": spec.warmup_steps, "warmup": warm.to_dict(),
+            "timed_steps": len(times), "p99_min_steps": steps_for_quantile(),
+            "timing_capped": len(times) < max(spec.timed_steps, steps_for_quantile()),
             "synthetic": spec.synthetic or preprocessed_dir is None,
-            "device": _device_name(info.device), "torch": torch.__version__,
+            "network": plan.dataset, "device": _device_name(info.device),
+            "torch": torch.__version__, "bind": spec.bind,
+            "conv3d": "onednn" if spec.onednn else "plain",
         }
+        return record
     finally:
         D.shutdown(info)
+
+
+def result_line(record: dict[str, Any]) -> str:
+    """One line: the figure, mean and median, p99 and how many steps stand behind it, the
+    spread and whether the cell is steady, the warm-up."""
+    lat, spread, warm = record["latency_ms"], record["spread"], record["warmup"]
+    why = unsteady_reason(spread)
+    p99 = (f"p99 {lat['p99']:.1f} ms" if record["p99_resolved"] else
+           f"p99 {lat['p99']:.1f} ms unresolved ({record['timed_steps']} < "
+           f"{record['p99_min_steps']} steps)")
+    scaling = (f"; weak scaling {record['weak_scaling']:.2f} over 1 rank"
+               if "weak_scaling" in record else "")
+    return (f"{record['mode']} {record['dim']}D bs {record['batch_size']} "
+            f"{record['precision']} {record['gpus']} rank(s): {record['throughput']:.2f} "
+            f"samples/s (median-based {record['throughput_median']:.2f}; step mean "
+            f"{lat['mean']:.1f} ms, median {lat['median']:.1f} ms, {p99}, "
+            f"{record['timed_steps']} steps; CV {spread['cv']:.2f}, p99/median "
+            f"{spread['p99_over_median']:.2f}: {'steady' if why is None else 'UNSTEADY, ' + why}"
+            f"; warm-up {warm['steps']} steps in {warm['seconds']:.1f} s, "
+            f"{'converged' if warm['converged'] else 'capped'}){scaling} "
+            f"[{record['network']}, {record['device']}]")
 
 
 def _network(plan: Plan, spec: BenchmarkSpec, info: D.DistInfo) -> tuple[torch.nn.Module, Any]:
     fmt = torch.contiguous_format
     if spec.channels_last:
         fmt = torch.channels_last_3d if plan.dim == 3 else torch.channels_last
-    model = build_unet(plan, deep_supervision=spec.mode == "train").to(info.device,
-                                                                      memory_format=fmt)
+    model = build_unet(plan, deep_supervision=spec.mode == "train", onednn=spec.onednn)
+    model = model.to(info.device, memory_format=fmt)
     return model, fmt
 
 

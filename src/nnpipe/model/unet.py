@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnpipe.model.onednn import use_onednn
 from nnpipe.planning.plan import Plan
 
 # Extra supervised decoder outputs besides the full-resolution one (nnU-Net and the reference
@@ -173,21 +174,28 @@ def _drop_dynunet_aliases(module: nn.Module, state_dict: dict[str, Any], prefix:
 
 
 def build_unet(plan: Plan, *, deep_supervision: bool = True,
-               out_channels: int | None = None) -> UNet:
+               out_channels: int | None = None, onednn: bool = True) -> UNet:
     """Build the network for ``plan``.
 
     Input ``(B, C, *patch)`` with ``C = plan.num_channels``; output logits
     ``(B, K, *patch)`` with ``K = plan.num_classes`` (or ``out_channels``). In training mode
     with deep supervision the output is ``(B, 1 + heads, K, *patch)``: the full-resolution
     output first, then the heads upsampled to the patch size.
+
+    ``onednn``: 3D convolutions are :class:`~nnpipe.model.onednn.OneDnnConv3d`, so that
+    float32 training and prediction on CPUs stay in oneDNN at batch 1 (forward and
+    backward); on GPUs and under autocast they are plain ``nn.Conv3d`` calls. ``False``
+    builds plain ``nn.Conv3d`` modules (the reference the tests compare against). Both
+    have the same parameters, state-dict keys and seeded weights.
     """
     if len(plan.kernels) != len(plan.strides) or len(plan.filters) != len(plan.strides):
         raise ValueError(f"plan for {plan.dataset} {plan.dim}D has {len(plan.kernels)} kernels, "
                          f"{len(plan.strides)} strides and {len(plan.filters)} filter counts; "
                          "they must match (one per level)")
     heads = deep_supervision_heads(plan) if deep_supervision else 0
-    return UNet(plan.dim, plan.num_channels, out_channels or plan.num_classes,
-                plan.kernels, plan.strides, plan.filters, heads)
+    net = UNet(plan.dim, plan.num_channels, out_channels or plan.num_classes,
+               plan.kernels, plan.strides, plan.filters, heads)
+    return use_onednn(net) if onednn and plan.dim == 3 else net
 
 
 def count_parameters(model: torch.nn.Module) -> int:

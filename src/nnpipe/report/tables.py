@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pandas as pd
 
+from nnpipe.benchmark.steady import record_unsteady_reason, steps_for_quantile
 from nnpipe.errors import DataError
 from nnpipe.io import read_json, write_text
 from nnpipe.machine import machine_info
@@ -325,18 +326,49 @@ def _train_bench_table(grid: TableGrid, index: BenchIndex, machine: Mapping[str,
                 found = [index.get(("train", dim, p, bs, g)) for p in ps]
                 devices += [str(b.get("device", "unknown")) for b in found if b is not None]
                 thr = [float(b["throughput"]) if b else None for b in found]
-                cells = [f"{t:.2f}" if t is not None
-                         else f"missing: {paths.bench('train', dim, p, bs, g)}"
-                         for p, t in zip(ps, thr, strict=True)]
+                cells = [_throughput_cell(b, paths.bench("train", dim, p, bs, g))
+                         for p, b in zip(ps, found, strict=True)]
                 scaling = [_weak_scaling(grid, index, dim, p, bs, g, t)
                            for p, t in zip(ps, thr, strict=True)]
                 rows.append([str(dim), str(g), str(bs), *cells,
-                             *_ratio_cells(ps, thr, "throughput", invert=False), *scaling])
+                             *_bench_ratio_cells(ps, found), *scaling])
     return ("\n## Training throughput\n\n" + _machine_line(machine, devices) + "\n"
             "samples/s = global batch / mean step time after warm-up steps. Speedup: throughput\n"
             "of a precision / throughput of the first. Weak scaling: throughput at N GPUs /\n"
             "throughput at 1 GPU with the same batch per GPU (ideal: N), as in the reference.\n\n"
             + _md_table(header, rows))
+
+
+def _unsteady(record: Mapping[str, Any] | None) -> str | None:
+    """Why a benchmark record's figure is not a result (its step times spread too widely,
+    :mod:`nnpipe.benchmark.steady`), or ``None``."""
+    return None if record is None else record_unsteady_reason(record)
+
+
+def _throughput_cell(record: Mapping[str, Any] | None, path: str) -> str:
+    """samples/s; a missing record names its file, an unsteady one says why without the
+    number (the record keeps it)."""
+    if record is None:
+        return f"missing: {path}"
+    why = _unsteady(record)
+    if why is not None:
+        steps = record.get("timed_steps")
+        return f"unsteady ({why}{f'; {steps} steps' if steps else ''}): not a result"
+    return f"{float(record['throughput']):.2f}"
+
+
+def _bench_ratio_cells(ps: Sequence[str], found: Sequence[Mapping[str, Any] | None]
+                       ) -> list[str]:
+    """Speedups over the first precision; none computed from an unsteady cell."""
+    thr = [float(b["throughput"]) if b else None for b in found]
+    cells = _ratio_cells(ps, thr, "throughput", invert=False)
+    if len(ps) == 1 or found[0] is None:
+        return cells
+    for i, b in enumerate(found[1:]):
+        shaky = [p for p, r in ((ps[0], found[0]), (ps[i + 1], b)) if _unsteady(r)]
+        if shaky and b is not None:
+            cells[i] = f"— (unsteady {' and '.join(shaky)})"
+    return cells
 
 
 def _weak_scaling(grid: TableGrid, index: BenchIndex, dim: int, p: str, bs: int, g: int,
@@ -348,6 +380,10 @@ def _weak_scaling(grid: TableGrid, index: BenchIndex, dim: int, p: str, bs: int,
     one = index.get(("train", dim, p, bs, 1))
     if thr is None or one is None:
         return f"— (no {'1-GPU' if one is None else f'{g}-GPU'} measurement)"
+    shaky = [f"{n}-GPU" for n, r in ((1, one), (g, index.get(("train", dim, p, bs, g))))
+             if _unsteady(r)]
+    if shaky:
+        return f"— (unsteady {' and '.join(shaky)} measurement)"
     return f"{thr / float(one['throughput']):.2f}"
 
 
@@ -367,17 +403,27 @@ def _predict_bench_table(grid: TableGrid, index: BenchIndex, machine: Mapping[st
                           else "unknown (no benchmark file)")
             row = [str(dim), str(bs), resolution]
             for p, b in zip(ps, found, strict=True):
+                cell = _throughput_cell(b, paths.bench("predict", dim, p, bs, 1))
                 if b is None:
-                    why = f"missing: {paths.bench('predict', dim, p, bs, 1)}"
-                    row += [why, "— (no benchmark file)"]
+                    row += [cell, "— (no benchmark file)"]
+                elif _unsteady(b):
+                    row += [cell, "— (unsteady)"]
                 else:
-                    lat = b["latency_ms"]
-                    row += [f"{float(b['throughput']):.2f}",
-                            " / ".join(f"{float(lat[k]):.2f}" for k in LATENCY_KEYS)]
+                    row += [cell, _latency_cell(b)]
             rows.append(row)
     return ("\n## Inference throughput\n\n" + _machine_line(machine, devices) + "\n"
             "Patch inference on 1 process (no sliding window), as in the reference; latency is\n"
             "per batch.\n\n" + _md_table(header, rows))
+
+
+def _latency_cell(record: Mapping[str, Any]) -> str:
+    """mean / p90 / p95 / p99 in ms; a p99 from too few steps to bound it is not printed."""
+    lat = record["latency_ms"]
+    parts = [f"{float(lat[k]):.2f}" for k in LATENCY_KEYS]
+    if record.get("p99_resolved") is False:
+        parts[-1] = (f"n/a ({record.get('timed_steps', '?')} < "
+                     f"{record.get('p99_min_steps', steps_for_quantile())} steps)")
+    return " / ".join(parts)
 
 
 def _resolution(patch_size: Sequence[int]) -> str:
