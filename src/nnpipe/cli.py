@@ -186,7 +186,10 @@ def _benchmark_cell(args: argparse.Namespace):  # -> tuple[Plan, BenchmarkSpec]
         cfg.timed_steps if args.steps is None else args.steps,
         tuple(args.patch_size or cfg.patch_size(args.dim)),
         args.synthetic or cfg.synthetic or not args.plan, args.compile, args.channels_last,
-        args.loader, args.max_warmup_s, args.max_timing_s, args.bind, not args.plain_conv3d)
+        args.loader,
+        cfg.max_warmup_s if args.max_warmup_s is None else args.max_warmup_s,
+        cfg.max_timing_s if args.max_timing_s is None else args.max_timing_s,
+        args.bind, not args.plain_conv3d)
     return plan, spec
 
 
@@ -292,7 +295,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--raw", required=True)
     sp.add_argument("--splits", required=True)
     sp.add_argument("--out", required=True)
-    from nnpipe.benchmark.steady import TIMING_CAP_S, WARMUP_CAP_S, steps_for_quantile
+    from nnpipe.benchmark.steady import steps_for_quantile
 
     sp = stage("benchmark", cmd_benchmark, "Training or inference throughput like the "
                "reference, at steady state. Without --plan: the reference's MSD Task01 "
@@ -319,10 +322,10 @@ def _parser() -> argparse.ArgumentParser:
                     "then on until the step times agree")
     sp.add_argument("--steps", type=int, help="timed steps at least (default: config); then "
                     f"on to {steps_for_quantile()} (p99) within --max-timing-s")
-    sp.add_argument("--max-warmup-s", type=float, default=WARMUP_CAP_S,
-                    help="warm-up time cap after --warmup steps (default: %(default)s)")
-    sp.add_argument("--max-timing-s", type=float, default=TIMING_CAP_S,
-                    help="timing cap after --steps steps (default: %(default)s)")
+    sp.add_argument("--max-warmup-s", type=float, help="warm-up time cap (s) after --warmup "
+                    "steps (default: config benchmark.max_warmup_s)")
+    sp.add_argument("--max-timing-s", type=float, help="timing cap (s) after --steps steps "
+                    "(default: config benchmark.max_timing_s)")
     sp.add_argument("--synthetic", action="store_true", help="random tensors instead of data")
     sp.add_argument("--compile", action="store_true", help="torch.compile the network")
     sp.add_argument("--channels-last", action="store_true", help="channels-last memory format")

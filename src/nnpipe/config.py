@@ -142,6 +142,8 @@ class BenchmarkSettings:
     warmup_steps: int
     timed_steps: int
     synthetic: bool
+    max_warmup_s: float = 30.0  # warm-up goes on until step times agree, at most this long
+    max_timing_s: float = 60.0  # timing goes on to 368 steps (p99), at most this long
 
     def train_batch_sizes(self, dim: int) -> tuple[int, ...]:
         return self.train_batch_sizes_2d if dim == 2 else self.train_batch_sizes_3d
