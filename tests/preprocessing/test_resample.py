@@ -124,3 +124,83 @@ def test_separable_zoom_equals_one_scipy_pass(order, shape, new_shape):
     fast, ref = _zoom(vol, new_shape, order), _zoom_ndimage(vol, new_shape, order)
     assert fast.shape == ref.shape == tuple(new_shape) and fast.dtype == np.float32
     np.testing.assert_allclose(fast, ref, atol=2e-3, rtol=0)
+
+
+# ---------------------------------------------------------------- the torch path (CPU device)
+
+# (shape, new shape, separate axis): isotropic up and down, anisotropic (the separate axis
+# resized or kept, planes up or down), a 2D plan's slice axis kept, one axis unchanged, and an
+# axis longer than MAX_MATRIX_AXIS (numpy takes one scipy pass there, torch the matrix)
+TORCH_CASES = [
+    ((17, 23, 9), (30, 11, 9), None),
+    ((12, 14, 10), (6, 7, 5), None),
+    ((10, 12, 14), (10, 6, 14), None),
+    ((17, 23, 9), (30, 11, 20), 2),
+    ((12, 14, 5), (6, 7, 15), 2),
+    ((20, 8, 8), (20, 16, 4), 0),
+    ((12, 14, 5), (24, 7, 5), 0),
+    ((9, 16, 7), (18, 16, 3), 1),
+    ((650, 3, 4), (700, 2, 4), None),
+]
+
+
+@pytest.mark.parametrize("order", [1, 3])
+@pytest.mark.parametrize(("shape", "new_shape", "axis"), TORCH_CASES)
+@pytest.mark.parametrize("chunk_bytes", [None, 1])
+def test_torch_path_equals_numpy_path(order, shape, new_shape, axis, chunk_bytes):
+    """The device path (here on the CPU device) gives the numpy path's numbers to float32
+    rounding; ``chunk_bytes=1`` forces one-row slabs, which must not change them."""
+    import torch
+
+    from nnpipe.preprocessing.resample import resample_image_torch
+
+    image = np.random.default_rng(5).normal(size=(2, *shape)).astype(np.float32) * 100
+    ref = resample_image(image, new_shape, axis, order)
+    kw = {} if chunk_bytes is None else {"chunk_bytes": chunk_bytes}
+    got = resample_image_torch(torch.from_numpy(image), new_shape, axis, order, **kw)
+    assert got.dtype == torch.float32 and tuple(got.shape) == ref.shape == (2, *new_shape)
+    # float32 rounding of values up to ~400: a few ulp
+    np.testing.assert_allclose(got.numpy(), ref, atol=3e-4, rtol=0)
+
+
+@pytest.mark.parametrize(("shape", "new_shape"),
+                         [((8, 9, 10), (16, 4, 10)), ((5, 5, 5), (13, 2, 7)),
+                          ((4, 4, 4), (4, 4, 4))])
+def test_torch_mask_is_exactly_the_numpy_mask(shape, new_shape):
+    import torch
+
+    from nnpipe.preprocessing.resample import resample_mask_torch
+
+    mask = np.random.default_rng(0).random(shape) > 0.5
+    got = resample_mask_torch(torch.from_numpy(mask), new_shape)
+    assert got.dtype == torch.bool
+    np.testing.assert_array_equal(got.numpy(), resample_mask(mask, new_shape))
+
+
+def test_torch_volume_writes_into_out_and_checks_it():
+    import torch
+
+    from nnpipe.preprocessing.resample import resample_volume_torch
+
+    vol = torch.arange(4 * 5 * 6, dtype=torch.float32).reshape(4, 5, 6)
+    out = torch.full((8, 5, 3), -1.0)
+    assert resample_volume_torch(vol, (8, 5, 3), 1, out=out) is out
+    np.testing.assert_allclose(out.numpy(), resample_volume(vol.numpy(), (8, 5, 3), 1),
+                               atol=1e-4)
+    with pytest.raises(ValueError, match=r"out must be float32 of shape \(8, 5, 3\)"):
+        resample_volume_torch(vol, (8, 5, 3), 1, out=torch.empty(8, 5, 4))
+    with pytest.raises(ValueError, match="expected a 3D volume"):
+        resample_volume_torch(vol[0], (8, 5), 1)
+
+
+def test_torch_path_ignores_tf32_and_autocast_of_the_caller():
+    """Resampling runs in full float32 even inside a bf16 autocast region."""
+    import torch
+
+    from nnpipe.preprocessing.resample import resample_image_torch
+
+    image = np.random.default_rng(1).normal(size=(1, 9, 10, 11)).astype(np.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = resample_image_torch(torch.from_numpy(image), (13, 7, 11), None, 3)
+    assert got.dtype == torch.float32
+    np.testing.assert_allclose(got.numpy(), resample_image(image, (13, 7, 11)), atol=1e-5)

@@ -55,10 +55,12 @@ from nnpipe.preprocessing.pipeline import (
     CaseMeta,
     case_target_spacing,
     preprocess_image,
+    preprocess_image_torch,
+    restore_channel_torch,
     restore_probabilities,
 )
 from nnpipe.progress import log
-from nnpipe.training.regions import regions_to_labels
+from nnpipe.training.regions import THRESHOLD, regions_to_labels
 
 GiB = 1024**3
 
@@ -123,30 +125,64 @@ def check_memory(case: Case, plan: Plan, out_channels: int, limit_gb: float) -> 
 def predict_image(models: Sequence[LoadedModel], image: np.ndarray, affine: np.ndarray,
                   settings: InferenceSettings, case_id: str, *,
                   postprocess: Sequence[ScoredClass] = (),
-                  with_probabilities: bool = False) -> CaseResult:
+                  with_probabilities: bool = False,
+                  device_path: bool | None = None) -> CaseResult:
     """Label values ``(X, Y, Z)`` (and probabilities) for ``image`` ``(C, X, Y, Z)`` in its
     own grid (the reader's canonical order; :func:`nnpipe.datasets.layout.write_prediction`
-    takes them back to the file's)."""
+    takes them back to the file's).
+
+    ``device_path``: crop, resample and normalize, and later resample the probabilities back
+    and take the argmax, with torch on the models' device (default: when that is not the CPU;
+    on CPUs the numpy path is the faster one). Both paths give the same numbers to float32
+    rounding. If the device runs out of memory for a step, that step runs on the host (logged).
+    """
     plan = models[0].plan
     if image.ndim != 4 or image.shape[0] != plan.num_channels:
         raise DataError(f"image of shape {image.shape} has {image.shape[0]} channel(s); the "
                         f"model expects {plan.num_channels}", case=case_id)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise DataError("affine is not invertible (zero or non-finite voxel size)", case=case_id)
-    data, meta = preprocess_image(image, affine, plan, case_id)
+    device = models[0].device
+    on_device = device.type != "cpu" if device_path is None else device_path
+    data, meta = None, None
+    if on_device:
+        try:
+            data_t, meta = preprocess_image_torch(image, affine, plan, case_id, device)
+            data = data_t.cpu().numpy()  # average_probabilities takes host arrays
+            del data_t
+        except torch.OutOfMemoryError:
+            _out_of_device_memory(device, case_id, "preprocessing")
+    if data is None or meta is None:
+        data, meta = preprocess_image(image, affine, plan, case_id)
     del image
     probs = average_probabilities(models, data, settings)
     del data
     regions = models[0].regions
+    if on_device:
+        try:
+            labels, full = _restore_on_device(probs, meta, models[0], with_probabilities)
+            return CaseResult(_postprocess(labels, postprocess), full)
+        except torch.OutOfMemoryError:
+            _out_of_device_memory(device, case_id, "restoring the probabilities")
     full = _restore(probs, meta, regions is not None)
     del probs
     if regions is not None:
         labels = regions_to_labels(full, regions).astype(plan.label_table.value_dtype)
     else:
         labels = plan.label_table.to_values(full.argmax(0))
+    return CaseResult(_postprocess(labels, postprocess), full if with_probabilities else None)
+
+
+def _postprocess(labels: np.ndarray, postprocess: Sequence[ScoredClass]) -> np.ndarray:
     for c in postprocess:
         labels = keep_largest_component(labels, c)
-    return CaseResult(labels, full if with_probabilities else None)
+    return labels
+
+
+def _out_of_device_memory(device: torch.device, case_id: str, step: str) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    log(f"case {case_id!r}: device memory ran out while {step}; doing it on the host")
 
 
 def _restore(probs: np.ndarray, meta: CaseMeta, regions: bool) -> np.ndarray:
@@ -156,6 +192,47 @@ def _restore(probs: np.ndarray, meta: CaseMeta, regions: bool) -> np.ndarray:
         return restore_probabilities(probs, meta)
     padded = np.concatenate([np.zeros_like(probs[:1]), probs])
     return restore_probabilities(padded, meta)[1:]
+
+
+def _restore_on_device(probs: np.ndarray, meta: CaseMeta, lm: LoadedModel,
+                       with_probabilities: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`_restore` and the label map on ``lm.device``, one channel of ``probs``
+    ``(K, X', Y', Z')`` at a time: each is resampled to the crop box and folded into a
+    running argmax (the first maximum wins, as in ``argmax``) or, in region mode, thresholded
+    (outermost region first). Outside the box every voxel is background, as on the host.
+    Only the label values ``(X, Y, Z)`` come back to the host, and the probabilities
+    ``(K, X, Y, Z)`` when asked for."""
+    device, table = lm.device, lm.plan.label_table
+    box = tuple(slice(lo, hi) for lo, hi in meta.bbox)
+    full = None
+    if with_probabilities:
+        full = np.zeros((probs.shape[0], *meta.original_shape), dtype=np.float32)
+        if lm.regions is None:
+            full[0] = 1.0
+    best: torch.Tensor | None = None
+    index = torch.zeros(meta.cropped_shape, dtype=torch.int32, device=device)
+    with torch.inference_mode():
+        for k in range(probs.shape[0]):
+            channel = restore_channel_torch(torch.from_numpy(probs[k]).to(device), meta)
+            if full is not None:
+                full[(k, *box)] = channel.cpu().numpy()
+            if lm.regions is not None:  # index holds label values here
+                index.masked_fill_(channel > THRESHOLD, min(lm.regions[k].labels))
+            elif best is None:
+                best = channel
+            else:
+                better = channel > best
+                best = torch.where(better, channel, best)
+                index.masked_fill_(better, k)
+        small = table.value_dtype == np.uint8
+        if lm.regions is None:
+            lut = torch.tensor(table.values, dtype=torch.int32, device=device)
+            index = lut[index]
+        labels = torch.zeros(meta.original_shape, device=device,
+                             dtype=torch.uint8 if small else torch.int32)
+        labels[box] = index
+        host = labels.cpu().numpy()
+    return host.astype(table.value_dtype, copy=False), full
 
 
 def write_probabilities(path: Path | str, probs: np.ndarray, affine: np.ndarray,

@@ -14,11 +14,12 @@ them, and last ``manifest.json``, whose presence means the folder is complete.
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,18 +28,25 @@ from nnpipe.errors import DataError
 from nnpipe.geometry import spacing_of
 from nnpipe.io import save_npy, write_json
 from nnpipe.planning.fingerprint import Bbox, crop_to_nonzero
-from nnpipe.planning.plan import Plan
-from nnpipe.preprocessing.normalize import nonzero_mask, normalize
+from nnpipe.planning.plan import ChannelNorm, Plan
+from nnpipe.preprocessing.normalize import MIN_STD, nonzero_mask, normalize
 from nnpipe.preprocessing.parallel import GB, estimate_case_bytes, imap_bounded
 from nnpipe.preprocessing.resample import (
+    DEVICE_CHUNK_BYTES,
     resample_image,
+    resample_image_torch,
     resample_labels,
     resample_mask,
+    resample_mask_torch,
     resample_volume,
+    resample_volume_torch,
     separate_axis,
     target_shape,
 )
 from nnpipe.progress import log
+
+if TYPE_CHECKING:
+    import torch
 
 # Foreground voxels remembered per class for foreground-biased patch sampling.
 MAX_CLASS_LOCATIONS = 1000
@@ -202,6 +210,123 @@ def restore_probabilities(probs: np.ndarray, meta: CaseMeta) -> np.ndarray:
     full = np.zeros((probs.shape[0], *meta.original_shape), dtype=np.float32)
     full[0] = 1.0
     return _paste(cropped, meta, full)
+
+
+# ---------------------------------------------------------------- the same on a torch device
+# Prediction on a GPU preprocesses and restores there (nnpipe.inference.predict): the numbers
+# are the numpy path's to float32 rounding (the same resampling matrices, float64 statistics);
+# work is done a channel at a time, in slabs of at most DEVICE_CHUNK_BYTES.
+
+
+def preprocess_image_torch(image: np.ndarray, affine: np.ndarray, plan: Plan, case_id: str,
+                           device: torch.device | str, *,
+                           chunk_bytes: int = DEVICE_CHUNK_BYTES
+                           ) -> tuple[torch.Tensor, CaseMeta]:
+    """:func:`preprocess_image` on ``device``: crop, resample and normalize ``image``
+    ``(C, X, Y, Z)`` (host array) there; returns ``(C, X', Y', Z')`` float32 on ``device``
+    and the same meta.
+
+    Device memory: the float32 image and the result, plus one channel's intermediate and
+    slabs (:func:`~nnpipe.preprocessing.resample.resample_volume_torch`).
+    """
+    import torch
+
+    _check_image(image, plan, case_id)
+    spacing = _float3(spacing_of(affine))
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device)
+    nonzero = (x != 0).any(0)
+    bbox = _nonzero_box_torch(nonzero)
+    sl = tuple(slice(lo, hi) for lo, hi in bbox)
+    cropped, mask = x[(slice(None), *sl)], nonzero[sl]
+    target = case_target_spacing(plan, spacing)
+    new_shape = _int3(target_shape(cropped.shape[1:], spacing, target))
+    axis = separate_axis(spacing, target)
+    data = resample_image_torch(cropped, new_shape, axis, chunk_bytes=chunk_bytes)
+    del x, cropped, nonzero
+    # the mask of the image before resampling, as the numpy path takes it
+    normalize_torch_(data, plan.channel_norms, resample_mask_torch(mask, new_shape),
+                     chunk_bytes=chunk_bytes)
+    meta = CaseMeta(
+        case_id=case_id, original_shape=_int3(image.shape[1:]),
+        affine=tuple(tuple(float(v) for v in row) for row in np.asarray(affine)),
+        original_spacing=spacing, bbox=bbox, cropped_shape=_int3(tuple(mask.shape)),
+        target_spacing=target, resampled_shape=new_shape,
+    )
+    return data, meta
+
+
+def _nonzero_box_torch(nonzero: torch.Tensor) -> Bbox:
+    """:func:`~nnpipe.planning.fingerprint.crop_to_nonzero`'s box of a boolean ``(X, Y, Z)``
+    tensor (one small copy to the host); an all-zero image keeps its full extent."""
+    import torch
+
+    projections = [nonzero.any(2).any(1), nonzero.any(2).any(0), nonzero.any(1).any(0)]
+    flags = torch.cat(projections).cpu().numpy()
+    box = []
+    start = 0
+    for n in nonzero.shape:
+        hits = np.flatnonzero(flags[start:start + n])
+        box.append((0, int(n)) if hits.size == 0 else (int(hits[0]), int(hits[-1]) + 1))
+        start += n
+    return (box[0], box[1], box[2])
+
+
+def normalize_torch_(data: torch.Tensor, norms: Sequence[ChannelNorm], mask: torch.Tensor, *,
+                     chunk_bytes: int = DEVICE_CHUNK_BYTES) -> torch.Tensor:
+    """:func:`~nnpipe.preprocessing.normalize.normalize` in place on a float32 tensor
+    ``(C, X, Y, Z)`` on any device, ``mask`` the boolean nonzero mask ``(X, Y, Z)``.
+
+    ``zscore_nonzero`` takes mean and std over the mask in float64 like numpy (two passes,
+    slab by slab along X, so no float64 copy of a whole channel); ``ct`` clips and scales
+    with the plan's statistics.
+    """
+    import torch
+
+    if data.ndim != 4 or data.shape[0] != len(norms):
+        raise ValueError(f"image of shape {tuple(data.shape)} does not match {len(norms)} "
+                         f"channel norm(s)")
+    if tuple(mask.shape) != tuple(data.shape[1:]):
+        raise ValueError(f"mask shape {tuple(mask.shape)} differs from image shape "
+                         f"{tuple(data.shape[1:])}")
+    rows = max(1, chunk_bytes // (3 * 8 * max(1, mask[0].numel())))
+    slabs = [slice(a, a + rows) for a in range(0, mask.shape[0], rows)]
+    count = int(mask.sum())
+    for c, norm in enumerate(norms):
+        ch = data[c]
+        if norm.scheme == "zscore_nonzero":
+            if count == 0:
+                ch.zero_()
+                continue
+            total = sum(torch.where(mask[s], ch[s].double(), 0.0).sum() for s in slabs)
+            mean = float(total) / count
+            sq = sum(torch.where(mask[s], (ch[s].double() - mean) ** 2, 0.0).sum()
+                     for s in slabs)
+            std = math.sqrt(float(sq) / count)
+            ch.sub_(mean).div_(max(std, MIN_STD)).masked_fill_(~mask, 0.0)
+        elif norm.scheme == "ct":
+            low, high, mean, std = norm.clip_low, norm.clip_high, norm.mean, norm.std
+            if low is None or high is None or mean is None or std is None:
+                raise ValueError(f"CT normalization needs clip_low, clip_high, mean and std, "
+                                 f"got {norm}")
+            ch.clamp_(low, high).sub_(mean).div_(max(std, MIN_STD))
+        else:
+            raise ValueError(f"normalization scheme {norm.scheme!r} of channel {c} has no "
+                             "device version; known: zscore_nonzero, ct")
+    return data
+
+
+def restore_channel_torch(channel: torch.Tensor, meta: CaseMeta, *,
+                          chunk_bytes: int = DEVICE_CHUNK_BYTES) -> torch.Tensor:
+    """One probability channel ``(X', Y', Z')`` at the target spacing -> the cropped grid
+    ``meta.cropped_shape`` on the same device, float32: :func:`restore_probabilities`'s
+    linear resampling, a channel at a time (the caller pastes it at ``meta.bbox``; outside it
+    the background has probability 1)."""
+    if tuple(channel.shape) != meta.resampled_shape:
+        raise ValueError(f"case {meta.case_id!r}: a probability channel of shape "
+                         f"{tuple(channel.shape)} does not match the preprocessed shape "
+                         f"{meta.resampled_shape}")
+    axis = separate_axis(meta.original_spacing, meta.target_spacing)
+    return resample_volume_torch(channel, meta.cropped_shape, 1, axis, chunk_bytes=chunk_bytes)
 
 
 def restore_labels(labels: np.ndarray, meta: CaseMeta) -> np.ndarray:

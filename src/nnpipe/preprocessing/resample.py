@@ -8,15 +8,23 @@ nearest neighbour: interpolating across thick slices invents anatomy between the
 
 Old and new grids share their outer edges ("align corners = False"): output voxel ``j``
 samples input coordinate ``(j + 0.5) * n_in / n_out - 0.5``.
+
+The ``*_torch`` functions do the same with torch on any device (prediction on a GPU), with
+the same per-axis matrices, so both give the same numbers to float32 rounding.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import ndimage
+
+if TYPE_CHECKING:
+    import torch
 
 ANISOTROPY_THRESHOLD = 3.0
 # Longer axes fall back to one scipy pass: the dense per-axis matrix costs n_in multiply-adds
@@ -162,3 +170,169 @@ def resample_labels(label: np.ndarray, new_shape: Sequence[int],
 def resample_mask(mask: np.ndarray, new_shape: Sequence[int]) -> np.ndarray:
     """Nearest-neighbour resampling of a boolean mask ``(X, Y, Z)``."""
     return resample_volume(mask.astype(np.float32), new_shape, 0) > 0.5
+
+
+# ---------------------------------------------------------------- the same, on a torch device
+#
+# The functions below apply the very matrices of :func:`_axis_matrix` (and scipy's own
+# nearest-neighbour choices) with torch, so they give the numpy path's numbers (to float32
+# rounding) on any device. Prediction uses them when the network runs on a GPU: a case is then
+# not held up by CPU resampling. ``torch`` is imported inside them: the preprocessing workers,
+# which never need it, start without it.
+
+# Device bytes one working slab may take (float32 temporaries of the per-axis products,
+# counted three times over: input slab, its permuted copy, the product). Bounds the extra
+# memory of resampling one channel whatever the case's size.
+DEVICE_CHUNK_BYTES = 256 * 2**20
+
+
+@functools.lru_cache(maxsize=128)
+def _device_matrix(n_in: int, n_out: int, order: int, device: torch.device) -> torch.Tensor:
+    """:func:`_axis_matrix` as a float32 tensor on ``device`` (cached: a few KiB each)."""
+    import torch
+
+    return torch.from_numpy(_axis_matrix(n_in, n_out, order)).to(device)
+
+
+@functools.lru_cache(maxsize=128)
+def _device_indices(n_in: int, n_out: int, kind: str, device: torch.device) -> torch.Tensor:
+    """Source index of every output voxel along one axis, on ``device``.
+
+    ``kind="spline0"``: scipy's order-0 choice (the one-hot rows of ``_axis_matrix(.., 0)``,
+    so exactly what :func:`resample_mask` picks); ``kind="nearest"``: :func:`_nearest_indices`
+    (the separately resampled anisotropic axis).
+    """
+    import torch
+
+    if kind == "spline0":
+        idx = np.argmax(_axis_matrix(n_in, n_out, 0), axis=1)
+    else:
+        idx = _nearest_indices(n_in, n_out)
+    return torch.from_numpy(idx.astype(np.int64)).to(device)
+
+
+def _along(x: torch.Tensor, dim: int, n_out: int, order: int) -> torch.Tensor:
+    """Resample ``x`` along ``dim`` to ``n_out`` voxels (spline ``order``; 0 keeps dtype)."""
+    import torch
+
+    n_in = x.shape[dim]
+    if n_in == n_out:
+        return x  # spline interpolation at the knots is the identity
+    if order == 0:
+        return x.index_select(dim, _device_indices(n_in, n_out, "spline0", x.device))
+    w = _device_matrix(n_in, n_out, order, x.device)
+    return torch.movedim(torch.tensordot(x, w, dims=([dim], [1])), -1, dim)
+
+
+@contextlib.contextmanager
+def _exact_float32(device: torch.device) -> Iterator[None]:
+    """Full float32 products, whatever the caller set: no TF32 (10-bit mantissa) matmuls and
+    no autocast, which would give a resampled image visibly different from the CPU's."""
+    import torch
+
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        with torch.autocast(device.type, enabled=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+def _rows_per_slab(plane_in: Sequence[int], plane_out: Sequence[int], chunk_bytes: int) -> int:
+    """Rows along the first axis per slab so that a slab's temporaries fit ``chunk_bytes``."""
+    widest = max(plane_in[0], plane_out[0]) * max(plane_in[1], plane_out[1])
+    return max(1, chunk_bytes // (3 * 4 * widest))
+
+
+def resample_volume_torch(volume: torch.Tensor, new_shape: Sequence[int], order: int,
+                          axis: int | None = None, *, out: torch.Tensor | None = None,
+                          chunk_bytes: int = DEVICE_CHUNK_BYTES) -> torch.Tensor:
+    """:func:`resample_volume` for a tensor ``(X, Y, Z)`` on any device; float32 out.
+
+    The same per-axis matrices (spline ``order`` 1 or 3; 0 is scipy's nearest choice) and,
+    with ``axis``, the same nearest-neighbour copy of slices along that axis, so the result
+    equals the numpy path's to float32 rounding (axes longer than ``MAX_MATRIX_AXIS`` included,
+    where numpy takes one scipy pass with the same result). Writes into ``out`` (a float32
+    ``new_shape`` tensor on the same device) when given.
+
+    Memory: the two other axes are resampled in slabs along the first axis (``axis`` when
+    given, else X) of about ``chunk_bytes`` at most, then the first axis in slabs of output
+    rows. Beyond input and output, one intermediate ``(X, Y', Z')`` and one slab are held.
+    """
+    import torch
+
+    new_shape = tuple(int(s) for s in new_shape)
+    if volume.ndim != 3 or len(new_shape) != 3:
+        raise ValueError(f"expected a 3D volume and shape, got {tuple(volume.shape)} -> "
+                         f"{new_shape}")
+    if out is None:
+        out = torch.empty(new_shape, dtype=torch.float32, device=volume.device)
+    elif tuple(out.shape) != new_shape or out.dtype != torch.float32:
+        raise ValueError(f"out must be float32 of shape {new_shape}, got {out.dtype} "
+                         f"{tuple(out.shape)}")
+    first = 0 if axis is None else axis
+    src = volume.movedim(first, 0)
+    dst = out.movedim(first, 0)
+    plane_out = tuple(s for a, s in enumerate(new_shape) if a != first)
+    n_in, n_out = src.shape[0], new_shape[first]
+    with _exact_float32(volume.device):
+        # the two other axes, slab by slab (slices along the first axis are independent)
+        if tuple(src.shape[1:]) == plane_out:
+            mid = src.float() if n_in != n_out else dst.copy_(src)
+        else:
+            mid = dst if n_in == n_out else torch.empty((n_in, *plane_out),
+                                                        dtype=torch.float32,
+                                                        device=volume.device)
+            rows = _rows_per_slab(src.shape[1:], plane_out, chunk_bytes)
+            for a in range(0, n_in, rows):
+                slab = src[a:a + rows].float()
+                for d, n in enumerate(plane_out, start=1):
+                    slab = _along(slab, d, n, order)
+                mid[a:a + rows] = slab
+        if n_in == n_out:
+            return out
+        # the first axis, in slabs of output rows: nearest slices (the anisotropic axis) or
+        # rows of one matrix product
+        rows = _rows_per_slab(plane_out, plane_out, chunk_bytes)
+        if axis is not None or order == 0:
+            kind = "nearest" if axis is not None else "spline0"
+            idx = _device_indices(n_in, n_out, kind, volume.device)
+            for a in range(0, n_out, rows):
+                dst[a:a + rows] = mid.index_select(0, idx[a:a + rows])
+        else:
+            w = _device_matrix(n_in, n_out, order, volume.device)
+            flat = mid.reshape(n_in, -1)
+            for a in range(0, n_out, rows):
+                dst[a:a + rows] = (w[a:a + rows] @ flat).view(-1, *plane_out)
+    return out
+
+
+def resample_image_torch(image: torch.Tensor, new_shape: Sequence[int],
+                         axis: int | None = None, order: int = 3, *,
+                         chunk_bytes: int = DEVICE_CHUNK_BYTES) -> torch.Tensor:
+    """:func:`resample_image` for a tensor ``(C, X, Y, Z)`` on any device: ``(C, *new_shape)``
+    float32 on the same device, one channel at a time (peak: input, output and one channel's
+    intermediate; see :func:`resample_volume_torch`)."""
+    import torch
+
+    if image.ndim != 4:
+        raise ValueError(f"image must be (C, X, Y, Z), got shape {tuple(image.shape)}")
+    new_shape = tuple(int(s) for s in new_shape)
+    out = torch.empty((image.shape[0], *new_shape), dtype=torch.float32, device=image.device)
+    for c in range(image.shape[0]):
+        resample_volume_torch(image[c], new_shape, order, axis, out=out[c],
+                              chunk_bytes=chunk_bytes)
+    return out
+
+
+def resample_mask_torch(mask: torch.Tensor, new_shape: Sequence[int]) -> torch.Tensor:
+    """:func:`resample_mask` for a boolean tensor ``(X, Y, Z)`` on any device: scipy's
+    nearest-neighbour choice per axis (separable, so exactly the numpy result)."""
+    new_shape = tuple(int(s) for s in new_shape)
+    if mask.ndim != 3 or len(new_shape) != 3:
+        raise ValueError(f"expected a 3D mask and shape, got {tuple(mask.shape)} -> {new_shape}")
+    out = mask
+    for d, n in enumerate(new_shape):
+        out = _along(out, d, n, 0)
+    return out.contiguous() if out is not mask else mask.clone()
