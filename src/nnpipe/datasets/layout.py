@@ -36,7 +36,15 @@ import numpy as np
 
 from nnpipe.errors import DataError
 from nnpipe.geometry import Orientation, grid_difference, orientation_of
-from nnpipe.imageio import ImageFile, ending_of, is_companion, read_file, strip_ending, write_like
+from nnpipe.imageio import (
+    ENDINGS,
+    ImageFile,
+    ending_of,
+    is_companion,
+    read_file,
+    strip_ending,
+    write_like,
+)
 from nnpipe.labels import LabelTable, integer_labels, parse_labels
 from nnpipe.progress import log
 
@@ -126,7 +134,7 @@ def find_cases(folder: Path | str, *, layout: str, num_channels: int,
     files: dict[str, Path] = {}
     for p in _listing(folder):
         if ending_of(p) is None:
-            log(f"warning: {p}: not a supported image file ({', '.join(_endings())}); ignored")
+            log(f"warning: {p}: not a supported image file ({', '.join(ENDINGS)}); ignored")
             continue
         stem = strip_ending(p)
         if stem in files:
@@ -137,12 +145,6 @@ def find_cases(folder: Path | str, *, layout: str, num_channels: int,
     if layout == "msd":
         return [Case(s, (p,), labels.get(s)) for s, p in sorted(files.items())], []
     return _group_channels(files, num_channels, labels, folder)
-
-
-def _endings() -> list[str]:
-    from nnpipe.imageio import ENDINGS
-
-    return list(ENDINGS)
 
 
 def _group_channels(files: dict[str, Path], num_channels: int, labels: dict[str, Path],
