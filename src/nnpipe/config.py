@@ -83,6 +83,8 @@ class PlanningSettings:
     batch_voxels_3d: int
     batch_voxels_2d: int
     preset: str = "auto"  # auto | reference
+    network: str = "plain"  # plain | resenc_m | resenc_l (nnpipe.planning.network.NETWORKS)
+    vram_target_gb: float = 0.0  # ResEnc presets: GPU memory per training step; 0 = preset's
 
 
 @dataclass(frozen=True)

@@ -183,3 +183,22 @@ def test_seed_command_runs_end_to_end_on_the_cpu(tmp_path, monkeypatch, capsys):
     assert out.startswith("train 3D bs 1 fp32 1 rank(s): ")
     assert "synthetic-Task01_BrainTumour" in out
     assert list(Path(tmp_path).iterdir()) == []
+
+
+def test_plan_for_patch_keeps_a_resenc_network_buildable():
+    """A benchmark patch with another number of levels re-derives the encoder's blocks too
+    (a ResEnc plan kept its old block counts and the build refused it)."""
+    import dataclasses
+
+    from nnpipe.benchmark.synthetic import task01_plan
+    from nnpipe.benchmark.throughput import plan_for_patch
+    from nnpipe.model import build_unet
+    from nnpipe.planning.network import encoder_blocks
+
+    plan = task01_plan(3)
+    plan = dataclasses.replace(plan, network="resenc_m",
+                               encoder_blocks=encoder_blocks("resenc_m", len(plan.strides)))
+    small = plan_for_patch(plan, (32, 32, 32))
+    assert len(small.strides) < len(plan.strides)
+    assert small.encoder_blocks == encoder_blocks("resenc_m", len(small.strides))
+    build_unet(small, deep_supervision=True)

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -38,14 +38,23 @@ from nnpipe.data.sampling import SamplerSettings
 from nnpipe.io import read_json
 from nnpipe.machine import cpu_model
 from nnpipe.model import build_unet
+from nnpipe.planning.network import encoder_blocks
 from nnpipe.planning.plan import Plan
 from nnpipe.planning.topology import unet_filters, unet_topology
 from nnpipe.progress import log
 from nnpipe.training import distributed as D
 from nnpipe.training.loss import DeepSupervisionLoss
-from nnpipe.training.precision import autocast, configure_backend, get_precision, make_scaler
+from nnpipe.training.precision import (
+    Precision,
+    autocast,
+    configure_backend,
+    get_precision,
+    make_scaler,
+)
 
 MODES = ("train", "predict", "loader")
+# An endless source of (image, seg) batches on the device.
+Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -97,7 +106,8 @@ def plan_for_patch(plan: Plan, patch_size: tuple[int, ...]) -> Plan:
     kernels, strides = unet_topology(patch_size, plan.spacing)
     base = plan.filters[0]
     return dataclasses.replace(plan, patch_size=tuple(patch_size), kernels=kernels,
-                               strides=strides, filters=unet_filters(len(strides), plan.dim, base))
+                               strides=strides, filters=unet_filters(len(strides), plan.dim, base),
+                               encoder_blocks=encoder_blocks(plan.network, len(strides)))
 
 
 def _synchronized(step: Callable[[], None], device: torch.device) -> Callable[[], None]:
@@ -120,7 +130,7 @@ def _consensus(info: D.DistInfo) -> Callable[[bool], bool]:
 
 
 def _batches(plan: Plan, spec: BenchmarkSpec, preprocessed_dir: Path | None,
-             device: torch.device, rank: int):
+             device: torch.device, rank: int) -> Batches:
     """An endless batch source: the real loader (sampling + augmentation) or random tensors."""
     shape = (spec.batch_size, plan.num_channels, *plan.patch_size)
     if spec.synthetic or preprocessed_dir is None:
@@ -214,20 +224,22 @@ def _network(plan: Plan, spec: BenchmarkSpec, info: D.DistInfo) -> tuple[torch.n
     if spec.channels_last:
         fmt = torch.channels_last_3d if plan.dim == 3 else torch.channels_last
     model = build_unet(plan, deep_supervision=spec.mode == "train", onednn=spec.onednn)
-    model = model.to(info.device, memory_format=fmt)
+    # the ignore: torch's stub of Module.to lacks memory_format, which it accepts at runtime
+    model = model.to(info.device, memory_format=fmt)  # type: ignore[call-overload]
     return model, fmt
 
 
-def _train_step(plan, spec, precision, info, batches) -> Callable[[], None]:
+def _train_step(plan: Plan, spec: BenchmarkSpec, precision: Precision, info: D.DistInfo,
+                batches: Batches) -> Callable[[], None]:
     """One optimizer step as the trainer takes it, batch fetching (sampling, augmentation)
     included."""
     model, fmt = _network(plan, spec, info)
     net = (torch.nn.parallel.DistributedDataParallel(model) if info.world_size > 1 else model)
-    if spec.compile:
-        net = torch.compile(net)
+    if spec.compile:  # an OptimizedModule, a Module; torch.compile's stub only says Callable
+        net = cast(torch.nn.Module, torch.compile(net))
     net.train()
-    fused = {"fused": True} if info.device.type == "cuda" else {}
-    optimizer = torch.optim.Adam(model.parameters(), lr=8e-4, **fused)
+    fused = True if info.device.type == "cuda" else None  # None: torch's default (not fused)
+    optimizer = torch.optim.Adam(model.parameters(), lr=8e-4, fused=fused)
     scaler = make_scaler(precision, info.device)
     loss_fn = DeepSupervisionLoss()
 
@@ -243,7 +255,8 @@ def _train_step(plan, spec, precision, info, batches) -> Callable[[], None]:
     return step
 
 
-def _predict_step(plan, spec, precision, info, batches) -> Callable[[], None]:
+def _predict_step(plan: Plan, spec: BenchmarkSpec, precision: Precision, info: D.DistInfo,
+                  batches: Batches) -> Callable[[], None]:
     """One forward pass over a batch of patches already on the device, through the network
     ``nnpipe predict`` runs (on CPUs: :func:`~nnpipe.inference.ensemble.cpu_fast_path`)."""
     from nnpipe.inference.ensemble import cpu_fast_path
@@ -262,7 +275,8 @@ def _predict_step(plan, spec, precision, info, batches) -> Callable[[], None]:
     return step
 
 
-def _loader_step(plan, spec, precision, info, batches) -> Callable[[], None]:
+def _loader_step(plan: Plan, spec: BenchmarkSpec, precision: Precision, info: D.DistInfo,
+                 batches: Batches) -> Callable[[], None]:
     """The data pipeline alone: fetch one augmented batch onto the device."""
 
     def step() -> None:

@@ -23,7 +23,7 @@ interchangeable with ``DynUNet``, and ``tests/model`` pins both:
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -31,23 +31,27 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnpipe.model.onednn import use_onednn
+from nnpipe.planning import network as N
 from nnpipe.planning.plan import Plan
 
 # Extra supervised decoder outputs besides the full-resolution one (nnU-Net and the reference
 # supervise the two levels below the top; fewer when the network is shallow).
-MAX_DEEP_SUPERVISION_HEADS = 2
+MAX_DEEP_SUPERVISION_HEADS = N.MAX_DEEP_SUPERVISION_HEADS
 LEAKY_SLOPE = 0.01
 # state-dict entries of MONAI DynUNet checkpoints that alias other entries
 DYNUNET_ALIAS_PREFIX = "skip_layers."
 
-_CONV = {2: nn.Conv2d, 3: nn.Conv3d}
-_CONV_T = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
-_NORM = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
+# The layer classes by dimensionality. Typed as plain callables: kernel, stride and padding
+# are tuples of length dim, which torch's per-class stubs (tuple[int, int] for 2D, of three
+# ints for 3D) cannot check when dim is a runtime value.
+_CONV: dict[int, Callable[..., nn.Module]] = {2: nn.Conv2d, 3: nn.Conv3d}
+_CONV_T: dict[int, Callable[..., nn.Module]] = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
+_NORM: dict[int, Callable[..., nn.Module]] = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
 
 
 def deep_supervision_heads(plan: Plan) -> int:
     """How many extra decoder heads a network for ``plan`` gets: at most 2, at most levels - 2."""
-    return max(0, min(MAX_DEEP_SUPERVISION_HEADS, len(plan.strides) - 2))
+    return N.deep_supervision_heads(len(plan.strides))
 
 
 def _named(conv: nn.Module) -> nn.Sequential:
@@ -174,8 +178,9 @@ def _drop_dynunet_aliases(module: nn.Module, state_dict: dict[str, Any], prefix:
 
 
 def build_unet(plan: Plan, *, deep_supervision: bool = True,
-               out_channels: int | None = None, onednn: bool = True) -> UNet:
-    """Build the network for ``plan``.
+               out_channels: int | None = None, onednn: bool = True) -> nn.Module:
+    """Build the network for ``plan``: :class:`UNet` for ``plan.network == "plain"``, the
+    residual-encoder :class:`~nnpipe.model.resenc.ResEncUNet` for ``resenc_m``/``resenc_l``.
 
     Input ``(B, C, *patch)`` with ``C = plan.num_channels``; output logits
     ``(B, K, *patch)`` with ``K = plan.num_classes`` (or ``out_channels``). In training mode
@@ -192,6 +197,11 @@ def build_unet(plan: Plan, *, deep_supervision: bool = True,
         raise ValueError(f"plan for {plan.dataset} {plan.dim}D has {len(plan.kernels)} kernels, "
                          f"{len(plan.strides)} strides and {len(plan.filters)} filter counts; "
                          "they must match (one per level)")
+    if N.network_preset(plan.network).residual:
+        from nnpipe.model.resenc import build_resenc  # resenc builds on this module's parts
+
+        return build_resenc(plan, deep_supervision=deep_supervision,
+                            out_channels=out_channels, onednn=onednn)
     heads = deep_supervision_heads(plan) if deep_supervision else 0
     net = UNet(plan.dim, plan.num_channels, out_channels or plan.num_classes,
                plan.kernels, plan.strides, plan.filters, heads)

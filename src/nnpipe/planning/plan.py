@@ -54,6 +54,12 @@ class Plan:
     # class index -> label value (nnpipe.labels.LabelTable); () in plans older than the table
     label_values: tuple[int, ...] = ()
     layout: str = "msd"  # the dataset layout: how `nnpipe predict --input` groups channels
+    # planning.network (nnpipe.planning.network.NETWORKS): which network the plan builds;
+    # "plain" in plans older than the residual-encoder presets
+    network: str = "plain"
+    # residual blocks per encoder level (ResEnc presets; () for plain), recorded so a
+    # checkpoint rebuilds exactly the network it was trained with
+    encoder_blocks: tuple[int, ...] = ()
 
     @property
     def label_table(self) -> LabelTable:
@@ -78,7 +84,7 @@ class Plan:
         d["labels"] = {int(k): v for k, v in d["labels"].items()}
         d["channel_norms"] = tuple(ChannelNorm(**c) for c in d["channel_norms"])
         for key in ("spacing", "full_spacing", "patch_size", "filters", "median_shape", "notes",
-                    "label_values"):
+                    "label_values", "encoder_blocks"):
             d[key] = tuple(d.get(key, ()))
         d["kernels"] = tuple(tuple(k) for k in d["kernels"])
         d["strides"] = tuple(tuple(s) for s in d["strides"])

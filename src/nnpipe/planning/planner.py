@@ -8,17 +8,24 @@ Pure functions, no I/O. The rules follow nnU-Net's experiment planner:
 * patch: the median shape at the target spacing, shrunk along its longest (mm) axis until it
   fits the voxel budget, each axis a multiple of the network's total downsampling;
 * batch: as many patches as a batch voxel budget holds, at least ``min_batch_size``.
+
+Residual-encoder networks (``network: resenc_m | resenc_l``) replace both voxel budgets by a
+GPU-memory target, as nnU-Net v2's ResEnc planners do: the patch is the median shape shrunk
+until a training step at ``min_batch_size`` fits the target
+(:func:`nnpipe.planning.network.estimate_vram_gb`), then the batch grows while it fits,
+capped so that one batch holds at most 5 % of the dataset's voxels.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from nnpipe.planning import network as N
 from nnpipe.planning.fingerprint import Fingerprint
 from nnpipe.planning.plan import ChannelNorm, Plan
 from nnpipe.planning.topology import Kernels, Strides, total_strides, unet_filters, unet_topology
@@ -33,7 +40,9 @@ class PlannerSettings:
 
     ``max_patch_voxels_*`` bound one patch; ``batch_voxels_*`` bound one batch (default:
     ``min_batch_size`` full-budget patches), so a patch smaller than the budget (small
-    images) gets a larger batch.
+    images) gets a larger batch. ``network``: ``planning.network``; a residual-encoder preset
+    is planned for ``vram_target_gb`` of GPU memory instead (0: the preset's target) and the
+    voxel budgets do not apply to it.
     """
 
     max_patch_voxels_3d: int = 128**3
@@ -46,6 +55,8 @@ class PlannerSettings:
     batch_voxels_2d: int | None = None
     max_depth: int = 5  # downsampling steps
     min_feature_size: int = 4  # voxels per axis at the bottleneck, at least
+    network: str = N.PLAIN
+    vram_target_gb: float = 0.0  # 0: the network preset's target
 
     def __post_init__(self) -> None:
         for name in ("max_patch_voxels_3d", "max_patch_voxels_2d", "base_filters",
@@ -60,6 +71,10 @@ class PlannerSettings:
                              f"{self.anisotropy_threshold}")
         if self.max_depth < 0:
             raise ValueError(f"PlannerSettings.max_depth must be >= 0, got {self.max_depth}")
+        N.network_preset(self.network)
+        if self.vram_target_gb < 0:
+            raise ValueError("PlannerSettings.vram_target_gb must be >= 0 (0: the preset's), "
+                             f"got {self.vram_target_gb}")
 
     def patch_budget(self, dim: int) -> int:
         return self.max_patch_voxels_3d if dim == 3 else self.max_patch_voxels_2d
@@ -75,6 +90,7 @@ def settings_from_config(cfg: PlanningSettings) -> PlannerSettings:
         max_patch_voxels_3d=cfg.max_patch_voxels_3d, max_patch_voxels_2d=cfg.max_patch_voxels_2d,
         base_filters=cfg.base_filters, max_batch_size=cfg.max_batch_size,
         batch_voxels_3d=cfg.batch_voxels_3d, batch_voxels_2d=cfg.batch_voxels_2d,
+        network=cfg.network, vram_target_gb=cfg.vram_target_gb,
     )
 
 
@@ -118,7 +134,7 @@ def median_shape(fp: Fingerprint, spacing: Sequence[float]) -> tuple[int, int, i
     return (max(1, int(med[0])), max(1, int(med[1])), max(1, int(med[2])))
 
 
-def _fmt(values: Sequence[float]) -> str:
+def _fmt(values: Sequence[float] | np.ndarray) -> str:
     return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
 
 
@@ -152,19 +168,75 @@ def fit_patch(shape: Sequence[int], spacing: Sequence[float], budget: int,
     divisor-step at a time from the axis that is longest in mm (so the patch tends towards
     a cube in physical space), and finally rounds every axis down to its total stride.
     """
-    patch, _, strides = _round_to_strides([max(1, int(s)) for s in shape], spacing, settings,
-                                          up=True)
-    while math.prod(patch) > budget:
+    return shrink_patch(shape, spacing, settings, lambda p, k, s: math.prod(p) <= budget,
+                        f"a patch budget of {budget} voxels")
+
+
+PatchFits = Callable[[Sequence[int], Kernels, Strides], bool]
+
+
+def shrink_patch(shape: Sequence[int], spacing: Sequence[float], settings: PlannerSettings,
+                 fits: PatchFits, budget_name: str) -> tuple[tuple[int, ...], Kernels, Strides]:
+    """:func:`fit_patch` with any budget: the largest patch near ``shape`` for which
+    ``fits(patch, kernels, strides)`` holds (``budget_name`` names the budget in errors)."""
+    patch, kernels, strides = _round_to_strides([max(1, int(s)) for s in shape], spacing,
+                                                settings, up=True)
+    while not fits(patch, kernels, strides):
         div = total_strides(strides)
         shrinkable = [a for a in range(len(patch)) if patch[a] - div[a] >= 1]
         if not shrinkable:
-            raise ValueError(f"a patch budget of {budget} voxels is too small for a U-Net "
-                             f"(reached {tuple(patch)})")
+            raise ValueError(f"{budget_name} is too small for a U-Net (reached {tuple(patch)})")
         axis = max(shrinkable, key=lambda a: (patch[a] * spacing[a], a))
         patch[axis] -= div[axis]
-        _, strides = unet_topology(patch, spacing, settings.max_depth, settings.min_feature_size)
+        kernels, strides = unet_topology(patch, spacing, settings.max_depth,
+                                         settings.min_feature_size)
     patch, kernels, strides = _round_to_strides(patch, spacing, settings, up=False)
     return tuple(patch), kernels, strides
+
+
+# nnU-Net's cap on the batch: one batch holds at most this fraction of the dataset's voxels,
+# so small datasets are not seen whole in every step (which would defeat sampling).
+MAX_BATCH_DATASET_FRACTION = 0.05
+
+
+def fit_vram(fp: Fingerprint, dim: int, shape: Sequence[int], spacing: Sequence[float],
+             settings: PlannerSettings, dataset_voxels: int, notes: list[str]
+             ) -> tuple[tuple[int, ...], Kernels, Strides, int]:
+    """Patch, topology and batch of a residual-encoder plan under its GPU-memory target.
+
+    The patch is ``shape`` (the median shape along the network's axes, voxels) shrunk like
+    :func:`fit_patch` until a training step at ``min_batch_size`` fits the target; the batch
+    is then the largest that fits, at most ``max_batch_size`` and at most
+    :data:`MAX_BATCH_DATASET_FRACTION` of ``dataset_voxels`` (cases x median shape at the
+    target spacing), at least ``min_batch_size``. Appends what it chose to ``notes``.
+    """
+    preset = N.network_preset(settings.network)
+    target = settings.vram_target_gb or preset.vram_target_gb
+    classes = len(fp.labels)
+
+    def vram(patch: Sequence[int], kernels: Kernels, strides: Strides, batch: int) -> float:
+        filters = unet_filters(len(strides), dim, settings.base_filters)
+        convs = N.layers(patch, kernels, strides, filters, fp.num_channels, classes,
+                         N.encoder_blocks(preset.name, len(strides)),
+                         N.deep_supervision_heads(len(strides)))
+        return N.estimate_vram_gb(convs, batch)
+
+    patch, kernels, strides = shrink_patch(
+        shape, spacing, settings,
+        lambda p, k, s: vram(p, k, s, settings.min_batch_size) <= target,
+        f"a GPU memory target of {target:g} GB ({preset.name})")
+    batch = settings.min_batch_size
+    while batch < settings.max_batch_size and vram(patch, kernels, strides, batch + 1) <= target:
+        batch += 1
+    cap = max(settings.min_batch_size,
+              int(MAX_BATCH_DATASET_FRACTION * dataset_voxels / math.prod(patch)))
+    chosen = min(batch, cap)
+    notes.append(f"network {preset.name}: patch {patch} from median shape {tuple(shape)}, "
+                 f"batch {chosen}: {vram(patch, kernels, strides, chosen):.1f} GB estimated "
+                 f"for a mixed-precision training step (target {target:g} GB)"
+                 + (f"; batch {batch} capped at {cap} ({MAX_BATCH_DATASET_FRACTION:.0%} of the "
+                    "dataset's voxels)" if cap < batch else ""))
+    return patch, kernels, strides, chosen
 
 
 def channel_norms(fp: Fingerprint) -> tuple[ChannelNorm, ...]:
@@ -208,14 +280,20 @@ def make_plan(fp: Fingerprint, dim: int, settings: PlannerSettings, dataset_name
     med = median_shape(fp, full)
     axes = (0, 1, 2) if dim == 3 else tuple(a for a in range(3) if a != slice_axis)
     net_spacing = tuple(full[a] for a in axes)
-    budget = settings.patch_budget(dim)
-    patch, kernels, strides = fit_patch([med[a] for a in axes], net_spacing, budget, settings)
-    notes.append(f"patch {patch} from median shape {tuple(med[a] for a in axes)} "
-                 f"(budget {budget} voxels)")
-    raw_batch = settings.batch_budget(dim) // math.prod(patch)
-    batch = min(max(raw_batch, settings.min_batch_size), settings.max_batch_size)
-    if batch != raw_batch:
-        notes.append(f"batch size {raw_batch} clipped to {batch}")
+    if N.network_preset(settings.network).residual:
+        patch, kernels, strides, batch = fit_vram(fp, dim, [med[a] for a in axes], net_spacing,
+                                                  settings, len(fp.case_ids) * math.prod(med),
+                                                  notes)
+    else:
+        budget = settings.patch_budget(dim)
+        patch, kernels, strides = fit_patch([med[a] for a in axes], net_spacing, budget,
+                                            settings)
+        notes.append(f"patch {patch} from median shape {tuple(med[a] for a in axes)} "
+                     f"(budget {budget} voxels)")
+        raw_batch = settings.batch_budget(dim) // math.prod(patch)
+        batch = min(max(raw_batch, settings.min_batch_size), settings.max_batch_size)
+        if batch != raw_batch:
+            notes.append(f"batch size {raw_batch} clipped to {batch}")
     return Plan(
         dataset=dataset_name, dim=dim, spacing=net_spacing,
         full_spacing=(full[0], full[1], full[2]), patch_size=patch,
@@ -225,4 +303,6 @@ def make_plan(fp: Fingerprint, dim: int, settings: PlannerSettings, dataset_name
         labels=dict(fp.labels), channel_norms=channel_norms(fp), slice_axis=slice_axis,
         median_shape=med, notes=tuple(notes),
         label_values=tuple(sorted(fp.labels)), layout=fp.layout,
+        network=settings.network, encoder_blocks=N.encoder_blocks(settings.network,
+                                                                  len(strides)),
     )

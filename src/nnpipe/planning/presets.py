@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nnpipe.planning.fingerprint import Fingerprint
+from nnpipe.planning.network import PLAIN
 from nnpipe.planning.plan import ChannelNorm, Plan
 from nnpipe.planning.planner import PlannerSettings, make_plan, median_shape
 from nnpipe.planning.topology import unet_filters, unet_topology
@@ -141,5 +142,8 @@ def plan_for(fp: Fingerprint, dim: int, settings: PlannerSettings, dataset_name:
     if preset == "auto":
         return make_plan(fp, dim, settings, dataset_name)
     if preset == "reference":
+        if settings.network != PLAIN:
+            raise ValueError(f"planning.preset reference builds the reference's fixed plain "
+                             f"U-Net; planning.network {settings.network!r} needs preset auto")
         return reference_plan(fp, dim, find_preset(task, dataset_name), settings, dataset_name)
     raise ValueError(f"planning.preset {preset!r} is unknown; known: auto, reference")
