@@ -6,7 +6,7 @@
 
 from snakemake.utils import min_version
 
-min_version("9.0")
+min_version("9.17")
 
 
 configfile: "config/config.yaml"
@@ -20,6 +20,7 @@ include: "rules/train.smk"
 include: "rules/predict.smk"
 include: "rules/evaluate.smk"
 include: "rules/ensemble.smk"
+include: "rules/best.smk"
 include: "rules/benchmark.smk"
 include: "rules/tables.smk"
 

@@ -7,6 +7,7 @@ import os
 from snakemake.utils import validate
 
 from nnpipe.config import study_config
+from nnpipe.training.launch import launcher, nodes_for
 
 
 validate(config, "../config/schema.yaml", set_default=True)
@@ -110,6 +111,25 @@ def get_table_inputs(wildcards):
             for k in benchmark_keys()
         ],
         "ensembles": get_ensembles(wildcards),
+        "best": f"{ds}/best.json",
+    }
+
+
+# `--save-probabilities` for the fold predictions when the grid has 2D and 3D runs: the best
+# rule (rules/best.smk) averages their saved validation probabilities into 2D + 3D ensembles.
+SAVE_PROBABILITIES = "--save-probabilities" if {2, 3} <= set(GRID.dims) else ""
+
+
+def get_best_inputs(wildcards):
+    """Inputs of rules/best.smk, i.e. every run's fold predictions (with probabilities),
+    postprocessing decision, fold models and plan (best.json names the last two)."""
+    ds = DS.format(dataset=DATASET)
+    runs = {RUN.format(**k) for k in run_keys()}
+    return {
+        "predictions": [f"{ds}/predict/{RUN}/fold{{fold}}".format(**k) for k in run_keys()],
+        "decisions": [f"{ds}/postprocess/{r}.json" for r in sorted(runs)],
+        "models": [f"{ds}/train/{RUN}/fold{{fold}}/final.pt".format(**k) for k in run_keys()],
+        "plans": [f"{ds}/plans/{d}d.json" for d in planned_dims()],
     }
 
 
@@ -141,13 +161,7 @@ def get_gpus(wildcards):
 def get_nodes(wildcards):
     """Nodes a run spans: one, unless it needs more GPUs than config gpus_per_node (a cluster
     fact the SLURM profile passes); then whole nodes, e.g. 16 GPUs of 8-GPU nodes = 2."""
-    n, per_node = int(wildcards.gpus), config["gpus_per_node"]
-    if not per_node or n <= per_node:
-        return 1
-    if n % per_node:
-        raise ValueError(f"a {n}-GPU run does not fill whole nodes of {per_node} GPUs "
-                         "(gpus_per_node); use a multiple of it in grid.gpus")
-    return n // per_node
+    return nodes_for(int(wildcards.gpus), config["gpus_per_node"])
 
 
 def get_multinode(wildcards):
@@ -158,16 +172,9 @@ def get_multinode(wildcards):
 
 def get_launcher(wildcards):
     """`nnpipe` for one process; torchrun with one rank per GPU for more; across nodes, one
-    torchrun per node through srun, meeting at a c10d rendezvous on the job's first node."""
-    n, nodes = int(wildcards.gpus), get_nodes(wildcards)
-    if n == 1:
-        return "nnpipe"
-    if nodes == 1:
-        return f"torchrun --standalone --nproc-per-node {n} -m nnpipe"
-    return (f"srun --nodes {nodes} --ntasks {nodes} --ntasks-per-node 1"
-            f" torchrun --nnodes {nodes} --nproc-per-node {n // nodes} --rdzv-backend c10d"
-            " --rdzv-endpoint $(hostname):$((29400 + SLURM_JOB_ID % 500)) --rdzv-id $SLURM_JOB_ID"
-            " -m nnpipe")
+    torchrun per node through srun, meeting at a c10d rendezvous on the job's first node
+    (nnpipe.training.launch, which tests/training/test_two_nodes.py runs as two nodes)."""
+    return launcher(int(wildcards.gpus), get_nodes(wildcards))
 
 
 # ---- plots (rules/tables.smk)

@@ -1,5 +1,5 @@
 # One job per fold: the fold model predicts the fold's validation cases (labels in original
-# geometry). The test images are predicted by the ensemble of the fold models (ensemble.smk).
+# geometry; with 2D and 3D runs also their probabilities, for the best rule's ensembles). The test images are predicted by the ensemble of the fold models (ensemble.smk).
 
 
 rule predict:
@@ -13,6 +13,7 @@ rule predict:
     params:
         raw=subpath(input.dataset, parent=True),
         settings=section_json("inference"),
+        probabilities=SAVE_PROBABILITIES,
     threads: 1
     conda:
         "../envs/nnpipe.yaml"
@@ -23,4 +24,5 @@ rule predict:
     shell:
         "nnpipe predict --config-json {params.settings:q} --model {input.model}"
         " --plan {input.plan} --raw {params.raw} --splits {input.splits}"
-        " --fold {wildcards.fold} --threads {threads} --out {output.predictions} > {log} 2>&1"
+        " --fold {wildcards.fold} {params.probabilities} --threads {threads}"
+        " --out {output.predictions} > {log} 2>&1"

@@ -10,13 +10,19 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from nnpipe import __version__
 from nnpipe.config import PRECISIONS, StudyConfig, load_config, study_config
 from nnpipe.errors import DataError
+
+if TYPE_CHECKING:  # imported where used: each subcommand loads only what it needs
+    from nnpipe.benchmark.throughput import BenchmarkSpec
+    from nnpipe.planning.plan import Plan
 
 
 def _cfg(args: argparse.Namespace) -> StudyConfig:
@@ -99,12 +105,45 @@ def cmd_predict(args: argparse.Namespace) -> None:
     _threads(args.threads)
     common = dict(plan=args.plan, postprocess=args.postprocess, skip_existing=args.continue_,
                   device=args.device)
+    settings = _cfg(args).inference
+    if args.save_probabilities:
+        settings = replace(settings, save_probabilities=True)
     if args.input:
-        predict_folder(args.model, args.input, args.out, _cfg(args).inference,
+        predict_folder(args.model, args.input, args.out, settings,
                        allow_empty=args.allow_empty, layout=args.layout, **common)
     else:
         ids = None if args.test else args.cases or load_fold(args.splits, args.fold)["val"]
-        predict_dataset(args.model, args.raw, ids, args.out, _cfg(args).inference, **common)
+        predict_dataset(args.model, args.raw, ids, args.out, settings, **common)
+
+
+def cmd_best(args: argparse.Namespace) -> None:
+    from nnpipe.evaluation.best import find_best, run_names_in
+    from nnpipe.io import read_json
+
+    study = Path(args.study)
+    runs = args.runs or run_names_in(study)
+    folds = args.folds if args.folds is not None else list(range(len(read_json(
+        study / "splits.json"))))
+    find_best(study, runs, folds, args.out or study / "best.json",
+              regions=_cfg(args).training.regions)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from nnpipe.inference.archive import export_model
+    from nnpipe.inference.model_spec import resolve_model
+
+    spec = resolve_model(args.model)
+    if args.postprocess:
+        from nnpipe.inference.postprocess import decision_classes
+        from nnpipe.io import read_json
+
+        record = read_json(args.postprocess)
+        decision_classes(record, args.postprocess)  # refuses a file that is no decision
+        spec = replace(spec, postprocess=record)
+    manifest = export_model(spec, args.out)
+    n = sum(len(m["folds"]) for m in manifest["members"])
+    print(f"nnpipe export: {args.out}: {len(manifest['members'])} member(s), {n} fold "
+          f"model(s), {Path(args.out).stat().st_size / 2**20:.1f} MiB")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -161,7 +200,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
-def _benchmark_cell(args: argparse.Namespace):  # -> tuple[Plan, BenchmarkSpec]
+def _benchmark_cell(args: argparse.Namespace) -> tuple[Plan, BenchmarkSpec]:
     """The plan (``--plan``, else the reference's Task01 network) and the spec the
     arguments ask for; the seed's spellings (``--batch_size``, ``--amp``) mean the same as
     ours (``--batch-size``, ``--precision amp``)."""
@@ -193,6 +232,12 @@ def _benchmark_cell(args: argparse.Namespace):  # -> tuple[Plan, BenchmarkSpec]
     return plan, spec
 
 
+def cmd_network(args: argparse.Namespace) -> None:
+    from nnpipe.model.summary import report
+
+    print(report(args.dim))
+
+
 def cmd_tables(args: argparse.Namespace) -> None:
     from nnpipe.report.tables import render_study
 
@@ -219,8 +264,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"nnpipe {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="STAGE")
 
-    def stage(name: str, fn: Callable, help_: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_, description=help_)
+    def stage(name: str, fn: Callable, help_: str,
+              aliases: Sequence[str] = ()) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_, aliases=list(aliases))
         sp.add_argument("--config", help="study YAML (default: schema defaults)")
         sp.add_argument("--config-json", help="config sections as JSON, applied over --config "
                         "(the workflow passes the sections each stage reads)")
@@ -258,8 +304,11 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--threads", type=int, help="CPU threads for torch")
     sp.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU exists")
     sp = stage("predict", cmd_predict, "Sliding-window prediction to NIfTI in original geometry.")
-    sp.add_argument("--model", required=True, nargs="+", help="run folder(s) or final.pt; "
-                    "several (the fold models) are averaged as an ensemble")
+    sp.add_argument("--model", "-m", required=True, nargs="+", help="what to predict with: "
+                    "fold folder(s) or final.pt (several, e.g. the fold models, are averaged "
+                    "as an ensemble); a run folder train/RUN (every fold, with the study's "
+                    "postprocessing of the run); results/<dataset>/best.json (the "
+                    "configuration `nnpipe best` chose); or a model.zip from `nnpipe export`")
     sp.add_argument("--input", "-i", help="folder of images in the layout the model was trained "
                     "on (MSD: one file per case, e.g. <case>.nii.gz; nnU-Net v2: "
                     "<case>_0000.nii.gz per channel); any supported format; no labels needed")
@@ -273,7 +322,11 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--cases", nargs="*", help="case ids to predict instead of a fold")
     sp.add_argument("--out", "--output", "-o", dest="out", required=True)
     sp.add_argument("--plan", help="plan JSON the models must have been trained with")
-    sp.add_argument("--postprocess", help="postprocessing decision JSON to apply")
+    sp.add_argument("--postprocess", help="postprocessing decision JSON to apply (replaces "
+                    "the one a run folder, best.json or model.zip carries)")
+    sp.add_argument("--save-probabilities", action="store_true", help="also write <case>.npz "
+                    "(probabilities in the original grid, float16), as config "
+                    "inference.save_probabilities does")
     sp.add_argument("--continue", dest="continue_", action="store_true",
                     help="skip cases whose output already exists")
     sp.add_argument("--allow-empty", action="store_true",
@@ -295,6 +348,28 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--raw", required=True)
     sp.add_argument("--splits", required=True)
     sp.add_argument("--out", required=True)
+    sp = stage("best", cmd_best, "Find the best configuration of a study (nnU-Net's "
+               "find_best_configuration): compare the cross-validation Dice, after "
+               "postprocessing, of every run and of every 2D + 3D ensemble (their saved "
+               "validation probabilities averaged), and write best.json for "
+               "`nnpipe predict --model best.json` and `nnpipe export`.",
+               aliases=("find_best_configuration",))  # nnU-Net users' spelling
+    sp.add_argument("--study", required=True, help="the study folder results/<dataset> "
+                    "(predict/, postprocess/, train/, plans/, raw/, splits.json)")
+    sp.add_argument("--runs", nargs="+", help="runs to compare, e.g. 2d-fp32-1gpu "
+                    "3d-fp32-1gpu (default: every run under <study>/predict/)")
+    sp.add_argument("--folds", nargs="+", type=int, help="folds to score (default: every "
+                    "fold of splits.json)")
+    sp.add_argument("--out", help="best.json to write (default: <study>/best.json); the "
+                    "ensembles' cross-validation predictions go to <study>/crossval/")
+    sp = stage("export", cmd_export, "Write a portable model.zip (plans, every fold's weights "
+               "as plain tensors, label table, channel names, postprocessing, nnpipe version, "
+               "SHA-256 manifest) that `nnpipe predict --model model.zip` runs anywhere.")
+    sp.add_argument("--model", "-m", required=True, nargs="+", help="a run folder train/RUN, "
+                    "fold folder(s) or final.pt, results/<dataset>/best.json, or a model.zip")
+    sp.add_argument("--postprocess", help="postprocessing decision JSON to carry (replaces "
+                    "the model's own; fold checkpoints carry none)")
+    sp.add_argument("--out", "-o", required=True, help="the .zip to write")
     from nnpipe.benchmark.steady import steps_for_quantile
 
     sp = stage("benchmark", cmd_benchmark, "Training or inference throughput like the "
@@ -337,6 +412,11 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", help="record JSON to write (default: print the line only)")
     sp.add_argument("--threads", type=int, help="CPU threads per rank")
     sp.add_argument("--cpu", action="store_true", help="CPUs even if a GPU exists")
+    sp = stage("network", cmd_network, "Parameters and forward GFLOP per sample of each "
+               "planning.network preset (plain, resenc_m, resenc_l) on the reference's MSD "
+               "Task01 topology (4 channels, 4 classes, 128³ in 3D, 192×160 in 2D), then at "
+               "each preset's own plan of a Task01-sized dataset.")
+    sp.add_argument("--dim", type=int, choices=(2, 3), nargs="+", default=[3, 2])
     sp = stage("tables", cmd_tables, "Render results/tables.md from the study's outputs.")
     sp.add_argument("--out", required=True)
     return p

@@ -76,9 +76,24 @@ PLOTS = [PlotLink(section, family, label, path,
          for section, family, label, path in study_plots(GRID)]
 
 
-def render() -> str:
+def candidate(name: str, dice: float | None, before: float | None, kept: list[str]
+              ) -> dict[str, Any]:
+    return {"name": name, "runs": name.split("+"), "dice": dice,
+            "dice_before_postprocessing": before, "n_cases": 20, "postprocess_applied": kept,
+            "postprocess": f"postprocess/{name}.json"}
+
+
+# best.json of nnpipe.evaluation.best (only what the section reads, and the choice)
+BEST = {"folds": [0, 1, 2], "candidates": [
+    candidate("2d-fp32-1gpu", 0.62, 0.615, ["2"]),
+    candidate("3d-fp32-1gpu", 0.71, 0.70, []),
+    candidate("2d-fp32-1gpu+3d-fp32-1gpu", 0.7234, 0.72, ["1", "3"])],
+    "best": {"name": "2d-fp32-1gpu+3d-fp32-1gpu"}}
+
+
+def render(best: dict[str, Any] | None = BEST) -> str:
     return render_tables(GRID, DICE, TRAIN_INFO, BENCH, MACHINE, dataset="embedded",
-                         plots=PLOTS)
+                         plots=PLOTS, best=best)
 
 
 def table_rows(text: str, heading: str) -> list[list[str]]:
@@ -90,6 +105,19 @@ def table_rows(text: str, heading: str) -> list[list[str]]:
 
 def test_render_matches_golden_file() -> None:
     assert render() == GOLDEN.read_text()
+
+
+def test_best_configuration_section() -> None:
+    rows = table_rows(render(), "Best configuration")
+    assert rows == [
+        ["2d-fp32-1gpu", "run", "62.00", "61.50", "2", "20"],
+        ["3d-fp32-1gpu", "run", "71.00", "70.00", "none", "20"],
+        ["**2d-fp32-1gpu+3d-fp32-1gpu** (chosen)", "ensemble (probabilities averaged)",
+         "72.34", "72.00", "1, 3", "20"]]
+    text = render()
+    assert "`nnpipe predict --model results/embedded/best.json --input DIR" in text
+    missing = render(best=None).split("## Best configuration\n", 1)[1].split("\n## ", 1)[0]
+    assert missing.strip() == "missing: results/embedded/best.json"
 
 
 def test_dice_table_values() -> None:

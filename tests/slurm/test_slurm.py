@@ -112,11 +112,13 @@ def test_study_runs_as_slurm_jobs_and_fills_the_table(study):
     assert len(scores.strip().splitlines()) >= 2 and 0.0 <= float(row.group(1)) <= 100.0
     # every non-local stage ran as a SLURM job (cheap ones grouped, see tests/slurm/profile);
     # the fingerprint is a checkpoint (a 2D dataset drops the 3D runs), so the prep group is
-    # submitted in two parts: up to the checkpoint, then what the re-evaluated DAG adds
+    # submitted in two parts: up to the checkpoint, then what the re-evaluated DAG adds;
+    # the best configuration (rules/best.smk) reads the run's postprocessing decision
     logs = study / ".snakemake" / "slurm_logs"
     assert {p.name for p in logs.iterdir()} == {
         "group_prep_download_fingerprint", "group_prep_plan_preprocess",
-        "group_score_evaluate_predict", "rule_benchmark", "rule_train"}
+        "group_score_evaluate_predict", "rule_benchmark", "rule_train", "rule_postprocess",
+        "rule_best"}
 
 
 def test_training_job_ran_two_ranks_under_torchrun(study):

@@ -149,5 +149,5 @@ def test_forcing_one_2d_fold_reruns_only_its_chain(study2d):
     counts.pop("total", None)
     assert counts == {"train": "1", "predict": "1", "evaluate": "1", "plot_curves": "1",
                       "plot_overlays": "1", "plot_dice": "1", "postprocess": "1",
-                      "ensemble": "1", "tables": "1", "all": "1"}
+                      "ensemble": "1", "best": "1", "tables": "1", "all": "1"}
     assert "3d" not in res.stdout

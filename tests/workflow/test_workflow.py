@@ -84,6 +84,40 @@ def test_ensemble_and_postprocessing_outputs(study):
         assert set(summary["foreground_mean"]) == {"dice", "iou", "hd95", "nsd"}
 
 
+def test_best_configuration_and_its_portable_model(study, tmp_path, monkeypatch):
+    from nnpipe.cli import main
+
+    ds = study / "results" / "wftest"
+    best = json.loads((ds / "best.json").read_text())
+    runs = ["2d-fp32-1gpu", "3d-fp32-1gpu"]
+    assert [c["name"] for c in best["candidates"]] == [*runs, "+".join(runs)]
+    for c in best["candidates"]:
+        assert c["n_cases"] == 2 and (c["dice"] is None or 0.0 <= c["dice"] <= 1.0)
+    scored = [c for c in best["candidates"] if c["dice"] is not None]
+    assert best["best"]["name"] == max(scored, key=lambda c: c["dice"])["name"]
+    for run in runs:  # the fold predictions kept their probabilities for the ensemble
+        assert len(list((ds / "predict" / run / "fold0").glob("*.npz"))) == 1
+    text = (study / "results" / "tables.md").read_text()
+    assert "## Best configuration" in text and f"**{best['best']['name']}** (chosen)" in text
+    # predict with best.json, export it, and predict from the zip with no results folder
+    monkeypatch.chdir(tmp_path)
+    images = str(ds / "raw" / "imagesTs")
+    assert main(["predict", "--model", str(ds / "best.json"), "--input", images,
+                 "--output", "a", "--device", "cpu"]) == 0
+    assert main(["export", "--model", str(ds / "best.json"), "--out", "m.zip"]) == 0
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (tmp_path / "m.zip").rename(fresh / "m.zip")
+    monkeypatch.chdir(fresh)
+    assert main(["predict", "--model", "m.zip", "--input", images, "--output", "b",
+                 "--device", "cpu"]) == 0
+    a, b = sorted((tmp_path / "a").glob("*.nii.gz")), sorted((fresh / "b").glob("*.nii.gz"))
+    assert [p.name for p in a] == [p.name for p in b] and a
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(np.asarray(nib.load(x).dataobj),
+                                      np.asarray(nib.load(y).dataobj))
+
+
 def test_training_outputs(study):
     run = study / "results" / "wftest" / "train" / "2d-fp32-1gpu" / "fold1"
     summary = json.loads((run / "train.json").read_text())
@@ -102,7 +136,7 @@ def test_forcing_one_fold_reruns_only_its_chain(study):
     # the run's postprocessing decision and fold ensemble use its model and predictions
     assert counts == {"train": "1", "predict": "1", "evaluate": "1", "plot_curves": "1",
                       "plot_overlays": "1", "plot_dice": "1", "postprocess": "1",
-                      "ensemble": "1", "tables": "1", "all": "1"}
+                      "ensemble": "1", "best": "1", "tables": "1", "all": "1"}
     assert "fold1" in res.stdout
     # fold0's model is read by the ensemble, never rebuilt
     assert re.search(r"output: \S*fold0/final\.pt", res.stdout) is None

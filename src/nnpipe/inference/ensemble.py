@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -74,15 +75,23 @@ def load_model(model: Path | str, device: torch.device | None = None) -> LoadedM
                          "(no plan or model weights)")
     plan = Plan.from_dict(ckpt["plan"])
     use_regions = bool(ckpt.get("settings", {}).get("regions", False))
+    return build_model(plan, ckpt["model"], use_regions, device, path)
+
+
+def build_model(plan: Plan, weights: dict[str, torch.Tensor], use_regions: bool,
+                device: torch.device, source: Path | str) -> LoadedModel:
+    """The prediction network of ``plan`` with ``weights`` (a training checkpoint's
+    ``model`` state dict, or an exported archive's fold weights) on ``device``; ``source``
+    names where the weights came from in errors."""
     net = build_unet(plan, deep_supervision=False,
                      out_channels=model_outputs(plan.num_classes, use_regions))
-    load_weights(net, ckpt["model"], path)
+    load_weights(net, weights, source)
     net.to(device).eval()
     regions = nested_regions(plan.labels) if use_regions else None
     fmt = torch.contiguous_format
     if device.type == "cpu":
         net, fmt = cpu_fast_path(net, plan.dim)
-    return LoadedModel(net, plan, device, path, regions, fmt)
+    return LoadedModel(net, plan, device, Path(source), regions, fmt)
 
 
 # Deep-supervision heads exist only in training (UNet.deep_supervision_heads); prediction
@@ -147,7 +156,8 @@ def cpu_fast_path(net: torch.nn.Module, dim: int
             elif type(child) is torch.nn.Conv3d and OneDnnConv3d.supports(child):
                 setattr(module, child_name, OneDnnConv3d.from_conv(child))
     if dim == 3:
-        net = net.to(memory_format=torch.channels_last_3d)
+        # the ignore: torch's stub of Module.to lacks memory_format, which it accepts at runtime
+        net = net.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
         return net, torch.channels_last_3d
     return net, torch.contiguous_format
 
@@ -218,10 +228,10 @@ def _predict(lm: LoadedModel, data: np.ndarray, settings: InferenceSettings,
              acc: torch.device) -> np.ndarray:
     plan = lm.plan
     image = torch.from_numpy(np.ascontiguousarray(data)).to(acc)
-    kwargs = dict(num_classes=lm.out_channels, overlap=settings.overlap, blend=settings.blend,
-                  batch_size=settings.batch_size, tta_flips=settings.tta, device=lm.device,
-                  accumulate_device=acc,
-                  activation="sigmoid" if lm.regions is not None else "softmax")
+    kwargs: dict[str, Any] = dict(
+        num_classes=lm.out_channels, overlap=settings.overlap, blend=settings.blend,
+        batch_size=settings.batch_size, tta_flips=settings.tta, device=lm.device,
+        accumulate_device=acc, activation="sigmoid" if lm.regions is not None else "softmax")
     # bf16 autocast: the forward passes only; softmax and the sums stay in float32
     autocast = torch.autocast(lm.device.type, dtype=torch.bfloat16,
                               enabled=settings.precision == "bf16")

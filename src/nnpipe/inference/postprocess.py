@@ -112,10 +112,15 @@ def decide_to_file(pairs: Sequence[tuple[str, Path, Path]], classes: Sequence[Sc
 
 def load_decision(path: Path | str) -> list[ScoredClass]:
     """The classes whose largest component is kept, from a :func:`decide` JSON."""
-    record: Mapping[str, Any] = read_json(path)
+    return decision_classes(read_json(path), str(path))
+
+
+def decision_classes(record: Mapping[str, Any], where: str) -> list[ScoredClass]:
+    """The classes whose largest component is kept, from a :func:`decide` record (``where``:
+    the file or model it came from, for the error)."""
     try:
         return [ScoredClass(name, tuple(int(v) for v in c["labels"]))
                 for name, c in record["classes"].items() if c["apply"]]
-    except (KeyError, TypeError) as exc:
-        raise ValueError(f"postprocessing file {str(path)!r} is not a decision record "
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"postprocessing file {where!r} is not a decision record "
                          f"({type(exc).__name__}: {exc})") from None

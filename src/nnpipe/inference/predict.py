@@ -47,7 +47,7 @@ from nnpipe.datasets.layout import (
 from nnpipe.errors import DataError
 from nnpipe.evaluation.metrics import ScoredClass
 from nnpipe.imageio import ENDINGS, ending_of, read_header
-from nnpipe.inference.ensemble import LoadedModel, average_probabilities, load_models
+from nnpipe.inference.ensemble import LoadedModel, average_probabilities
 from nnpipe.inference.postprocess import keep_largest_component, load_decision
 from nnpipe.io import atomic_path
 from nnpipe.planning.plan import Plan
@@ -215,7 +215,7 @@ def _restore_on_device(probs: np.ndarray, meta: CaseMeta, lm: LoadedModel,
         for k in range(probs.shape[0]):
             channel = restore_channel_torch(torch.from_numpy(probs[k]).to(device), meta)
             if full is not None:
-                full[(k, *box)] = channel.cpu().numpy()
+                full[k][box] = channel.cpu().numpy()
             if lm.regions is not None:  # index holds label values here
                 index.masked_fill_(channel > THRESHOLD, min(lm.regions[k].labels))
             elif best is None:
@@ -246,22 +246,29 @@ def write_probabilities(path: Path | str, probs: np.ndarray, affine: np.ndarray,
 # ---------------------------------------------------------------- many cases
 
 
-def predict_cases(models: Sequence[LoadedModel], cases: Sequence[Case], out_dir: Path,
+def predict_cases(models: Sequence[LoadedModel] | Sequence[Sequence[LoadedModel]],
+                  cases: Sequence[Case], out_dir: Path,
                   settings: InferenceSettings, *, skip_existing: bool = False,
                   postprocess: Sequence[ScoredClass] = (),
                   errors: Sequence[DataError] = ()) -> list[Path]:
     """Predict ``cases`` into ``out_dir/<case>.nii.gz``; returns the label paths written.
 
+    ``models``: the models of one plan (averaged on its grid), or one such list per member
+    of a configuration whose members have different plans (a 2D and a 3D run): each member
+    predicts in its own plan and the members' probabilities are averaged in the original
+    grid (:func:`predict_members_image`).
+
     A case that fails is logged and skipped; after the last case :class:`PredictionFailed`
     lists every failure (``errors`` found earlier, e.g. incomplete channel files, included).
     """
+    groups = as_groups(models)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     failed = [str(e) for e in errors]
     for e in errors:
         log(f"predict: skipped: {e}")
     written: list[Path] = []
-    names = class_names(models[0])
+    names = class_names(groups[0][0])
     t0 = time.monotonic()
     for i, case in enumerate(cases, start=1):
         label_path = out_dir / f"{case.case_id}{ending_of(case.images[0])}"
@@ -273,7 +280,7 @@ def predict_cases(models: Sequence[LoadedModel], cases: Sequence[Case], out_dir:
             continue
         t_case = time.monotonic()
         try:
-            label_path = _predict_one(models, case, out_dir, settings, postprocess, names)
+            label_path = _predict_one(groups, case, out_dir, settings, postprocess, names)
         except Exception as exc:  # any failure of one case: name it, go on with the others
             message = exc if isinstance(exc, DataError) else DataError(
                 f"{type(exc).__name__}: {exc}", case=case.case_id, path=case.images[0])
@@ -289,16 +296,60 @@ def predict_cases(models: Sequence[LoadedModel], cases: Sequence[Case], out_dir:
     return written
 
 
-def _predict_one(models: Sequence[LoadedModel], case: Case, out_dir: Path,
+def as_groups(models: Sequence[LoadedModel] | Sequence[Sequence[LoadedModel]]
+              ) -> list[list[LoadedModel]]:
+    """``models`` as one list of models per member (a flat list is one member)."""
+    if not models:
+        raise ValueError("no model given")
+    if isinstance(models[0], LoadedModel):
+        return [list(models)]  # type: ignore[arg-type]
+    groups = [list(g) for g in models]  # type: ignore[arg-type]
+    if any(not g for g in groups):
+        raise ValueError("a member of the configuration has no model")
+    return groups
+
+
+def predict_members_image(groups: Sequence[Sequence[LoadedModel]], image: np.ndarray,
+                          affine: np.ndarray, settings: InferenceSettings, case_id: str, *,
+                          postprocess: Sequence[ScoredClass] = (),
+                          with_probabilities: bool = False) -> CaseResult:
+    """:func:`predict_image` of a configuration: one member predicts as it does; several
+    (each a list of fold models of one plan) each predict ``image`` ``(C, X, Y, Z)`` in
+    their own plan, their probabilities ``(K, X, Y, Z)`` are averaged in the image's grid,
+    then the argmax (or the region thresholds) and ``postprocess``."""
+    if len(groups) == 1:
+        return predict_image(groups[0], image, affine, settings, case_id,
+                             postprocess=postprocess, with_probabilities=with_probabilities)
+    total: np.ndarray | None = None
+    for group in groups:
+        result = predict_image(group, image, affine, settings, case_id,
+                               with_probabilities=True)
+        assert result.probabilities is not None  # asked for above
+        if total is None:
+            total = result.probabilities
+        else:
+            total += result.probabilities
+    assert total is not None  # groups is not empty
+    total /= len(groups)
+    lm = groups[0][0]
+    if lm.regions is not None:
+        labels = regions_to_labels(total, lm.regions).astype(lm.plan.label_table.value_dtype)
+    else:
+        labels = lm.plan.label_table.to_values(total.argmax(0))
+    return CaseResult(_postprocess(labels, postprocess), total if with_probabilities else None)
+
+
+def _predict_one(groups: Sequence[Sequence[LoadedModel]], case: Case, out_dir: Path,
                  settings: InferenceSettings, postprocess: Sequence[ScoredClass],
                  names: Sequence[str]) -> Path:
     """Read, predict and write one case; the label map is written last. Returns its path."""
-    plan = models[0].plan
-    check_memory(case, plan, models[0].out_channels, settings.memory_gb)
+    plan = groups[0][0].plan
+    for group in groups:
+        check_memory(case, group[0].plan, group[0].out_channels, settings.memory_gb)
     ci = read_case_image(case, plan.num_channels)
-    result = predict_image(models, ci.image, ci.affine, settings, case.case_id,
-                           postprocess=postprocess,
-                           with_probabilities=settings.save_probabilities)
+    result = predict_members_image(groups, ci.image, ci.affine, settings, case.case_id,
+                                   postprocess=postprocess,
+                                   with_probabilities=settings.save_probabilities)
     if result.probabilities is not None:
         write_probabilities(out_dir / f"{case.case_id}.npz",
                             ci.orientation.undo(result.probabilities, channel_first=True),
@@ -331,6 +382,30 @@ def select_device(name: str = "auto") -> torch.device:
 # ---------------------------------------------------------------- entry points of the CLI
 
 
+def load_configuration(models: Sequence[Path | str], device: str = "auto",
+                       plan: Path | str | None = None, postprocess: Path | str | None = None
+                       ) -> tuple[list[list[LoadedModel]], list[ScoredClass], str]:
+    """``--model`` (checkpoints, a run folder, best.json or model.zip;
+    :func:`nnpipe.inference.model_spec.resolve_model`) as networks on ``device``, one list
+    per member, with the postprocessing to apply (``postprocess``, a decision JSON, replaces
+    the model's own) and a name for messages."""
+    from nnpipe.inference.model_spec import resolve_model
+
+    spec = resolve_model(models)
+    if plan is not None:
+        wanted = Plan.load(plan)
+        for m in spec.members:
+            if m.plan != wanted:
+                diff = [k for k in wanted.to_dict()
+                        if wanted.to_dict()[k] != m.plan.to_dict().get(k)]
+                raise ValueError(f"model {spec.source!r} ({m.name}) was trained with a "
+                                 f"different plan than plan {str(plan)!r} (differs in: "
+                                 f"{', '.join(diff)}); predict with models of one plan")
+    groups = spec.load(select_device(device))
+    classes = load_decision(postprocess) if postprocess else spec.postprocess_classes()
+    return groups, classes, spec.source
+
+
 def predict_folder(models: Sequence[Path | str], input_dir: Path | str, out_dir: Path | str,
                    settings: InferenceSettings, *, plan: Path | str | None = None,
                    postprocess: Path | str | None = None, skip_existing: bool = False,
@@ -338,9 +413,12 @@ def predict_folder(models: Sequence[Path | str], input_dir: Path | str, out_dir:
                    layout: str | None = None) -> list[Path]:
     """``nnpipe predict --model ... --input DIR``: every image of a folder (no labels
     needed), found by the rule of ``layout`` (default: the layout the model was trained on;
-    :func:`nnpipe.datasets.layout.find_cases`); models averaged if several."""
-    loaded = load_models(models, select_device(device), plan)
-    mp = loaded[0].plan
+    :func:`nnpipe.datasets.layout.find_cases`); models averaged if several, the members of a
+    best.json or model.zip in the original grid."""
+    groups, classes, source = load_configuration(models, device, plan, postprocess)
+    mp = groups[0][0].plan
+    cases: list[Case]
+    errors: list[DataError]
     if allow_empty and not Path(input_dir).is_dir():
         cases, errors = [], []
     else:
@@ -348,10 +426,9 @@ def predict_folder(models: Sequence[Path | str], input_dir: Path | str, out_dir:
                                    num_channels=mp.num_channels)
     if not cases and not errors and not allow_empty:
         raise DataError("holds no images (" + ", ".join(ENDINGS) + ")", path=input_dir)
-    log(f"predict {len(cases)} case(s) from {input_dir} with {len(loaded)} model(s)")
-    return predict_cases(loaded, cases, Path(out_dir), settings, skip_existing=skip_existing,
-                         postprocess=load_decision(postprocess) if postprocess else (),
-                         errors=errors)
+    log(f"predict {len(cases)} case(s) from {input_dir} with {_describe(groups, source)}")
+    return predict_cases(groups, cases, Path(out_dir), settings, skip_existing=skip_existing,
+                         postprocess=classes, errors=errors)
 
 
 def predict_dataset(models: Sequence[Path | str], raw: Path | str, case_ids: Sequence[str] | None,
@@ -362,14 +439,20 @@ def predict_dataset(models: Sequence[Path | str], raw: Path | str, case_ids: Seq
     cases of a dataset by id, or with ``case_ids=None`` its test cases (dataset.json's
     ``test`` list, or ``imagesTs``); the models must fit the dataset's channels and labels."""
     ds = load_dataset(raw)
-    loaded = load_models(models, select_device(device), plan)
-    mp = loaded[0].plan
+    groups, classes, source = load_configuration(models, device, plan, postprocess)
+    mp = groups[0][0].plan
     if mp.num_channels != ds.num_channels or dict(mp.labels) != dict(ds.labels):
-        raise ValueError(f"model {str(loaded[0].path)!r} ({mp.num_channels} channel(s), labels "
+        raise ValueError(f"model {source!r} ({mp.num_channels} channel(s), labels "
                          f"{mp.labels}) does not fit dataset {str(raw)!r} ({ds.num_channels} "
                          f"channel(s), labels {ds.labels})")
     cases = list(ds.test) if case_ids is None else [ds.case(c) for c in case_ids]
-    log(f"predict {len(cases)} case(s) of {raw} with {len(loaded)} model(s)")
-    return predict_cases(loaded, cases, Path(out_dir), settings,
-                         skip_existing=skip_existing,
-                         postprocess=load_decision(postprocess) if postprocess else ())
+    log(f"predict {len(cases)} case(s) of {raw} with {_describe(groups, source)}")
+    return predict_cases(groups, cases, Path(out_dir), settings,
+                         skip_existing=skip_existing, postprocess=classes)
+
+
+def _describe(groups: Sequence[Sequence[LoadedModel]], source: str) -> str:
+    n = sum(len(g) for g in groups)
+    if len(groups) == 1:
+        return f"{n} model(s)"
+    return f"{n} models of {len(groups)} plans averaged in the original grid ({source})"

@@ -1,6 +1,7 @@
 """``results/tables.md``: the reference's three table families, rendered from outputs only.
 
-1. Training accuracy: Dice and time to train per (dim, GPUs), one column pair per precision.
+1. Training accuracy: Dice and time to train per (dim, GPUs), one column pair per precision;
+   then the best configuration (``best.json``, :mod:`nnpipe.report.best_table`).
 2. Training throughput: samples/s per (dim, GPUs, batch/GPU) and precision, speedup over the
    first precision, weak scaling.
 3. Inference throughput: samples/s and latency per (dim, batch, resolution) and precision.
@@ -28,6 +29,7 @@ from nnpipe.benchmark.steady import record_unsteady_reason, steps_for_quantile
 from nnpipe.errors import DataError
 from nnpipe.io import read_json, write_text
 from nnpipe.machine import machine_info
+from nnpipe.report.best_table import best_section
 
 if TYPE_CHECKING:
     from nnpipe.config import StudyConfig
@@ -70,6 +72,10 @@ class TableGrid:
 
 
 # ---------------------------------------------------------------- the path grammar
+
+
+def best_json_path(results_dir: Path | str, dataset: str) -> str:
+    return str(Path(results_dir, dataset, "best.json"))
 
 
 def run_name(dim: int, precision: str, gpus: int) -> str:
@@ -127,11 +133,12 @@ def study_plots(grid: TableGrid) -> list[tuple[str, str, str, str]]:
 # ---------------------------------------------------------------- rendering (pure)
 
 
-def render_tables(grid: TableGrid, dice: Mapping[tuple, float],
-                  train_info: Mapping[tuple, Mapping[str, Any]], bench: Sequence[Mapping],
+def render_tables(grid: TableGrid, dice: Mapping[RunKey, float],
+                  train_info: Mapping[RunKey, Mapping[str, Any]], bench: Sequence[Mapping],
                   machine: Mapping[str, str], *, dataset: str,
                   results_dir: Path | str = "results", plots: Sequence[PlotLink] = (),
-                  left_out: Mapping[int, str] | None = None) -> str:
+                  left_out: Mapping[int, str] | None = None,
+                  best: Mapping[str, Any] | None = None) -> str:
     """The whole ``tables.md``.
 
     ``dice``: fold Dice in percent per ``RunKey`` (NaN: no class scored in any case of the
@@ -140,7 +147,8 @@ def render_tables(grid: TableGrid, dice: Mapping[tuple, float],
     nnpipe versions; ``plots``: PNGs to link under the tables. Only measurements present are
     given; the rest is named as missing under ``results_dir``. ``left_out``: dims of the
     config's grid the study does not run (not in ``grid.dims``), each with why, said under
-    the header.
+    the header. ``best``: the contents of best.json (``nnpipe best``), rendered as the
+    "Best configuration" section after the accuracy table.
     """
     paths = _Paths(str(results_dir), dataset)
     index = _index_bench(bench)
@@ -148,6 +156,7 @@ def render_tables(grid: TableGrid, dice: Mapping[tuple, float],
     throughput = [p for p in plots if p.section == "throughput"]
     parts = [_header(dataset), _left_out_lines(left_out or {}),
              _dice_table(grid, dice, train_info, machine, paths), _plots_line(accuracy),
+             best_section(best, best_json_path(results_dir, dataset)),
              _train_bench_table(grid, index, machine, paths),
              _plots_line(throughput), _predict_bench_table(grid, index, machine, paths),
              _plots_line(throughput)]
@@ -248,8 +257,8 @@ def _dice_cell(values: list[float], total: int, missing: str) -> str:
     return f"{mean:.2f}{spread} {_folds_note(len(scored), total, extra)}"
 
 
-def _dice_table(grid: TableGrid, dice: Mapping[tuple, float],
-                train_info: Mapping[tuple, Mapping[str, Any]], machine: Mapping[str, str],
+def _dice_table(grid: TableGrid, dice: Mapping[RunKey, float],
+                train_info: Mapping[RunKey, Mapping[str, Any]], machine: Mapping[str, str],
                 paths: _Paths) -> str:
     header = ["Dim", "GPUs", "Batch/GPU", *(f"Dice {p}" for p in grid.precisions),
               *(f"Time {p}" for p in grid.precisions), *_speedup_header(grid.precisions)]
@@ -466,9 +475,12 @@ def collect_and_render(results_dir: Path | str, dataset: str, grid: TableGrid,
                       os.path.relpath(Path(results_dir, path), Path(out_path).parent),
                       Path(results_dir, path).is_file())
              for section, family, label, path in study_plots(grid)]
+    best_path = Path(best_json_path(results_dir, dataset))
+    best = _read_checked(best_path, ("best", "candidates", "folds")) \
+        if best_path.is_file() else None
     text = render_tables(grid, dice, train_info, bench, machine or machine_info(),
                          dataset=dataset, results_dir=results_dir, plots=plots,
-                         left_out=left_out)
+                         left_out=left_out, best=best)
     write_text(out_path, text)
     return text
 

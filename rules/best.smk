@@ -1,0 +1,30 @@
+# The best configuration (nnU-Net's find_best_configuration): after every run's folds are
+# predicted and its postprocessing decided, compare the cross-validation Dice (after
+# postprocessing) of every run and, when the grid has 2D and 3D runs, of every 2D + 3D
+# ensemble of their saved validation probabilities; write best.json for
+# `nnpipe predict --model best.json` / `nnpipe export`, and the ensembles' cross-validation
+# predictions under crossval/.
+
+
+rule best:
+    input:
+        unpack(get_best_inputs),
+        splits=rules.split.output.splits,
+        dataset=rules.download.output.dataset,
+    output:
+        best=f"{DS}/best.json",
+        crossval=directory(f"{DS}/crossval"),
+    params:
+        study=subpath(input.splits, parent=True),
+        runs=get_run_names,
+        folds=" ".join(str(f) for f in GRID.folds),
+        settings=section_json("training"),
+    conda:
+        "../envs/nnpipe.yaml"
+    log:
+        "logs/{dataset}/best.log",
+    benchmark:
+        "benchmarks/{dataset}/best.tsv"
+    shell:
+        "nnpipe best --config-json {params.settings:q} --study {params.study}"
+        " --runs {params.runs} --folds {params.folds} --out {output.best} > {log} 2>&1"

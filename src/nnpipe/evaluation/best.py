@@ -1,0 +1,248 @@
+"""The best configuration of a study: which run, or which 2D + 3D ensemble, to predict with.
+
+Candidates: every run (``{dim}d-{precision}-{gpus}gpu``) and, when the runs include both a
+2D and a 3D run, every pair of one 2D and one 3D run, averaged. A candidate's score is its
+cross-validation Dice *after its postprocessing*: for every validation case of every fold,
+the mean Dice over the classes scored in that case (a class absent from reference and
+prediction is not scored, :mod:`nnpipe.evaluation.metrics`), then the mean over all those
+cases (pooled over folds, so every case weighs the same).
+
+* A run's predictions are the fold models' validation predictions (``predict/RUN/foldF``)
+  with the run's decision (``postprocess/RUN.json``) applied.
+* An ensemble is not retrained: the two runs' saved validation probabilities
+  (``predict/RUN/foldF/<case>.npz``, float16, in the original grid, so a 2D and a 3D run
+  average voxel by voxel) are averaged, then the argmax (or region thresholds). Its label
+  maps go to ``crossval/<2D run>+<3D run>/foldF/``, and its largest-component
+  postprocessing is decided from them exactly as a run's
+  (:func:`nnpipe.inference.postprocess.decide`), in ``crossval/<name>/postprocess.json``.
+
+The highest score wins; on a tie the earlier candidate (runs before ensembles, in the order
+given) wins, since it is cheaper to predict with. ``best.json`` records every candidate's
+score and the choice: its runs, their plans and fold models (paths relative to the study
+folder ``results/<dataset>``), and the postprocessing, so that ``nnpipe predict --model
+best.json`` and ``nnpipe export --model best.json`` need nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nnpipe.datasets.layout import load_dataset, prediction_path, read_label_file
+from nnpipe.errors import DataError
+from nnpipe.evaluation.metrics import ScoredClass, dice, nanmean
+from nnpipe.evaluation.run import scored_classes
+from nnpipe.imageio import read_file, write_like
+from nnpipe.inference.model_spec import BEST_FORMAT, BEST_FORMAT_VERSION
+from nnpipe.inference.postprocess import decide_to_file, keep_largest_component, load_decision
+from nnpipe.io import read_json, write_json
+from nnpipe.planning.plan import Plan
+from nnpipe.progress import log
+from nnpipe.training.regions import regions_to_labels
+from nnpipe.training.splits import load_fold
+
+METRIC = ("mean over all cross-validation cases of the mean Dice over the classes scored in "
+          "the case, after the candidate's postprocessing")
+
+
+@dataclass(frozen=True)
+class Study:
+    """The files of one study folder ``results/<dataset>`` that the comparison reads."""
+
+    root: Path
+
+    def predictions(self, run: str, fold: int) -> Path:
+        return self.root / "predict" / run / f"fold{fold}"
+
+    def decision(self, run: str) -> Path:
+        return self.root / "postprocess" / f"{run}.json"
+
+    def model(self, run: str, fold: int) -> Path:
+        return self.root / "train" / run / f"fold{fold}" / "final.pt"
+
+    def plan(self, run: str) -> Path:
+        return self.root / "plans" / f"{run_dim(run)}d.json"
+
+    def crossval(self, name: str) -> Path:
+        return self.root / "crossval" / name
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "raw"
+
+    @property
+    def splits(self) -> Path:
+        return self.root / "splits.json"
+
+
+def run_dim(run: str) -> int:
+    """2 or 3 from a run name ``{dim}d-{precision}-{gpus}gpu``."""
+    if run[:2] not in ("2d", "3d"):
+        raise ValueError(f"run {run!r} is not named {{dim}}d-{{precision}}-{{gpus}}gpu")
+    return int(run[0])
+
+
+def run_names_in(study_dir: Path | str) -> list[str]:
+    """The runs with predictions in ``study_dir/predict/``, 2D first (for ``nnpipe best``
+    without ``--runs``)."""
+    folder = Path(study_dir) / "predict"
+    runs = sorted(p.name for p in folder.glob("[23]d-*-*gpu") if p.is_dir()) \
+        if folder.is_dir() else []
+    if not runs:
+        raise ValueError(f"no run predictions under {str(folder)!r}; give --runs or run the "
+                         "study's predict jobs first")
+    return runs
+
+
+def candidates(runs: Sequence[str]) -> list[tuple[str, ...]]:
+    """Every run alone, then every (2D run, 3D run) pair when there is more than one run."""
+    found: list[tuple[str, ...]] = [(r,) for r in runs]
+    if len(runs) > 1:
+        found += [(a, b) for a in runs if run_dim(a) == 2 for b in runs if run_dim(b) == 3]
+    return found
+
+
+def find_best(study_dir: Path | str, runs: Sequence[str], folds: Sequence[int], out: Path | str,
+              *, regions: bool = False) -> dict[str, Any]:
+    """Score every candidate of ``runs`` over ``folds``, write ``out`` (best.json); returns it.
+
+    Raises:
+        ValueError / DataError: naming a missing prediction, probability file or decision.
+    """
+    study = Study(Path(study_dir))
+    if not runs:
+        raise ValueError("no runs to compare")
+    study.crossval("").mkdir(parents=True, exist_ok=True)  # the rule's output, even if empty
+    ds = load_dataset(study.raw)
+    classes = scored_classes(ds.labels, regions)
+    cases = [(fold, c) for fold in folds for c in load_fold(study.splits, fold)["val"]]
+    refs: dict[str, Path] = {}
+    for _, c in cases:
+        label = ds.case(c).label
+        if label is None:
+            raise DataError("validation case has no label file to score against", case=c)
+        refs[c] = label
+    scores: list[dict[str, Any]] = []
+    for members in candidates(runs):
+        name = "+".join(members)
+        if len(members) == 1:
+            pred_dir = {f: study.predictions(name, f) for f in folds}
+            decision = study.decision(name)
+        else:
+            pred_dir = {f: study.crossval(name) / f"fold{f}" for f in folds}
+            _ensemble_folder(study, members, cases, pred_dir, regions)
+        pairs = [(c, prediction_path(pred_dir[f], c), refs[c]) for f, c in cases]
+        if len(members) > 1:
+            decision = study.crossval(name) / "postprocess.json"
+            decide_to_file(pairs, classes, decision)
+        applied = load_decision(decision)
+        raw_dice, post_dice = cv_dice(pairs, classes, applied)
+        log(f"best: {name}: cross-validation Dice {100 * raw_dice:.2f} -> "
+            f"{100 * post_dice:.2f} after postprocessing ({len(pairs)} cases)")
+        scores.append({"name": name, "runs": list(members), "dice": _num(post_dice),
+                       "dice_before_postprocessing": _num(raw_dice), "n_cases": len(pairs),
+                       "postprocess_applied": [c.name for c in applied],
+                       "postprocess": _rel(decision, out)})
+    record = best_record(study, scores, folds, ds.name, out)
+    write_json(out, record)
+    log(f"best: {record['best']['name']} (Dice {100 * (record['best']['dice'] or 0):.2f}) "
+        f"-> {out}")
+    return record
+
+
+def best_record(study: Study, scores: Sequence[dict[str, Any]], folds: Sequence[int],
+                dataset: str, out: Path | str) -> dict[str, Any]:
+    """best.json from the candidates' ``scores`` (in candidate order); paths in it are
+    relative to the folder of ``out``."""
+    def key(i: int) -> tuple[float, int]:
+        d = scores[i]["dice"]
+        return (-math.inf if d is None else d, -i)
+
+    chosen = dict(scores[max(range(len(scores)), key=key)])
+    chosen["postprocess_file"] = chosen["postprocess"]
+    chosen["postprocess"] = read_json(Path(out).parent / chosen["postprocess"])
+    chosen["members"] = [
+        {"run": r, "plan": _rel(study.plan(r), out),
+         "models": [_rel(study.model(r, f), out) for f in folds]}
+        for r in chosen["runs"]]
+    return {"format": BEST_FORMAT, "format_version": BEST_FORMAT_VERSION,
+            "dataset": dataset, "folds": list(folds), "metric": METRIC,
+            "dataset_json": _rel(study.raw / "dataset.json", out),
+            "candidates": list(scores), "best": chosen}
+
+
+def _rel(path: Path, out: Path | str) -> str:
+    """``path`` relative to the folder of best.json (so a moved study folder still works)."""
+    return os.path.relpath(path, Path(out).parent)
+
+
+def _num(v: float) -> float | None:
+    return None if math.isnan(v) else v
+
+
+def cv_dice(pairs: Sequence[tuple[str, Path, Path]], classes: Sequence[ScoredClass],
+            postprocess: Sequence[ScoredClass]) -> tuple[float, float]:
+    """(Dice before, Dice after ``postprocess``) over ``(case, prediction, reference)``
+    files: per case the mean over the classes scored in it, then the mean over cases."""
+    before, after = [], []
+    for case, pred_path, ref_path in pairs:
+        pred, _ = read_label_file(pred_path, case=case)
+        ref, _ = read_label_file(ref_path, case=case)
+        if pred.shape != ref.shape:
+            raise DataError(f"prediction shape {pred.shape} differs from reference shape "
+                            f"{ref.shape}", case=case, path=pred_path)
+        before.append(nanmean(dice(c.mask(pred), c.mask(ref)) for c in classes))
+        for c in postprocess:
+            pred = keep_largest_component(pred, c)
+        after.append(nanmean(dice(c.mask(pred), c.mask(ref)) for c in classes))
+    return nanmean(before), nanmean(after)
+
+
+def _ensemble_folder(study: Study, members: Sequence[str], cases: Sequence[tuple[int, str]],
+                     out: dict[int, Path], regions: bool) -> None:
+    """Label maps of the members' averaged validation probabilities, one folder per fold,
+    each in the file grid of the first member's prediction (the case's own grid)."""
+    plan = Plan.load(study.plan(members[0]))
+    region_classes = scored_classes(plan.labels, True) if regions else None
+    for fold, case in cases:
+        total: np.ndarray | None = None
+        names: list[str] = []
+        for run in members:
+            probs, run_names = _read_probabilities(study.predictions(run, fold), case)
+            if total is None:
+                total, names = probs, run_names
+                continue
+            if run_names != names or probs.shape != total.shape:
+                raise DataError(f"probabilities of {run} ({run_names}, shape {probs.shape}) "
+                                f"do not match those of {members[0]} ({names}, shape "
+                                f"{total.shape})", case=case,
+                                path=study.predictions(run, fold) / f"{case}.npz")
+            total += probs
+        assert total is not None  # members is not empty
+        total /= len(members)
+        if region_classes is not None:
+            labels = regions_to_labels(total, region_classes)
+        else:
+            labels = plan.label_table.to_values(total.argmax(0))
+        template = read_file(prediction_path(study.predictions(members[0], fold), case),
+                             case=case)
+        out[fold].mkdir(parents=True, exist_ok=True)
+        write_like(out[fold] / template.path.name, labels, template)
+
+
+def _read_probabilities(folder: Path, case: str) -> tuple[np.ndarray, list[str]]:
+    """``(K, X, Y, Z)`` float32 and the class names of ``folder/<case>.npz``."""
+    path = folder / f"{case}.npz"
+    if not path.is_file():
+        raise DataError("probabilities are missing: the fold's predictions were made without "
+                        "inference.save_probabilities (the study's predict rule saves them "
+                        "when grid.dims holds 2 and 3; rerun that predict job)", case=case,
+                        path=path)
+    with np.load(path, allow_pickle=False) as npz:
+        return npz["probabilities"].astype(np.float32), [str(n) for n in npz["names"]]

@@ -1,0 +1,258 @@
+"""What ``--model`` names, in one in-memory description: :class:`ModelSpec`.
+
+``nnpipe predict --model`` and ``nnpipe export --model`` accept four things, and each is
+resolved here to the same description (members, each a plan with its fold weights; the
+postprocessing decision; the label table and channel names):
+
+========================================  ============================================
+``--model``                               members
+========================================  ============================================
+``train/RUN/foldF`` or its ``final.pt``   one member, one fold (several paths: one
+                                          member with those folds, averaged)
+``train/RUN`` (holding ``fold*/``)        one member, every fold; the run's
+                                          ``postprocess/RUN.json`` if the study has it
+``best.json`` (``nnpipe best``)           the chosen run(s), each with its plan and folds,
+                                          and the chosen postprocessing
+``model.zip`` (``nnpipe export``)         what the archive holds, verified
+                                          (:mod:`nnpipe.inference.archive`)
+========================================  ============================================
+
+Members with different plans (a 2D and a 3D run) are not averaged on the network's grid: each
+predicts in its own plan and their probabilities are averaged in the original grid
+(:func:`nnpipe.inference.predict.predict_cases`). Every weight file is read with
+``weights_only=True`` (training checkpoints through
+:func:`nnpipe.training.checkpoint.load_checkpoint`), so no code is unpickled.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nnpipe.evaluation.metrics import ScoredClass
+from nnpipe.inference.ensemble import LoadedModel, build_model, checkpoint_path
+from nnpipe.inference.postprocess import decision_classes
+from nnpipe.io import read_json
+from nnpipe.planning.plan import Plan
+from nnpipe.progress import log
+from nnpipe.training.checkpoint import load_checkpoint
+
+BEST_FORMAT = "nnpipe-best"
+BEST_FORMAT_VERSION = 1
+_FOLD_DIR = re.compile(r"fold(\d+)$")
+
+
+@dataclass(frozen=True)
+class FoldWeights:
+    """One fold model: ``weights`` (the network's state dict, tensors on the CPU) and where
+    they came from (``source``, for messages)."""
+
+    fold: int | None
+    weights: dict[str, torch.Tensor]
+    source: str
+
+
+@dataclass(frozen=True)
+class Member:
+    """One run: its plan, region mode and fold models (averaged on the plan's grid)."""
+
+    name: str
+    plan: Plan
+    regions: bool
+    folds: tuple[FoldWeights, ...]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything prediction needs, whatever ``--model`` named (``source``)."""
+
+    source: str
+    members: tuple[Member, ...]
+    postprocess: Mapping[str, Any] | None = None  # a decision record (postprocess.decide)
+    channel_names: tuple[str, ...] = ()
+    dataset_name: str = ""
+    file_ending: str = ".nii.gz"
+    extra: Mapping[str, Any] = field(default_factory=dict)  # e.g. best.json's candidates
+
+    def __post_init__(self) -> None:
+        if not self.members:
+            raise ValueError(f"model {self.source!r} has no members")
+        first = self.members[0]
+        for m in self.members[1:]:
+            for what, a, b in (("labels", first.plan.labels, m.plan.labels),
+                               ("label values", first.plan.label_values, m.plan.label_values),
+                               ("channels", first.plan.num_channels, m.plan.num_channels),
+                               ("region mode", first.regions, m.regions)):
+                if a != b:
+                    raise ValueError(f"model {self.source!r}: members {first.name!r} and "
+                                     f"{m.name!r} differ in {what} ({a} vs {b}); they "
+                                     "cannot be averaged")
+
+    @property
+    def labels(self) -> dict[int, str]:
+        return dict(self.members[0].plan.labels)
+
+    def postprocess_classes(self) -> list[ScoredClass]:
+        """The classes whose largest component is kept (none without a decision)."""
+        if self.postprocess is None:
+            return []
+        return decision_classes(self.postprocess, self.source)
+
+    def load(self, device: torch.device) -> list[list[LoadedModel]]:
+        """The networks on ``device``: one list of fold models per member."""
+        return [[build_model(m.plan, f.weights, m.regions, device, f.source) for f in m.folds]
+                for m in self.members]
+
+
+# ---------------------------------------------------------------- resolution
+
+
+def resolve_model(paths: Sequence[Path | str]) -> ModelSpec:
+    """The :class:`ModelSpec` of ``--model`` (see the module docstring for what it accepts).
+
+    Raises:
+        ValueError / FileNotFoundError: naming the path and what is wrong with it.
+    """
+    if not paths:
+        raise ValueError("no model given")
+    if len(paths) == 1:
+        path = Path(paths[0])
+        if path.suffix == ".zip":
+            from nnpipe.inference.archive import load_archive
+
+            return load_archive(path)
+        if path.suffix == ".json":
+            return from_best_json(path)
+        if path.is_dir() and not _has_checkpoint(path) and _fold_dirs(path):
+            return from_run_folder(path)
+    for p in paths:
+        if Path(p).suffix in (".zip", ".json"):
+            raise ValueError(f"model {str(p)!r}: an archive or best.json is a whole model; "
+                             "give it alone to --model")
+    return from_checkpoints(paths)
+
+
+def from_checkpoints(paths: Sequence[Path | str], name: str | None = None,
+                     plan: Path | str | None = None) -> ModelSpec:
+    """One member from fold checkpoints (or fold folders) of one plan (``plan``, a plan
+    JSON, when given: the plan they must have been trained with)."""
+    folds = []
+    plans: list[tuple[Plan, bool, Path]] = []
+    for p in paths:
+        path = checkpoint_path(p)
+        ckpt = load_checkpoint(path)
+        if "plan" not in ckpt or "model" not in ckpt:
+            raise ValueError(f"checkpoint {str(path)!r} is not an nnpipe training checkpoint "
+                             "(no plan or model weights)")
+        plans.append((Plan.from_dict(ckpt["plan"]), bool(ckpt.get("settings", {}).get(
+            "regions", False)), path))
+        match = _FOLD_DIR.search(path.parent.name)
+        folds.append(FoldWeights(int(match.group(1)) if match else None, ckpt["model"],
+                                 str(path)))
+    reference, regions, first = plans[0]
+    where = f"model {str(first)!r}"
+    if plan is not None:
+        reference, where = Plan.load(plan), f"plan {str(plan)!r}"
+    del first
+    for trained, r, path in plans:
+        if trained != reference:
+            diff = [k for k in reference.to_dict()
+                    if reference.to_dict()[k] != trained.to_dict().get(k)]
+            raise ValueError(f"model {str(path)!r} was trained with a different plan than "
+                             f"{where} (differs in: {', '.join(diff)}); predict with "
+                             "models of one plan")
+        if r != regions:
+            raise ValueError(f"model {str(path)!r} and {str(plans[0][2])!r} differ in region "
+                             "mode; they cannot be averaged")
+    run = name or _run_name(Path(plans[0][2]))
+    source = str(paths[0]) if len(paths) == 1 else f"{len(paths)} models of {run}"
+    dataset_json = find_dataset_json(plans[0][2])
+    return ModelSpec(source, (Member(run, reference, regions, tuple(folds)),),
+                     **_dataset_facts(dataset_json))
+
+
+def from_run_folder(run_dir: Path | str) -> ModelSpec:
+    """Every fold of ``train/RUN``, with the study's ``postprocess/RUN.json`` if it exists."""
+    run_dir = Path(run_dir)
+    folds = _fold_dirs(run_dir)
+    spec = from_checkpoints(folds, name=run_dir.name)
+    decision = run_dir.parent.parent / "postprocess" / f"{run_dir.name}.json"
+    record = None
+    if decision.is_file():
+        log(f"model {str(run_dir)!r}: applying the run's postprocessing {str(decision)!r}")
+        record = read_json(decision)
+    return ModelSpec(str(run_dir), spec.members, record, spec.channel_names,
+                     spec.dataset_name, spec.file_ending)
+
+
+def from_best_json(path: Path | str) -> ModelSpec:
+    """The configuration ``nnpipe best`` chose; its paths are relative to the file's folder."""
+    path = Path(path)
+    record = read_json(path)
+    if not isinstance(record, dict) or record.get("format") != BEST_FORMAT:
+        raise ValueError(f"{str(path)!r} is not a best-configuration file (written by "
+                         "`nnpipe best`; no \"format\": \"nnpipe-best\")")
+    version = record.get("format_version")
+    if version != BEST_FORMAT_VERSION:
+        raise ValueError(f"{str(path)!r} has format_version {version!r}; this nnpipe reads "
+                         f"{BEST_FORMAT_VERSION}: rerun `nnpipe best` with this nnpipe")
+    root = path.parent
+    members = []
+    try:
+        for m in record["best"]["members"]:
+            spec = from_checkpoints([root / f for f in m["models"]], name=m["run"],
+                                    plan=root / m["plan"])
+            members.append(spec.members[0])
+        postprocess = record["best"]["postprocess"]
+        facts = _dataset_facts(root / record["dataset_json"])
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"best-configuration file {str(path)!r} lacks {exc}") from None
+    return ModelSpec(str(path), tuple(members), postprocess, **facts,
+                     extra={"best": record["best"]["name"]})
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _has_checkpoint(folder: Path) -> bool:
+    return any((folder / n).is_file() for n in ("final.pt", "last.pt"))
+
+
+def _fold_dirs(run_dir: Path) -> list[Path]:
+    """``fold<N>/`` folders holding a checkpoint, by fold number."""
+    found = [(int(m.group(1)), p) for p in run_dir.iterdir()
+             if p.is_dir() and (m := _FOLD_DIR.fullmatch(p.name)) and _has_checkpoint(p)]
+    return [p for _, p in sorted(found)]
+
+
+def _run_name(checkpoint: Path) -> str:
+    """``3d-fp32-1gpu`` for ``.../train/3d-fp32-1gpu/fold0/final.pt``, else the folder name."""
+    folder = checkpoint.parent
+    return folder.parent.name if _FOLD_DIR.fullmatch(folder.name) else folder.name
+
+
+def find_dataset_json(path: Path | str) -> Path | None:
+    """``<results>/<dataset>/raw/dataset.json`` for a path inside ``<results>/<dataset>/``
+    (a checkpoint, a run folder), found by walking up at most four folders."""
+    for parent in list(Path(path).resolve().parents)[:4]:
+        candidate = parent / "raw" / "dataset.json"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _dataset_facts(dataset_json: Path | None) -> dict[str, Any]:
+    """Channel names, dataset name and file ending from a dataset.json (MSD or nnU-Net v2)."""
+    if dataset_json is None or not Path(dataset_json).is_file():
+        return {}
+    meta = read_json(dataset_json)
+    channels = meta.get("channel_names") or meta.get("modality") or {}
+    names = tuple(str(channels[k]) for k in sorted(channels, key=int)) if isinstance(
+        channels, dict) else ()
+    return {"channel_names": names, "dataset_name": str(meta.get("name", "")),
+            "file_ending": str(meta.get("file_ending", ".nii.gz"))}
