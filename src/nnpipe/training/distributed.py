@@ -9,11 +9,14 @@ per-step vote over NCCL would drain the GPU pipeline every few steps.
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+from nnpipe.progress import log
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,9 @@ class DistInfo:
     # the gloo group for host-side collectives (None: the default group, already gloo, or a
     # single process)
     cpu_group: Any = None
+    # the node's rank among the run's nodes (torchrun's GROUP_RANK; with a c10d rendezvous
+    # the agents number the nodes themselves, so it is known only once the ranks start)
+    node: int = 0
 
     @property
     def is_main(self) -> bool:
@@ -41,10 +47,13 @@ def init_distributed(force_cpu: bool = False) -> DistInfo:
 
     Without torchrun (no ``WORLD_SIZE``) this is a single process on ``cuda:0`` or the CPU.
     On CUDA a second, gloo group is made for host-side collectives (see the module doc).
+    With several ranks each one logs where it runs, once its group is up: in a multi-node
+    job's log this is the proof that every node's ranks joined.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
+    node = int(os.environ.get("GROUP_RANK", "0"))
     use_cuda = torch.cuda.is_available() and not force_cpu
     device = torch.device("cuda", local) if use_cuda else torch.device("cpu")
     if use_cuda:
@@ -55,7 +64,16 @@ def init_distributed(force_cpu: bool = False) -> DistInfo:
             dist.init_process_group(backend="nccl" if use_cuda else "gloo")
         if use_cuda:
             cpu_group = dist.new_group(backend="gloo")
-    return DistInfo(rank, world, local, device, cpu_group)
+        log(f"rank {rank} of {world} on node {node} (local rank {local}): "
+            f"host {_host()}, {device}, {dist.get_backend()}")
+    return DistInfo(rank, world, local, device, cpu_group, node)
+
+
+def _host() -> str:
+    """This machine's name, and its SLURM node name where that differs (several slurmd on
+    one host, as in tests/slurm)."""
+    host, node = socket.gethostname(), os.environ.get("SLURMD_NODENAME")
+    return f"{host} (SLURM node {node})" if node and node != host else host
 
 
 def all_reduce_mean(value: float, info: DistInfo) -> float:
