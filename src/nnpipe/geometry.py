@@ -133,5 +133,5 @@ def grid_difference(shape_a: Sequence[int], affine_a: np.ndarray, shape_b: Seque
     return "; ".join(parts) or None
 
 
-def _mm(v: Sequence[float]) -> str:
+def _mm(v: Sequence[float] | np.ndarray) -> str:
     return "(" + ", ".join(f"{float(x):.4g}" for x in v) + ") mm"

@@ -28,13 +28,16 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from nnpipe.errors import DataError
 from nnpipe.geometry import orientation_of, spacing_of
 from nnpipe.io import atomic_path, write_json
+
+if TYPE_CHECKING:  # nibabel is imported where it is used (not every format needs it)
+    import nibabel as nib
 
 # Ending -> reader family. Longest endings first so ".nii.gz" wins over ".gz".
 ENDINGS: dict[str, str] = {
@@ -178,13 +181,22 @@ def _as_xyzc(data: np.ndarray, path: Path, case: str | None) -> np.ndarray:
 # ---------------------------------------------------------------- NIfTI
 
 
-def _read_nifti(path: Path, case: str | None) -> ImageFile:
+def load_nifti(path: Path | str, case: str | None = None) -> nib.Nifti1Image | nib.Nifti2Image:
+    """``nibabel.load`` narrowed to a NIfTI-1 or NIfTI-2 image (what the NIfTI readers need).
+
+    Raises :class:`DataError` naming the case and file when nibabel reads another format.
+    """
     import nibabel as nib
 
     img = nib.load(str(path))
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise DataError(f"not a NIfTI image (nibabel read it as {type(img).__name__})",
-                        case=case, path=path)
+                        case=case, path=Path(path))
+    return img
+
+
+def _read_nifti(path: Path, case: str | None) -> ImageFile:
+    img = load_nifti(path, case)
     header = img.header
     unit = header.get_xyzt_units()[0]
     scale = _UNITS_TO_MM.get(unit, 1.0)
@@ -464,9 +476,7 @@ def read_header(path: Path | str, *, case: str | None = None) -> HeaderInfo:
 
 
 def _nifti_header(path: Path, case: str | None) -> tuple[tuple[int, ...], int, np.ndarray]:
-    import nibabel as nib
-
-    img = nib.load(str(path))
+    img = load_nifti(path, case)
     shape = tuple(int(s) for s in img.shape)
     dtype = img.get_data_dtype()
     channels = len(dtype.names) if dtype.names else 1

@@ -67,7 +67,7 @@ class LabelTable:
         return self.values == tuple(range(len(self.values)))
 
     @property
-    def value_dtype(self) -> type:
+    def value_dtype(self) -> type[np.unsignedinteger]:
         """Smallest unsigned dtype holding every value (uint8, uint16 or uint32)."""
         top = self.values[-1]
         for dt in (np.uint8, np.uint16, np.uint32):

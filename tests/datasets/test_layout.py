@@ -48,6 +48,15 @@ def test_msd_layout(tmp_path):
     assert [c.case_id for c in ds.test] == ["t1"]
 
 
+def test_label_of_a_training_case_and_of_a_test_case(tmp_path):
+    ds = load_dataset(_msd(tmp_path))
+    assert ds.label_of("c1") == tmp_path / "labelsTr" / "c1.nii.gz"
+    with pytest.raises(DataError, match="t1.*no label file"):
+        ds.label_of("t1")  # before: None, and evaluate_fold failed in Path(None)
+    with pytest.raises(DataError, match="no such case"):
+        ds.label_of("c9")
+
+
 def test_nnunetv2_layout(tmp_path):
     rng = np.random.default_rng(1)
     for c in range(2):

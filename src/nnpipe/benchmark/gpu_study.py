@@ -298,8 +298,7 @@ def device_path_numbers(study: Study, raw: Path, pre: Path, splits: Path) -> Non
 def predict_and_evaluate(study: Study, raw: Path, splits: Path, model: Path,
                          work: Path) -> None:
     """Predict the validation cases on the device and on the CPU; compare and evaluate."""
-    import nibabel as nib
-
+    from nnpipe.imageio import load_nifti
     from nnpipe.training.splits import load_fold
 
     scores = {}
@@ -322,7 +321,7 @@ def predict_and_evaluate(study: Study, raw: Path, splits: Path, model: Path,
     if len(devices) == 2 and all((work / f"pred-{d}").is_dir() for d in devices):
         agree = []
         for case_id in load_fold(splits, 0)["val"]:
-            a, b = (np.asarray(nib.load(next((work / f"pred-{d}").glob(f"{case_id}.*"))).dataobj)
+            a, b = (np.asarray(load_nifti(next((work / f"pred-{d}").glob(f"{case_id}.*"))).dataobj)
                     for d in devices)
             agree.append(float((a == b).mean()))
         study.add(f"{devices[0]} and CPU predictions agree", min(agree) >= 0.99,

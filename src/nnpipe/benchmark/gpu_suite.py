@@ -133,7 +133,8 @@ def measure_cell(cell: Cell, plan: Any, pre: Path, device: str, steps: int) -> d
         else cell.precision
     # warm-up and timing caps where BenchmarkSpec has them (steady-state warm-up): GPU steps
     # take milliseconds, so seconds give hundreds of steps and the call stays in its budget
-    caps = {"warmup_cap_s": CELL_CAP_S[device], "timing_cap_s": CELL_CAP_S[device]}
+    caps: dict[str, Any] = {"warmup_cap_s": CELL_CAP_S[device],
+                            "timing_cap_s": CELL_CAP_S[device]}
     known = BenchmarkSpec.__dataclass_fields__
     spec = BenchmarkSpec(mode=cell.mode, batch_size=cell.batch, precision=precision,
                          warmup_steps=max(2, steps // 3), timed_steps=steps,
@@ -212,9 +213,10 @@ def bench(work: Path, out: Path, device: str, tiny: bool, compile_: bool, steps:
             failed += 1
             print(f"FAIL: bench {name}: {type(exc).__name__}: {exc}", flush=True)
             traceback.print_exc()
-            row = cell.row if cell is not None else "case"
+            row_name = cell.row if cell is not None else "case"
             config = cell.config if cell is not None else "whole case"
-            record({"row": row, "config": config, "error": f"{type(exc).__name__}: {exc}"})
+            record({"row": row_name, "config": config,
+                    "error": f"{type(exc).__name__}: {exc}"})
         print(f"bench: {name} took {time.monotonic() - t_cell:.1f} s", flush=True)
     return failed
 

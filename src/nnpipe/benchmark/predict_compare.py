@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from nnpipe.imageio import load_nifti
 from nnpipe.planning.plan import ChannelNorm, Plan
 
 NNUNET_DATASET = "Dataset999_nnpipeCompare"
@@ -111,7 +113,7 @@ def _nnpipe_checkpoint(plan: Plan, out: Path) -> Path:
 
 def nnunet_plans(plan: Plan, fingerprint: dict[str, Any]) -> dict[str, Any]:
     """nnU-Net v2 ``plans.json`` with our plan's geometry and topology (axes reversed)."""
-    def rev(values) -> list:  # our (X, Y, Z) -> SimpleITK's (Z, Y, X)
+    def rev(values: Sequence[Any]) -> list[Any]:  # our (X, Y, Z) -> SimpleITK's (Z, Y, X)
         return list(reversed(list(values)))
 
     n = len(plan.strides)
@@ -167,7 +169,7 @@ def split_channels(src: Path, dest: Path) -> list[str]:
     dest.mkdir(parents=True, exist_ok=True)
     cases = []
     for path in sorted(src.glob("*.nii.gz")):
-        img = nib.load(path)
+        img = load_nifti(path)
         data = np.asarray(img.dataobj)
         case = path.name[: -len(".nii.gz")]
         for c in range(data.shape[-1]):
@@ -179,7 +181,8 @@ def split_channels(src: Path, dest: Path) -> list[str]:
 
 def compare(work: Path, venv: Path, n_cases: int, resolution_mm: float, patch_voxels: int,
             base_filters: int, threads: int, tta_modes: list[bool],
-            repeats: int = 1, precisions: tuple[str, ...] = ("fp32",)) -> dict[str, Any]:
+            repeats: int = 1, precisions: tuple[str, ...] = ("fp32",),
+            runtimes: tuple[str, ...] = ("eager",)) -> dict[str, Any]:
     from nnpipe.datasets.embedded import generate_embedded
     from nnpipe.datasets.layout import load_dataset, read_image
     from nnpipe.inference.sliding_window import tile_grid
@@ -230,13 +233,16 @@ def compare(work: Path, venv: Path, n_cases: int, resolution_mm: float, patch_vo
                       "-step_size", "0.5", "-npp", "1", "-nps", "1"]
         theirs_cmd += [] if tta else ["--disable_tta"]
         ours_cmds = {}
-        for precision in precisions:
+        # one variant per precision and runtime: "fp32" (eager), "fp32_openvino", ...
+        for precision, runtime in ((p, r) for p in precisions for r in runtimes):
             cfg = json.dumps({"inference": {"overlap": 0.5, "blend": "gaussian", "tta": tta,
-                                            "batch_size": 1, "precision": precision}})
-            ours_cmds[precision] = [sys.executable, "-m", "nnpipe", "predict", "--config-json",
-                                    cfg, "--model", str(model), "--input", str(inputs),
-                                    "--device", "cpu", "--threads", str(threads), "--out"]
-        ours: dict[str, list] = {p: [] for p in precisions}
+                                            "batch_size": 1, "precision": precision,
+                                            "runtime": runtime}})
+            variant = precision if runtime == "eager" else f"{precision}_{runtime}"
+            ours_cmds[variant] = [sys.executable, "-m", "nnpipe", "predict", "--config-json",
+                                  cfg, "--model", str(model), "--input", str(inputs),
+                                  "--device", "cpu", "--threads", str(threads), "--out"]
+        ours: dict[str, list] = {v: [] for v in ours_cmds}
         theirs = []
         for r in range(repeats):  # alternate, so load from other processes hits all alike
             out = work / f"out_nnunet_tta{int(tta)}_{r}"
@@ -252,6 +258,12 @@ def compare(work: Path, venv: Path, n_cases: int, resolution_mm: float, patch_vo
             row[f"nnpipe_{precision}"] = runs
             row[f"best_nnpipe_{precision}_s"] = best
             row[f"speedup_{precision}"] = round(best_theirs / best, 2)
+            eager = precision.split("_")[0]
+            if precision != eager:  # another runtime: its time and labels against eager's
+                row[f"vs_eager_{precision}"] = round(row[f"best_nnpipe_{eager}_s"] / best, 2)
+                row[f"agreement_{precision}"] = label_agreement(
+                    work / f"out_nnpipe_{eager}_tta{int(tta)}_0",
+                    work / f"out_nnpipe_{precision}_tta{int(tta)}_0")
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if not isinstance(v, list)}),
               file=sys.stderr)
@@ -260,6 +272,20 @@ def compare(work: Path, venv: Path, n_cases: int, resolution_mm: float, patch_vo
                                      "filters": list(plan.filters)},
             "tiles_per_case": tiles, "threads": threads, "torch": torch.__version__,
             "runs": rows}
+
+
+def label_agreement(reference: Path, other: Path) -> float:
+    """Fraction of voxels, over every label map in ``reference``, whose label ``other``'s
+    file of the same name has too (1.0 = identical predictions)."""
+    same = total = 0
+    for path in sorted(reference.glob("*.nii.gz")):
+        a = np.asarray(load_nifti(path).dataobj)
+        b = np.asarray(load_nifti(other / path.name).dataobj)
+        same += int((a == b).sum())
+        total += a.size
+    if total == 0:
+        raise ValueError(f"no label maps (*.nii.gz) in {str(reference)!r} to compare")
+    return same / total
 
 
 def memory(work: Path, shape: tuple[int, int, int], threads: int) -> dict[str, Any]:
@@ -312,6 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--precision", nargs="+", choices=("fp32", "bf16"), default=["fp32"],
                    help="nnpipe's inference precisions to time (nnU-Net v2 runs float32 on "
                         "CPUs: it enables autocast on GPUs only)")
+    c.add_argument("--runtime", nargs="+", choices=("eager", "compile", "onnxruntime",
+                                                    "openvino"), default=["eager"],
+                   help="nnpipe's inference runtimes to time (inference.runtime); each one "
+                        "but eager also gets its time and label agreement against eager")
     m = sub.add_parser("memory")
     m.add_argument("--work", type=Path, required=True)
     m.add_argument("--shape", type=int, nargs=3, default=(512, 512, 400))
@@ -321,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         modes = {"off": [False], "on": [True], "both": [False, True]}[args.tta]
         out = compare(args.work, args.nnunet_venv, args.cases, args.resolution_mm,
                       args.patch_voxels, args.base_filters, args.threads, modes, args.repeats,
-                      tuple(args.precision))
+                      tuple(args.precision), tuple(args.runtime))
     else:
         out = memory(args.work, tuple(args.shape), args.threads)
     text = json.dumps(out, indent=1)

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
 from nnpipe.datasets.layout import load_dataset
+from nnpipe.imageio import load_nifti
 from nnpipe.io import save_nifti
 
 SAMPLE_S = 0.02
@@ -93,7 +93,9 @@ def to_nnunetv2(raw: Path, out: Path) -> int:
     (out / "imagesTr").mkdir(parents=True)
     (out / "labelsTr").mkdir()
     for case in ds.training:
-        img = nib.load(str(case.images[0]))
+        if case.label is None:  # load_dataset gives every training case one; say so if not
+            raise ValueError(f"training case {case.case_id!r} of {raw} has no label file")
+        img = load_nifti(case.images[0], case.case_id)
         data = np.asanyarray(img.dataobj)
         data = data[..., None] if data.ndim == 3 else data
         for c in range(data.shape[-1]):

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 
@@ -111,10 +112,10 @@ class AugmentSettings:
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"augmentation name(s) {repeated} given more than once")
-        settings = cls(enabled=enabled)
+        probabilities: dict[str, Any] = {}  # field name -> value, for the dataclass __init__
         for name in names:
-            settings = replace(settings, **EXTRA_TRANSFORMS[name])
-        return settings
+            probabilities.update(EXTRA_TRANSFORMS[name])
+        return cls(enabled=enabled, **probabilities)
 
     @property
     def uses_extras(self) -> bool:

@@ -29,7 +29,7 @@ import math
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import nvidia.dali.fn as fn
@@ -37,11 +37,11 @@ import nvidia.dali.math as dmath
 import nvidia.dali.types as types
 import torch
 from nvidia.dali import pipeline_def
+from nvidia.dali.data_node import DataNode
 
 from nnpipe.data.augment import AugmentSettings, Draws
-from nnpipe.data.loader import check_loader_args, default_workers
 from nnpipe.data.sampling import PatchSampler, SamplerSettings
-from nnpipe.data.staging import BatchStager
+from nnpipe.data.staging import BatchStager, check_loader_args, default_workers
 from nnpipe.data.transforms import gamma_exponents, sampling_matrices, scaled
 
 # Per-sample inputs of the pipeline, in external_source output order.
@@ -156,12 +156,12 @@ def _graph(source: Any, patch: tuple[int, ...], blur_window: int, on_gpu: bool,
     spatial_axes = list(range(dim))
     if x["spatial"]:
         image = fn.warp_affine(image, matrix=x["matrix"], size=list(patch), inverse_map=True,
-                               interp_type=types.INTERP_LINEAR, fill_value=0.0)
+                               interp_type=types.DALIInterpType.INTERP_LINEAR, fill_value=0.0)
         seg = fn.warp_affine(seg, matrix=x["matrix"], size=list(patch), inverse_map=True,
-                             interp_type=types.INTERP_NN, fill_value=0.0)
+                             interp_type=types.DALIInterpType.INTERP_NN, fill_value=0.0)
     # DALI flip names: depthwise = D, vertical = H, horizontal = W (our axes 0, 1, 2 in 3D).
     names = ["depthwise", "vertical", "horizontal"][3 - dim:]
-    flips = {name: x[f"flip{axis}"] for axis, name in enumerate(names)}
+    flips: dict[str, Any] = {name: x[f"flip{axis}"] for axis, name in enumerate(names)}
     image, seg = fn.flip(image, **flips), fn.flip(seg, **flips)
     if x["noise"]:
         image = fn.noise.gaussian(image, stddev=x["noise_std"])
@@ -175,10 +175,12 @@ def _graph(source: Any, patch: tuple[int, ...], blur_window: int, on_gpu: bool,
         hi = fn.reductions.max(image, axes=spatial_axes)
         image = dmath.clamp((image - mean) * x["contrast_factor"] + mean, lo, hi)
     if x["lowres"]:
-        small = fn.resize(image, size=x["lowres_size"], interp_type=types.INTERP_NN,
-                          antialias=False)
-        image = fn.resize(small, size=list(patch), antialias=False,
-                          interp_type=types.INTERP_CUBIC if dim == 2 else types.INTERP_LINEAR)
+        # one output each (save_attrs off), though fn.resize's stub also allows a sequence
+        small = cast(DataNode, fn.resize(image, size=x["lowres_size"], antialias=False,
+                                         interp_type=types.DALIInterpType.INTERP_NN))
+        image = cast(DataNode, fn.resize(small, size=list(patch), antialias=False,
+                                         interp_type=types.DALIInterpType.INTERP_CUBIC
+                                         if dim == 2 else types.DALIInterpType.INTERP_LINEAR))
     for inverted in (True, False):
         key = "gamma_inverted" if inverted else "gamma"
         if x[key]:

@@ -17,7 +17,6 @@ following batches exactly, whatever the number of workers or the prefetch depth.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -25,25 +24,11 @@ from typing import Any, Protocol
 
 import torch
 
+# default_workers and check_loader_args live in staging (shared by both backends) so that
+# dali.py need not import this module, which imports dali.py (on demand): no import cycle.
 from nnpipe.data.augment import AugmentSettings, augment
 from nnpipe.data.sampling import PatchSampler, SamplerSettings
-from nnpipe.data.staging import BatchStager
-
-
-def default_workers() -> int:
-    """Sampling threads when not given: one per core, at most 4 (memory bandwidth, not
-    compute, limits a crop, so more threads than that gain little)."""
-    return max(1, min(4, os.cpu_count() or 1))
-
-
-def check_loader_args(loader: str, batch_size: int, prefetch: int, seed: int) -> None:
-    """The arguments every loader backend shares; ``ValueError`` naming ``loader``."""
-    if batch_size < 1:
-        raise ValueError(f"{loader} batch_size must be at least 1, got {batch_size!r}")
-    if prefetch < 1:
-        raise ValueError(f"{loader} prefetch must be at least 1, got {prefetch!r}")
-    if seed < 0:
-        raise ValueError(f"{loader} seed must be non-negative, got {seed!r}")
+from nnpipe.data.staging import BatchStager, check_loader_args, default_workers
 
 
 class BatchLoader:

@@ -18,6 +18,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import EllipsisType
 from typing import Any
 
 import numpy as np
@@ -149,7 +150,8 @@ def _crop_into(source: np.ndarray, starts: Sequence[int], out: np.ndarray) -> No
     ``out`` may hold anything before: it is zeroed only when the box leaves the volume, so a
     patch inside the volume costs one copy (128³ x 4 channels is 32 MB per sample).
     """
-    src, dst = [], []
+    src: list[slice] = []
+    dst: list[slice] = []
     for start, size, extent in zip(starts, out.shape[-3:], source.shape[-3:], strict=True):
         lo, hi = max(start, 0), min(start + size, extent)
         if hi <= lo:
@@ -159,7 +161,9 @@ def _crop_into(source: np.ndarray, starts: Sequence[int], out: np.ndarray) -> No
         dst.append(slice(lo - start, hi - start))
     if any(d.start > 0 or d.stop < size for d, size in zip(dst, out.shape[-3:], strict=True)):
         out[...] = 0
-    np.copyto(out[(..., *dst)], source[(..., *src)], casting="unsafe")
+    dst_index: tuple[EllipsisType | slice, ...] = (..., *dst)
+    src_index: tuple[EllipsisType | slice, ...] = (..., *src)
+    np.copyto(out[dst_index], source[src_index], casting="unsafe")
 
 
 class PatchSampler:

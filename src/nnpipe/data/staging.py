@@ -20,6 +20,7 @@ and widened to int64 on the device: 8x less to copy.
 from __future__ import annotations
 
 import math
+import os
 import queue
 import threading
 from typing import Any
@@ -34,6 +35,26 @@ STAGED_SEG_DTYPE = np.uint8
 
 # A queued item: one staged batch, or the error that ended a worker.
 _Item = tuple[torch.Tensor, torch.Tensor] | BaseException
+
+
+def default_workers() -> int:
+    """Sampling threads when not given: one per core, at most 4 (memory bandwidth, not
+    compute, limits a crop, so more threads than that gain little)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def check_loader_args(loader: str, batch_size: int, prefetch: int, seed: int) -> None:
+    """The arguments every loader backend shares; ``ValueError`` naming ``loader``.
+
+    Here rather than in :mod:`nnpipe.data.loader` so that both backends (``loader`` and
+    ``dali``) import it from a module neither of them is imported by.
+    """
+    if batch_size < 1:
+        raise ValueError(f"{loader} batch_size must be at least 1, got {batch_size!r}")
+    if prefetch < 1:
+        raise ValueError(f"{loader} prefetch must be at least 1, got {prefetch!r}")
+    if seed < 0:
+        raise ValueError(f"{loader} seed must be non-negative, got {seed!r}")
 
 
 def batch_generator(seed: int, index: int) -> np.random.Generator:

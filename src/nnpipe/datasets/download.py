@@ -228,8 +228,10 @@ def safe_extract(archive: Path | str, out_dir: Path | str, progress: bool = True
                 _check_member(m, archive)
             tmp.mkdir(parents=True)
             # The "data" filter (Python >= 3.11.4) repeats these checks and drops set-uid bits.
-            kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            tar.extractall(tmp, members=members, **kwargs)
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(tmp, members=members, filter="data")
+            else:
+                tar.extractall(tmp, members=members)
         if progress:
             log(f"extracted {len(members)} members of {archive.name}")
         os.replace(tmp, out)

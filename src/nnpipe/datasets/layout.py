@@ -96,6 +96,15 @@ class Dataset:
                 return c
         raise DataError("no such case in the dataset", case=case_id, path=self.root)
 
+    def label_of(self, case_id: str) -> Path:
+        """The reference label file of ``case_id``; :class:`DataError` naming the case when it
+        has none (a test case, e.g. listed by a splits file meant for another dataset)."""
+        label = self.case(case_id).label
+        if label is None:
+            raise DataError("has no label file to score against (a test case, not a training "
+                            "case)", case=case_id, path=self.root)
+        return label
+
 
 # ---------------------------------------------------------------- finding cases
 

@@ -27,7 +27,7 @@ def evaluate_fold(pred_dir: Path | str, raw: Path | str, splits: Path | str, fol
     """Score the fold's validation predictions against the dataset's labels."""
     ds = load_dataset(raw)
     ids = load_fold(splits, fold)["val"]
-    refs = {c: ds.case(c).label for c in ids}
+    refs = {c: ds.label_of(c) for c in ids}
     return evaluate_folder(pred_dir, refs, ids, None, out_csv,
                            classes=scored_classes(ds.labels, regions),
                            tolerance_mm=tolerance_mm, summary_json=summary_json)
@@ -45,7 +45,5 @@ def decide_postprocessing(pred_dirs: Sequence[Path | str], folds: Sequence[int],
     pairs = []
     for pred_dir, fold in zip(pred_dirs, folds, strict=True):
         for case in load_fold(splits, fold)["val"]:
-            label = ds.case(case).label
-            assert label is not None  # validation cases are training cases
-            pairs.append((case, prediction_path(pred_dir, case), label))
+            pairs.append((case, prediction_path(pred_dir, case), ds.label_of(case)))
     return decide_to_file(pairs, scored_classes(ds.labels, regions), out)

@@ -127,7 +127,7 @@ def sliding_window(predict: Predict, image: torch.Tensor, patch: Sequence[int],
     return out[0]
 
 
-def predict_volume_2d(predict: Predict, image: torch.Tensor, slice_axis: int,
+def predict_volume_2d(predict: Predict, image: torch.Tensor, slice_axis: int | None,
                       patch: Sequence[int], num_classes: int, overlap: float = 0.5,
                       blend: Blend | str = "gaussian", batch_size: int = 2,
                       tta_flips: bool = False, device: torch.device | str | None = None,
@@ -135,8 +135,9 @@ def predict_volume_2d(predict: Predict, image: torch.Tensor, slice_axis: int,
                       activation: Activation | str = "softmax") -> torch.Tensor:
     """Apply a 2D model slice by slice: image ``(C, X, Y, Z)`` -> probabilities ``(K, X, Y, Z)``.
 
-    ``slice_axis`` (0, 1 or 2) is the voxel axis sliced along; ``patch`` is the 2D patch over
-    the two other axes in increasing axis order. Tiles of different slices share forward
+    ``slice_axis`` (0, 1 or 2; None, a plan's when it has none, raises) is the voxel axis
+    sliced along; ``patch`` is the 2D patch over the two other axes in increasing axis
+    order. Tiles of different slices share forward
     passes (``batch_size`` tiles each). Other arguments as in :func:`sliding_window`.
     """
     if image.ndim != 4:
@@ -179,13 +180,18 @@ def _sliding_window_many(predict: Predict, images: torch.Tensor, patch: Sequence
     with torch.no_grad():
         for i in range(0, len(jobs), batch_size):
             chunk = jobs[i:i + batch_size]
-            batch = torch.stack([padded[(n, slice(None), *tile)] for n, tile in chunk]).to(device)
+            batch = torch.stack([padded[_at(n, tile)] for n, tile in chunk]).to(device)
             probs = _tile_probs(predict, batch, num_classes, tta_flips, sigmoid) * weight
             probs = probs.to(acc_device)
             for (n, tile), p in zip(chunk, probs, strict=True):
-                sums[(n, slice(None), *tile)] += p
+                sums[_at(n, tile)] += p
     sums /= weight_sum  # in place: a whole-volume (N, K, *spatial) copy is the largest array
     return sums[(slice(None), slice(None), *crop)]
+
+
+def _at(n: int, tile: tuple[slice, ...]) -> tuple[int | slice, ...]:
+    """The index of ``tile`` of image ``n``, every channel: ``[n, :, *tile]``."""
+    return (n, slice(None), *tile)
 
 
 def _tile_probs(predict: Predict, batch: torch.Tensor, num_classes: int,
@@ -199,7 +205,7 @@ def _tile_probs(predict: Predict, batch: torch.Tensor, num_classes: int,
     total = None
     for axes in flips:
         logits = predict(batch.flip(axes) if axes else batch)
-        if isinstance(logits, list | tuple):  # deep supervision: full resolution first
+        if not isinstance(logits, torch.Tensor):  # deep supervision: full resolution first
             logits = logits[0]
         expected = (batch.shape[0], num_classes, *batch.shape[2:])
         if tuple(logits.shape) != expected:

@@ -70,7 +70,14 @@ class OneDnnConv3d(nn.Conv3d):
         if x.shape[0] == 1 and torch.is_grad_enabled() and \
                 (x.requires_grad or self.weight.requires_grad):
             return self._halves(x)
-        return self._onednn(x, list(self.padding))
+        return self._onednn(x, list(self._int_padding()))
+
+    def _int_padding(self) -> tuple[int, ...]:
+        """Padding in voxels per axis; a string padding ("same") never gets here (forward
+        falls back to Conv3d when :meth:`supports` is False)."""
+        if isinstance(self.padding, str):
+            raise ValueError(f"OneDnnConv3d needs padding in voxels, got {self.padding!r}")
+        return self.padding
 
     def _onednn(self, x: torch.Tensor, padding: list[int]) -> torch.Tensor:
         return torch.ops.aten.mkldnn_convolution(x, self.weight, self.bias, padding,
@@ -79,21 +86,22 @@ class OneDnnConv3d(nn.Conv3d):
     def _halves(self, x: torch.Tensor) -> torch.Tensor:
         """One sample ``(1, C, *S)`` as two overlapping halves in one batch of 2 (see the
         module docstring); the same output, computed where the backward runs in oneDNN."""
+        pads = self._int_padding()
         sizes = [_out_size(x.shape[2 + a], self.kernel_size[a], self.stride[a],
-                           self.padding[a], self.dilation[a]) for a in range(3)]
+                           pads[a], self.dilation[a]) for a in range(3)]
         axis = max(range(3), key=lambda a: sizes[a])
         n = sizes[axis]
         if n < 2:  # a single output voxel per axis: nothing to cut, and cheap anyway
             return super().forward(x)
         half = (n + 1) // 2  # outputs per half; the halves overlap by one row if n is odd
-        s, p = self.stride[axis], self.padding[axis]
+        s, p = self.stride[axis], pads[axis]
         span = (half - 1) * s + self.dilation[axis] * (self.kernel_size[axis] - 1) + 1
         pad = [0] * 6
         pad[2 * (2 - axis)] = pad[2 * (2 - axis) + 1] = p  # F.pad lists the last axis first
         xp = F.pad(x, pad)
         second = n - half
         pair = torch.cat([xp.narrow(2 + axis, 0, span), xp.narrow(2 + axis, second * s, span)])
-        padding = list(self.padding)
+        padding = list(pads)
         padding[axis] = 0  # padded above, so that the cut borders see data, not zeros
         y = self._onednn(pair, padding)
         overlap = 2 * half - n

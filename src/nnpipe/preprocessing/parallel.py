@@ -9,12 +9,13 @@ case larger than the whole budget runs alone. ``workers`` still caps the process
 
 from __future__ import annotations
 
+import functools
 import math
 import multiprocessing
 import queue
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from nnpipe.datasets.layout import Case
 from nnpipe.imageio import read_header
@@ -46,6 +47,12 @@ def estimate_case_bytes(case: Case, target_spacing: Callable[[Sequence[float]], 
     return 4 * channels * n + 8 * n + 12 * channels * m + 5 * n + 10 * m
 
 
+def _finished(done: queue.Queue[tuple[int, bool, Any]], index: int, ok: bool,
+              result: Any) -> None:
+    """Pool callback: item ``index`` ended with ``result`` (its value, or the exception)."""
+    done.put((index, ok, result))
+
+
 def imap_bounded(func: Callable[[T], R], items: Sequence[T], costs: Sequence[int],
                  workers: int, budget_bytes: int = 0) -> Iterator[R]:
     """``func`` over ``items`` in up to ``workers`` processes; results as they finish.
@@ -65,7 +72,7 @@ def imap_bounded(func: Callable[[T], R], items: Sequence[T], costs: Sequence[int
         return
     # fork: spawn would re-run a Snakemake script: (no __main__ guard) in every worker.
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    done: queue.Queue = queue.Queue()
+    done: queue.Queue[tuple[int, bool, Any]] = queue.Queue()
     pending = deque(range(len(items)))
     running: dict[int, int] = {}
     with multiprocessing.get_context(method).Pool(min(workers, len(items))) as pool:
@@ -76,8 +83,8 @@ def imap_bounded(func: Callable[[T], R], items: Sequence[T], costs: Sequence[int
                 i = pending.popleft()
                 running[i] = costs[i]
                 pool.apply_async(func, (items[i],),
-                                 callback=lambda r, i=i: done.put((i, True, r)),
-                                 error_callback=lambda e, i=i: done.put((i, False, e)))
+                                 callback=functools.partial(_finished, done, i, True),
+                                 error_callback=functools.partial(_finished, done, i, False))
             i, ok, result = done.get()
             del running[i]
             if not ok:

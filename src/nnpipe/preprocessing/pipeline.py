@@ -19,6 +19,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import EllipsisType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -91,7 +92,7 @@ class CaseMeta:
             original_shape=_int3(d["original_shape"]),
             affine=tuple(tuple(float(v) for v in row) for row in d["affine"]),
             original_spacing=_float3(d["original_spacing"]),
-            bbox=tuple((int(lo), int(hi)) for lo, hi in d["bbox"]),  # type: ignore[arg-type]
+            bbox=_bbox3(d["bbox"]),
             cropped_shape=_int3(d["cropped_shape"]),
             target_spacing=_float3(d["target_spacing"]),
             resampled_shape=_int3(d["resampled_shape"]),
@@ -110,6 +111,11 @@ def _int3(v: Sequence[Any]) -> Shape3:
 
 def _float3(v: Sequence[Any]) -> Spacing3:
     return (float(v[0]), float(v[1]), float(v[2]))
+
+
+def _bbox3(v: Sequence[Sequence[Any]]) -> Bbox:
+    return ((int(v[0][0]), int(v[0][1])), (int(v[1][0]), int(v[1][1])),
+            (int(v[2][0]), int(v[2][1])))
 
 
 def case_target_spacing(plan: Plan, spacing: Sequence[float]) -> Spacing3:
@@ -194,7 +200,8 @@ def preprocess_case(image: np.ndarray, label: np.ndarray, affine: np.ndarray, pl
 def _paste(cropped: np.ndarray, meta: CaseMeta, fill: np.ndarray) -> np.ndarray:
     """Put ``cropped`` (``(..., *cropped_shape)``) into ``fill`` at the case's bbox."""
     sl = tuple(slice(lo, hi) for lo, hi in meta.bbox)
-    fill[(Ellipsis, *sl)] = cropped
+    index: tuple[EllipsisType | slice, ...] = (Ellipsis, *sl)
+    fill[index] = cropped
     return fill
 
 
@@ -304,11 +311,11 @@ def normalize_torch_(data: torch.Tensor, norms: Sequence[ChannelNorm], mask: tor
             std = math.sqrt(float(sq) / count)
             ch.sub_(mean).div_(max(std, MIN_STD)).masked_fill_(~mask, 0.0)
         elif norm.scheme == "ct":
-            low, high, mean, std = norm.clip_low, norm.clip_high, norm.mean, norm.std
-            if low is None or high is None or mean is None or std is None:
+            low, high, ct_mean, ct_std = norm.clip_low, norm.clip_high, norm.mean, norm.std
+            if low is None or high is None or ct_mean is None or ct_std is None:
                 raise ValueError(f"CT normalization needs clip_low, clip_high, mean and std, "
                                  f"got {norm}")
-            ch.clamp_(low, high).sub_(mean).div_(max(std, MIN_STD))
+            ch.clamp_(low, high).sub_(ct_mean).div_(max(ct_std, MIN_STD))
         else:
             raise ValueError(f"normalization scheme {norm.scheme!r} of channel {c} has no "
                              "device version; known: zscore_nonzero, ct")

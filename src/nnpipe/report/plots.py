@@ -351,7 +351,7 @@ def plot_overlays(raw_dir: Path | str, fold_csvs: Mapping[int, Path | str],
             ax.imshow(img[:, :, z].T, cmap="gray", vmin=lo, vmax=hi, origin="lower",
                       aspect=aspect, interpolation="nearest")
             if overlay is not None:
-                ax.imshow(overlay[:, :, z].T, cmap=cmap, vmin=0, vmax=len(cmap.colors) - 1,
+                ax.imshow(overlay[:, :, z].T, cmap=cmap, vmin=0, vmax=cmap.N - 1,
                           alpha=0.55, origin="lower", aspect=aspect, interpolation="nearest")
             ax.set_title(panel_title, fontsize=9)
             ax.set_xticks([])

@@ -14,9 +14,10 @@ import io
 import math
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -94,19 +95,21 @@ class _Parts:
 
 
 def make_optimizer(model: torch.nn.Module, s: TrainingSettings, total_steps: int,
-                   device: torch.device):
+                   device: torch.device
+                   ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """Adam at a constant lr (the reference) or SGD Nesterov with poly decay (nnU-Net).
 
     Fused kernels on CUDA: one launch per step for all parameters instead of one per tensor.
     """
-    fused = {"fused": True} if device.type == "cuda" else {}
+    fused = True if device.type == "cuda" else None  # None: torch's default (not fused)
+    opt: torch.optim.Optimizer
     if s.optimizer == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=s.learning_rate,
-                               weight_decay=s.weight_decay, **fused)
+                               weight_decay=s.weight_decay, fused=fused)
         schedule = lambda step: 1.0  # noqa: E731  the reference keeps Adam's lr constant
     else:
         opt = torch.optim.SGD(model.parameters(), lr=s.learning_rate, momentum=0.99,
-                              nesterov=True, weight_decay=s.weight_decay, **fused)
+                              nesterov=True, weight_decay=s.weight_decay, fused=fused)
         # nnU-Net's poly decay, (1 - t/T)^0.9, stepped per optimizer step
         schedule = lambda step: (1 - min(step, total_steps - 1) / total_steps) ** 0.9  # noqa: E731
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
@@ -125,18 +128,22 @@ def _build(run: TrainRun, info: D.DistInfo, plan: Plan, train_ids: list[str]) ->
     precision = get_precision(run.precision, info.device)
     configure_backend(precision)
     fmt = _memory_format(plan, s)
+    # the ignore: torch's stub of Module.to lacks memory_format, which it accepts at runtime
     model = build_unet(plan, deep_supervision=s.deep_supervision,
                        out_channels=R.model_outputs(plan.num_classes, s.regions)
-                       ).to(info.device, memory_format=fmt)
+                       ).to(info.device, memory_format=fmt)  # type: ignore[call-overload]
     net: torch.nn.Module = model
     if info.world_size > 1:
         net = torch.nn.parallel.DistributedDataParallel(model)
-    if s.compile:
-        net = torch.compile(net)
+    if s.compile:  # an OptimizedModule, a Module; torch.compile's stub only says Callable
+        net = cast(torch.nn.Module, torch.compile(net))
     optimizer, scheduler = make_optimizer(model, s, epochs * s.steps_per_epoch, info.device)
     # each rank samples from its own shard of the training cases (all of them if too few)
     shard = train_ids[info.rank::info.world_size] if len(train_ids) >= info.world_size \
         else train_ids
+    if info.world_size > 1:  # every rank: which node's rank trains on which cases
+        log(f"rank {info.rank} on node {info.node}: {len(shard)} of {len(train_ids)} "
+            f"training cases ({', '.join(shard)})")
     loader = make_loader(
         s.loader, run.preprocessed_dir, shard,
         SamplerSettings(patch_size=tuple(plan.patch_size), foreground_prob=s.foreground_prob,
@@ -331,7 +338,8 @@ def train_step(parts: _Parts, image: torch.Tensor, seg: torch.Tensor,
     return loss.detach().float()
 
 
-def _train_steps(parts: _Parts, state: dict[str, Any], batches, steps: int,
+def _train_steps(parts: _Parts, state: dict[str, Any],
+                 batches: Iterator[tuple[torch.Tensor, torch.Tensor]], steps: int,
                  stop: dict[str, Any], info: D.DistInfo) -> bool:
     """Run the rest of the current epoch's optimizer steps; return True if stopped by SIGTERM.
 
