@@ -1,0 +1,399 @@
+"""Accuracy against nnU-Net v2: both tools trained on the same cases, scored by one evaluator.
+
+Not part of CI: it needs nnU-Net v2 in its own virtual environment (as ``predict_compare``
+and ``preprocess_compare`` do) and trains networks. Two modes::
+
+    # same plan in both tools (``--plan nnunetv2``: v2's default plan, ``nnpipe``: ours),
+    # same optimizer steps (--steps = epochs x --steps-per-epoch in both)
+    python -m nnpipe.benchmark.accuracy_compare --dim 3 --folds 0 --steps 300 --plan nnunetv2
+    # each tool its own default plan, the same training wall-clock budget in seconds
+    python -m nnpipe.benchmark.accuracy_compare --dim 2 --folds 0 --budget-s 600
+
+What is shared: the raw dataset (``nnpipe download`` of ``--config``; converted once to v2's
+raw layout), the split (nnpipe's ``splits.json`` written as v2's ``splits_final.json``, the
+same list of ``{"train", "val"}`` per fold), the held-out cases, the inference settings
+(step 0.5, Gaussian tiles, mirroring TTA over all axes: v2's end-of-training validation,
+nnpipe ``predict`` with ``tta: true``) and the scoring (nnpipe's evaluator, original space,
+on both prediction folders).
+
+How v2 is configured at run time (nothing of v2's code enters nnpipe):
+
+* the plan: ``--plan nnpipe`` writes ``nnpipePlans.json`` beside v2's own plans: a copy of
+  v2's default plans whose configuration takes nnpipe's spacing, patch, kernels, strides,
+  filters, batch and normalization (axes reversed into SimpleITK's (z, y, x); a 2D plan's
+  slice axis first, :func:`v2_transpose`). ``--plan nnunetv2`` translates v2's default
+  configuration back into an nnpipe :class:`~nnpipe.planning.plan.Plan` (:func:`plan_from_v2`).
+* the steps: v2's shipped short trainers (``nnUNetTrainer_1epoch``, ``_5epochs``,
+  ``_10epochs``, ... in ``variants/training_length``) keep 250 steps per epoch, so 300 steps
+  cannot be set with them. A four-line subclass of ``nnUNetTrainer`` that sets
+  ``num_epochs``, ``num_iterations_per_epoch`` and ``num_val_iterations_per_epoch`` is
+  generated into the v2 venv's ``nnunetv2/training/nnUNetTrainer/`` (v2 finds trainers by
+  class name in that package) and named with ``-tr``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import re
+import statistics
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nnpipe.benchmark.preprocess_compare import run_measured, to_nnunetv2
+from nnpipe.evaluation.metrics import nanmean
+from nnpipe.io import read_json, write_json
+from nnpipe.planning.plan import Plan
+
+DATASET_ID = 998
+DATASET = f"Dataset{DATASET_ID}_nnpipeAccuracy"
+NNPIPE_PLANS = "nnpipePlans"  # v2 plans name of the plan translated from nnpipe's
+V2_PLANS = "nnUNetPlans"  # v2's default plans name
+V2_CONFIG = {2: "2d", 3: "3d_fullres"}
+
+# nnpipe's normalization schemes as v2's (normalization scheme, use_mask_for_norm)
+_NORM_TO_V2 = {"zscore_nonzero": ("ZScoreNormalization", True),
+               "zscore": ("ZScoreNormalization", False), "ct": ("CTNormalization", False)}
+
+
+# ----------------------------------------------------------------- dataset and split
+
+
+def write_v2_splits(splits: Sequence[dict[str, list[str]]], dest: Path) -> Path:
+    """Write nnpipe's folds as v2's ``splits_final.json`` (the same list of train/val dicts,
+    fold ``i`` at index ``i``, which is how v2 picks ``fold``)."""
+    for i, fold in enumerate(splits):
+        if set(fold) != {"train", "val"}:
+            raise ValueError(f"fold {i} of the split has keys {sorted(fold)}; need train, val")
+        both = set(fold["train"]) & set(fold["val"])
+        if both:
+            raise ValueError(f"fold {i}: cases {sorted(both)} are in both train and val")
+    dest.mkdir(parents=True, exist_ok=True)
+    out = dest / "splits_final.json"
+    write_json(out, [{"train": list(f["train"]), "val": list(f["val"])} for f in splits])
+    return out
+
+
+def convert_dataset(raw: Path, splits_json: Path, nnunet_root: Path,
+                    dataset: str = DATASET) -> int:
+    """nnpipe's raw dataset and split into v2's folders under ``nnunet_root``:
+    ``nnUNet_raw/<dataset>/{imagesTr,labelsTr,dataset.json}`` and
+    ``nnUNet_preprocessed/<dataset>/splits_final.json``. Returns the training case count."""
+    n = to_nnunetv2(raw, nnunet_root / "nnUNet_raw" / dataset)
+    write_v2_splits(read_json(splits_json), nnunet_root / "nnUNet_preprocessed" / dataset)
+    return n
+
+
+# ----------------------------------------------------------------- plan translation
+
+
+def v2_transpose(dim: int, slice_axis: int | None) -> list[int]:
+    """v2's ``transpose_forward`` for an nnpipe plan. v2's arrays are SimpleITK's (z, y, x),
+    so nnpipe axis ``a`` is v2 axis ``2 - a``; v2's 2D network slices along transposed axis 0,
+    so a 2D plan's slice axis goes first."""
+    if dim == 3:
+        return [0, 1, 2]
+    if slice_axis is None:
+        raise ValueError("a 2D plan needs slice_axis to be translated for nnU-Net v2")
+    first = 2 - slice_axis
+    return [first] + [a for a in (0, 1, 2) if a != first]
+
+
+def to_v2_axes(values: Sequence[Any], axes: Sequence[int], tf: Sequence[int]) -> list[Any]:
+    """Per-axis ``values`` on nnpipe voxel axes ``axes`` -> v2's order, the last
+    ``len(axes)`` transposed axes (2D: the two in-plane ones)."""
+    by_axis = dict(zip(axes, values, strict=True))
+    return [by_axis[2 - t] for t in tf[3 - len(axes):]]
+
+
+def from_v2_axes(values: Sequence[Any], tf: Sequence[int]) -> tuple[Any, ...]:
+    """Inverse of :func:`to_v2_axes`: v2 per-axis values -> nnpipe's increasing axis order."""
+    axes = [2 - t for t in tf[3 - len(values):]]
+    return tuple(v for _, v in sorted(zip(axes, values, strict=True)))
+
+
+def v2_configuration(plan: Plan, template: dict[str, Any], tf: Sequence[int]) -> dict[str, Any]:
+    """v2's configuration entry for ``plan``: v2's own ``template`` entry of the same dimension
+    (its resampling and network class) with nnpipe's geometry, topology, batch and
+    normalization. ``tf``: the plans' ``transpose_forward`` (:func:`v2_transpose`)."""
+    axes = plan.in_plane_axes
+    try:
+        norms = [_NORM_TO_V2[n.scheme] for n in plan.channel_norms]
+    except KeyError as exc:
+        raise ValueError(f"plan {plan.dataset!r} {plan.dim}D: normalization {exc} has no "
+                         f"nnU-Net v2 counterpart (known: {sorted(_NORM_TO_V2)})") from None
+    if plan.network != "plain":
+        raise ValueError(f"plan network {plan.network!r}: only the plain U-Net has a v2 "
+                         "PlainConvUNet counterpart")
+    cfg = copy.deepcopy(template)
+    n = len(plan.strides)
+    median = [plan.median_shape[a] for a in axes] if plan.median_shape else plan.patch_size
+    cfg.update(
+        data_identifier=f"{NNPIPE_PLANS}_{V2_CONFIG[plan.dim]}", batch_size=plan.batch_size,
+        patch_size=to_v2_axes(plan.patch_size, axes, tf),
+        median_image_size_in_voxels=to_v2_axes(median, axes, tf),
+        spacing=to_v2_axes(plan.spacing, axes, tf),
+        normalization_schemes=[s for s, _ in norms], use_mask_for_norm=[m for _, m in norms],
+        # nnpipe's Dice is pooled over the batch (nnpipe.training.loss.DiceCELoss)
+        batch_dice=True)
+    cfg["architecture"]["arch_kwargs"].update(
+        n_stages=n, features_per_stage=list(plan.filters),
+        kernel_sizes=[to_v2_axes(k, axes, tf) for k in plan.kernels],
+        strides=[to_v2_axes(s, axes, tf) for s in plan.strides],
+        n_conv_per_stage=[2] * n, n_conv_per_stage_decoder=[2] * (n - 1))
+    return cfg
+
+
+def v2_plans_for(plan: Plan, default_plans: dict[str, Any]) -> dict[str, Any]:
+    """v2 plans named :data:`NNPIPE_PLANS` holding one configuration, ``plan``'s, built on
+    the default configuration of its dimension in ``default_plans`` (v2's own plans)."""
+    name = V2_CONFIG[plan.dim]
+    if name not in default_plans["configurations"]:
+        raise ValueError(f"nnU-Net v2's plans have no {name!r} configuration to build on")
+    tf = v2_transpose(plan.dim, plan.slice_axis)
+    plans = copy.deepcopy(default_plans)
+    plans.update(plans_name=NNPIPE_PLANS, transpose_forward=tf,
+                 transpose_backward=[tf.index(i) for i in range(3)],
+                 configurations={name: v2_configuration(
+                     plan, default_plans["configurations"][name], tf)})
+    return plans
+
+
+def plan_from_v2(plans: dict[str, Any], config: str, base: Plan) -> Plan:
+    """nnpipe's ``base`` plan with v2 configuration ``config``'s spacing, patch, kernels,
+    strides, filters and batch. Labels, channels and normalization stay ``base``'s. A 2D
+    configuration keeps ``base``'s spacing along the slice axis (v2 does not resample it)."""
+    cfg = plans["configurations"][config]
+    arch = cfg["architecture"]
+    kw = arch["arch_kwargs"]
+    n = kw["n_stages"]
+    if not arch["network_class_name"].endswith(".PlainConvUNet"):
+        raise ValueError(f"v2 configuration {config!r}: network {arch['network_class_name']!r}"
+                         " has no nnpipe counterpart (only PlainConvUNet)")
+    if list(kw["n_conv_per_stage"]) != [2] * n or \
+            list(kw["n_conv_per_stage_decoder"]) != [2] * (n - 1):
+        raise ValueError(f"v2 configuration {config!r}: convolutions per stage "
+                         f"{kw['n_conv_per_stage']} / {kw['n_conv_per_stage_decoder']}; "
+                         "nnpipe's U-Net has two per stage")
+    tf = plans["transpose_forward"]
+    dim = len(cfg["patch_size"])
+    if dim != base.dim:
+        raise ValueError(f"v2 configuration {config!r} is {dim}D, the nnpipe plan {base.dim}D")
+    slice_axis = None if dim == 3 else 2 - tf[0]
+    spacing = tuple(float(v) for v in from_v2_axes(cfg["spacing"], tf))
+    full = list(base.full_spacing)
+    in_plane = (0, 1, 2) if dim == 3 else tuple(a for a in range(3) if a != slice_axis)
+    for a, v in zip(in_plane, spacing, strict=True):
+        full[a] = v
+    return replace(
+        base, spacing=spacing, full_spacing=(full[0], full[1], full[2]),
+        patch_size=tuple(int(v) for v in from_v2_axes(cfg["patch_size"], tf)),
+        kernels=tuple(tuple(int(v) for v in from_v2_axes(k, tf)) for k in kw["kernel_sizes"]),
+        strides=tuple(tuple(int(v) for v in from_v2_axes(s, tf)) for s in kw["strides"]),
+        filters=tuple(int(f) for f in kw["features_per_stage"]),
+        batch_size=int(cfg["batch_size"]), slice_axis=slice_axis, network="plain",
+        encoder_blocks=(), notes=(*base.notes, f"geometry, topology and batch from nnU-Net "
+                                               f"v2's plans {plans.get('plans_name')}/{config}"))
+
+
+# ----------------------------------------------------------------- scoring
+
+
+def score_fold(pred_dir: Path, raw: Path, splits_json: Path, fold: int,
+               out_csv: Path) -> dict[str, Any]:
+    """Score one fold's validation predictions with nnpipe's evaluator (original space); return
+    the mean Dice per class and the foreground mean (nnpipe's metric conventions)."""
+    from nnpipe.evaluation.run import evaluate_fold
+
+    table = evaluate_fold(pred_dir, raw, splits_json, fold, out_csv)
+    return dice_summary(table)
+
+
+def dice_summary(table: Any) -> dict[str, Any]:
+    """``{"per_class": {name: mean Dice}, "mean": foreground mean, "cases": n}`` of an
+    evaluation table (or of several folds' tables concatenated)."""
+    names = [c[len("dice_"):] for c in table.columns
+             if c.startswith("dice_") and c != "dice_mean"]
+    return {"per_class": {n: _round(nanmean(table[f"dice_{n}"])) for n in names},
+            "mean": _round(nanmean(table["dice_mean"])), "cases": int(len(table))}
+
+
+def _round(v: float) -> float | None:
+    return None if math.isnan(v) else round(100 * float(v), 2)
+
+
+# ----------------------------------------------------------------- v2 at run time
+
+
+def trainer_source(name: str, epochs: int, steps: int, val_steps: int) -> str:
+    """The generated v2 trainer: v2's defaults, with the step counts set before v2 builds
+    its optimizer and schedule (both read ``num_epochs`` in ``initialize``)."""
+    return (f'"""Generated by nnpipe.benchmark.accuracy_compare: {epochs} epochs x {steps} '
+            f'steps, {val_steps} validation steps per epoch."""\n'
+            "from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer\n\n\n"
+            f"class {name}(nnUNetTrainer):\n"
+            "    def initialize(self):\n"
+            f"        self.num_epochs = {epochs}\n"
+            f"        self.num_iterations_per_epoch = {steps}\n"
+            f"        self.num_val_iterations_per_epoch = {val_steps}\n"
+            "        super().initialize()\n")
+
+
+def install_trainer(venv: Path, epochs: int, steps: int, val_steps: int) -> str:
+    """Write the generated trainer into the v2 venv; return its class name (for ``-tr``)."""
+    where = subprocess.run([str(venv / "bin" / "python"), "-c",
+                            "import nnunetv2, os; print(os.path.dirname(nnunetv2.__file__))"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    # Beside nnUNetTrainer.py, not in a sub-package: v2 looks a class name up in the modules of
+    # that folder before it imports its sub-packages, and importing those (primus: timm ->
+    # torchvision) fails in a venv whose torchvision wheel does not match the CPU torch.
+    folder = Path(where) / "training" / "nnUNetTrainer"
+    name = f"nnUNetTrainer_nnpipe_{epochs}x{steps}v{val_steps}"
+    (folder / f"{name}.py").write_text(trainer_source(name, epochs, steps, val_steps))
+    return name
+
+
+def v2_epoch_times(fold_dir: Path) -> list[float]:
+    """Seconds per epoch from v2's training log (its "Epoch time: X s" lines)."""
+    times: list[float] = []
+    for log in sorted(fold_dir.glob("training_log_*.txt")):
+        times += [float(t) for t in re.findall(r"Epoch time: ([0-9.]+) s", log.read_text())]
+    return times
+
+
+def nnpipe_epoch_times(run_dir: Path) -> list[float]:
+    import csv
+
+    with open(run_dir / "metrics.csv") as f:
+        return [float(row["epoch_time_s"]) for row in csv.DictReader(f)]
+
+
+def step_seconds(epoch_times: Sequence[float], steps_per_epoch: int) -> float:
+    """Seconds per step: the median epoch after the first (warm-up), over its steps."""
+    if not epoch_times:
+        raise ValueError("no epoch times to measure a step time from")
+    rest = list(epoch_times[1:]) or list(epoch_times)
+    return statistics.median(rest) / steps_per_epoch
+
+
+def steps_for_budget(budget_s: float, step_s: float, steps_per_epoch: int) -> int:
+    """Whole epochs of ``steps_per_epoch`` that fit in ``budget_s``, at least one."""
+    return max(1, int(budget_s / step_s) // steps_per_epoch) * steps_per_epoch
+
+
+# ----------------------------------------------------------------- the comparison
+
+
+@dataclass(frozen=True)
+class Options:
+    work: Path
+    venv: Path
+    config: Path | None
+    dim: int
+    folds: tuple[int, ...]
+    plan: str  # nnpipe | nnunetv2 | own (each its default; --budget-s)
+    steps: int
+    steps_per_epoch: int
+    budget_s: float
+    probe_epochs: int
+    device: str
+    threads: int
+    workers: int
+
+
+class Runner:
+    """Both tools' commands, logged under ``work/logs``, with wall time and peak RSS."""
+
+    def __init__(self, o: Options) -> None:
+        self.o = o
+        self.logs = o.work / "logs" / f"{o.plan}-{o.dim}d"  # runs may share a work folder
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.v2_root = o.work / "nnunetv2"
+        base = {**os.environ, "OMP_NUM_THREADS": str(o.threads)}
+        self.env = base
+        self.v2_env = {**base, "nnUNet_raw": str(self.v2_root / "nnUNet_raw"),
+                       "nnUNet_preprocessed": str(self.v2_root / "nnUNet_preprocessed"),
+                       "nnUNet_results": str(self.v2_root / "nnUNet_results"),
+                       "nnUNet_n_proc_DA": str(o.workers), "nnUNet_def_n_proc": str(o.workers),
+                       "nnUNet_compile": "f"}
+
+    def nnpipe(self, log: str, *args: str) -> float:
+        cmd = [sys.executable, "-m", "nnpipe", *args]
+        return round(run_measured([cmd], self.env, self.logs / f"{log}.log")[0], 1)
+
+    def v2(self, log: str, tool: str, *args: str) -> float:
+        cmd = [str(self.o.venv / "bin" / tool), *args]
+        return round(run_measured([cmd], self.v2_env, self.logs / f"{log}.log")[0], 1)
+
+
+def study_yaml(config: Path | None, steps_per_epoch: int) -> dict[str, Any]:
+    """The study config both tools' settings are read from, with the comparison's fixed
+    inference settings (v2's validation: step 0.5, Gaussian, all-axis mirroring)."""
+    raw = yaml.safe_load(config.read_text()) or {} if config else {}
+    raw.setdefault("training", {})["steps_per_epoch"] = steps_per_epoch
+    raw.setdefault("inference", {}).update(overlap=0.5, blend="gaussian", tta=True)
+    return raw
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m nnpipe.benchmark.accuracy_compare",
+        description="Train nnpipe and nnU-Net v2 on the same cases and split, predict the "
+                    "held-out cases, score both with nnpipe's evaluator (mean Dice per class, "
+                    "original space). Prints the recipe differences, the plans and a markdown "
+                    "table; writes <work>/accuracy.json. Not part of CI.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--work", type=Path, default=Path("/tmp/nnpipe-accuracy"),
+                   help="working folder (raw data, both tools' files, logs, accuracy.json)")
+    p.add_argument("--nnunet-venv", type=Path, default=Path("/tmp/nnunetv2-venv"),
+                   help="virtual environment with nnunetv2 installed")
+    p.add_argument("--config", type=Path, default=Path("config/config.yaml"),
+                   help="nnpipe study config: dataset, planning and training settings")
+    p.add_argument("--dim", type=int, choices=(2, 3), default=3,
+                   help="2D or 3D configuration (v2: 2d or 3d_fullres)")
+    p.add_argument("--folds", type=int, nargs="+", default=[0],
+                   help="folds of nnpipe's splits.json to train and score")
+    p.add_argument("--plan", choices=("nnpipe", "nnunetv2"), default="nnunetv2",
+                   help="whose default plan both tools use (ignored with --budget-s)")
+    p.add_argument("--steps", type=int, default=300,
+                   help="optimizer steps of each tool (a multiple of --steps-per-epoch)")
+    p.add_argument("--steps-per-epoch", type=int, default=12,
+                   help="optimizer steps per epoch of both tools (v2: its generated trainer)")
+    p.add_argument("--budget-s", type=float, default=0.0,
+                   help="second mode: each tool its own default plan and this training "
+                        "wall-clock budget (steps from a measured step time); 0 = off")
+    p.add_argument("--probe-epochs", type=int, default=2,
+                   help="--budget-s: epochs of the short run that measures each step time")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where both tools train and predict")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                   help="torch threads of nnpipe (v2 takes every core on CPUs: its "
+                        "run_training sets torch.set_num_threads(cpu_count()))")
+    p.add_argument("--workers", type=int, default=1,
+                   help="preprocessing processes of both tools and v2's augmentation "
+                        "workers (nnUNet_n_proc_DA)")
+    a = p.parse_args(argv)
+    if a.budget_s <= 0 and a.steps % a.steps_per_epoch:
+        p.error(f"--steps {a.steps} is not a multiple of --steps-per-epoch {a.steps_per_epoch}")
+    o = Options(a.work, a.nnunet_venv, a.config, a.dim, tuple(a.folds),
+                "own" if a.budget_s > 0 else a.plan, a.steps, a.steps_per_epoch, a.budget_s,
+                a.probe_epochs, a.device, a.threads, a.workers)
+    from nnpipe.benchmark.accuracy_run import markdown, run_comparison
+
+    record = run_comparison(o)
+    write_json(o.work / "accuracy.json", record)
+    print(markdown(record))
+    print(f"\nrecord: {o.work / 'accuracy.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
