@@ -48,7 +48,7 @@ typecheck: $(STAMP)
 # -rs prints why a test was skipped (tests/slurm starts a local SLURM cluster itself when it
 # runs as root with apt-get, through scripts/slurm/start-local-slurm.sh; skipped otherwise)
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q -rs
+	$(BIN)/python -m pytest -q -rs --durations=25
 
 clean:
 	rm -rf results logs benchmarks .snakemake

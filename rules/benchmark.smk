@@ -7,8 +7,8 @@ BENCH_NAME = "{mode}-{dim}d-{precision}-bs{bs}-{gpus}gpu"
 
 rule benchmark:
     input:
-        plan=rules.plan.output.plan,
-        manifest=rules.preprocess.output.manifest,
+        plan=f"{DS}/plans/{{dim}}d.json",
+        manifest=f"{DS}/preprocessed/{{dim}}d/manifest.json",
     output:
         record=f"{DS}/benchmark/{BENCH_NAME}.json",
     params:

@@ -17,13 +17,15 @@ BENCH = STUDY.benchmark
 DATASET = STUDY.dataset.name
 RESULTS = STUDY.results_dir
 DS = f"{RESULTS}/{{dataset}}"
-RUN = "{dim}d-{precision}-{gpus}gpu"
+# {config}: 2d, 3d, or a stage of the low-resolution cascade (3d_lowres, 3d_cascade)
+RUN = "{config}-{precision}-{gpus}gpu"
 TABLES = f"{RESULTS}/tables.md"
 
 
 wildcard_constraints:
     dataset=DATASET,
     dim="2|3",
+    config="2d|3d|3d_lowres|3d_cascade",
     precision="fp32|tf32|amp|bf16",
     gpus=r"\d+",
     fold=r"\d",
@@ -70,6 +72,55 @@ def planned_dims():
     return dims
 
 
+# ---- the low-resolution cascade: the fingerprint decides too (nnpipe.planning.cascade)
+
+
+@functools.cache
+def _cascade_decision(path, mtime_ns):
+    """(planned, why) of nnpipe.planning.cascade.cascade_decision for the fingerprint JSON at
+    `path`, once per version of the file (mtime_ns)."""
+    from nnpipe.planning.cascade import cascade_decision
+    from nnpipe.planning.fingerprint import Fingerprint
+    from nnpipe.planning.planner import settings_from_config
+
+    with open(path) as f:
+        fp = Fingerprint.from_dict(json.load(f))
+    return cascade_decision(fp, settings_from_config(STUDY.planning), STUDY.planning.cascade,
+                            STUDY.planning.preset)
+
+
+def cascade_decision():
+    """(planned, why): whether the study runs 3d_lowres and 3d_cascade. nnU-Net's rule
+    (patch < 25 % of the median image), for 3D datasets, when the grid trains every fold of
+    the split: the cascade trains on the low-resolution predictions of every training case,
+    each made by the fold model that did not see it. Waits for the fingerprint checkpoint."""
+    from nnpipe.training.splits import NUM_FOLDS
+
+    if STUDY.planning.cascade == "off":
+        return False, "planning.cascade is off"
+    if 3 not in planned_dims():
+        return False, "the study has no 3D runs"
+    if sorted(GRID.folds) != list(range(NUM_FOLDS)):
+        return False, (f"grid.folds is {list(GRID.folds)}: the cascade needs every fold of the "
+                       f"{NUM_FOLDS}-fold split")
+    path = checkpoints.fingerprint.get(dataset=DATASET).output.fingerprint
+    return _cascade_decision(path, os.stat(path).st_mtime_ns)
+
+
+def planned_configs():
+    """The configurations whose runs are in the DAG: 2d/3d of planned_dims(), then the
+    cascade's two stages where cascade_decision() plans them."""
+    configs = [f"{d}d" for d in planned_dims()]
+    return configs + (["3d_lowres", "3d_cascade"] if cascade_decision()[0] else [])
+
+
+def get_cascade(wildcards):
+    """cascade_decision() for the tables, as {"planned": bool, "why": str} (a params
+    function)."""
+    planned, why = cascade_decision()
+    return {"planned": planned, "why": why}
+
+
 def get_left_out(wildcards):
     """left_out_dims() for the tables (a params function: the tables' input waits for the
     fingerprint)."""
@@ -77,10 +128,11 @@ def get_left_out(wildcards):
 
 
 def run_keys():
-    """(dim, precision, gpus, fold) of every training run the study makes (planned_dims)."""
+    """(config, precision, gpus, fold) of every training run the study makes
+    (planned_configs)."""
     return [
-        dict(dim=d, precision=p, gpus=g, fold=f)
-        for d in planned_dims()
+        dict(config=c, precision=p, gpus=g, fold=f)
+        for c in planned_configs()
         for p in GRID.precisions
         for g in GRID.gpus
         for f in GRID.folds
@@ -100,7 +152,7 @@ def benchmark_keys():
 
 
 def get_table_inputs(wildcards):
-    """Everything tables.md reads, for the dims planned_dims() keeps."""
+    """Everything tables.md reads, for the configurations planned_configs() keeps."""
     ds = DS.format(dataset=DATASET)
     run = f"{ds}/{{stage}}/{RUN}"
     return {
@@ -129,7 +181,7 @@ def get_best_inputs(wildcards):
         "predictions": [f"{ds}/predict/{RUN}/fold{{fold}}".format(**k) for k in run_keys()],
         "decisions": [f"{ds}/postprocess/{r}.json" for r in sorted(runs)],
         "models": [f"{ds}/train/{RUN}/fold{{fold}}/final.pt".format(**k) for k in run_keys()],
-        "plans": [f"{ds}/plans/{d}d.json" for d in planned_dims()],
+        "plans": [f"{ds}/plans/{c}.json" for c in planned_configs()],
     }
 
 
@@ -138,8 +190,8 @@ def get_ensembles(wildcards):
     if not STUDY.inference.ensemble:
         return []
     ds = DS.format(dataset=DATASET)
-    return [f"{ds}/ensemble/{RUN}".format(dim=d, precision=p, gpus=g)
-            for d in planned_dims() for p in GRID.precisions for g in GRID.gpus]
+    return [f"{ds}/ensemble/{RUN}".format(config=c, precision=p, gpus=g)
+            for c in planned_configs() for p in GRID.precisions for g in GRID.gpus]
 
 
 def get_fold_files(pattern):
@@ -196,12 +248,70 @@ def get_plot_files(wildcards):
 
     from nnpipe.report.tables import TableGrid, study_plots
 
-    grid = replace(TableGrid.from_study(STUDY), dims=tuple(planned_dims()))
+    grid = replace(TableGrid.from_study(STUDY), dims=tuple(planned_dims()),
+                   cascade=cascade_decision()[0])
     return [f"{RESULTS}/{path}" for *_, path in study_plots(grid)]
 
 
 def get_run_names(wildcards):
     """Run names in get_all_evaluations order (a params function: it waits for the
     fingerprint through that input function)."""
-    return [RUN.format(dim=d, precision=p, gpus=g)
-            for d in planned_dims() for p in GRID.precisions for g in GRID.gpus]
+    return [RUN.format(config=c, precision=p, gpus=g)
+            for c in planned_configs() for p in GRID.precisions for g in GRID.gpus]
+
+
+# ---- the cascade's inputs (rules/train.smk, predict.smk, cascade.smk, ensemble.smk)
+
+LOWRES_RUN = "3d_lowres-{precision}-{gpus}gpu"
+
+
+def get_train_inputs(wildcards):
+    """The preprocessed folder's manifest (3d_cascade trains on the 3D folder) and, for
+    3d_cascade, its plan and the low-resolution segmentations (rules/cascade.smk)."""
+    ds = DS.format(dataset=wildcards.dataset)
+    if wildcards.config != "3d_cascade":
+        return {"manifest": f"{ds}/preprocessed/{wildcards.config}/manifest.json"}
+    return {"manifest": f"{ds}/preprocessed/3d/manifest.json",
+            "plan": f"{ds}/plans/3d_cascade.json",
+            "previous": f"{ds}/previous/{RUN}".format(**wildcards)}
+
+
+def get_train_cascade_args(wildcards, input):
+    """`--plan P --previous DIR` for 3d_cascade, nothing for the other configurations."""
+    if wildcards.config != "3d_cascade":
+        return ""
+    return f"--plan {input.plan} --previous {input.previous}"
+
+
+def get_lowres_predictions(wildcards):
+    """The 3d_lowres run's validation predictions of every fold: each training case once,
+    predicted by the fold model that did not train on it."""
+    from nnpipe.training.splits import NUM_FOLDS
+
+    ds = DS.format(dataset=wildcards.dataset)
+    run = LOWRES_RUN.format(**wildcards)
+    return [f"{ds}/predict/{run}/fold{f}" for f in range(NUM_FOLDS)]
+
+
+def get_predict_previous(wildcards):
+    """3d_cascade: the 3d_lowres prediction of the same fold's validation cases; none
+    otherwise."""
+    if wildcards.config != "3d_cascade":
+        return []
+    ds = DS.format(dataset=wildcards.dataset)
+    return f"{ds}/predict/{LOWRES_RUN.format(**wildcards)}/fold{wildcards.fold}"
+
+
+def get_predict_previous_args(wildcards, input):
+    """`--previous DIR` (get_predict_previous) for 3d_cascade, nothing otherwise."""
+    return f"--previous {input.previous}" if wildcards.config == "3d_cascade" else ""
+
+
+def get_previous_models(wildcards):
+    """3d_cascade: the 3d_lowres fold models, which `nnpipe predict` runs first on each test
+    image (found beside the cascade's fold models); none otherwise."""
+    if wildcards.config != "3d_cascade":
+        return []
+    ds = DS.format(dataset=wildcards.dataset)
+    run = LOWRES_RUN.format(**wildcards)
+    return [f"{ds}/train/{run}/fold{f}/final.pt" for f in GRID.folds]

@@ -1,6 +1,6 @@
 # Per run (dim, precision, gpus): decide largest-component postprocessing per class from the
 # cross-validation predictions of all folds, then predict imagesTs with the fold models
-# averaged and that postprocessing applied.
+# averaged and that postprocessing applied (3d_cascade: after its 3d_lowres fold models).
 
 
 rule postprocess:
@@ -27,6 +27,7 @@ rule postprocess:
 rule ensemble:
     input:
         models=get_fold_files(rules.train.output.model),
+        previous=get_previous_models,
         plan=rules.plan.output.plan,
         decision=rules.postprocess.output.decision,
         dataset=rules.download.output.dataset,

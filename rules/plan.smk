@@ -1,5 +1,6 @@
 # A checkpoint: the fingerprint says which dims the dataset can have (a 2D dataset, every
-# case a single slice, has no 3D runs), and rules/common.smk's input functions read it.
+# case a single slice, has no 3D runs) and whether it needs the low-resolution cascade, and
+# rules/common.smk's input functions read it.
 checkpoint fingerprint:
     input:
         dataset=rules.download.output.dataset,
@@ -23,16 +24,16 @@ rule plan:
     input:
         fingerprint=rules.fingerprint.output.fingerprint,
     output:
-        plan=f"{DS}/plans/{{dim}}d.json",
+        plan=f"{DS}/plans/{{config}}.json",
     params:
         settings=section_json("dataset", "planning"),
     conda:
         "../envs/nnpipe.yaml"
     log:
-        "logs/{dataset}/plans/{dim}d.log",
+        "logs/{dataset}/plans/{config}.log",
     shell:
         "nnpipe plan --config-json {params.settings:q} --fingerprint {input.fingerprint}"
-        " --dim {wildcards.dim} --out {output.plan} > {log} 2>&1"
+        " --configuration {wildcards.config} --out {output.plan} > {log} 2>&1"
 
 
 rule split:

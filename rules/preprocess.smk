@@ -3,7 +3,7 @@ rule preprocess:
         dataset=rules.download.output.dataset,
         plan=rules.plan.output.plan,
     output:
-        manifest=f"{DS}/preprocessed/{{dim}}d/manifest.json",
+        manifest=f"{DS}/preprocessed/{{config}}/manifest.json",
     params:
         raw=subpath(input.dataset, parent=True),
         out=subpath(output.manifest, parent=True),
@@ -12,9 +12,9 @@ rule preprocess:
     conda:
         "../envs/nnpipe.yaml"
     log:
-        "logs/{dataset}/preprocessed/{dim}d.log",
+        "logs/{dataset}/preprocessed/{config}.log",
     benchmark:
-        "benchmarks/{dataset}/preprocessed/{dim}d.tsv"
+        "benchmarks/{dataset}/preprocessed/{config}.tsv"
     shell:
         "nnpipe preprocess --config-json {params.settings:q} --raw {params.raw}"
         " --plan {input.plan} --workers {threads}"

@@ -114,6 +114,7 @@ rule tables:
         tables=report(TABLES, caption="../report/tables.rst", category="Tables"),
     params:
         left_out=get_left_out,
+        cascade=get_cascade,
     conda:
         "../envs/nnpipe.yaml"
     log:

@@ -1,4 +1,5 @@
-# One job per (dim, precision, gpus, fold). A killed job rerun by Snakemake resumes from
+# One job per (config, precision, gpus, fold); 3d_cascade also reads its plan and the
+# 3d_lowres cross-validation segmentations (rules/cascade.smk). A killed job rerun by Snakemake resumes from
 # last.pt in the run folder (last.pt is not an output, so Snakemake keeps it). Under SLURM a
 # warning signal before the time limit (profiles/slurm: slurm_extra --signal) makes training
 # checkpoint and exit 143; the retry (profile: retries) resumes from that checkpoint.
@@ -12,7 +13,7 @@ TORCHRUN_SHUTDOWN_S = 90
 
 rule train:
     input:
-        manifest=rules.preprocess.output.manifest,
+        unpack(get_train_inputs),
         splits=rules.split.output.splits,
     output:
         model=f"{DS}/train/{RUN}/fold{{fold}}/final.pt",
@@ -24,6 +25,7 @@ rule train:
         launch=get_launcher,
         settings=section_json("training"),
         torchrun_shutdown_s=TORCHRUN_SHUTDOWN_S,
+        cascade=get_train_cascade_args,
     threads: 1
     resources:
         gpu=get_gpus,  # GPUs of the whole job (sbatch --gpus)
@@ -43,4 +45,5 @@ rule train:
         "TORCH_ELASTIC_SHUTDOWN_TIMEOUT={params.torchrun_shutdown_s}"
         " exec {params.launch} train --config-json {params.settings:q}"
         " --preprocessed {params.preprocessed} --splits {input.splits} --fold {wildcards.fold}"
-        " --precision {wildcards.precision} --threads {threads} --out {params.out} > {log} 2>&1"
+        " --precision {wildcards.precision} {params.cascade} --threads {threads}"
+        " --out {params.out} > {log} 2>&1"

@@ -143,11 +143,12 @@ def _rule_outputs() -> list[re.Pattern[str]]:
     """The output paths of every rule (the f-strings built on DS, PLOTS, RESULTS in rules/),
     as patterns that also accept the placeholders <dataset> and <name>."""
     dataset = r"(?:[A-Za-z0-9_.]+|<dataset>|<name>)"
-    run = r"[23]d-(?:fp32|tf32|amp|bf16)-\d+gpu"
+    run = r"(?:2d|3d|3d_lowres|3d_cascade)-(?:fp32|tf32|amp|bf16)-\d+gpu"
     names = {
         "DS": rf"results/{dataset}", "PLOTS": "results/plots", "RESULTS": "results",
         "RUN": run, "BENCH_NAME": r"(?:train|predict)-[23]d-(?:fp32|tf32|amp|bf16)-bs\d+-\d+gpu",
-        "fold": r"\d", "dim": "[23]", "dataset": dataset,
+        "fold": r"\d", "dim": "[23]", "config": "(?:2d|3d|3d_lowres|3d_cascade)",
+        "dataset": dataset,
     }
     patterns = [re.compile(re.escape("results/tables.md"))]
     for smk in sorted((ROOT / "rules").glob("*.smk")):

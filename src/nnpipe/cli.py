@@ -20,6 +20,9 @@ from nnpipe import __version__
 from nnpipe.config import PRECISIONS, StudyConfig, load_config, study_config
 from nnpipe.errors import DataError
 
+# inference.runtime's options (nnpipe.inference.runtime.Runtime, which imports torch)
+RUNTIMES = ("eager", "compile", "onnxruntime", "openvino")
+
 if TYPE_CHECKING:  # imported where used: each subcommand loads only what it needs
     from nnpipe.benchmark.throughput import BenchmarkSpec
     from nnpipe.planning.plan import Plan
@@ -54,14 +57,15 @@ def cmd_fingerprint(args: argparse.Namespace) -> None:
 
 def cmd_plan(args: argparse.Namespace) -> None:
     from nnpipe.io import read_json
+    from nnpipe.planning.cascade import plan_configuration
     from nnpipe.planning.fingerprint import Fingerprint
     from nnpipe.planning.planner import settings_from_config
-    from nnpipe.planning.presets import plan_for
 
     cfg = _cfg(args)
     fp = Fingerprint.from_dict(read_json(args.fingerprint))
-    plan = plan_for(fp, args.dim, settings_from_config(cfg.planning), cfg.dataset.name,
-                    cfg.planning.preset, cfg.dataset.task)
+    configuration = args.configuration or f"{args.dim}d"
+    plan = plan_configuration(fp, configuration, settings_from_config(cfg.planning),
+                              cfg.dataset.name, cfg.planning.preset, cfg.dataset.task)
     plan.save(args.out)
 
 
@@ -89,7 +93,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from nnpipe.training.trainer import EXIT_PREEMPTED, Preempted, TrainRun, train
 
     run = TrainRun(Path(args.preprocessed), Path(args.splits), args.fold, args.precision,
-                   Path(args.out), _cfg(args).training, epochs=args.epochs, force_cpu=args.cpu)
+                   Path(args.out), _cfg(args).training, epochs=args.epochs, force_cpu=args.cpu,
+                   plan_path=Path(args.plan) if args.plan else None,
+                   previous_dir=Path(args.previous) if args.previous else None)
     try:
         train(run, threads=args.threads)
     except Preempted as exc:
@@ -104,16 +110,24 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     _threads(args.threads)
     common = dict(plan=args.plan, postprocess=args.postprocess, skip_existing=args.continue_,
-                  device=args.device)
+                  device=args.device, previous=args.previous)
     settings = _cfg(args).inference
     if args.save_probabilities:
         settings = replace(settings, save_probabilities=True)
+    if args.runtime:
+        settings = replace(settings, runtime=args.runtime)
     if args.input:
         predict_folder(args.model, args.input, args.out, settings,
                        allow_empty=args.allow_empty, layout=args.layout, **common)
     else:
         ids = None if args.test else args.cases or load_fold(args.splits, args.fold)["val"]
         predict_dataset(args.model, args.raw, ids, args.out, settings, **common)
+
+
+def cmd_previous(args: argparse.Namespace) -> None:
+    from nnpipe.preprocessing.previous import stage_previous
+
+    stage_previous(args.preprocessed, args.pred, args.out)
 
 
 def cmd_best(args: argparse.Namespace) -> None:
@@ -282,7 +296,10 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--workers", type=int, default=1, help="cases read in parallel")
     sp = stage("plan", cmd_plan, "Plan spacing, patch, topology and batch for one dimension.")
     sp.add_argument("--fingerprint", required=True, help="fingerprint JSON")
-    sp.add_argument("--dim", type=int, choices=(2, 3), required=True)
+    which = sp.add_mutually_exclusive_group(required=True)
+    which.add_argument("--dim", type=int, choices=(2, 3))
+    which.add_argument("--configuration", choices=("2d", "3d", "3d_lowres", "3d_cascade"),
+                       help="a configuration: 2d, 3d, or a stage of the low-resolution cascade")
     sp.add_argument("--out", required=True, help="plan JSON to write")
     sp = stage("split", cmd_split, "Make the 5-fold cross-validation split (splits.json).")
     sp.add_argument("--raw", required=True)
@@ -303,6 +320,16 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--epochs", type=int, help="override the configured epochs (extend a run)")
     sp.add_argument("--threads", type=int, help="CPU threads for torch")
     sp.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU exists")
+    sp.add_argument("--plan", help="a cascade stage's plan (default: the preprocessed folder's)")
+    sp.add_argument("--previous", help="a cascade stage: folder of the previous stage's "
+                    "segmentations (nnpipe previous)")
+    sp = stage("previous", cmd_previous, "A cascade stage's training input: the low-resolution "
+               "cross-validation predictions on the preprocessed grid (<case>_prev.npy).")
+    sp.add_argument("--preprocessed", required=True, help="the full-resolution preprocessed "
+                    "folder (its manifest gives each case's crop and grid)")
+    sp.add_argument("--pred", required=True, nargs="+", help="the low-resolution prediction "
+                    "folder of every fold (each case in exactly one)")
+    sp.add_argument("--out", required=True, help="folder; previous.json is written last")
     sp = stage("predict", cmd_predict, "Sliding-window prediction to NIfTI in original geometry.")
     sp.add_argument("--model", "-m", required=True, nargs="+", help="what to predict with: "
                     "fold folder(s) or final.pt (several, e.g. the fold models, are averaged "
@@ -322,11 +349,16 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--cases", nargs="*", help="case ids to predict instead of a fold")
     sp.add_argument("--out", "--output", "-o", dest="out", required=True)
     sp.add_argument("--plan", help="plan JSON the models must have been trained with")
+    sp.add_argument("--previous", help="a cascade model: folder of its low-resolution stage's "
+                    "predictions of these cases (default: that stage predicts them first)")
     sp.add_argument("--postprocess", help="postprocessing decision JSON to apply (replaces "
                     "the one a run folder, best.json or model.zip carries)")
     sp.add_argument("--save-probabilities", action="store_true", help="also write <case>.npz "
                     "(probabilities in the original grid, float16), as config "
                     "inference.save_probabilities does")
+    sp.add_argument("--runtime", choices=RUNTIMES, help="what runs the forward passes "
+                    "(default: config inference.runtime, eager); onnxruntime and openvino "
+                    "need `pip install 'nnpipe[cpu-runtimes]'` and run fp32 on the CPU")
     sp.add_argument("--continue", dest="continue_", action="store_true",
                     help="skip cases whose output already exists")
     sp.add_argument("--allow-empty", action="store_true",

@@ -85,6 +85,7 @@ class PlanningSettings:
     preset: str = "auto"  # auto | reference
     network: str = "plain"  # plain | resenc_m | resenc_l (nnpipe.planning.network.NETWORKS)
     vram_target_gb: float = 0.0  # ResEnc presets: GPU memory per training step; 0 = preset's
+    cascade: str = "auto"  # auto | off: the low-resolution cascade (nnpipe.planning.cascade)
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ class InferenceSettings:
     save_probabilities: bool = False
     ensemble: bool = True
     precision: str = "fp32"  # forward passes: fp32 or bf16 autocast
+    runtime: str = "eager"  # eager | compile | onnxruntime | openvino (inference/runtime.py)
     memory_gb: float = 0.0  # refuse a case whose estimated peak exceeds this; 0 = machine RAM
 
 

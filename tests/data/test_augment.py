@@ -91,6 +91,21 @@ def test_intensity_transforms_leave_seg_alone() -> None:
     assert torch.equal(out_seg, seg)
 
 
+def test_intensity_transforms_spare_channels_after_intensity_channels() -> None:
+    """A cascade stage's one-hot previous-stage channels are never noised or rescaled,
+    but move with the spatial transforms like the image."""
+    seg = blocky_seg(4, (8, 8, 8))
+    hot = (seg == 1).float()
+    image = torch.cat([torch.randn(4, 2, 8, 8, 8), hot], dim=1)
+    settings = only(noise_prob=1.0, blur_prob=1.0, brightness_prob=1.0, contrast_prob=1.0,
+                    flip_prob=1.0, intensity_channels=2)
+    out, out_seg = augment(image, seg, settings, gen(4))
+    assert torch.equal(out[:, 2:], (out_seg == 1).float())  # flipped with seg, not altered
+    assert not torch.allclose(out[:, :2], image[:, :2].flip(2, 3, 4))  # the image was
+    with pytest.raises(ValueError, match="intensity_channels"):
+        only(intensity_channels=-1)
+
+
 def test_brightness_multiplies() -> None:
     image = torch.randn(3, 2, 8, 8)
     out, _ = augment(image, blocky_seg(3, (8, 8)),

@@ -17,7 +17,7 @@ from nnpipe.cli import main
 from nnpipe.config import InferenceSettings
 from nnpipe.datasets.layout import load_dataset, read_case_image
 from nnpipe.errors import DataError
-from nnpipe.evaluation.best import candidates, find_best
+from nnpipe.evaluation.best import candidates, find_best, previous_run, run_configuration
 from nnpipe.evaluation.metrics import dice, nanmean
 from nnpipe.evaluation.run import scored_classes
 from nnpipe.imageio import read_file, write_like
@@ -100,6 +100,17 @@ def expected_dice(study: Path, run: str, postprocessed: bool = True) -> float:
                 p = keep_largest_component(p, c)
             per_case.append(nanmean(dice(p == v, r == v) for v in sorted(ds.labels) if v))
     return nanmean(per_case)
+
+
+def test_cascade_runs_are_candidates_and_name_their_stage() -> None:
+    runs = ["2d-fp32-1gpu", "3d-fp32-1gpu", "3d_lowres-fp32-1gpu", "3d_cascade-fp32-1gpu"]
+    assert candidates(runs) == [(r,) for r in runs] + [
+        ("2d-fp32-1gpu", "3d-fp32-1gpu"), ("2d-fp32-1gpu", "3d_cascade-fp32-1gpu")]
+    assert [run_configuration(r) for r in runs] == ["2d", "3d", "3d_lowres", "3d_cascade"]
+    assert previous_run("3d_cascade-bf16-2gpu") == "3d_lowres-bf16-2gpu"
+    assert previous_run("3d_lowres-bf16-2gpu") is None
+    with pytest.raises(ValueError, match="configurations"):
+        run_configuration("4d-fp32-1gpu")
 
 
 def test_candidates_are_runs_then_2d_3d_pairs() -> None:

@@ -195,6 +195,25 @@ def test_single_precision_and_no_one_gpu_baseline() -> None:
     assert table_rows(text, "Inference throughput") == []
 
 
+def test_cascade_stages_get_rows_after_the_3d_rows_and_a_sentence() -> None:
+    grid = TableGrid(dims=(3,), precisions=("fp32",), gpus=(1,), folds=(0,),
+                     bench_precisions=("fp32",), bench_gpus=(1,), train_batch_sizes={3: ()},
+                     predict_batch_sizes={3: ()}, cascade=True)
+    assert grid.configurations == (3, "3d_lowres", "3d_cascade")
+    dice = {RunKey(3, "fp32", 1, 0): 50.0, RunKey("3d_lowres", "fp32", 1, 0): 40.0,
+            RunKey("3d_cascade", "fp32", 1, 0): 55.0}
+    text = render_tables(grid, dice, {}, [], MACHINE, dataset="d",
+                         cascade_why="the 3D patch covers 19.0% of the median image")
+    rows = table_rows(text, "Training accuracy")
+    assert [r[0] for r in rows] == ["3", "3d_lowres", "3d_cascade"]
+    assert rows[2][3] == "55.00 (1 fold)"
+    assert "missing: results/d/train/3d_cascade-fp32-1gpu/fold0/train.json" in rows[2]
+    assert ("Low-resolution cascade (3d_lowres, 3d_cascade) planned: the 3D patch covers "
+            "19.0% of the median image.") in text
+    assert [p for *_, p in study_plots(grid) if "curves" in p] == [
+        f"plots/curves-{c}-fp32-1gpu.png" for c in ("3d", "3d_lowres", "3d_cascade")]
+
+
 ONE_RUN = TableGrid(dims=(3,), precisions=("fp32", "bf16"), gpus=(1,), folds=(0, 1, 2),
                     bench_precisions=("fp32",), bench_gpus=(1,), train_batch_sizes={3: ()},
                     predict_batch_sizes={3: ()})

@@ -10,4 +10,6 @@ with open(snakemake.log[0], "w") as log:  # noqa: F821 (snakemake is injected)
     sys.stderr = log
     sm = snakemake  # noqa: F821
     # params.left_out: dims of the grid the dataset cannot have, with why (rules/common.smk)
-    render_study(study_config(sm.config), Path(sm.output.tables), left_out=sm.params.left_out)
+    # params.cascade: whether the study runs the low-resolution cascade, and why (common.smk)
+    render_study(study_config(sm.config), Path(sm.output.tables), left_out=sm.params.left_out,
+                 cascade=sm.params.cascade["planned"], cascade_why=sm.params.cascade["why"])

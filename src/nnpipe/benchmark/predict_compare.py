@@ -241,6 +241,7 @@ def compare(work: Path, venv: Path, n_cases: int, resolution_mm: float, patch_vo
             variant = precision if runtime == "eager" else f"{precision}_{runtime}"
             ours_cmds[variant] = [sys.executable, "-m", "nnpipe", "predict", "--config-json",
                                   cfg, "--model", str(model), "--input", str(inputs),
+                                  "--layout", "nnunetv2",  # the per-channel files v2 reads
                                   "--device", "cpu", "--threads", str(threads), "--out"]
         ours: dict[str, list] = {v: [] for v in ours_cmds}
         theirs = []

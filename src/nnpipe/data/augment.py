@@ -52,6 +52,11 @@ class AugmentSettings:
     ``gamma_inverted_prob`` is the same on the inverted image (nnU-Net's second gamma).
     ``lowres_range`` is the downsampling factor of the low-resolution simulation (nearest
     down, then cubic (2D) or trilinear (3D) back up).
+
+    ``intensity_channels`` (0: all): only the first that many channels get the intensity
+    transforms. A cascade stage's extra channels (the previous stage's one-hot segmentation,
+    appended after the image's) move with the spatial transforms, linearly interpolated (soft
+    edges where rotated or zoomed), but are never noised, blurred or rescaled.
     """
 
     enabled: bool = True
@@ -75,8 +80,12 @@ class AugmentSettings:
     gamma_range: Range = (0.7, 1.5)
     lowres_prob: float = 0.0
     lowres_range: Range = (1.0, 2.0)
+    intensity_channels: int = 0
 
     def __post_init__(self) -> None:
+        if self.intensity_channels < 0:
+            raise ValueError("AugmentSettings.intensity_channels must be >= 0 (0: all), got "
+                             f"{self.intensity_channels!r}")
         for f in fields(self):
             value = getattr(self, f.name)
             if f.name.endswith("_prob") and not 0.0 <= value <= 1.0:
@@ -312,5 +321,7 @@ def augment(image: torch.Tensor, seg: torch.Tensor, settings: AugmentSettings,
     noise_generator = _device_generator(generator, image.device)
     image, seg = image.clone(), seg.clone()
     _spatial(image, seg, draws, settings)
-    _intensity(image, draws, settings, noise_generator)
+    # a view: the in-place writes of the intensity transforms reach `image`
+    n = settings.intensity_channels
+    _intensity(image[:, :n] if n else image, draws, settings, noise_generator)
     return image, seg

@@ -10,6 +10,10 @@ on a voxel of a foreground class present in the case (class first, then voxel, s
 classes are seen as often as common ones); otherwise the patch lies at a random position. Only
 the case ids handed to :class:`PatchSampler` are ever read, so a fold's validation cases stay
 unseen.
+
+A cascade stage (``previous_dir`` set) also reads ``<case>_prev.npy`` from that folder (the
+previous stage's segmentation on the same grid, :mod:`nnpipe.preprocessing.previous`) and
+appends it to the image as ``previous_classes - 1`` one-hot channels (foreground classes).
 """
 
 from __future__ import annotations
@@ -42,6 +46,10 @@ class SamplerSettings:
     foreground_prob: float = 0.4
     dim: int = 3
     slice_axis: int | None = None
+    # cascade stages: the folder of <case>_prev.npy and the classes they hold (K, background
+    # included; K - 1 one-hot channels are appended to the image)
+    previous_dir: str | None = None
+    previous_classes: int = 0
 
     def __post_init__(self) -> None:
         if self.dim not in (2, 3):
@@ -58,7 +66,17 @@ class SamplerSettings:
         if self.dim == 3 and self.slice_axis is not None:
             raise ValueError(f"SamplerSettings.slice_axis must be None for a 3D sampler, "
                              f"got {self.slice_axis!r}")
+        if (self.previous_dir is None) != (self.previous_classes == 0) \
+                or self.previous_classes == 1 or self.previous_classes < 0:
+            raise ValueError("SamplerSettings.previous_dir and previous_classes (>= 2) go "
+                             f"together, got {self.previous_dir!r} and "
+                             f"{self.previous_classes!r}")
         object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+
+    @property
+    def previous_channels(self) -> int:
+        """One-hot channels appended for the previous stage's segmentation (0: none)."""
+        return max(self.previous_classes - 1, 0)
 
     @classmethod
     def from_plan(cls, plan: Plan, foreground_prob: float = 0.4) -> SamplerSettings:
@@ -83,6 +101,7 @@ class _Case:
     image: np.ndarray  # (C, X, Y, Z), memory-mapped
     seg: np.ndarray  # (X, Y, Z), memory-mapped
     foreground: tuple[np.ndarray, ...]  # per present foreground label: (N, 3) voxel indices
+    previous: np.ndarray | None = None  # (X, Y, Z) previous stage's classes, memory-mapped
 
 
 def read_manifest(preprocessed_dir: Path | str) -> dict[str, Any]:
@@ -131,7 +150,8 @@ def _foreground_locations(entry: dict[str, Any], shape: tuple[int, ...], case_id
     return tuple(found)
 
 
-def _open_case(folder: Path, case_id: str, entry: dict[str, Any]) -> _Case:
+def _open_case(folder: Path, case_id: str, entry: dict[str, Any],
+               previous_dir: str | None = None) -> _Case:
     image_path, seg_path = folder / f"{case_id}.npy", folder / f"{case_id}_seg.npy"
     image = _load_array(image_path, case_id, 4)
     seg = _load_array(seg_path, case_id, 3)
@@ -139,7 +159,14 @@ def _open_case(folder: Path, case_id: str, entry: dict[str, Any]) -> _Case:
         raise DataError(f"image shape {image.shape} (C, X, Y, Z) does not match segmentation "
                         f"shape {seg.shape}", case=case_id, path=seg_path)
     foreground = _foreground_locations(entry, seg.shape, case_id, folder / MANIFEST)
-    return _Case(case_id, image, seg, foreground)
+    previous = None
+    if previous_dir is not None:
+        prev_path = Path(previous_dir) / f"{case_id}_prev.npy"
+        previous = _load_array(prev_path, case_id, 3)
+        if previous.shape != seg.shape:
+            raise DataError(f"previous-stage segmentation of shape {previous.shape} does not "
+                            f"match the case's {seg.shape}", case=case_id, path=prev_path)
+    return _Case(case_id, image, seg, foreground, previous)
 
 
 def _crop_into(source: np.ndarray, starts: Sequence[int], out: np.ndarray) -> None:
@@ -193,13 +220,15 @@ class PatchSampler:
             if case_id not in entries:
                 raise DataError("case is not in the manifest", case=case_id,
                                 path=folder / MANIFEST)
-            cases.append(_open_case(folder, case_id, entries[case_id]))
+            cases.append(_open_case(folder, case_id, entries[case_id], settings.previous_dir))
         channels = {c.image.shape[0] for c in cases}
         if len(channels) != 1:
             raise DataError(f"cases disagree on the number of channels: {sorted(channels)}",
                             path=folder)
         self.settings = settings
-        self.num_channels = channels.pop()
+        self.image_channels = channels.pop()
+        # what a batch holds: the image's channels, then the previous stage's one-hot ones
+        self.num_channels = self.image_channels + settings.previous_channels
         self._cases = tuple(cases)
 
     @property
@@ -254,5 +283,10 @@ class PatchSampler:
             # manifest entry always gets a random patch.
             image_box = image[b].reshape(self.num_channels, *box)
             seg_box = seg[b, 0].reshape(box)
-            _crop_into(case.image, starts, image_box)
+            _crop_into(case.image, starts, image_box[:self.image_channels])
             _crop_into(case.seg, starts, seg_box)
+            if case.previous is not None:
+                previous = np.empty(box, dtype=np.uint8)
+                _crop_into(case.previous, starts, previous)
+                classes = np.arange(1, self.settings.previous_classes, dtype=np.uint8)
+                image_box[self.image_channels:] = previous[None] == classes.reshape(-1, 1, 1, 1)

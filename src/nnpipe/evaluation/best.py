@@ -1,11 +1,12 @@
 """The best configuration of a study: which run, or which 2D + 3D ensemble, to predict with.
 
-Candidates: every run (``{dim}d-{precision}-{gpus}gpu``) and, when the runs include both a
-2D and a 3D run, every pair of one 2D and one 3D run, averaged. A candidate's score is its
-cross-validation Dice *after its postprocessing*: for every validation case of every fold,
-the mean Dice over the classes scored in that case (a class absent from reference and
-prediction is not scored, :mod:`nnpipe.evaluation.metrics`), then the mean over all those
-cases (pooled over folds, so every case weighs the same).
+Candidates: every run (``{configuration}-{precision}-{gpus}gpu``, the cascade's two stages
+``3d_lowres`` and ``3d_cascade`` included) and, when the runs include both a 2D and a 3D run,
+every pair of one 2D and one full-resolution 3D run (``3d`` or ``3d_cascade``), averaged.
+A candidate's score is its cross-validation Dice *after its postprocessing*: for every
+validation case of every fold, the mean Dice over the classes scored in that case (a class
+absent from reference and prediction is not scored, :mod:`nnpipe.evaluation.metrics`), then
+the mean over all those cases (pooled over folds, so every case weighs the same).
 
 * A run's predictions are the fold models' validation predictions (``predict/RUN/foldF``)
   with the run's decision (``postprocess/RUN.json``) applied.
@@ -19,7 +20,8 @@ cases (pooled over folds, so every case weighs the same).
 The highest score wins; on a tie the earlier candidate (runs before ensembles, in the order
 given) wins, since it is cheaper to predict with. ``best.json`` records every candidate's
 score and the choice: its runs, their plans and fold models (paths relative to the study
-folder ``results/<dataset>``), and the postprocessing, so that ``nnpipe predict --model
+folder ``results/<dataset>``; a cascade run's with its ``3d_lowres`` stage as ``previous``),
+and the postprocessing, so that ``nnpipe predict --model
 best.json`` and ``nnpipe export --model best.json`` need nothing else.
 """
 
@@ -67,7 +69,7 @@ class Study:
         return self.root / "train" / run / f"fold{fold}" / "final.pt"
 
     def plan(self, run: str) -> Path:
-        return self.root / "plans" / f"{run_dim(run)}d.json"
+        return self.root / "plans" / f"{run_configuration(run)}.json"
 
     def crossval(self, name: str) -> Path:
         return self.root / "crossval" / name
@@ -81,18 +83,39 @@ class Study:
         return self.root / "splits.json"
 
 
+# configuration -> dimensionality (nnpipe.planning.cascade.CONFIGURATIONS)
+CONFIGURATIONS = {"2d": 2, "3d": 3, "3d_lowres": 3, "3d_cascade": 3}
+# the stage a cascade configuration takes as input
+PREVIOUS = {"3d_cascade": "3d_lowres"}
+
+
+def run_configuration(run: str) -> str:
+    """``3d_cascade`` from a run name ``{configuration}-{precision}-{gpus}gpu``."""
+    configuration = run.split("-", 1)[0]
+    if configuration not in CONFIGURATIONS or "-" not in run:
+        raise ValueError(f"run {run!r} is not named {{configuration}}-{{precision}}-{{gpus}}gpu "
+                         f"(configurations: {', '.join(CONFIGURATIONS)})")
+    return configuration
+
+
 def run_dim(run: str) -> int:
-    """2 or 3 from a run name ``{dim}d-{precision}-{gpus}gpu``."""
-    if run[:2] not in ("2d", "3d"):
-        raise ValueError(f"run {run!r} is not named {{dim}}d-{{precision}}-{{gpus}}gpu")
-    return int(run[0])
+    """2 or 3 from a run name ``{configuration}-{precision}-{gpus}gpu``."""
+    return CONFIGURATIONS[run_configuration(run)]
+
+
+def previous_run(run: str) -> str | None:
+    """``3d_lowres-fp32-1gpu`` for ``3d_cascade-fp32-1gpu``; None for a run of one stage."""
+    configuration = run_configuration(run)
+    if configuration not in PREVIOUS:
+        return None
+    return PREVIOUS[configuration] + run[len(configuration):]
 
 
 def run_names_in(study_dir: Path | str) -> list[str]:
     """The runs with predictions in ``study_dir/predict/``, 2D first (for ``nnpipe best``
     without ``--runs``)."""
     folder = Path(study_dir) / "predict"
-    runs = sorted(p.name for p in folder.glob("[23]d-*-*gpu") if p.is_dir()) \
+    runs = sorted(p.name for p in folder.glob("[23]d*-*-*gpu") if p.is_dir()) \
         if folder.is_dir() else []
     if not runs:
         raise ValueError(f"no run predictions under {str(folder)!r}; give --runs or run the "
@@ -101,10 +124,12 @@ def run_names_in(study_dir: Path | str) -> list[str]:
 
 
 def candidates(runs: Sequence[str]) -> list[tuple[str, ...]]:
-    """Every run alone, then every (2D run, 3D run) pair when there is more than one run."""
+    """Every run alone, then every (2D run, full-resolution 3D run) pair when there is more
+    than one run (a low-resolution stage is scored alone, not ensembled)."""
     found: list[tuple[str, ...]] = [(r,) for r in runs]
     if len(runs) > 1:
-        found += [(a, b) for a in runs if run_dim(a) == 2 for b in runs if run_dim(b) == 3]
+        found += [(a, b) for a in runs if run_dim(a) == 2 for b in runs
+                  if run_configuration(b) in ("3d", "3d_cascade")]
     return found
 
 
@@ -167,10 +192,15 @@ def best_record(study: Study, scores: Sequence[dict[str, Any]], folds: Sequence[
     chosen = dict(scores[max(range(len(scores)), key=key)])
     chosen["postprocess_file"] = chosen["postprocess"]
     chosen["postprocess"] = read_json(Path(out).parent / chosen["postprocess"])
-    chosen["members"] = [
-        {"run": r, "plan": _rel(study.plan(r), out),
-         "models": [_rel(study.model(r, f), out) for f in folds]}
-        for r in chosen["runs"]]
+    def member(r: str) -> dict[str, Any]:
+        record: dict[str, Any] = {"run": r, "plan": _rel(study.plan(r), out),
+                  "models": [_rel(study.model(r, f), out) for f in folds]}
+        prev = previous_run(r)
+        if prev is not None:  # a cascade stage predicts after its low-resolution stage
+            record["previous"] = member(prev)
+        return record
+
+    chosen["members"] = [member(r) for r in chosen["runs"]]
     return {"format": BEST_FORMAT, "format_version": BEST_FORMAT_VERSION,
             "dataset": dataset, "folds": list(folds), "metric": METRIC,
             "dataset_json": _rel(study.raw / "dataset.json", out),

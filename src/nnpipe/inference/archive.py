@@ -8,6 +8,7 @@
     postprocess.json               the largest-component decision (only if there is one)
     members/<run>/plan.json        each member's plan (readable JSON, as planned)
     members/<run>/fold<F>.pt       each fold's weights: torch.save of a dict of tensors
+    members/<run>/previous/...     a cascade member's low-resolution stage (plan, folds)
 
 ``manifest.json`` lists every other member with its SHA-256. Loading
 (:func:`load_archive`) reads the archive in memory and never extracts it; it refuses, naming
@@ -51,19 +52,8 @@ class ArchiveError(ValueError):
 def export_model(spec: ModelSpec, out: Path | str) -> dict[str, Any]:
     """Write ``spec`` as a model archive at ``out`` (atomically); returns the manifest."""
     files: dict[str, bytes] = {}
-    members = []
-    for m in spec.members:
-        base = f"members/{_safe_name(m.name)}"
-        files[f"{base}/plan.json"] = _json_bytes(m.plan.to_dict())
-        folds = []
-        for i, f in enumerate(m.folds):
-            name = f"{base}/fold{f.fold if f.fold is not None else i}.pt"
-            if name in files:
-                name = f"{base}/model{i}.pt"
-            files[name] = _tensor_bytes(f.weights, f.source)
-            folds.append({"fold": f.fold, "weights": name})
-        members.append({"name": m.name, "plan": f"{base}/plan.json", "regions": m.regions,
-                        "folds": folds})
+    members = [_member_record(m, f"members/{_safe_name(m.name)}", files)
+               for m in spec.members]
     labels = {str(k): v for k, v in sorted(spec.labels.items())}
     files["dataset.json"] = _json_bytes({
         "name": spec.dataset_name, "labels": labels,
@@ -81,6 +71,24 @@ def export_model(spec: ModelSpec, out: Path | str) -> dict[str, Any]:
         for name, data in files.items():
             zf.writestr(name, data)
     return manifest
+
+
+def _member_record(m: Member, base: str, files: dict[str, bytes]) -> dict[str, Any]:
+    """``m``'s manifest entry; its plan and weights are added to ``files`` under ``base``,
+    a cascade member's previous stage under ``base/previous``."""
+    files[f"{base}/plan.json"] = _json_bytes(m.plan.to_dict())
+    folds = []
+    for i, f in enumerate(m.folds):
+        name = f"{base}/fold{f.fold if f.fold is not None else i}.pt"
+        if name in files:
+            name = f"{base}/model{i}.pt"
+        files[name] = _tensor_bytes(f.weights, f.source)
+        folds.append({"fold": f.fold, "weights": name})
+    record: dict[str, Any] = {"name": m.name, "plan": f"{base}/plan.json",
+                              "regions": m.regions, "folds": folds}
+    if m.previous is not None:
+        record["previous"] = _member_record(m.previous, f"{base}/previous", files)
+    return record
 
 
 def _json_bytes(obj: Any) -> bytes:
@@ -198,7 +206,8 @@ def _member(record: dict[str, Any], data: dict[str, bytes], path: Path) -> Membe
         name = f["weights"]
         folds.append(FoldWeights(f["fold"], _load_tensors(data[name], f"{path}:{name}"),
                                  f"{path}:{name}"))
-    return Member(str(record["name"]), plan, bool(record["regions"]), tuple(folds))
+    previous = _member(record["previous"], data, path) if record.get("previous") else None
+    return Member(str(record["name"]), plan, bool(record["regions"]), tuple(folds), previous)
 
 
 def _load_tensors(raw: bytes, where: str) -> dict[str, torch.Tensor]:

@@ -13,7 +13,7 @@ memory before the case starts and again, on the host, if the device runs out any
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import torch
 
 from nnpipe.config import InferenceSettings
 from nnpipe.evaluation.metrics import ScoredClass
+from nnpipe.inference.runtime import Forward, build_forward
 from nnpipe.inference.sliding_window import predict_volume_2d, sliding_window
 from nnpipe.model import build_unet
 from nnpipe.model.onednn import OneDnnConv3d  # also re-exported: one class for predict and train
@@ -45,6 +46,9 @@ class LoadedModel:
     path: Path
     regions: tuple[ScoredClass, ...] | None = None  # region mode: one sigmoid per region
     memory_format: torch.memory_format = torch.contiguous_format  # of the tiles fed in
+    # forward(tiles) -> logits per (runtime, precision), built once (inference/runtime.py)
+    forwards: dict[tuple[str, str], Forward] = field(default_factory=dict, repr=False,
+                                                     compare=False)
 
     @property
     def out_channels(self) -> int:
@@ -236,8 +240,7 @@ def _predict(lm: LoadedModel, data: np.ndarray, settings: InferenceSettings,
     autocast = torch.autocast(lm.device.type, dtype=torch.bfloat16,
                               enabled=settings.precision == "bf16")
 
-    def forward(tiles: torch.Tensor) -> torch.Tensor:
-        return lm.model(tiles.contiguous(memory_format=lm.memory_format))
+    forward = model_forward(lm, settings)
 
     with torch.inference_mode(), autocast:
         if plan.dim == 3:
@@ -246,3 +249,13 @@ def _predict(lm: LoadedModel, data: np.ndarray, settings: InferenceSettings,
             probs = predict_volume_2d(forward, image, plan.slice_axis,
                                       tuple(plan.patch_size), **kwargs)
     return probs.float().cpu().numpy()
+
+
+def model_forward(lm: LoadedModel, settings: InferenceSettings) -> Forward:
+    """``forward(tiles) -> logits`` of ``lm`` on ``settings.runtime``, built on first use
+    (an ONNX export, a compilation) and kept on ``lm`` for its later cases."""
+    key = (settings.runtime, settings.precision)
+    if key not in lm.forwards:
+        lm.forwards[key] = build_forward(lm.model, settings.runtime, lm.memory_format,
+                                         settings.precision)
+    return lm.forwards[key]

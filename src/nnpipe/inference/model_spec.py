@@ -19,7 +19,12 @@ postprocessing decision; the label table and channel names):
 
 Members with different plans (a 2D and a 3D run) are not averaged on the network's grid: each
 predicts in its own plan and their probabilities are averaged in the original grid
-(:func:`nnpipe.inference.predict.predict_cases`). Every weight file is read with
+(:func:`nnpipe.inference.predict.predict_cases`).
+
+A cascade member (plan ``3d_cascade``) carries its low-resolution stage as ``previous`` (a
+member of its own), which prediction runs first on each image: from checkpoints or a run
+folder it is the same folds of the sibling run ``train/3d_lowres-<precision>-<gpus>gpu``;
+best.json and model.zip record it beside the member. Every weight file is read with
 ``weights_only=True`` (training checkpoints through
 :func:`nnpipe.training.checkpoint.load_checkpoint`), so no code is unpickled.
 """
@@ -28,7 +33,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +70,9 @@ class Member:
     plan: Plan
     regions: bool
     folds: tuple[FoldWeights, ...]
+    # a cascade stage's previous stage (its low-resolution run); None for other plans, or
+    # when it was not found (prediction then needs the previous segmentations as files)
+    previous: Member | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +115,27 @@ class ModelSpec:
         """The networks on ``device``: one list of fold models per member."""
         return [[build_model(m.plan, f.weights, m.regions, device, f.source) for f in m.folds]
                 for m in self.members]
+
+    def load_previous(self, device: torch.device) -> list[list[LoadedModel] | None]:
+        """Per member, its previous stage's fold models on ``device`` (None: not a cascade).
+
+        Raises:
+            ValueError: for a cascade member whose previous stage was not found.
+        """
+        out: list[list[LoadedModel] | None] = []
+        for m in self.members:
+            if not m.plan.previous_stage:
+                out.append(None)
+            elif m.previous is None:
+                raise ValueError(f"model {self.source!r} ({m.name}) is a cascade stage, but its "
+                                 f"{m.plan.previous_stage} stage was not found (expected the "
+                                 f"same folds of train/{previous_run_name(m.name, m.plan)}); "
+                                 "train it, or give its predictions (--previous)")
+            else:
+                p = m.previous
+                out.append([build_model(p.plan, f.weights, p.regions, device, f.source)
+                            for f in p.folds])
+        return out
 
 
 # ---------------------------------------------------------------- resolution
@@ -172,8 +201,38 @@ def from_checkpoints(paths: Sequence[Path | str], name: str | None = None,
     run = name or _run_name(Path(plans[0][2]))
     source = str(paths[0]) if len(paths) == 1 else f"{len(paths)} models of {run}"
     dataset_json = find_dataset_json(plans[0][2])
-    return ModelSpec(source, (Member(run, reference, regions, tuple(folds)),),
+    previous = _sibling_previous([p for *_, p in plans], run, reference) \
+        if reference.previous_stage else None
+    return ModelSpec(source, (Member(run, reference, regions, tuple(folds), previous),),
                      **_dataset_facts(dataset_json))
+
+
+def previous_run_name(run: str, plan: Plan) -> str:
+    """``3d_lowres-fp32-1gpu`` for the cascade run ``3d_cascade-fp32-1gpu``: a cascade stage
+    and its previous stage share precision and GPUs."""
+    if plan.configuration and run.startswith(plan.configuration):
+        return plan.previous_stage + run[len(plan.configuration):]
+    return f"{plan.previous_stage}-{run}"
+
+
+def _sibling_previous(checkpoints: Sequence[Path], run: str, plan: Plan) -> Member | None:
+    """The previous stage of cascade fold checkpoints ``train/RUN/foldF/final.pt``: the same
+    folds of ``train/<previous run>/``, or None when any is missing."""
+    found = []
+    for path in checkpoints:
+        fold_dir = path.parent
+        if not _FOLD_DIR.fullmatch(fold_dir.name):
+            return None
+        sibling = fold_dir.parent.parent / previous_run_name(run, plan) / fold_dir.name
+        if not _has_checkpoint(sibling):
+            return None
+        found.append(sibling)
+    spec = from_checkpoints(found, name=previous_run_name(run, plan))
+    member = spec.members[0]
+    if member.plan.configuration != plan.previous_stage:
+        raise ValueError(f"model {str(found[0])!r} is not a {plan.previous_stage} stage "
+                         f"(its plan says {member.plan.configuration!r})")
+    return member
 
 
 def from_run_folder(run_dir: Path | str) -> ModelSpec:
@@ -207,7 +266,13 @@ def from_best_json(path: Path | str) -> ModelSpec:
         for m in record["best"]["members"]:
             spec = from_checkpoints([root / f for f in m["models"]], name=m["run"],
                                     plan=root / m["plan"])
-            members.append(spec.members[0])
+            member = spec.members[0]
+            if m.get("previous"):  # a cascade member: its low-resolution stage, recorded
+                p = m["previous"]
+                prev = from_checkpoints([root / f for f in p["models"]], name=p["run"],
+                                        plan=root / p["plan"]).members[0]
+                member = replace(member, previous=prev)
+            members.append(member)
         postprocess = record["best"]["postprocess"]
         facts = _dataset_facts(root / record["dataset_json"])
     except (KeyError, TypeError) as exc:

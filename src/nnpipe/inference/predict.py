@@ -19,6 +19,11 @@ the largest component of some classes, and write:
 
 Every file is written atomically and the label map last, so an interrupted run leaves no
 file that looks finished, and ``--continue`` skips exactly the cases already done.
+A cascade member (plan ``3d_cascade``) first gets the previous stage's segmentation of the case
+(:class:`PreviousStage`: its low-resolution models predict the image, or a folder holds their
+predictions) and takes it, one-hot, as extra input channels
+(:func:`nnpipe.preprocessing.previous.previous_channels`).
+
 A bad case (too large for ``inference.memory_gb``, wrong channel count, unreadable file, or
 any exception in its work) is reported with its name and file and the other cases are still
 predicted; the run then fails listing every bad case.
@@ -41,7 +46,9 @@ from nnpipe.datasets.layout import (
     Case,
     find_cases,
     load_dataset,
+    prediction_path,
     read_case_image,
+    read_label_file,
     write_prediction,
 )
 from nnpipe.errors import DataError
@@ -59,6 +66,7 @@ from nnpipe.preprocessing.pipeline import (
     restore_channel_torch,
     restore_probabilities,
 )
+from nnpipe.preprocessing.previous import previous_channels
 from nnpipe.progress import log
 from nnpipe.training.regions import THRESHOLD, regions_to_labels
 
@@ -67,6 +75,28 @@ GiB = 1024**3
 
 class PredictionFailed(DataError):
     """Raised after all cases were tried when some failed; names every failed case."""
+
+
+@dataclass(frozen=True)
+class PreviousStage:
+    """Where a cascade member gets the previous stage's segmentation of a case: predicted
+    by ``models`` (that stage's fold models, averaged), or read from ``folder`` (its
+    predictions, ``<case><ending>`` in the image's geometry; the cross-validation's)."""
+
+    models: tuple[LoadedModel, ...] = ()
+    folder: Path | None = None
+
+    def __post_init__(self) -> None:
+        if bool(self.models) == (self.folder is not None):
+            raise ValueError("PreviousStage needs exactly one of models and folder")
+
+    def labels(self, image: np.ndarray, affine: np.ndarray, settings: InferenceSettings,
+               case_id: str) -> np.ndarray:
+        """Label values ``(X, Y, Z)`` of ``image`` ``(C, X, Y, Z)`` in its canonical grid."""
+        if self.folder is not None:
+            values, _ = read_label_file(prediction_path(self.folder, case_id), case=case_id)
+            return values
+        return predict_image(self.models, image, affine, settings, case_id).labels
 
 
 @dataclass(frozen=True)
@@ -126,7 +156,8 @@ def predict_image(models: Sequence[LoadedModel], image: np.ndarray, affine: np.n
                   settings: InferenceSettings, case_id: str, *,
                   postprocess: Sequence[ScoredClass] = (),
                   with_probabilities: bool = False,
-                  device_path: bool | None = None) -> CaseResult:
+                  device_path: bool | None = None,
+                  previous: np.ndarray | None = None) -> CaseResult:
     """Label values ``(X, Y, Z)`` (and probabilities) for ``image`` ``(C, X, Y, Z)`` in its
     own grid (the reader's canonical order; :func:`nnpipe.datasets.layout.write_prediction`
     takes them back to the file's).
@@ -135,6 +166,9 @@ def predict_image(models: Sequence[LoadedModel], image: np.ndarray, affine: np.n
     and take the argmax, with torch on the models' device (default: when that is not the CPU;
     on CPUs the numpy path is the faster one). Both paths give the same numbers to float32
     rounding. If the device runs out of memory for a step, that step runs on the host (logged).
+
+    ``previous``: a cascade stage's input, the previous stage's label values ``(X, Y, Z)`` in
+    the image's grid (required when the plan has previous-stage channels).
     """
     plan = models[0].plan
     if image.ndim != 4 or image.shape[0] != plan.num_channels:
@@ -155,6 +189,12 @@ def predict_image(models: Sequence[LoadedModel], image: np.ndarray, affine: np.n
     if data is None or meta is None:
         data, meta = preprocess_image(image, affine, plan, case_id)
     del image
+    if plan.previous_channels:
+        if previous is None:
+            raise DataError(f"the {plan.configuration or 'cascade'} stage needs the "
+                            f"{plan.previous_stage} segmentation of the case", case=case_id)
+        data = np.concatenate([data, previous_channels(previous, plan.label_table, meta,
+                                                       plan.num_classes, case_id)])
     probs = average_probabilities(models, data, settings)
     del data
     regions = models[0].regions
@@ -250,13 +290,15 @@ def predict_cases(models: Sequence[LoadedModel] | Sequence[Sequence[LoadedModel]
                   cases: Sequence[Case], out_dir: Path,
                   settings: InferenceSettings, *, skip_existing: bool = False,
                   postprocess: Sequence[ScoredClass] = (),
-                  errors: Sequence[DataError] = ()) -> list[Path]:
+                  errors: Sequence[DataError] = (),
+                  previous: Sequence[PreviousStage | None] = ()) -> list[Path]:
     """Predict ``cases`` into ``out_dir/<case>.nii.gz``; returns the label paths written.
 
     ``models``: the models of one plan (averaged on its grid), or one such list per member
     of a configuration whose members have different plans (a 2D and a 3D run): each member
     predicts in its own plan and the members' probabilities are averaged in the original
-    grid (:func:`predict_members_image`).
+    grid (:func:`predict_members_image`). ``previous``: per member, a cascade member's
+    :class:`PreviousStage` (None for the others).
 
     A case that fails is logged and skipped; after the last case :class:`PredictionFailed`
     lists every failure (``errors`` found earlier, e.g. incomplete channel files, included).
@@ -280,7 +322,8 @@ def predict_cases(models: Sequence[LoadedModel] | Sequence[Sequence[LoadedModel]
             continue
         t_case = time.monotonic()
         try:
-            label_path = _predict_one(groups, case, out_dir, settings, postprocess, names)
+            label_path = _predict_one(groups, case, out_dir, settings, postprocess, names,
+                                      previous)
         except Exception as exc:  # any failure of one case: name it, go on with the others
             message = exc if isinstance(exc, DataError) else DataError(
                 f"{type(exc).__name__}: {exc}", case=case.case_id, path=case.images[0])
@@ -312,18 +355,34 @@ def as_groups(models: Sequence[LoadedModel] | Sequence[Sequence[LoadedModel]]
 def predict_members_image(groups: Sequence[Sequence[LoadedModel]], image: np.ndarray,
                           affine: np.ndarray, settings: InferenceSettings, case_id: str, *,
                           postprocess: Sequence[ScoredClass] = (),
-                          with_probabilities: bool = False) -> CaseResult:
+                          with_probabilities: bool = False,
+                          previous: Sequence[PreviousStage | None] = ()) -> CaseResult:
     """:func:`predict_image` of a configuration: one member predicts as it does; several
     (each a list of fold models of one plan) each predict ``image`` ``(C, X, Y, Z)`` in
     their own plan, their probabilities ``(K, X, Y, Z)`` are averaged in the image's grid,
-    then the argmax (or the region thresholds) and ``postprocess``."""
+    then the argmax (or the region thresholds) and ``postprocess``. A cascade member first
+    gets its previous stage's segmentation (``previous``, one entry per member)."""
+    stages = list(previous) or [None] * len(groups)
+    if len(stages) != len(groups):
+        raise ValueError(f"{len(stages)} previous stages for {len(groups)} members")
+
+    def prior(i: int) -> np.ndarray | None:
+        if not groups[i][0].plan.previous_channels:
+            return None
+        stage = stages[i]
+        if stage is None:
+            raise DataError(f"member {i} is a cascade stage without its "
+                            f"{groups[i][0].plan.previous_stage} stage", case=case_id)
+        return stage.labels(image, affine, settings, case_id)
+
     if len(groups) == 1:
         return predict_image(groups[0], image, affine, settings, case_id,
-                             postprocess=postprocess, with_probabilities=with_probabilities)
+                             postprocess=postprocess, with_probabilities=with_probabilities,
+                             previous=prior(0))
     total: np.ndarray | None = None
-    for group in groups:
+    for i, group in enumerate(groups):
         result = predict_image(group, image, affine, settings, case_id,
-                               with_probabilities=True)
+                               with_probabilities=True, previous=prior(i))
         assert result.probabilities is not None  # asked for above
         if total is None:
             total = result.probabilities
@@ -341,7 +400,7 @@ def predict_members_image(groups: Sequence[Sequence[LoadedModel]], image: np.nda
 
 def _predict_one(groups: Sequence[Sequence[LoadedModel]], case: Case, out_dir: Path,
                  settings: InferenceSettings, postprocess: Sequence[ScoredClass],
-                 names: Sequence[str]) -> Path:
+                 names: Sequence[str], previous: Sequence[PreviousStage | None] = ()) -> Path:
     """Read, predict and write one case; the label map is written last. Returns its path."""
     plan = groups[0][0].plan
     for group in groups:
@@ -349,7 +408,8 @@ def _predict_one(groups: Sequence[Sequence[LoadedModel]], case: Case, out_dir: P
     ci = read_case_image(case, plan.num_channels)
     result = predict_members_image(groups, ci.image, ci.affine, settings, case.case_id,
                                    postprocess=postprocess,
-                                   with_probabilities=settings.save_probabilities)
+                                   with_probabilities=settings.save_probabilities,
+                                   previous=previous)
     if result.probabilities is not None:
         write_probabilities(out_dir / f"{case.case_id}.npz",
                             ci.orientation.undo(result.probabilities, channel_first=True),
@@ -383,12 +443,16 @@ def select_device(name: str = "auto") -> torch.device:
 
 
 def load_configuration(models: Sequence[Path | str], device: str = "auto",
-                       plan: Path | str | None = None, postprocess: Path | str | None = None
-                       ) -> tuple[list[list[LoadedModel]], list[ScoredClass], str]:
+                       plan: Path | str | None = None, postprocess: Path | str | None = None,
+                       previous: Path | str | None = None
+                       ) -> tuple[list[list[LoadedModel]], list[ScoredClass], str,
+                                  list[PreviousStage | None]]:
     """``--model`` (checkpoints, a run folder, best.json or model.zip;
     :func:`nnpipe.inference.model_spec.resolve_model`) as networks on ``device``, one list
     per member, with the postprocessing to apply (``postprocess``, a decision JSON, replaces
-    the model's own) and a name for messages."""
+    the model's own), a name for messages, and per member its :class:`PreviousStage` (a
+    cascade member's low-resolution models, or the folder ``previous`` of their
+    predictions; None for other members)."""
     from nnpipe.inference.model_spec import resolve_model
 
     spec = resolve_model(models)
@@ -401,21 +465,30 @@ def load_configuration(models: Sequence[Path | str], device: str = "auto",
                 raise ValueError(f"model {spec.source!r} ({m.name}) was trained with a "
                                  f"different plan than plan {str(plan)!r} (differs in: "
                                  f"{', '.join(diff)}); predict with models of one plan")
-    groups = spec.load(select_device(device))
+    dev = select_device(device)
+    groups = spec.load(dev)
     classes = load_decision(postprocess) if postprocess else spec.postprocess_classes()
-    return groups, classes, spec.source
+    stages: list[PreviousStage | None]
+    if previous is not None:
+        stages = [PreviousStage(folder=Path(previous)) if m.plan.previous_stage else None
+                  for m in spec.members]
+    else:
+        stages = [None if g is None else PreviousStage(models=tuple(g))
+                  for g in spec.load_previous(dev)]
+    return groups, classes, spec.source, stages
 
 
 def predict_folder(models: Sequence[Path | str], input_dir: Path | str, out_dir: Path | str,
                    settings: InferenceSettings, *, plan: Path | str | None = None,
                    postprocess: Path | str | None = None, skip_existing: bool = False,
                    allow_empty: bool = False, device: str = "auto",
-                   layout: str | None = None) -> list[Path]:
+                   layout: str | None = None, previous: Path | str | None = None) -> list[Path]:
     """``nnpipe predict --model ... --input DIR``: every image of a folder (no labels
     needed), found by the rule of ``layout`` (default: the layout the model was trained on;
     :func:`nnpipe.datasets.layout.find_cases`); models averaged if several, the members of a
     best.json or model.zip in the original grid."""
-    groups, classes, source = load_configuration(models, device, plan, postprocess)
+    groups, classes, source, stages = load_configuration(models, device, plan, postprocess,
+                                                         previous)
     mp = groups[0][0].plan
     cases: list[Case]
     errors: list[DataError]
@@ -428,18 +501,22 @@ def predict_folder(models: Sequence[Path | str], input_dir: Path | str, out_dir:
         raise DataError("holds no images (" + ", ".join(ENDINGS) + ")", path=input_dir)
     log(f"predict {len(cases)} case(s) from {input_dir} with {_describe(groups, source)}")
     return predict_cases(groups, cases, Path(out_dir), settings, skip_existing=skip_existing,
-                         postprocess=classes, errors=errors)
+                         postprocess=classes, errors=errors, previous=stages)
 
 
 def predict_dataset(models: Sequence[Path | str], raw: Path | str, case_ids: Sequence[str] | None,
                     out_dir: Path | str, settings: InferenceSettings, *,
                     plan: Path | str | None = None, postprocess: Path | str | None = None,
-                    skip_existing: bool = False, device: str = "auto") -> list[Path]:
+                    skip_existing: bool = False, device: str = "auto",
+                    previous: Path | str | None = None) -> list[Path]:
     """``nnpipe predict --raw RAW --splits S --fold F`` (or ``--cases``, or ``--test``):
     cases of a dataset by id, or with ``case_ids=None`` its test cases (dataset.json's
-    ``test`` list, or ``imagesTs``); the models must fit the dataset's channels and labels."""
+    ``test`` list, or ``imagesTs``); the models must fit the dataset's channels and labels.
+    ``previous``: a cascade model's low-resolution predictions of these cases (a folder; by
+    default its low-resolution models predict them)."""
     ds = load_dataset(raw)
-    groups, classes, source = load_configuration(models, device, plan, postprocess)
+    groups, classes, source, stages = load_configuration(models, device, plan, postprocess,
+                                                         previous)
     mp = groups[0][0].plan
     if mp.num_channels != ds.num_channels or dict(mp.labels) != dict(ds.labels):
         raise ValueError(f"model {source!r} ({mp.num_channels} channel(s), labels "
@@ -448,7 +525,7 @@ def predict_dataset(models: Sequence[Path | str], raw: Path | str, case_ids: Seq
     cases = list(ds.test) if case_ids is None else [ds.case(c) for c in case_ids]
     log(f"predict {len(cases)} case(s) of {raw} with {_describe(groups, source)}")
     return predict_cases(groups, cases, Path(out_dir), settings,
-                         skip_existing=skip_existing, postprocess=classes)
+                         skip_existing=skip_existing, postprocess=classes, previous=stages)
 
 
 def _describe(groups: Sequence[Sequence[LoadedModel]], source: str) -> str:

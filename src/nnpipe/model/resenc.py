@@ -168,7 +168,7 @@ def build_resenc(plan: Plan, *, deep_supervision: bool = True, out_channels: int
                          f"{len(plan.encoder_blocks)} encoder block counts for "
                          f"{len(plan.strides)} levels; they must match")
     heads = deep_supervision_heads(plan) if deep_supervision else 0
-    net = ResEncUNet(plan.dim, plan.num_channels, out_channels or plan.num_classes,
+    net = ResEncUNet(plan.dim, plan.input_channels, out_channels or plan.num_classes,
                      plan.kernels, plan.strides, plan.filters, plan.encoder_blocks, heads)
     return use_onednn(net) if onednn and plan.dim == 3 else net
 

@@ -48,7 +48,7 @@ def forward_flops(plan: Plan) -> int:
     """FLOPs of one forward pass of one ``plan.patch_size`` sample (inference: no heads)."""
     with torch.device("meta"):
         net = build_unet(plan, deep_supervision=False, onednn=False).eval()
-        x = torch.empty(1, plan.num_channels, *plan.patch_size)
+        x = torch.empty(1, plan.input_channels, *plan.patch_size)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         net(x)
@@ -89,7 +89,7 @@ def planned_task01_costs(networks: Sequence[str] = tuple(NETWORKS),
         for name in networks:
             plan = make_plan(fp, dim, PlannerSettings(network=name), "Task01-sized")
             convs = N.layers(plan.patch_size, plan.kernels, plan.strides, plan.filters,
-                             plan.num_channels, plan.num_classes, plan.encoder_blocks,
+                             plan.input_channels, plan.num_classes, plan.encoder_blocks,
                              N.deep_supervision_heads(len(plan.strides)))
             cost = network_cost(plan)
             rows.append(dataclasses.replace(cost, batch_size=plan.batch_size,

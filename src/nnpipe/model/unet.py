@@ -182,7 +182,7 @@ def build_unet(plan: Plan, *, deep_supervision: bool = True,
     """Build the network for ``plan``: :class:`UNet` for ``plan.network == "plain"``, the
     residual-encoder :class:`~nnpipe.model.resenc.ResEncUNet` for ``resenc_m``/``resenc_l``.
 
-    Input ``(B, C, *patch)`` with ``C = plan.num_channels``; output logits
+    Input ``(B, C, *patch)`` with ``C = plan.input_channels``; output logits
     ``(B, K, *patch)`` with ``K = plan.num_classes`` (or ``out_channels``). In training mode
     with deep supervision the output is ``(B, 1 + heads, K, *patch)``: the full-resolution
     output first, then the heads upsampled to the patch size.
@@ -203,7 +203,7 @@ def build_unet(plan: Plan, *, deep_supervision: bool = True,
         return build_resenc(plan, deep_supervision=deep_supervision,
                             out_channels=out_channels, onednn=onednn)
     heads = deep_supervision_heads(plan) if deep_supervision else 0
-    net = UNet(plan.dim, plan.num_channels, out_channels or plan.num_classes,
+    net = UNet(plan.dim, plan.input_channels, out_channels or plan.num_classes,
                plan.kernels, plan.strides, plan.filters, heads)
     return use_onednn(net) if onednn and plan.dim == 3 else net
 

@@ -60,6 +60,24 @@ class Plan:
     # residual blocks per encoder level (ResEnc presets; () for plain), recorded so a
     # checkpoint rebuilds exactly the network it was trained with
     encoder_blocks: tuple[int, ...] = ()
+    # nnU-Net's configuration names: "2d", "3d", "3d_lowres" (the cascade's low-resolution
+    # stage) or "3d_cascade" (its full-resolution stage); "" in plans older than the cascade
+    configuration: str = ""
+    # the configuration whose segmentation this stage takes as extra input ("3d_lowres" for
+    # "3d_cascade"; "" otherwise): see :attr:`previous_channels`
+    previous_stage: str = ""
+
+    @property
+    def previous_channels(self) -> int:
+        """Extra input channels of a cascade stage: the previous stage's segmentation one-hot,
+        foreground classes only (``num_classes - 1``; background is where all are zero), as
+        nnU-Net does. 0 for every other plan."""
+        return self.num_classes - 1 if self.previous_stage else 0
+
+    @property
+    def input_channels(self) -> int:
+        """Channels the network takes: the image's, then :attr:`previous_channels`."""
+        return self.num_channels + self.previous_channels
 
     @property
     def label_table(self) -> LabelTable:

@@ -253,14 +253,26 @@ def channel_norms(fp: Fingerprint) -> tuple[ChannelNorm, ...]:
     return tuple(norms)
 
 
-def make_plan(fp: Fingerprint, dim: int, settings: PlannerSettings, dataset_name: str) -> Plan:
-    """The plan for a ``dim``-D (2 or 3) network on the dataset ``fp`` describes."""
+def make_plan(fp: Fingerprint, dim: int, settings: PlannerSettings, dataset_name: str, *,
+              spacing: Sequence[float] | None = None) -> Plan:
+    """The plan for a ``dim``-D (2 or 3) network on the dataset ``fp`` describes.
+
+    ``spacing`` (mm, X, Y, Z; 3D only) replaces the target spacing: the cascade's
+    low-resolution stage (:mod:`nnpipe.planning.cascade`) plans at a coarser one.
+    """
     if dim not in (2, 3):
         raise ValueError(f"dim must be 2 or 3, got {dim}")
     if dim == 3 and fp.single_slice:
         raise ValueError(f"dataset {dataset_name!r} is a 2D dataset (every case is a single "
                          "slice): there is no 3D plan; use grid.dims: [2]")
-    target, notes = target_spacing(fp, settings.anisotropy_threshold)
+    if spacing is not None:
+        if dim != 3 or len(spacing) != 3 or min(spacing) <= 0:
+            raise ValueError(f"make_plan: spacing must be three positive mm values for a 3D "
+                             f"plan, got {tuple(spacing)} for dim={dim}")
+        target = (float(spacing[0]), float(spacing[1]), float(spacing[2]))
+        notes = [f"target spacing: {_fmt(target)} mm (given)"]
+    else:
+        target, notes = target_spacing(fp, settings.anisotropy_threshold)
     slice_axis: int | None = None
     full = target
     if dim == 2:

@@ -1,7 +1,9 @@
 """``results/tables.md``: the reference's three table families, rendered from outputs only.
 
-1. Training accuracy: Dice and time to train per (dim, GPUs), one column pair per precision;
-   then the best configuration (``best.json``, :mod:`nnpipe.report.best_table`).
+1. Training accuracy: Dice and time to train per (dim, GPUs), one column pair per precision
+   (rows for the low-resolution cascade's two stages, ``3d_lowres`` and ``3d_cascade``, after
+   the 3D rows when the study plans it); then the best configuration (``best.json``,
+   :mod:`nnpipe.report.best_table`).
 2. Training throughput: samples/s per (dim, GPUs, batch/GPU) and precision, speedup over the
    first precision, weak scaling.
 3. Inference throughput: samples/s and latency per (dim, batch, resolution) and precision.
@@ -37,12 +39,14 @@ if TYPE_CHECKING:
 BENCH_KEYS = ("mode", "dim", "precision", "batch_size", "gpus", "patch_size", "throughput",
               "latency_ms")
 LATENCY_KEYS = ("mean", "p90", "p95", "p99")
+CASCADE_STAGES = ("3d_lowres", "3d_cascade")
 
 
 class RunKey(NamedTuple):
-    """One training run of the grid (plain tuples ``(dim, precision, gpus, fold)`` work too)."""
+    """One training run of the grid (plain tuples ``(dim, precision, gpus, fold)`` work too);
+    ``dim`` is 2 or 3, or a cascade configuration's name (``"3d_lowres"``, ``"3d_cascade"``)."""
 
-    dim: int
+    dim: int | str
     precision: str
     gpus: int
     fold: int
@@ -60,6 +64,12 @@ class TableGrid:
     bench_gpus: tuple[int, ...]  # process counts of the training benchmark
     train_batch_sizes: Mapping[int, tuple[int, ...]]  # dim -> benchmark batch sizes per GPU
     predict_batch_sizes: Mapping[int, tuple[int, ...]]  # dim -> inference benchmark batches
+    cascade: bool = False  # the study runs the low-resolution cascade (planned for the data)
+
+    @property
+    def configurations(self) -> tuple[int | str, ...]:
+        """Rows of the accuracy table: the dims, then the cascade's stages when planned."""
+        return (*self.dims, *(CASCADE_STAGES if self.cascade else ()))
 
     @classmethod
     def from_study(cls, study: StudyConfig) -> TableGrid:
@@ -78,18 +88,20 @@ def best_json_path(results_dir: Path | str, dataset: str) -> str:
     return str(Path(results_dir, dataset, "best.json"))
 
 
-def run_name(dim: int, precision: str, gpus: int) -> str:
-    return f"{dim}d-{precision}-{gpus}gpu"
+def run_name(dim: int | str, precision: str, gpus: int) -> str:
+    """``3d-fp32-1gpu`` for dim 3; ``3d_cascade-fp32-1gpu`` for a configuration's name."""
+    configuration = f"{dim}d" if isinstance(dim, int) else dim
+    return f"{configuration}-{precision}-{gpus}gpu"
 
 
-def eval_csv_path(results_dir: Path | str, dataset: str, dim: int, precision: str, gpus: int,
-                  fold: int | str) -> Path:
+def eval_csv_path(results_dir: Path | str, dataset: str, dim: int | str, precision: str,
+                  gpus: int, fold: int | str) -> Path:
     return Path(results_dir, dataset, "evaluate", run_name(dim, precision, gpus),
                 f"fold{fold}.csv")
 
 
-def train_json_path(results_dir: Path | str, dataset: str, dim: int, precision: str, gpus: int,
-                    fold: int | str) -> Path:
+def train_json_path(results_dir: Path | str, dataset: str, dim: int | str, precision: str,
+                    gpus: int, fold: int | str) -> Path:
     return Path(results_dir, dataset, "train", run_name(dim, precision, gpus), f"fold{fold}",
                 "train.json")
 
@@ -118,7 +130,8 @@ def study_plots(grid: TableGrid) -> list[tuple[str, str, str, str]]:
 
     The plot rules in ``rules/tables.smk`` write exactly these files.
     """
-    runs = [run_name(d, p, g) for d in grid.dims for p in grid.precisions for g in grid.gpus]
+    runs = [run_name(d, p, g) for d in grid.configurations for p in grid.precisions
+            for g in grid.gpus]
     plots = [("accuracy", "Dice per class across cases and folds", "box plots",
               f"{PLOTS_DIR}/dice-per-class.png")]
     plots += [("accuracy", "training curves (loss, Dice, lr)", r, f"{PLOTS_DIR}/curves-{r}.png")
@@ -138,7 +151,7 @@ def render_tables(grid: TableGrid, dice: Mapping[RunKey, float],
                   machine: Mapping[str, str], *, dataset: str,
                   results_dir: Path | str = "results", plots: Sequence[PlotLink] = (),
                   left_out: Mapping[int, str] | None = None,
-                  best: Mapping[str, Any] | None = None) -> str:
+                  best: Mapping[str, Any] | None = None, cascade_why: str = "") -> str:
     """The whole ``tables.md``.
 
     ``dice``: fold Dice in percent per ``RunKey`` (NaN: no class scored in any case of the
@@ -148,13 +161,17 @@ def render_tables(grid: TableGrid, dice: Mapping[RunKey, float],
     given; the rest is named as missing under ``results_dir``. ``left_out``: dims of the
     config's grid the study does not run (not in ``grid.dims``), each with why, said under
     the header. ``best``: the contents of best.json (``nnpipe best``), rendered as the
-    "Best configuration" section after the accuracy table.
+    "Best configuration" section after the accuracy table. ``cascade_why``: whether and why
+    the study runs the low-resolution cascade (a sentence under the header; none if empty).
     """
     paths = _Paths(str(results_dir), dataset)
     index = _index_bench(bench)
     accuracy = [p for p in plots if p.section == "accuracy"]
     throughput = [p for p in plots if p.section == "throughput"]
-    parts = [_header(dataset), _left_out_lines(left_out or {}),
+    cascade_line = (f"\nLow-resolution cascade ({', '.join(CASCADE_STAGES)}) "
+                    f"{'planned' if grid.cascade else 'not planned'}: {cascade_why}.\n"
+                    if cascade_why else "")
+    parts = [_header(dataset), _left_out_lines(left_out or {}), cascade_line,
              _dice_table(grid, dice, train_info, machine, paths), _plots_line(accuracy),
              best_section(best, best_json_path(results_dir, dataset)),
              _train_bench_table(grid, index, machine, paths),
@@ -184,10 +201,10 @@ class _Paths:
     root: str
     dataset: str
 
-    def eval(self, dim: int, p: str, g: int, folds: Sequence[int]) -> str:
+    def eval(self, dim: int | str, p: str, g: int, folds: Sequence[int]) -> str:
         return str(eval_csv_path(self.root, self.dataset, dim, p, g, _folds_token(folds)))
 
-    def train(self, dim: int, p: str, g: int, folds: Sequence[int]) -> str:
+    def train(self, dim: int | str, p: str, g: int, folds: Sequence[int]) -> str:
         return str(train_json_path(self.root, self.dataset, dim, p, g, _folds_token(folds)))
 
     def bench(self, mode: str, dim: int, p: str, bs: int, g: int) -> str:
@@ -263,7 +280,7 @@ def _dice_table(grid: TableGrid, dice: Mapping[RunKey, float],
     header = ["Dim", "GPUs", "Batch/GPU", *(f"Dice {p}" for p in grid.precisions),
               *(f"Time {p}" for p in grid.precisions), *_speedup_header(grid.precisions)]
     rows = []
-    for dim in grid.dims:
+    for dim in grid.configurations:
         for g in grid.gpus:
             dice_cells, time_cells, times = [], [], []
             batches: set[int] = set()
@@ -448,7 +465,8 @@ def _resolution(patch_size: Sequence[int]) -> str:
 
 def collect_and_render(results_dir: Path | str, dataset: str, grid: TableGrid,
                        out_path: Path | str, machine: Mapping[str, str] | None = None,
-                       left_out: Mapping[int, str] | None = None) -> str:
+                       left_out: Mapping[int, str] | None = None,
+                       cascade_why: str = "") -> str:
     """Read every output the grid names that exists, render, write ``out_path`` atomically.
 
     ``machine`` defaults to :func:`nnpipe.machine.machine_info` of the machine running this.
@@ -458,7 +476,7 @@ def collect_and_render(results_dir: Path | str, dataset: str, grid: TableGrid,
     """
     dice: dict[RunKey, float] = {}
     train_info: dict[RunKey, Mapping[str, Any]] = {}
-    for dim in grid.dims:
+    for dim in grid.configurations:
         for p in grid.precisions:
             for g in grid.gpus:
                 for f in grid.folds:
@@ -480,7 +498,7 @@ def collect_and_render(results_dir: Path | str, dataset: str, grid: TableGrid,
         if best_path.is_file() else None
     text = render_tables(grid, dice, train_info, bench, machine or machine_info(),
                          dataset=dataset, results_dir=results_dir, plots=plots,
-                         left_out=left_out, best=best)
+                         left_out=left_out, best=best, cascade_why=cascade_why)
     write_text(out_path, text)
     return text
 
@@ -537,14 +555,18 @@ def _read_checked(path: Path, keys: Sequence[str]) -> dict[str, Any]:
 
 
 def render_study(cfg: StudyConfig, out_path: Path,
-                 left_out: Mapping[int, str] | None = None) -> str:
+                 left_out: Mapping[int, str] | None = None, cascade: bool = False,
+                 cascade_why: str = "") -> str:
     """Render the tables of the study ``cfg`` describes into ``out_path``.
 
     ``left_out``: dims of ``cfg.grid.dims`` the study does not run, each with why (e.g. 3 for a
     2D dataset, see rules/common.smk ``left_out_dims``): no rows for them, a sentence instead.
+    ``cascade``: the study runs the low-resolution cascade (rows for its two stages);
+    ``cascade_why``: why it does or does not (a sentence under the header).
     """
     left_out = dict(left_out or {})
     grid = TableGrid.from_study(cfg)
-    grid = replace(grid, dims=tuple(d for d in grid.dims if d not in left_out))
+    grid = replace(grid, dims=tuple(d for d in grid.dims if d not in left_out),
+                   cascade=cascade)
     return collect_and_render(Path(cfg.results_dir), cfg.dataset.name, grid, out_path,
-                              left_out=left_out)
+                              left_out=left_out, cascade_why=cascade_why)

@@ -15,7 +15,7 @@ import math
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -70,6 +70,10 @@ class TrainRun:
     settings: TrainingSettings
     epochs: int | None = None  # override settings.epochs (extending a finished run on purpose)
     force_cpu: bool = False
+    # a cascade stage: its plan (the preprocessed folder's plan plus previous_stage) and the
+    # folder of the previous stage's segmentations (<case>_prev.npy, previous.stage_previous)
+    plan_path: Path | None = None
+    previous_dir: Path | None = None
 
 
 class Preempted(Exception):
@@ -121,6 +125,38 @@ def _memory_format(plan: Plan, s: TrainingSettings) -> torch.memory_format:
     return torch.channels_last_3d if plan.dim == 3 else torch.channels_last
 
 
+def sampler_settings(run: TrainRun, plan: Plan, foreground_prob: float) -> SamplerSettings:
+    """The plan's patch, with the previous stage's segmentations for a cascade stage."""
+    previous = plan.previous_channels > 0
+    return SamplerSettings(
+        patch_size=tuple(plan.patch_size), foreground_prob=foreground_prob, dim=plan.dim,
+        slice_axis=plan.slice_axis,
+        previous_dir=str(run.previous_dir) if previous and run.previous_dir else None,
+        previous_classes=plan.num_classes if previous else 0)
+
+
+def run_plan(run: TrainRun) -> Plan:
+    """The plan to train: the preprocessed folder's, or ``run.plan_path`` (a cascade stage's
+    plan, which must equal it but for the configuration, the previous stage and the notes)."""
+    plan = Plan.from_dict(read_json(run.preprocessed_dir / "manifest.json")["plan"])
+    if run.plan_path is None:
+        given = plan
+    else:
+        given = Plan.load(run.plan_path)
+        same = {"configuration": "", "previous_stage": "", "notes": ()}
+        if replace(given, **same) != replace(plan, **same):  # type: ignore[arg-type]
+            raise ValueError(f"plan {str(run.plan_path)!r} does not fit the preprocessed data "
+                             f"{str(run.preprocessed_dir)!r} (planned otherwise): replan and "
+                             "preprocess again")
+    if given.previous_channels and run.previous_dir is None:
+        raise ValueError(f"plan {given.configuration!r} takes the {given.previous_stage} "
+                         "segmentation as input: give its folder (nnpipe train --previous)")
+    if given.previous_channels and run.settings.loader != "torch":
+        raise ValueError(f"training.loader {run.settings.loader!r} cannot feed a cascade stage "
+                         "(previous-stage channels); use the torch loader")
+    return given
+
+
 def _build(run: TrainRun, info: D.DistInfo, plan: Plan, train_ids: list[str]) -> _Parts:
     s = run.settings
     epochs = run.epochs or s.epochs
@@ -144,11 +180,12 @@ def _build(run: TrainRun, info: D.DistInfo, plan: Plan, train_ids: list[str]) ->
     if info.world_size > 1:  # every rank: which node's rank trains on which cases
         log(f"rank {info.rank} on node {info.node}: {len(shard)} of {len(train_ids)} "
             f"training cases ({', '.join(shard)})")
+    # a cascade stage's previous-stage channels get no intensity augmentation
+    augment = replace(AugmentSettings.from_names(s.augment, s.extra_augmentations),
+                      intensity_channels=plan.num_channels if plan.previous_channels else 0)
     loader = make_loader(
-        s.loader, run.preprocessed_dir, shard,
-        SamplerSettings(patch_size=tuple(plan.patch_size), foreground_prob=s.foreground_prob,
-                        dim=plan.dim, slice_axis=plan.slice_axis),
-        AugmentSettings.from_names(s.augment, s.extra_augmentations), batch_size=batch_size,
+        s.loader, run.preprocessed_dir, shard, sampler_settings(run, plan, s.foreground_prob),
+        augment, batch_size=batch_size,
         seed=s.seed + 1000 * run.fold + 7919 * info.rank, device=info.device,
         # on CPU, sampler threads would compete with the training threads for the cores
         workers=None if info.device.type == "cuda" else 1)
@@ -238,7 +275,7 @@ def _train(run: TrainRun, info: D.DistInfo, threads: int | None) -> dict[str, An
     s = run.settings
     if threads:
         torch.set_num_threads(threads)
-    plan = Plan.from_dict(read_json(run.preprocessed_dir / "manifest.json")["plan"])
+    plan = run_plan(run)
     split = load_fold(run.splits_path, run.fold)
     seed = s.seed + 1000 * run.fold
     torch.manual_seed(seed)
@@ -363,9 +400,7 @@ def _train_steps(parts: _Parts, state: dict[str, Any],
 def _validation_patches(run: TrainRun, plan: Plan, val_ids: list[str],
                         n: int) -> ValidationPatches:
     """Fixed validation patches (same every epoch), half centred on foreground."""
-    sampler = PatchSampler(run.preprocessed_dir, val_ids, SamplerSettings(
-        patch_size=tuple(plan.patch_size), foreground_prob=0.5, dim=plan.dim,
-        slice_axis=plan.slice_axis))
+    sampler = PatchSampler(run.preprocessed_dir, val_ids, sampler_settings(run, plan, 0.5))
     image, seg = sampler.sample(np.random.default_rng(run.settings.seed + 999), n)
     return ValidationPatches(torch.from_numpy(image), torch.from_numpy(seg))
 
