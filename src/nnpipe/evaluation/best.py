@@ -36,13 +36,18 @@ from typing import Any
 
 import numpy as np
 
-from nnpipe.datasets.layout import load_dataset, prediction_path, read_label_file
+from nnpipe.datasets.layout import load_dataset, prediction_path
 from nnpipe.errors import DataError
 from nnpipe.evaluation.metrics import ScoredClass, dice, nanmean
 from nnpipe.evaluation.run import scored_classes
 from nnpipe.imageio import read_file, write_like
 from nnpipe.inference.model_spec import BEST_FORMAT, BEST_FORMAT_VERSION
-from nnpipe.inference.postprocess import decide_to_file, keep_largest_component, load_decision
+from nnpipe.inference.postprocess import (
+    decide_to_file,
+    keep_largest_component,
+    load_decision,
+    read_scored_pair,
+)
 from nnpipe.io import read_json, write_json
 from nnpipe.planning.plan import Plan
 from nnpipe.progress import log
@@ -222,11 +227,7 @@ def cv_dice(pairs: Sequence[tuple[str, Path, Path]], classes: Sequence[ScoredCla
     files: per case the mean over the classes scored in it, then the mean over cases."""
     before, after = [], []
     for case, pred_path, ref_path in pairs:
-        pred, _ = read_label_file(pred_path, case=case)
-        ref, _ = read_label_file(ref_path, case=case)
-        if pred.shape != ref.shape:
-            raise DataError(f"prediction shape {pred.shape} differs from reference shape "
-                            f"{ref.shape}", case=case, path=pred_path)
+        pred, ref = read_scored_pair(case, pred_path, ref_path)
         before.append(nanmean(dice(c.mask(pred), c.mask(ref)) for c in classes))
         for c in postprocess:
             pred = keep_largest_component(pred, c)

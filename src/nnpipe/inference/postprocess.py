@@ -52,6 +52,21 @@ def keep_largest_component(labels: np.ndarray, cls: ScoredClass) -> np.ndarray:
     return labels
 
 
+def read_scored_pair(case: str, pred_path: Path, ref_path: Path
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """A case's predicted and reference label values, each ``(X, Y, Z)`` int64.
+
+    Raises:
+        DataError: naming the case and the prediction when the two grids' shapes differ.
+    """
+    pred, _ = read_label_file(pred_path, case=case)
+    ref, _ = read_label_file(ref_path, case=case)
+    if pred.shape != ref.shape:
+        raise DataError(f"prediction shape {pred.shape} differs from reference shape "
+                        f"{ref.shape}", case=case, path=pred_path)
+    return pred, ref
+
+
 def decide(pairs: Sequence[tuple[str, Path, Path]], classes: Sequence[ScoredClass]
            ) -> dict[str, Any]:
     """Decide per class from ``(case, prediction, reference)`` NIfTI paths.
@@ -65,11 +80,7 @@ def decide(pairs: Sequence[tuple[str, Path, Path]], classes: Sequence[ScoredClas
     before: dict[str, list[float]] = {c.name: [] for c in classes}
     after: dict[str, list[float]] = {c.name: [] for c in classes}
     for case, pred_path, ref_path in pairs:
-        pred, _ = read_label_file(pred_path, case=case)
-        ref, _ = read_label_file(ref_path, case=case)
-        if pred.shape != ref.shape:
-            raise DataError(f"prediction shape {pred.shape} differs from reference shape "
-                            f"{ref.shape}", case=case, path=pred_path)
+        pred, ref = read_scored_pair(case, pred_path, ref_path)
         for c in classes:
             before[c.name].append(dice(c.mask(pred), c.mask(ref)))
             cleaned = keep_largest_component(pred.copy(), c)

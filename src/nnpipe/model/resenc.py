@@ -28,11 +28,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from nnpipe.model.onednn import use_onednn
-from nnpipe.model.unet import LEAKY_SLOPE, _head, _init_weights, _padding, deep_supervision_heads
+from nnpipe.model.unet import (
+    LEAKY_SLOPE,
+    _head,
+    _init_weights,
+    _padding,
+    deep_supervision_heads,
+    stack_deep_supervision,
+)
 from nnpipe.planning.network import RESENC_DECODER_CONVS, network_preset
 from nnpipe.planning.plan import Plan
 
@@ -150,10 +156,7 @@ class ResEncUNet(nn.Module):
             if supervise and 1 <= level <= self.heads:
                 extra.append(self.deep_supervision_heads[level - 1](x))
         out = self.output_block(x)
-        if not supervise:
-            return out
-        upsampled = [F.interpolate(h, out.shape[2:]) for h in reversed(extra)]
-        return torch.stack([out, *upsampled], dim=1)
+        return stack_deep_supervision(out, extra) if supervise else out
 
 
 def build_resenc(plan: Plan, *, deep_supervision: bool = True, out_channels: int | None = None,

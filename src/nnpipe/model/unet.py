@@ -157,11 +157,16 @@ class UNet(nn.Module):
             if supervise and 1 <= level <= self.heads:
                 extra.append(self.deep_supervision_heads[level - 1](x))
         out = self.output_block(x)
-        if not supervise:
-            return out
-        # extra holds the deepest head first; heads are listed from level 1 down
-        upsampled = [F.interpolate(h, out.shape[2:]) for h in reversed(extra)]
-        return torch.stack([out, *upsampled], dim=1)
+        return stack_deep_supervision(out, extra) if supervise else out
+
+
+def stack_deep_supervision(out: torch.Tensor, extra: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The training output ``(N, 1 + heads, K, *spatial)``: the full-resolution logits ``out``
+    ``(N, K, *spatial)``, then each deep-supervision head's logits (``extra``, collected on
+    the way up, so the deepest first) upsampled to ``out``'s size by nearest neighbour,
+    listed from level 1 down."""
+    upsampled = [F.interpolate(h, out.shape[2:]) for h in reversed(extra)]
+    return torch.stack([out, *upsampled], dim=1)
 
 
 def _init_weights(module: nn.Module) -> None:
