@@ -9,7 +9,12 @@ from snakemake.utils import min_version
 min_version("9.17")
 
 
-configfile: "config/config.yaml"
+# The embedded demo study (config/config.yaml) only when no --configfile is given: a study
+# file is read over the schema's defaults (rules/common.smk validates with set_default),
+# not over the demo's small CPU settings. `--config KEY=VALUE` applies on top of either.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 include: "rules/common.smk"

@@ -177,6 +177,10 @@ def test_snakemake_command_parses(cmd: Command, snakemake_parser: argparse.Argum
     for profile in filter(None, profiles):
         assert (ROOT / profile).is_dir(), f"{cmd.where()}: no profile {profile}"
     for configfile in args.configfile or []:
+        # --configfile takes several values: a target written after it is read as a config
+        # file (Snakemake then has no target), so every value must be a YAML or JSON file
+        assert str(configfile).endswith((".yaml", ".yml", ".json")), \
+            f"{cmd.where()}: --configfile swallows {configfile}; put targets before it"
         if str(configfile).startswith("config/"):
             assert (ROOT / configfile).is_file(), f"{cmd.where()}: no {configfile}"
     outputs = _rule_outputs()

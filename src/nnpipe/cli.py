@@ -330,7 +330,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--pred", required=True, nargs="+", help="the low-resolution prediction "
                     "folder of every fold (each case in exactly one)")
     sp.add_argument("--out", required=True, help="folder; previous.json is written last")
-    sp = stage("predict", cmd_predict, "Sliding-window prediction to NIfTI in original geometry.")
+    sp = stage("predict", cmd_predict, "Sliding-window prediction: label maps in each input's own "
+               "format and geometry.")
     sp.add_argument("--model", "-m", required=True, nargs="+", help="what to predict with: "
                     "fold folder(s) or final.pt (several, e.g. the fold models, are averaged "
                     "as an ensemble); a run folder train/RUN (every fold, with the study's "

@@ -333,3 +333,19 @@ def test_prediction_path_errors(tmp_path, names, problem):
     with pytest.raises(DataError) as err:
         prediction_path(tmp_path, "c1")
     assert problem in str(err.value) and "case 'c1'" in str(err.value)
+
+
+def test_per_channel_files_read_as_cases_point_to_the_nnunetv2_layout(tmp_path: Path):
+    """A 4-channel model given v2's per-channel files one by one (``x_0000.nii.gz`` read as
+    case ``x_0000``): the error says to group them with --layout nnunetv2, not to edit
+    dataset.json; a whole case of the wrong channel count keeps the dataset.json advice."""
+    from nnpipe.datasets.layout import Case
+
+    one = _save(tmp_path / "brain_0000.nii.gz", _image())
+    with pytest.raises(DataError, match="--layout nnunetv2") as err:
+        read_case_image(Case("brain_0000", (one,)), num_channels=4)
+    assert "brain_0000" in str(err.value)
+    whole = _save(tmp_path / "brain.nii.gz", _image())
+    with pytest.raises(DataError, match="list 1 channel\\(s\\) in dataset.json") as err:
+        read_case_image(Case("brain", (whole,)), num_channels=4)
+    assert "--layout" not in str(err.value)

@@ -120,7 +120,8 @@ def write_config(kind: Kind, data: Path, path: Path) -> Path:
     cfg = yaml.safe_load(CONFIG.read_text())
     cfg["dataset"] = {"name": kind.dataset, "source": "local", "path": str(data)}
     cfg["grid"] = {"dims": list(kind.dims), "precisions": ["fp32"], "gpus": [1], "folds": [0]}
-    cfg["training"] = {"epochs": 1, "steps_per_epoch": 2, "val_patches": 2, **kind.training}
+    cfg["training"] = {"epochs": 1, "steps_per_epoch": 2, "val_patches": 2,
+                       "learning_rate": 0.003, **kind.training}
     cfg["inference"]["ensemble"] = True
     cfg["benchmark"] = {"precisions": []}
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))

@@ -27,6 +27,7 @@ canonical label map goes back to the file's own voxel order, format and header.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -331,6 +332,16 @@ def _what_file_holds(f: ImageFile) -> str:
     return f"{f.channels} channel(s), voxel shape {f.spatial_shape}, {kind}"
 
 
+def _channel_hint(case: Case, total: int) -> str:
+    """How to fix a channel-count mismatch: per-channel files (``<case>_0000``) read as
+    cases of their own need the nnU-Net v2 grouping; otherwise dataset.json is wrong."""
+    if len(case.images) == 1 and re.search(r"_\d{4}$", case.case_id):
+        return ("the file name ends in a 4-digit channel suffix, as nnU-Net v2's per-channel "
+                "files do: group them into cases with `--layout nnunetv2` (nnpipe predict), "
+                f"or list {total} channel(s) in dataset.json if each file is a whole case")
+    return f"list {total} channel(s) in dataset.json to use them"
+
+
 def read_case_image(case: Case, num_channels: int, channel_names: Sequence[str] = ()
                     ) -> CaseImage:
     """Read ``case``'s image file(s) into a :class:`CaseImage`.
@@ -351,8 +362,8 @@ def read_case_image(case: Case, num_channels: int, channel_names: Sequence[str] 
         listed = f" ({', '.join(channel_names)})" if channel_names else ""
         holds = "; ".join(f"{f.path.name} holds {_what_file_holds(f)}" for f in files)
         raise DataError(f"has {total} channel(s) but dataset.json lists {num_channels}"
-                        f"{listed}: {holds}; list {total} channel(s) in dataset.json to use "
-                        f"them", case=case.case_id, path=first.path)
+                        f"{listed}: {holds}; {_channel_hint(case, total)}",
+                        case=case.case_id, path=first.path)
     data = files[0].data if len(files) == 1 else np.concatenate([f.data for f in files], -1)
     for note in first.notes:
         log(f"case {case.case_id!r}, file {str(first.path)!r}: {note}")

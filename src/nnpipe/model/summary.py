@@ -74,20 +74,24 @@ def task01_costs(networks: Sequence[str] = tuple(NETWORKS), dims: Sequence[int] 
 def planned_task01_costs(networks: Sequence[str] = tuple(NETWORKS),
                          dims: Sequence[int] = (3, 2)) -> list[NetworkCost]:
     """One row per dimension and network for the network's own plan of a Task01-sized
-    dataset (default planner settings): patch, batch, estimated memory, size and cost."""
+    dataset (the schema's default ``planning`` settings, as a study without planning keys
+    gets them): patch, batch, estimated memory, size and cost."""
     from nnpipe.benchmark.synthetic import task01_fingerprint
+    from nnpipe.config import load_config
     from nnpipe.planning import network as N
-    from nnpipe.planning.planner import PlannerSettings, make_plan
+    from nnpipe.planning.planner import make_plan, settings_from_config
 
     one = task01_fingerprint()
     fp = dataclasses.replace(one, case_ids=tuple(f"case{i}" for i in range(TASK01_CASES)),
                              spacings=one.spacings * TASK01_CASES,
                              shapes=one.shapes * TASK01_CASES,
                              cropped_shapes=one.cropped_shapes * TASK01_CASES)
+    defaults = settings_from_config(load_config(None).planning)
     rows = []
     for dim in dims:
         for name in networks:
-            plan = make_plan(fp, dim, PlannerSettings(network=name), "Task01-sized")
+            settings = dataclasses.replace(defaults, network=name)
+            plan = make_plan(fp, dim, settings, "Task01-sized")
             convs = N.layers(plan.patch_size, plan.kernels, plan.strides, plan.filters,
                              plan.input_channels, plan.num_classes, plan.encoder_blocks,
                              N.deep_supervision_heads(len(plan.strides)))
@@ -116,7 +120,7 @@ def report(dims: Sequence[int] = (3, 2)) -> str:
         "MSD Task01 topology (4 channels, 4 classes; the reference's patches):",
         format_costs(task01_costs(dims=dims)), "",
         f"Each network's own plan of a Task01-sized dataset ({TASK01_CASES} cases, "
-        "240x240x155 at 1 mm; default planner settings):",
+        "240x240x155 at 1 mm; the schema's default planning settings):",
         format_costs(planned_task01_costs(dims=dims))])
 
 

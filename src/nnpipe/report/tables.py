@@ -222,7 +222,8 @@ def _header(dataset: str) -> str:
         "`train.json`, benchmark JSONs). The embedded default dataset is small and synthetic,\n"
         "not BraTS (MSD Task01_BrainTumour), and the machine named under each table is not\n"
         "NVIDIA's DGX A100: these figures are not comparable with the reference's A100\n"
-        "figures (`reference/seed-tables.md`); they show the same measurements, taken here.\n"
+        "figures (NVIDIA's nnU-Net for PyTorch 22.11 README, Results section); they show\n"
+        "the same measurements, taken here.\n"
     )
 
 
