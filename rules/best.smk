@@ -18,7 +18,7 @@ rule best:
         study=subpath(input.splits, parent=True),
         runs=get_run_names,
         folds=" ".join(str(f) for f in GRID.folds),
-        settings=section_json("training"),
+        settings=section_json("training", "inference"),
     conda:
         "../envs/nnpipe.yaml"
     log:

@@ -10,14 +10,14 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
 
 from nnpipe import __version__
-from nnpipe.config import PRECISIONS, StudyConfig, load_config, study_config
+from nnpipe.config import PRECISIONS, InferenceSettings, StudyConfig, load_config, study_config
 from nnpipe.errors import DataError
 
 # inference.runtime's options (nnpipe.inference.runtime.Runtime, which imports torch)
@@ -111,7 +111,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     _threads(args.threads)
     common = dict(plan=args.plan, postprocess=args.postprocess, skip_existing=args.continue_,
                   device=args.device, previous=args.previous)
-    settings = _cfg(args).inference
+    settings = _inference_settings(args)
     if args.save_probabilities:
         settings = replace(settings, save_probabilities=True)
     if args.runtime:
@@ -122,6 +122,26 @@ def cmd_predict(args: argparse.Namespace) -> None:
     else:
         ids = None if args.test else args.cases or load_fold(args.splits, args.fold)["val"]
         predict_dataset(args.model, args.raw, ids, args.out, settings, **common)
+
+
+def _inference_settings(args: argparse.Namespace) -> InferenceSettings:
+    """``--config``/``--config-json``'s inference section; without either, the one stored
+    with the model (best.json, or an archive exported from it), else the schema's."""
+    if args.config or args.config_json:
+        return _cfg(args).inference
+    from nnpipe.inference.model_spec import stored_inference
+
+    stored = stored_inference(args.model)
+    if stored is None:
+        return _cfg(args).inference
+    try:
+        settings = study_config({"inference": dict(stored)}).inference
+    except ValueError as exc:
+        raise ValueError(f"the inference settings stored with {' '.join(args.model)} are not "
+                         f"valid for this nnpipe ({exc}); give --config") from None
+    print(f"nnpipe predict: inference settings stored with the model: {stored}",
+          file=sys.stderr)
+    return settings
 
 
 def cmd_previous(args: argparse.Namespace) -> None:
@@ -138,8 +158,9 @@ def cmd_best(args: argparse.Namespace) -> None:
     runs = args.runs or run_names_in(study)
     folds = args.folds if args.folds is not None else list(range(len(read_json(
         study / "splits.json"))))
+    cfg = _cfg(args)
     find_best(study, runs, folds, args.out or study / "best.json",
-              regions=_cfg(args).training.regions)
+              regions=cfg.training.regions, inference=asdict(cfg.inference))
 
 
 def cmd_export(args: argparse.Namespace) -> None:

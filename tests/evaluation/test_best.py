@@ -22,7 +22,7 @@ from nnpipe.evaluation.metrics import dice, nanmean
 from nnpipe.evaluation.run import scored_classes
 from nnpipe.imageio import read_file, write_like
 from nnpipe.inference.ensemble import load_models
-from nnpipe.inference.model_spec import resolve_model
+from nnpipe.inference.model_spec import resolve_model, stored_inference
 from nnpipe.inference.postprocess import (
     decide_to_file,
     keep_largest_component,
@@ -136,6 +136,11 @@ def test_ensemble_of_complementary_runs_wins(tiny_study, tmp_path) -> None:
     assert scores[f"{RUN2}+{RUN3}"] == pytest.approx(1.0)
     best = json.loads((study / "best.json").read_text())
     assert best == json.loads(json.dumps(record))
+    assert "inference" not in best  # none given: predict then uses its own settings
+    with_settings = find_best(study, [RUN2, RUN3], FOLDS, study / "b2.json",
+                              inference={"tta": True, "overlap": 0.5})
+    assert with_settings["inference"] == {"tta": True, "overlap": 0.5}
+    assert stored_inference([study / "b2.json"]) == {"tta": True, "overlap": 0.5}
     assert best["best"]["name"] == f"{RUN2}+{RUN3}" and best["best"]["runs"] == [RUN2, RUN3]
     assert [m["plan"] for m in best["best"]["members"]] == ["plans/2d.json", "plans/3d.json"]
     assert best["best"]["members"][1]["models"] == [

@@ -188,3 +188,32 @@ def test_not_a_zip_is_named(tmp_path) -> None:
     fake.write_bytes(b"not a zip")
     with pytest.raises(ArchiveError, match=r"model\.zip.*not a zip file"):
         load_archive(fake)
+
+
+def test_the_study_inference_settings_travel_with_the_model(results, tmp_path,
+                                                            monkeypatch) -> None:
+    """best.json keeps the study's inference section; the archive exported from it too; and
+    `nnpipe predict` without --config predicts with them (a study with TTA keeps TTA)."""
+    from dataclasses import replace
+
+    from nnpipe import cli
+    from nnpipe.inference.archive import read_inference
+    from nnpipe.inference.model_spec import stored_inference
+
+    spec = resolve_model([results / "tiny" / "train" / RUN])
+    assert spec.inference is None and read_inference(_export(spec, tmp_path / "a.zip")) is None
+    study = {"overlap": 0.25, "blend": "constant", "tta": True, "batch_size": 3}
+    zipped = load_archive(_export(replace(spec, inference=study), tmp_path / "b.zip"))
+    assert zipped.inference == study
+    assert stored_inference([tmp_path / "b.zip"]) == study
+    seen = []
+    monkeypatch.setattr("nnpipe.inference.predict.predict_folder",
+                        lambda models, src, out, settings, **kw: seen.append(settings))
+    args = ["predict", "--model", str(tmp_path / "b.zip"), "-i", "in", "-o", "out"]
+    assert cli.main(args) == 0
+    assert (seen[0].tta, seen[0].overlap, seen[0].blend, seen[0].batch_size) == (
+        True, 0.25, "constant", 3)
+    assert cli.main([*args, "--config-json", '{"inference": {"tta": false}}']) == 0
+    assert seen[1].tta is False and seen[1].overlap == 0.5  # --config wins, schema defaults
+    assert cli.main(["predict", "--model", str(tmp_path / "a.zip"), "-i", "in", "-o", "o"]) == 0
+    assert seen[2].tta is False  # nothing stored: the schema's defaults

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,8 +139,13 @@ def candidates(runs: Sequence[str]) -> list[tuple[str, ...]]:
 
 
 def find_best(study_dir: Path | str, runs: Sequence[str], folds: Sequence[int], out: Path | str,
-              *, regions: bool = False) -> dict[str, Any]:
+              *, regions: bool = False, inference: Mapping[str, Any] | None = None
+              ) -> dict[str, Any]:
     """Score every candidate of ``runs`` over ``folds``, write ``out`` (best.json); returns it.
+
+    ``inference``: the study's ``inference`` config section, kept in best.json (and in an
+    archive exported from it) so that `nnpipe predict` without ``--config`` predicts with the
+    study's settings (test-time flips, overlap, batch).
 
     Raises:
         ValueError / DataError: naming a missing prediction, probability file or decision.
@@ -180,6 +185,8 @@ def find_best(study_dir: Path | str, runs: Sequence[str], folds: Sequence[int], 
                        "postprocess_applied": [c.name for c in applied],
                        "postprocess": _rel(decision, out)})
     record = best_record(study, scores, folds, ds.name, out)
+    if inference is not None:
+        record["inference"] = dict(inference)
     write_json(out, record)
     log(f"best: {record['best']['name']} (Dice {100 * (record['best']['dice'] or 0):.2f}) "
         f"-> {out}")

@@ -37,6 +37,7 @@ from nnpipe.planning.plan import Plan
 FORMAT = "nnpipe-model"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+INFERENCE = "inference.json"  # the study's inference settings, when the source had them
 
 
 class ArchiveError(ValueError):
@@ -61,10 +62,13 @@ def export_model(spec: ModelSpec, out: Path | str) -> dict[str, Any]:
         "file_ending": spec.file_ending})
     if spec.postprocess is not None:
         files["postprocess.json"] = _json_bytes(spec.postprocess)
+    if spec.inference is not None:
+        files[INFERENCE] = _json_bytes(dict(spec.inference))
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION,
                 "nnpipe_version": __version__, "source": spec.source, "members": members,
                 "dataset": "dataset.json",
                 "postprocess": "postprocess.json" if spec.postprocess is not None else None,
+                "inference": INFERENCE if spec.inference is not None else None,
                 "files": {n: hashlib.sha256(b).hexdigest() for n, b in sorted(files.items())}}
     with atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr(MANIFEST, _json_bytes(manifest))
@@ -137,6 +141,8 @@ def load_archive(path: Path | str) -> ModelSpec:
         dataset = json.loads(data[manifest["dataset"]])
         postprocess = (json.loads(data[manifest["postprocess"]])
                        if manifest.get("postprocess") else None)
+        inference = (json.loads(data[manifest["inference"]])
+                     if manifest.get("inference") else None)
         channels = dataset.get("channel_names", {})
         names = tuple(str(channels[k]) for k in sorted(channels, key=int))
     except (KeyError, TypeError, ValueError) as exc:
@@ -144,12 +150,39 @@ def load_archive(path: Path | str) -> ModelSpec:
                            f"{exc})") from None
     spec = ModelSpec(str(path), members, postprocess, names, str(dataset.get("name", "")),
                      str(dataset.get("file_ending", ".nii.gz")),
-                     extra={"nnpipe_version": manifest.get("nnpipe_version")})
+                     extra={"nnpipe_version": manifest.get("nnpipe_version")},
+                     inference=inference)
     labels = {int(k): v for k, v in dataset.get("labels", {}).items()}
     if labels != spec.labels:
         raise ArchiveError(path, f"dataset.json labels {labels} differ from the plans' "
                            f"{spec.labels}")
     return spec
+
+
+def read_inference(path: Path | str) -> dict[str, Any] | None:
+    """The inference settings stored in the archive (``None``: none), every member verified
+    first, without building the networks.
+
+    Raises:
+        ArchiveError: as :func:`load_archive`.
+    """
+    path = Path(path)
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as exc:
+        raise ArchiveError(path, f"is not a zip file ({exc})") from None
+    with zf:
+        data = _verified_members(zf, path)
+    name = json.loads(data[MANIFEST]).get("inference")
+    if not name:
+        return None
+    try:
+        stored = json.loads(data[name])
+    except (KeyError, ValueError) as exc:
+        raise ArchiveError(path, f"member {name!r} is malformed ({exc})") from None
+    if not isinstance(stored, dict):
+        raise ArchiveError(path, f"member {name!r} is not a mapping")
+    return stored
 
 
 def _verified_members(zf: zipfile.ZipFile, path: Path) -> dict[str, bytes]:

@@ -86,6 +86,7 @@ class ModelSpec:
     dataset_name: str = ""
     file_ending: str = ".nii.gz"
     extra: Mapping[str, Any] = field(default_factory=dict)  # e.g. best.json's candidates
+    inference: Mapping[str, Any] | None = None  # the study's inference section (best.json)
 
     def __post_init__(self) -> None:
         if not self.members:
@@ -164,6 +165,23 @@ def resolve_model(paths: Sequence[Path | str]) -> ModelSpec:
             raise ValueError(f"model {str(p)!r}: an archive or best.json is a whole model; "
                              "give it alone to --model")
     return from_checkpoints(paths)
+
+
+def stored_inference(paths: Sequence[Path | str]) -> Mapping[str, Any] | None:
+    """The study's inference settings stored with ``--model`` (best.json, or an archive
+    exported from one); ``None`` for run folders and checkpoints, which carry none."""
+    if len(paths) != 1:
+        return None
+    path = Path(paths[0])
+    if path.suffix == ".zip":
+        from nnpipe.inference.archive import read_inference
+
+        return read_inference(path)
+    if path.suffix == ".json" and path.is_file():
+        record = read_json(path)
+        stored = record.get("inference") if isinstance(record, dict) else None
+        return stored if isinstance(stored, dict) else None
+    return None
 
 
 def from_checkpoints(paths: Sequence[Path | str], name: str | None = None,
@@ -278,7 +296,7 @@ def from_best_json(path: Path | str) -> ModelSpec:
     except (KeyError, TypeError) as exc:
         raise ValueError(f"best-configuration file {str(path)!r} lacks {exc}") from None
     return ModelSpec(str(path), tuple(members), postprocess, **facts,
-                     extra={"best": record["best"]["name"]})
+                     extra={"best": record["best"]["name"]}, inference=record.get("inference"))
 
 
 # ---------------------------------------------------------------- helpers
