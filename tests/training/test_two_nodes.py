@@ -87,7 +87,8 @@ def _shell(study, out: Path, log: Path) -> str:
     assert full.startswith(srun)
     params = SimpleNamespace(
         torchrun_shutdown_s=shutdown_s, launch=full.removeprefix(srun),
-        settings=shlex.quote(json.dumps(SETTINGS)), preprocessed=study.preprocessed[3], out=out)
+        settings=shlex.quote(json.dumps(SETTINGS)), preprocessed=study.preprocessed[3], out=out,
+        cascade="")  # a 3d run: no cascade arguments (rules/common.smk get_train_cascade_args)
     # Snakemake's `{x:q}` is shlex quoting: the value above is quoted already
     return _rule_shell().replace(":q}", "}").format(
         params=params, input=SimpleNamespace(splits=study.splits), threads=1, log=log,
