@@ -127,14 +127,7 @@ def load_archive(path: Path | str) -> ModelSpec:
         ArchiveError: naming the archive and the problem (see the module docstring).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model archive {str(path)!r} does not exist")
-    try:
-        zf = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as exc:
-        raise ArchiveError(path, f"is not a zip file ({exc})") from None
-    with zf:
-        data = _verified_members(zf, path)
+    data = _read_verified(path)
     manifest = json.loads(data[MANIFEST])
     try:
         members = tuple(_member(m, data, path) for m in manifest["members"])
@@ -167,12 +160,7 @@ def read_inference(path: Path | str) -> dict[str, Any] | None:
         ArchiveError: as :func:`load_archive`.
     """
     path = Path(path)
-    try:
-        zf = zipfile.ZipFile(path)
-    except zipfile.BadZipFile as exc:
-        raise ArchiveError(path, f"is not a zip file ({exc})") from None
-    with zf:
-        data = _verified_members(zf, path)
+    data = _read_verified(path)
     name = json.loads(data[MANIFEST]).get("inference")
     if not name:
         return None
@@ -183,6 +171,22 @@ def read_inference(path: Path | str) -> dict[str, Any] | None:
     if not isinstance(stored, dict):
         raise ArchiveError(path, f"member {name!r} is not a mapping")
     return stored
+
+
+def _read_verified(path: Path) -> dict[str, bytes]:
+    """Every member's bytes of the archive at ``path``, verified (:func:`_verified_members`).
+
+    Raises:
+        FileNotFoundError: no such file. ArchiveError: not a zip, or a check failed.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"model archive {str(path)!r} does not exist")
+    try:
+        zf = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as exc:
+        raise ArchiveError(path, f"is not a zip file ({exc})") from None
+    with zf:
+        return _verified_members(zf, path)
 
 
 def _verified_members(zf: zipfile.ZipFile, path: Path) -> dict[str, bytes]:
