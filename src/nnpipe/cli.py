@@ -25,6 +25,7 @@ RUNTIMES = ("eager", "compile", "onnxruntime", "openvino")
 
 if TYPE_CHECKING:  # imported where used: each subcommand loads only what it needs
     from nnpipe.benchmark.throughput import BenchmarkSpec
+    from nnpipe.inference.model_spec import ModelSpec
     from nnpipe.planning.plan import Plan
 
 
@@ -111,27 +112,28 @@ def cmd_predict(args: argparse.Namespace) -> None:
     _threads(args.threads)
     common = dict(plan=args.plan, postprocess=args.postprocess, skip_existing=args.continue_,
                   device=args.device, previous=args.previous)
-    settings = _inference_settings(args)
+    from nnpipe.inference.model_spec import resolve_model
+
+    spec = resolve_model(args.model)  # read once: settings and networks come from it
+    settings = _inference_settings(args, spec)
     if args.save_probabilities:
         settings = replace(settings, save_probabilities=True)
     if args.runtime:
         settings = replace(settings, runtime=args.runtime)
     if args.input:
-        predict_folder(args.model, args.input, args.out, settings,
+        predict_folder(spec, args.input, args.out, settings,
                        allow_empty=args.allow_empty, layout=args.layout, **common)
     else:
         ids = None if args.test else args.cases or load_fold(args.splits, args.fold)["val"]
-        predict_dataset(args.model, args.raw, ids, args.out, settings, **common)
+        predict_dataset(spec, args.raw, ids, args.out, settings, **common)
 
 
-def _inference_settings(args: argparse.Namespace) -> InferenceSettings:
+def _inference_settings(args: argparse.Namespace, spec: ModelSpec) -> InferenceSettings:
     """``--config``/``--config-json``'s inference section; without either, the one stored
     with the model (best.json, or an archive exported from it), else the schema's."""
     if args.config or args.config_json:
         return _cfg(args).inference
-    from nnpipe.inference.model_spec import stored_inference
-
-    stored = stored_inference(args.model)
+    stored = spec.inference
     if stored is None:
         return _cfg(args).inference
     try:

@@ -22,7 +22,7 @@ from nnpipe.evaluation.metrics import dice, nanmean
 from nnpipe.evaluation.run import scored_classes
 from nnpipe.imageio import read_file, write_like
 from nnpipe.inference.ensemble import load_models
-from nnpipe.inference.model_spec import resolve_model, stored_inference
+from nnpipe.inference.model_spec import resolve_model
 from nnpipe.inference.postprocess import (
     decide_to_file,
     keep_largest_component,
@@ -140,7 +140,7 @@ def test_ensemble_of_complementary_runs_wins(tiny_study, tmp_path) -> None:
     with_settings = find_best(study, [RUN2, RUN3], FOLDS, study / "b2.json",
                               inference={"tta": True, "overlap": 0.5})
     assert with_settings["inference"] == {"tta": True, "overlap": 0.5}
-    assert stored_inference([study / "b2.json"]) == {"tta": True, "overlap": 0.5}
+    assert json.loads((study / "b2.json").read_text())["inference"] == {"tta": True, "overlap": 0.5}
     assert best["best"]["name"] == f"{RUN2}+{RUN3}" and best["best"]["runs"] == [RUN2, RUN3]
     assert [m["plan"] for m in best["best"]["members"]] == ["plans/2d.json", "plans/3d.json"]
     assert best["best"]["members"][1]["models"] == [

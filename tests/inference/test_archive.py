@@ -197,15 +197,14 @@ def test_the_study_inference_settings_travel_with_the_model(results, tmp_path,
     from dataclasses import replace
 
     from nnpipe import cli
-    from nnpipe.inference.archive import read_inference
-    from nnpipe.inference.model_spec import stored_inference
 
     spec = resolve_model([results / "tiny" / "train" / RUN])
-    assert spec.inference is None and read_inference(_export(spec, tmp_path / "a.zip")) is None
+    assert spec.inference is None
+    assert load_archive(_export(spec, tmp_path / "a.zip")).inference is None
     study = {"overlap": 0.25, "blend": "constant", "tta": True, "batch_size": 3}
     zipped = load_archive(_export(replace(spec, inference=study), tmp_path / "b.zip"))
     assert zipped.inference == study
-    assert stored_inference([tmp_path / "b.zip"]) == study
+    assert resolve_model([tmp_path / "b.zip"]).inference == study
     seen = []
     monkeypatch.setattr("nnpipe.inference.predict.predict_folder",
                         lambda models, src, out, settings, **kw: seen.append(settings))

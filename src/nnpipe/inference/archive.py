@@ -152,27 +152,6 @@ def load_archive(path: Path | str) -> ModelSpec:
     return spec
 
 
-def read_inference(path: Path | str) -> dict[str, Any] | None:
-    """The inference settings stored in the archive (``None``: none), every member verified
-    first, without building the networks.
-
-    Raises:
-        ArchiveError: as :func:`load_archive`.
-    """
-    path = Path(path)
-    data = _read_verified(path)
-    name = json.loads(data[MANIFEST]).get("inference")
-    if not name:
-        return None
-    try:
-        stored = json.loads(data[name])
-    except (KeyError, ValueError) as exc:
-        raise ArchiveError(path, f"member {name!r} is malformed ({exc})") from None
-    if not isinstance(stored, dict):
-        raise ArchiveError(path, f"member {name!r} is not a mapping")
-    return stored
-
-
 def _read_verified(path: Path) -> dict[str, bytes]:
     """Every member's bytes of the archive at ``path``, verified (:func:`_verified_members`).
 

@@ -167,23 +167,6 @@ def resolve_model(paths: Sequence[Path | str]) -> ModelSpec:
     return from_checkpoints(paths)
 
 
-def stored_inference(paths: Sequence[Path | str]) -> Mapping[str, Any] | None:
-    """The study's inference settings stored with ``--model`` (best.json, or an archive
-    exported from one); ``None`` for run folders and checkpoints, which carry none."""
-    if len(paths) != 1:
-        return None
-    path = Path(paths[0])
-    if path.suffix == ".zip":
-        from nnpipe.inference.archive import read_inference
-
-        return read_inference(path)
-    if path.suffix == ".json" and path.is_file():
-        record = read_json(path)
-        stored = record.get("inference") if isinstance(record, dict) else None
-        return stored if isinstance(stored, dict) else None
-    return None
-
-
 def from_checkpoints(paths: Sequence[Path | str], name: str | None = None,
                      plan: Path | str | None = None) -> ModelSpec:
     """One member from fold checkpoints (or fold folders) of one plan (``plan``, a plan

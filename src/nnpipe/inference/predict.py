@@ -37,6 +37,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -69,6 +70,9 @@ from nnpipe.preprocessing.pipeline import (
 from nnpipe.preprocessing.previous import previous_channels
 from nnpipe.progress import log
 from nnpipe.training.regions import THRESHOLD, regions_to_labels
+
+if TYPE_CHECKING:  # imported where used (load_configuration), as before
+    from nnpipe.inference.model_spec import ModelSpec
 
 GiB = 1024**3
 
@@ -442,7 +446,7 @@ def select_device(name: str = "auto") -> torch.device:
 # ---------------------------------------------------------------- entry points of the CLI
 
 
-def load_configuration(models: Sequence[Path | str], device: str = "auto",
+def load_configuration(models: Sequence[Path | str] | ModelSpec, device: str = "auto",
                        plan: Path | str | None = None, postprocess: Path | str | None = None,
                        previous: Path | str | None = None
                        ) -> tuple[list[list[LoadedModel]], list[ScoredClass], str,
@@ -452,10 +456,11 @@ def load_configuration(models: Sequence[Path | str], device: str = "auto",
     per member, with the postprocessing to apply (``postprocess``, a decision JSON, replaces
     the model's own), a name for messages, and per member its :class:`PreviousStage` (a
     cascade member's low-resolution models, or the folder ``previous`` of their
-    predictions; None for other members)."""
-    from nnpipe.inference.model_spec import resolve_model
+    predictions; None for other members). ``models`` may be resolved already (a
+    :class:`~nnpipe.inference.model_spec.ModelSpec`), so the CLI reads it once."""
+    from nnpipe.inference.model_spec import ModelSpec, resolve_model
 
-    spec = resolve_model(models)
+    spec = models if isinstance(models, ModelSpec) else resolve_model(models)
     if plan is not None:
         wanted = Plan.load(plan)
         for m in spec.members:
@@ -478,9 +483,10 @@ def load_configuration(models: Sequence[Path | str], device: str = "auto",
     return groups, classes, spec.source, stages
 
 
-def predict_folder(models: Sequence[Path | str], input_dir: Path | str, out_dir: Path | str,
-                   settings: InferenceSettings, *, plan: Path | str | None = None,
-                   postprocess: Path | str | None = None, skip_existing: bool = False,
+def predict_folder(models: Sequence[Path | str] | ModelSpec, input_dir: Path | str,
+                   out_dir: Path | str, settings: InferenceSettings, *,
+                   plan: Path | str | None = None, postprocess: Path | str | None = None,
+                   skip_existing: bool = False,
                    allow_empty: bool = False, device: str = "auto",
                    layout: str | None = None, previous: Path | str | None = None) -> list[Path]:
     """``nnpipe predict --model ... --input DIR``: every image of a folder (no labels
@@ -504,10 +510,11 @@ def predict_folder(models: Sequence[Path | str], input_dir: Path | str, out_dir:
                          postprocess=classes, errors=errors, previous=stages)
 
 
-def predict_dataset(models: Sequence[Path | str], raw: Path | str, case_ids: Sequence[str] | None,
-                    out_dir: Path | str, settings: InferenceSettings, *,
-                    plan: Path | str | None = None, postprocess: Path | str | None = None,
-                    skip_existing: bool = False, device: str = "auto",
+def predict_dataset(models: Sequence[Path | str] | ModelSpec, raw: Path | str,
+                    case_ids: Sequence[str] | None, out_dir: Path | str,
+                    settings: InferenceSettings, *, plan: Path | str | None = None,
+                    postprocess: Path | str | None = None, skip_existing: bool = False,
+                    device: str = "auto",
                     previous: Path | str | None = None) -> list[Path]:
     """``nnpipe predict --raw RAW --splits S --fold F`` (or ``--cases``, or ``--test``):
     cases of a dataset by id, or with ``case_ids=None`` its test cases (dataset.json's
