@@ -182,7 +182,8 @@ def split_channels(src: Path, dest: Path) -> list[str]:
 def compare(work: Path, venv: Path, n_cases: int, resolution_mm: float, patch_voxels: int,
             base_filters: int, threads: int, tta_modes: list[bool],
             repeats: int = 1, precisions: tuple[str, ...] = ("fp32",),
-            runtimes: tuple[str, ...] = ("eager",)) -> dict[str, Any]:
+            runtimes: tuple[str, ...] = ("eager",),
+            nnunet_env: dict[str, str] | None = None) -> dict[str, Any]:
     from nnpipe.datasets.embedded import generate_embedded
     from nnpipe.datasets.layout import load_dataset, read_image
     from nnpipe.inference.sliding_window import tile_grid
@@ -226,6 +227,10 @@ def compare(work: Path, venv: Path, n_cases: int, resolution_mm: float, patch_vo
     env = dict(os.environ, nnUNet_results=str(results), nnUNet_raw=str(work / "nnUNet_raw"),
                nnUNet_preprocessed=str(work / "nnUNet_preprocessed"),
                OMP_NUM_THREADS=str(threads))
+    # extra variables for nnU-Net v2's runs only: e.g. nnpipe's allocator setting
+    # (nnpipe.allocator) given to v2 through glibc's MALLOC_*_ variables, or a preloaded
+    # caching allocator, to compare on equal terms
+    theirs_env = dict(env, **(nnunet_env or {}))
     rows = []
     for tta in tta_modes:
         theirs_cmd = [str(venv / "bin" / "nnUNetv2_predict"), "-d", NNUNET_DATASET, "-c",
@@ -247,7 +252,7 @@ def compare(work: Path, venv: Path, n_cases: int, resolution_mm: float, patch_vo
         theirs = []
         for r in range(repeats):  # alternate, so load from other processes hits all alike
             out = work / f"out_nnunet_tta{int(tta)}_{r}"
-            theirs.append(run_timed(theirs_cmd + ["-o", str(out)], env))
+            theirs.append(run_timed(theirs_cmd + ["-o", str(out)], theirs_env))
             for precision, cmd in ours_cmds.items():
                 out = work / f"out_nnpipe_{precision}_tta{int(tta)}_{r}"
                 ours[precision].append(run_timed(cmd + [str(out)], env))
@@ -272,6 +277,7 @@ def compare(work: Path, venv: Path, n_cases: int, resolution_mm: float, patch_vo
                                      "spacing": list(plan.full_spacing),
                                      "filters": list(plan.filters)},
             "tiles_per_case": tiles, "threads": threads, "torch": torch.__version__,
+            "nnunet_env": nnunet_env or {},
             "runs": rows}
 
 
@@ -323,6 +329,17 @@ def memory(work: Path, shape: tuple[int, int, int], threads: int) -> dict[str, A
             "input_gib_float32": round(int(np.prod(shape)) * 4 / 2**30, 3), **run}
 
 
+def _name_values(items: list[str], parser: argparse.ArgumentParser) -> dict[str, str]:
+    """``["A=1", "B=2"]`` -> ``{"A": "1", "B": "2"}``; a parser error for an item without ``=``."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            parser.error(f"--nnunet-env takes NAME=VALUE, got {item!r}")
+        out[name] = value
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
@@ -343,6 +360,11 @@ def main(argv: list[str] | None = None) -> int:
                                                     "openvino"), default=["eager"],
                    help="nnpipe's inference runtimes to time (inference.runtime); each one "
                         "but eager also gets its time and label agreement against eager")
+    c.add_argument("--nnunet-env", metavar="NAME=VALUE", nargs="+", default=[],
+                   help="environment variables for nnU-Net v2's runs only, e.g. nnpipe's "
+                        "allocator setting MALLOC_MMAP_THRESHOLD_=33554432 "
+                        "MALLOC_TRIM_THRESHOLD_=1073741824 (nnpipe.allocator) or "
+                        "LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
     m = sub.add_parser("memory")
     m.add_argument("--work", type=Path, required=True)
     m.add_argument("--shape", type=int, nargs=3, default=(512, 512, 400))
@@ -352,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
         modes = {"off": [False], "on": [True], "both": [False, True]}[args.tta]
         out = compare(args.work, args.nnunet_venv, args.cases, args.resolution_mm,
                       args.patch_voxels, args.base_filters, args.threads, modes, args.repeats,
-                      tuple(args.precision), tuple(args.runtime))
+                      tuple(args.precision), tuple(args.runtime),
+                      _name_values(args.nnunet_env, p))
     else:
         out = memory(args.work, tuple(args.shape), args.threads)
     text = json.dumps(out, indent=1)

@@ -39,6 +39,7 @@ from nnpipe.model.unet import (
     deep_supervision_heads,
     stack_deep_supervision,
 )
+from nnpipe.model.upsample import up_concat
 from nnpipe.planning.network import RESENC_DECODER_CONVS, network_preset
 from nnpipe.planning.plan import Plan
 
@@ -152,7 +153,7 @@ class ResEncUNet(nn.Module):
         extra: list[torch.Tensor] = []
         for j, (up, block) in enumerate(zip(self.upsamples, self.decoder, strict=True)):
             level = len(self.upsamples) - 1 - j  # the level x is at after this step
-            x = block(torch.cat((up(x), skips[level]), dim=1))
+            x = block(up_concat(up, x, skips[level]))
             if supervise and 1 <= level <= self.heads:
                 extra.append(self.deep_supervision_heads[level - 1](x))
         out = self.output_block(x)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnpipe.model.onednn import use_onednn
+from nnpipe.model.upsample import up_concat
 from nnpipe.planning import network as N
 from nnpipe.planning.plan import Plan
 
@@ -96,7 +97,7 @@ class UpBlock(nn.Module):
         self.conv_block = ConvBlock(dim, 2 * out_channels, out_channels, kernel, (1,) * dim)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.conv_block(torch.cat((self.transp_conv(x), skip), dim=1))
+        return self.conv_block(up_concat(self.transp_conv, x, skip))
 
 
 def _head(dim: int, in_channels: int, out_channels: int) -> nn.Sequential:

@@ -1,0 +1,37 @@
+"""keep_freed_memory: glibc's thresholds set once, the user's environment respected."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from nnpipe import allocator
+
+PROBE = ("import nnpipe.allocator as a; print(a.keep_freed_memory(), a.keep_freed_memory())")
+
+
+def _run(env: dict[str, str]) -> str:
+    return subprocess.run([sys.executable, "-c", PROBE], env=env, check=True, text=True,
+                          capture_output=True).stdout.strip()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_sets_the_thresholds_once_on_glibc():
+    env = {k: v for k, v in os.environ.items() if k not in allocator.USER_SETTINGS}
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    assert _run(env) == "True True"
+
+
+def test_user_settings_win():
+    env = dict(os.environ, MALLOC_TRIM_THRESHOLD_="131072")
+    assert _run(env) == "False False"
+
+
+def test_thresholds_are_glibcs_limits():
+    assert allocator.MMAP_THRESHOLD_BYTES == 32 * 2**20  # glibc rejects more on 64-bit
+    assert allocator.TRIM_THRESHOLD_BYTES >= allocator.MMAP_THRESHOLD_BYTES
