@@ -15,10 +15,10 @@ as before, so the peak resident memory of a prediction is unchanged. Intel's PyT
 tuning guide recommends a caching allocator (jemalloc, TCMalloc via ``LD_PRELOAD``) for the
 same reason; this does the part that matters here without a preload.
 
-Measured with torch 2.13 on 2 Xeon (Sapphire Rapids) cores (``docs/benchmarks.md``, "CPU
-prediction"): the 16-filter 3D U-Net forward on one 4x64^3 tile 128 -> 114 ms (minor page
-faults of the process 514k -> 116k), a training step at 64^3 batch 2 1.32 -> 1.00 s, at
-32^3 (the demo) 112 -> 106 ms; peak RSS within 2 %.
+Measured with torch 2.13 on 2 Xeon (Sapphire Rapids) cores (``docs/benchmarks.md``,
+"Float32 with 8-flip TTA"): the 16-filter 3D U-Net forward on one 4x64^3 tile 128 -> 114 ms
+(minor page faults of the process 514k -> 116k), a training step at 64^3 batch 2 1.32 ->
+1.00 s, at 32^3 (the demo) 112 -> 106 ms; peak RSS within 2 %.
 
 Only glibc (Linux) is changed; elsewhere, or when the user set ``MALLOC_MMAP_THRESHOLD_`` or
 ``MALLOC_TRIM_THRESHOLD_`` themselves, it does nothing.
