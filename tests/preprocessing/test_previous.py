@@ -107,6 +107,26 @@ def test_sampler_appends_the_previous_segmentation_one_hot(tiny_study, tmp_path)
     assert image[:, plan.num_channels:].sum() > 0  # foreground was sampled
 
 
+def test_training_batches_corrupt_the_previous_channels(tiny_study, tmp_path):
+    """previous_perturbation: the image and label channels are the plain ones, the previous
+    stage's channels stay one-hot but differ from the label in some samples."""
+    pre, plan = tiny_study.preprocessed[3], tiny_study.plans[3]
+    out = tmp_path / "prev"
+    stage_previous(pre, _predictions_from_labels(tiny_study, tmp_path), out)
+    ids = list(read_manifest(pre)["cases"])
+    settings = SamplerSettings(plan.patch_size, 1.0, previous_dir=str(out),
+                               previous_classes=plan.num_classes, previous_perturbation=True)
+    sampler = PatchSampler(pre, ids, settings)
+    rng = np.random.default_rng(0)
+    differ = 0
+    for _ in range(12):
+        image, seg = sampler.sample(rng, 1)
+        hot = image[0, plan.num_channels:]
+        assert hot.sum(0).max() <= 1 and set(np.unique(hot)) <= {0.0, 1.0}
+        differ += not np.array_equal(hot, one_hot_foreground(seg[0, 0], plan.num_classes))
+    assert differ >= 2
+
+
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"previous_dir": "x"}, "go together"),
     ({"previous_classes": 3}, "go together"),

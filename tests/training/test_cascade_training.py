@@ -11,7 +11,7 @@ import pytest
 from nnpipe.config import study_config
 from nnpipe.datasets.layout import load_dataset
 from nnpipe.training.checkpoint import load_checkpoint
-from nnpipe.training.trainer import TrainRun, run_plan, train
+from nnpipe.training.trainer import TrainRun, run_plan, sampler_settings, train
 
 
 def _previous_from_labels(tiny_study, root: Path) -> Path:
@@ -64,3 +64,15 @@ def test_cascade_plan_needs_its_previous_folder_and_fitting_data(tiny_study, tmp
     dali = replace(run, previous_dir=tmp_path, settings=replace(SETTINGS, loader="dali"))
     with pytest.raises(ValueError, match="cannot feed a cascade stage"):
         run_plan(dali)
+
+
+def test_only_training_batches_corrupt_the_previous_channels(tiny_study, tmp_path):
+    """The training loader's sampler corrupts the previous stage's channels
+    (nnpipe.data.previous); the fixed validation patches and non-cascade stages do not."""
+    cascade = replace(tiny_study.plans[3], configuration="3d_cascade",
+                      previous_stage="3d_lowres")
+    run = TrainRun(tiny_study.preprocessed[3], tiny_study.splits, 0, "fp32", tmp_path,
+                   SETTINGS, previous_dir=tmp_path / "previous")
+    assert sampler_settings(run, cascade, 0.4).previous_perturbation
+    assert not sampler_settings(run, cascade, 0.5, training=False).previous_perturbation
+    assert not sampler_settings(run, tiny_study.plans[3], 0.4).previous_perturbation

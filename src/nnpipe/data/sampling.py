@@ -13,7 +13,8 @@ unseen.
 
 A cascade stage (``previous_dir`` set) also reads ``<case>_prev.npy`` from that folder (the
 previous stage's segmentation on the same grid, :mod:`nnpipe.preprocessing.previous`) and
-appends it to the image as ``previous_classes - 1`` one-hot channels (foreground classes).
+appends it to the image as ``previous_classes - 1`` one-hot channels (foreground classes),
+corrupted at random with ``previous_perturbation`` (:mod:`nnpipe.data.previous`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from nnpipe.data.previous import perturb_previous
 from nnpipe.errors import DataError
 from nnpipe.planning.plan import Plan
 
@@ -50,6 +52,9 @@ class SamplerSettings:
     # included; K - 1 one-hot channels are appended to the image)
     previous_dir: str | None = None
     previous_classes: int = 0
+    # corrupt those channels at random (nnpipe.data.previous): training batches, not the
+    # fixed validation patches
+    previous_perturbation: bool = False
 
     def __post_init__(self) -> None:
         if self.dim not in (2, 3):
@@ -290,3 +295,5 @@ class PatchSampler:
                 _crop_into(case.previous, starts, previous)
                 classes = np.arange(1, self.settings.previous_classes, dtype=np.uint8)
                 image_box[self.image_channels:] = previous[None] == classes.reshape(-1, 1, 1, 1)
+                if self.settings.previous_perturbation:
+                    perturb_previous(image_box[self.image_channels:], rng)

@@ -126,14 +126,17 @@ def _memory_format(plan: Plan, s: TrainingSettings) -> torch.memory_format:
     return torch.channels_last_3d if plan.dim == 3 else torch.channels_last
 
 
-def sampler_settings(run: TrainRun, plan: Plan, foreground_prob: float) -> SamplerSettings:
-    """The plan's patch, with the previous stage's segmentations for a cascade stage."""
+def sampler_settings(run: TrainRun, plan: Plan, foreground_prob: float,
+                     training: bool = True) -> SamplerSettings:
+    """The plan's patch, with the previous stage's segmentations for a cascade stage
+    (corrupted at random in ``training`` batches, :mod:`nnpipe.data.previous`)."""
     previous = plan.previous_channels > 0
     return SamplerSettings(
         patch_size=tuple(plan.patch_size), foreground_prob=foreground_prob, dim=plan.dim,
         slice_axis=plan.slice_axis,
         previous_dir=str(run.previous_dir) if previous and run.previous_dir else None,
-        previous_classes=plan.num_classes if previous else 0)
+        previous_classes=plan.num_classes if previous else 0,
+        previous_perturbation=previous and training)
 
 
 def run_plan(run: TrainRun) -> Plan:
@@ -403,7 +406,8 @@ def _train_steps(parts: _Parts, state: dict[str, Any],
 def _validation_patches(run: TrainRun, plan: Plan, val_ids: list[str],
                         n: int) -> ValidationPatches:
     """Fixed validation patches (same every epoch), half centred on foreground."""
-    sampler = PatchSampler(run.preprocessed_dir, val_ids, sampler_settings(run, plan, 0.5))
+    sampler = PatchSampler(run.preprocessed_dir, val_ids,
+                           sampler_settings(run, plan, 0.5, training=False))
     image, seg = sampler.sample(np.random.default_rng(run.settings.seed + 999), n)
     return ValidationPatches(torch.from_numpy(image), torch.from_numpy(seg))
 
