@@ -369,3 +369,22 @@ def test_p99_from_too_few_steps_is_not_printed() -> None:
     rows = table_rows(render_tables(GRID, DICE, TRAIN_INFO, bench, MACHINE,
                                     dataset="embedded"), "Inference throughput")
     assert rows[0][3:5] == ["400.00", "10.00 / 11.00 / 12.00 / n/a (50 < 368 steps)"]
+
+
+def test_a_study_without_benchmarks_renders_and_plots_no_throughput() -> None:
+    """benchmark.precisions: [] — no cells: the sections say so, and no throughput plot is
+    expected (its rule would have no record to plot)."""
+    grid = TableGrid(dims=(3,), precisions=("fp32",), gpus=(1,), folds=(0,),
+                     bench_precisions=(), bench_gpus=(1,), train_batch_sizes={3: (2,)},
+                     predict_batch_sizes={3: (1,)})
+    assert not grid.benchmarked
+    assert not [p for *_, p in study_plots(grid) if "throughput" in p]
+    text = render_tables(grid, {RunKey(3, "fp32", 1, 0): 50.0}, {}, [], MACHINE, dataset="d")
+    assert text.count("Not measured in this study: `benchmark.precisions` is empty.") == 2
+    assert "throughput.png" not in text
+    with_cells = TableGrid(dims=(3,), precisions=("fp32",), gpus=(1,), folds=(0,),
+                           bench_precisions=("fp32",), bench_gpus=(1,),
+                           train_batch_sizes={3: ()}, predict_batch_sizes={3: (1,)})
+    assert with_cells.benchmarked
+    assert [p for *_, p in study_plots(with_cells) if "throughput" in p] == [
+        "plots/throughput.png"]

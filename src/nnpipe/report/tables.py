@@ -67,6 +67,13 @@ class TableGrid:
     cascade: bool = False  # the study runs the low-resolution cascade (planned for the data)
 
     @property
+    def benchmarked(self) -> bool:
+        """Whether the study has any benchmark cell (``benchmark.precisions`` and one of the
+        dims' batch-size lists non-empty); without one there is no throughput plot."""
+        return bool(self.bench_precisions) and any(
+            self.train_batch_sizes.get(d) or self.predict_batch_sizes.get(d) for d in self.dims)
+
+    @property
     def configurations(self) -> tuple[int | str, ...]:
         """Rows of the accuracy table: the dims, then the cascade's stages when planned."""
         return (*self.dims, *(CASCADE_STAGES if self.cascade else ()))
@@ -138,8 +145,9 @@ def study_plots(grid: TableGrid) -> list[tuple[str, str, str, str]]:
               for r in runs]
     plots += [("accuracy", "image, reference and prediction (worst, median, best case)", r,
                f"{PLOTS_DIR}/overlays-{r}.png") for r in runs]
-    plots.append(("throughput", "throughput", "samples/s against batch size",
-                  f"{PLOTS_DIR}/throughput.png"))
+    if grid.benchmarked:
+        plots.append(("throughput", "throughput", "samples/s against batch size",
+                      f"{PLOTS_DIR}/throughput.png"))
     return plots
 
 
@@ -245,7 +253,7 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def _speedup_header(precisions: Sequence[str]) -> list[str]:
-    if len(precisions) == 1:
+    if len(precisions) <= 1:
         return ["Speedup"]
     return [f"Speedup {precisions[0]}→{p}" for p in precisions[1:]]
 
@@ -344,6 +352,8 @@ def _index_bench(bench: Sequence[Mapping[str, Any]]) -> BenchIndex:
 def _train_bench_table(grid: TableGrid, index: BenchIndex, machine: Mapping[str, str],
                        paths: _Paths) -> str:
     ps = grid.bench_precisions
+    if not ps:
+        return "\n## Training throughput\n\n" + _NOT_BENCHMARKED
     header = ["Dim", "GPUs", "Batch/GPU", *(f"{p} [samples/s]" for p in ps),
               *_speedup_header(ps), *(f"Weak scaling {p}" for p in ps)]
     rows, devices = [], []
@@ -364,6 +374,9 @@ def _train_bench_table(grid: TableGrid, index: BenchIndex, machine: Mapping[str,
             "of a precision / throughput of the first. Weak scaling: throughput at N GPUs /\n"
             "throughput at 1 GPU with the same batch per GPU (ideal: N), as in the reference.\n\n"
             + _md_table(header, rows))
+
+
+_NOT_BENCHMARKED = "Not measured in this study: `benchmark.precisions` is empty.\n"
 
 
 def _unsteady(record: Mapping[str, Any] | None) -> str | None:
@@ -417,6 +430,8 @@ def _weak_scaling(grid: TableGrid, index: BenchIndex, dim: int, p: str, bs: int,
 def _predict_bench_table(grid: TableGrid, index: BenchIndex, machine: Mapping[str, str],
                          paths: _Paths) -> str:
     ps = grid.bench_precisions
+    if not ps:
+        return "\n## Inference throughput\n\n" + _NOT_BENCHMARKED
     header = ["Dim", "Batch", "Resolution"]
     for p in ps:
         header += [f"{p} [samples/s]", f"{p} latency mean / p90 / p95 / p99 [ms]"]
