@@ -127,6 +127,9 @@ def estimate_peak_bytes(case: Case, plan: Plan, out_channels: int) -> int:
     spacing and ``K`` network outputs: the float32 image and its resampled copy
     (``4C(n + m)``), the sliding window's probability and weight sums (``8Km``), the
     probabilities resampled back and their pasted copy (``8Kn``), and the labels (``8n``).
+    A cascade stage adds its previous-stage input: ``P`` = ``plan.previous_channels``
+    float32 one-hot channels on the resampled grid (``4Pm``) and the previous stage's labels
+    in both grids (``8(n + m)``).
     """
     headers = [read_header(p, case=case.case_id) for p in case.images]
     shape, spacing = headers[0].shape, headers[0].spacing
@@ -135,7 +138,9 @@ def estimate_peak_bytes(case: Case, plan: Plan, out_channels: int) -> int:
     n = math.prod(shape)
     m = math.prod(max(1, round(s * o / t)) for s, o, t in zip(shape, spacing, target,
                                                                strict=True))
-    return 4 * channels * (n + m) + 8 * out_channels * m + 8 * out_channels * n + 8 * n
+    previous = 4 * plan.previous_channels * m + 8 * (n + m) if plan.previous_channels else 0
+    return (4 * channels * (n + m) + 8 * out_channels * m + 8 * out_channels * n + 8 * n
+            + previous)
 
 
 def check_memory(case: Case, plan: Plan, out_channels: int, limit_gb: float) -> None:
