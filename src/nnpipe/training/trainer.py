@@ -347,6 +347,9 @@ def _preempt(parts: _Parts, last: Path, state: dict[str, Any], run: TrainRun,
         log(f"warning: the SIGTERM checkpoint took {took:.0f} s, more than the "
             f"{SIGTERM_GRACE_S} s the launch budgets for it (rules/train.smk); a slower one "
             "is killed before it is written")
+    if not info.is_main:  # rank 0 wrote it; the others only say where they stopped
+        raise Preempted(f"SIGTERM: rank {info.rank} stopped at epoch {state['epoch']} step "
+                        f"{state['step']}; rank 0 wrote the checkpoint {last}")
     raise Preempted(f"SIGTERM: checkpoint written to {last} at epoch {state['epoch']} "
                     f"step {state['step']} ({took:.1f} s after the signal)")
 
