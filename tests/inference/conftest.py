@@ -3,8 +3,11 @@ training checkpoints (weights do not matter for geometry, files and error handli
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 
@@ -32,3 +35,16 @@ def models(tiny_study, tmp_path_factory) -> dict[str, Path]:
         "2d": save_model(root / "2d-fold0", tiny_study.plans[2], 0),
         "3d-regions": save_model(root / "3d-regions", tiny_study.plans[3], 0, regions=True),
     }
+
+
+def two_images(tiny_study, dest: Path) -> Path:
+    """A folder of the tiny study's first two training images (MSD layout), to predict."""
+    dest.mkdir(parents=True)
+    for path in sorted((tiny_study.raw / "imagesTr").glob("*.nii.gz"))[:2]:
+        shutil.copy(path, dest / path.name)
+    return dest
+
+
+def labels_of(folder: Path) -> dict[str, np.ndarray]:
+    """Every label map of a prediction folder, by file name."""
+    return {p.name: np.asarray(nib.load(p).dataobj) for p in sorted(folder.glob("*.nii.gz"))}

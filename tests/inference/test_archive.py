@@ -11,7 +11,6 @@ import shutil
 import zipfile
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -21,6 +20,8 @@ from nnpipe.datasets.layout import load_dataset
 from nnpipe.inference.archive import ArchiveError, export_model, load_archive
 from nnpipe.inference.model_spec import resolve_model
 from nnpipe.io import write_json
+
+from .conftest import labels_of, two_images
 
 RUN = "3d-fp32-1gpu"
 
@@ -40,15 +41,6 @@ def results(tiny_study, models, tmp_path) -> Path:
     return tmp_path / "results"
 
 
-def input_folder(tiny_study, dest: Path) -> Path:
-    dest.mkdir(parents=True)
-    for path in sorted((tiny_study.raw / "imagesTr").glob("*.nii.gz"))[:2]:
-        shutil.copy(path, dest / path.name)
-    return dest
-
-
-def labels_of(folder: Path) -> dict[str, np.ndarray]:
-    return {p.name: np.asarray(nib.load(p).dataobj) for p in sorted(folder.glob("*.nii.gz"))}
 
 
 def test_every_spelling_of_a_run_resolves_to_one_description(results) -> None:
@@ -77,7 +69,7 @@ def _export(spec, out: Path) -> Path:
 def test_export_then_predict_on_a_fresh_folder_without_results(tiny_study, results,
                                                                tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    src = input_folder(tiny_study, tmp_path / "in")
+    src = two_images(tiny_study, tmp_path / "in")
     model = "results/tiny/train/" + RUN
     assert main(["predict", "--model", model, "--input", str(src), "--output", "before",
                  "--device", "cpu"]) == 0

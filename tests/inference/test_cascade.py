@@ -7,7 +7,6 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 
@@ -16,7 +15,7 @@ from nnpipe.inference.archive import export_model
 from nnpipe.inference.model_spec import resolve_model
 from nnpipe.inference.predict import predict_folder
 
-from .conftest import save_model
+from .conftest import labels_of, save_model, two_images
 
 SETTINGS = InferenceSettings(overlap=0.5, blend="gaussian", tta=False, batch_size=2)
 
@@ -35,15 +34,6 @@ def cascade_study(tiny_study, tmp_path_factory) -> Path:
     return root
 
 
-def images(tiny_study, dest: Path) -> Path:
-    dest.mkdir(parents=True)
-    for path in sorted((tiny_study.raw / "imagesTr").glob("*.nii.gz"))[:2]:
-        shutil.copy(path, dest / path.name)
-    return dest
-
-
-def labels_of(folder: Path) -> dict[str, np.ndarray]:
-    return {p.name: np.asarray(nib.load(p).dataobj) for p in sorted(folder.glob("*.nii.gz"))}
 
 
 def test_a_cascade_run_knows_its_low_resolution_stage(cascade_study):
@@ -62,7 +52,7 @@ def test_a_cascade_run_knows_its_low_resolution_stage(cascade_study):
 def test_predict_runs_the_low_resolution_stage_first(tiny_study, cascade_study, tmp_path):
     """The chain equals the cascade stage fed with the low-resolution stage's own
     predictions (``--previous``), and a model.zip of the run predicts the same."""
-    inputs = images(tiny_study, tmp_path / "in")
+    inputs = two_images(tiny_study, tmp_path / "in")
     run = cascade_study / "train" / "3d_cascade-fp32-1gpu"
     low = cascade_study / "train" / "3d_lowres-fp32-1gpu"
     predict_folder([run], inputs, tmp_path / "chain", SETTINGS, device="cpu")
@@ -83,5 +73,5 @@ def test_a_cascade_model_without_its_stage_is_refused(tiny_study, cascade_study,
     lone = tmp_path / "train" / "3d_cascade-fp32-1gpu"
     shutil.copytree(cascade_study / "train" / "3d_cascade-fp32-1gpu", lone)
     with pytest.raises(ValueError, match="3d_lowres stage was not found"):
-        predict_folder([lone], images(tiny_study, tmp_path / "in"), tmp_path / "out",
+        predict_folder([lone], two_images(tiny_study, tmp_path / "in"), tmp_path / "out",
                        SETTINGS, device="cpu")

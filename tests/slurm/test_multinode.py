@@ -15,19 +15,14 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
-HERE = Path(__file__).resolve().parent
-SCRIPTS = ROOT / "scripts" / "slurm"
-BIN = Path(sys.executable).parent
-RUN = "results/slurmtest/train/2d-fp32-2gpu/fold0"
-TRAIN_LOG = "logs/slurmtest/train/2d-fp32-2gpu/fold0.log"
+from .conftest import BIN, HERE, ROOT, RUN, SCRIPTS, TRAIN_LOG
+
 pytestmark = [
     pytest.mark.slurm,
     pytest.mark.skipif(os.environ.get("NNPIPE_SLURM_MULTINODE") != "1",

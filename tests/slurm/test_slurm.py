@@ -14,18 +14,13 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-HERE = Path(__file__).resolve().parent
-SCRIPTS = ROOT / "scripts" / "slurm"
-BIN = Path(sys.executable).parent
-RUN = "results/slurmtest/train/2d-fp32-2gpu/fold0"
-TRAIN_LOG = "logs/slurmtest/train/2d-fp32-2gpu/fold0.log"
+from .conftest import BIN, HERE, ROOT, RUN, SCRIPTS, TRAIN_LOG
+
 EPOCHS = 30  # tests/slurm/config.yaml: long enough (a few s) to be signalled mid-run
 pytestmark = pytest.mark.slurm
 
