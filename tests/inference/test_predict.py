@@ -386,3 +386,11 @@ def test_written_labels_are_the_dataset_values_not_class_indices(tiny_study, mod
     np.testing.assert_array_equal(np.asarray(values.dataobj),
                                   np.asarray([0, 2, 5, 300])[indices])
     assert set(np.unique(indices)) > {0}  # the mapping was exercised
+
+
+def test_cpu_models_keep_freed_memory(models, monkeypatch):
+    """Loading a model for the CPU sets the allocator once (nnpipe.allocator)."""
+    calls = []
+    monkeypatch.setattr(E, "keep_freed_memory", lambda: calls.append(1) or True)
+    E.load_model(models["3d"], torch.device("cpu"))
+    assert calls == [1]
