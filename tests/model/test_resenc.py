@@ -156,3 +156,18 @@ def test_each_preset_at_its_own_task01_plan():
     assert all(r.batch_size == 2 for r in rows.values())
     assert rows["resenc_m"].vram_gb <= 8 and rows["resenc_l"].vram_gb <= 24
     assert "| batch | est. GB (amp step) |" in format_costs(list(rows.values()))
+
+
+def test_cpu_prediction_path_computes_the_same_function():
+    """cpu_fast_path (group norm, oneDNN, channels-last, the fused up-sampling of
+    nnpipe.model.upsample) on a ResEnc network: the same logits as the network as built."""
+    from nnpipe.inference.ensemble import cpu_fast_path
+
+    torch.manual_seed(0)
+    net = build_unet(PLAN3, deep_supervision=False, onednn=False).eval()
+    x = torch.randn(1, 4, 32, 32, 32)
+    with torch.inference_mode():
+        expected = net(x)
+        fast, fmt = cpu_fast_path(net, 3)
+        got = fast(x.contiguous(memory_format=fmt))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
