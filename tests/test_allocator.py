@@ -11,7 +11,8 @@ import pytest
 
 from nnpipe import allocator
 
-PROBE = ("import nnpipe.allocator as a; print(a.keep_freed_memory(), a.keep_freed_memory())")
+PROBE = ("import nnpipe.allocator as a; t = a.PREDICTION_TRIM_BYTES; "
+         "print(a.keep_freed_memory(t), a.keep_freed_memory(t), a._applied == t)")
 
 
 def _run(env: dict[str, str]) -> str:
@@ -24,14 +25,15 @@ def test_sets_the_thresholds_once_on_glibc():
     env = {k: v for k, v in os.environ.items() if k not in allocator.USER_SETTINGS}
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("not glibc")
-    assert _run(env) == "True True"
+    assert _run(env) == "True True True"
 
 
 def test_user_settings_win():
     env = dict(os.environ, MALLOC_TRIM_THRESHOLD_="131072")
-    assert _run(env) == "False False"
+    assert _run(env) == "False False False"
 
 
 def test_thresholds_are_glibcs_limits():
     assert allocator.MMAP_THRESHOLD_BYTES == 32 * 2**20  # glibc rejects more on 64-bit
-    assert allocator.TRIM_THRESHOLD_BYTES >= allocator.MMAP_THRESHOLD_BYTES
+    assert allocator.PREDICTION_TRIM_BYTES == 2 * allocator.MMAP_THRESHOLD_BYTES
+    assert allocator.TRAINING_TRIM_BYTES == 2**30

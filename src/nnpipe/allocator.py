@@ -5,20 +5,29 @@ request above its mmap threshold (128 KiB at start, raised on the fly up to 32 M
 fresh ``mmap`` and unmaps it on ``free``, and gives freed memory at the top of its heap back
 once more than the trim threshold is free there. A U-Net forward or training step allocates
 and frees the same activations (several MiB each) again and again, so every step
-page-faults all of them in anew: 4-5 minor page faults per 4 KiB page of activation.
+page-faults all of them in anew.
 
-:func:`keep_freed_memory` sets both thresholds once (``mallopt(3)``: ``M_MMAP_THRESHOLD`` to
-its 64-bit maximum of 32 MiB, ``M_TRIM_THRESHOLD`` to 1 GiB), which also turns off glibc's
-on-the-fly adjustment: requests up to 32 MiB come from the heap and stay mapped after
-``free`` for the next step; larger ones (whole-volume arrays) are still mapped and unmapped
-as before, so the peak resident memory of a prediction is unchanged. Intel's PyTorch CPU
-tuning guide recommends a caching allocator (jemalloc, TCMalloc via ``LD_PRELOAD``) for the
-same reason; this does the part that matters here without a preload.
+:func:`keep_freed_memory` sets both thresholds (``mallopt(3)``): ``M_MMAP_THRESHOLD`` to its
+64-bit maximum of 32 MiB, which also turns off glibc's on-the-fly adjustment, so requests up
+to 32 MiB come from the heap and stay mapped after ``free`` for the next step, and
+``M_TRIM_THRESHOLD`` to what the caller can afford to keep: prediction
+(:data:`PREDICTION_TRIM_BYTES`, 64 MiB, twice the mmap threshold as glibc's own rule would
+end at) holds whole-volume arrays beside the network and should not keep more; training on a
+CPU (:data:`TRAINING_TRIM_BYTES`, 1 GiB) frees and re-allocates a whole step's activations
+and saved tensors every step. Larger requests (whole-volume arrays) are mapped and unmapped
+as before. Intel's PyTorch CPU tuning guide recommends a caching allocator (jemalloc,
+TCMalloc via ``LD_PRELOAD``) for the same reason; this does the part that matters here
+without a preload.
 
 Measured with torch 2.13 on 2 Xeon (Sapphire Rapids) cores (``docs/benchmarks.md``,
-"Float32 with 8-flip TTA"): the 16-filter 3D U-Net forward on one 4x64^3 tile 128 -> 114 ms
-(minor page faults of the process 514k -> 116k), a training step at 64^3 batch 2 1.32 ->
-1.00 s, at 32^3 (the demo) 112 -> 106 ms; peak RSS within 2 %.
+"Float32 with 8-flip TTA"; minor page faults from ``getrusage``, which load does not move):
+
+* prediction, the 16-filter 3D U-Net on one 4x64^3 tile: 11.5k page faults per forward pass
+  -> none (128 -> 114 ms per pass); the 512 x 512 x 400 CT volume of
+  ``predict_compare memory``: peak RSS 4.32 -> 4.49 GiB (4.57 GiB with a 1 GiB trim
+  threshold);
+* training at 64^3, batch 2: 568k -> 276k faults per step, 1.32 -> 1.00 s per step (with a
+  64 MiB threshold still 504k faults); the demo's 32^3: 9.5k -> 0.6k, 112 -> 106 ms.
 
 Only glibc (Linux) is changed; elsewhere, or when the user set ``MALLOC_MMAP_THRESHOLD_`` or
 ``MALLOC_TRIM_THRESHOLD_`` themselves, it does nothing.
@@ -33,20 +42,23 @@ import os
 M_TRIM_THRESHOLD = -1  # glibc's malloc.h
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 32 * 2**20  # DEFAULT_MMAP_THRESHOLD_MAX on 64-bit: 4 MiB * sizeof(long)
-TRIM_THRESHOLD_BYTES = 2**30
+PREDICTION_TRIM_BYTES = 64 * 2**20
+TRAINING_TRIM_BYTES = 2**30
 USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
-_applied = False
+_applied: int | None = None  # the trim threshold set by this process, if any
 
 
-def keep_freed_memory() -> bool:
-    """Set glibc's mmap and trim thresholds as the module docstring says, once per process.
+def keep_freed_memory(trim_bytes: int) -> bool:
+    """Set glibc's mmap threshold to 32 MiB and its trim threshold to ``trim_bytes``
+    (:data:`PREDICTION_TRIM_BYTES` or :data:`TRAINING_TRIM_BYTES`), as the module docstring
+    says; a later call with another value sets that one.
 
     Returns whether they are set (``False`` on other C libraries or when the user set them
     through the environment). Never raises.
     """
     global _applied
-    if _applied:
+    if _applied == trim_bytes:
         return True
     if any(name in os.environ for name in USER_SETTINGS):
         return False
@@ -57,6 +69,7 @@ def keep_freed_memory() -> bool:
         return False
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    _applied = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and \
-        bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES))
-    return _applied
+    if mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) and mallopt(M_TRIM_THRESHOLD, trim_bytes):
+        _applied = trim_bytes
+        return True
+    return False

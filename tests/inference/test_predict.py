@@ -391,6 +391,6 @@ def test_written_labels_are_the_dataset_values_not_class_indices(tiny_study, mod
 def test_cpu_models_keep_freed_memory(models, monkeypatch):
     """Loading a model for the CPU sets the allocator once (nnpipe.allocator)."""
     calls = []
-    monkeypatch.setattr(E, "keep_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(E, "keep_freed_memory", lambda trim: calls.append(trim) or True)
     E.load_model(models["3d"], torch.device("cpu"))
-    assert calls == [1]
+    assert calls == [64 * 2**20]

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from nnpipe.allocator import keep_freed_memory
+from nnpipe.allocator import PREDICTION_TRIM_BYTES, keep_freed_memory
 from nnpipe.config import InferenceSettings
 from nnpipe.evaluation.metrics import ScoredClass
 from nnpipe.inference.runtime import Forward, build_forward
@@ -95,7 +95,7 @@ def build_model(plan: Plan, weights: dict[str, torch.Tensor], use_regions: bool,
     regions = nested_regions(plan.labels) if use_regions else None
     fmt = torch.contiguous_format
     if device.type == "cpu":
-        keep_freed_memory()  # the forwards reuse their activations' pages (nnpipe.allocator)
+        keep_freed_memory(PREDICTION_TRIM_BYTES)  # the forwards reuse their activations' pages (nnpipe.allocator)
         net, fmt = cpu_fast_path(net, plan.dim)
     return LoadedModel(net, plan, device, Path(source), regions, fmt)
 

@@ -22,7 +22,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from nnpipe.allocator import keep_freed_memory
+from nnpipe.allocator import TRAINING_TRIM_BYTES, keep_freed_memory
 from nnpipe.config import TrainingSettings
 from nnpipe.data.augment import AugmentSettings
 from nnpipe.data.loader import make_loader
@@ -280,7 +280,7 @@ def _train(run: TrainRun, info: D.DistInfo, threads: int | None) -> dict[str, An
     if threads:
         torch.set_num_threads(threads)
     if info.device.type == "cpu":
-        keep_freed_memory()  # the steps reuse their activations' pages (nnpipe.allocator)
+        keep_freed_memory(TRAINING_TRIM_BYTES)  # the steps reuse their activations' pages (nnpipe.allocator)
     plan = run_plan(run)
     split = load_fold(run.splits_path, run.fold)
     seed = s.seed + 1000 * run.fold
