@@ -95,7 +95,8 @@ def build_model(plan: Plan, weights: dict[str, torch.Tensor], use_regions: bool,
     regions = nested_regions(plan.labels) if use_regions else None
     fmt = torch.contiguous_format
     if device.type == "cpu":
-        keep_freed_memory(PREDICTION_TRIM_BYTES)  # the forwards reuse their activations' pages (nnpipe.allocator)
+        # the forward passes reuse their activations' pages (nnpipe.allocator)
+        keep_freed_memory(PREDICTION_TRIM_BYTES)
         net, fmt = cpu_fast_path(net, plan.dim)
     return LoadedModel(net, plan, device, Path(source), regions, fmt)
 

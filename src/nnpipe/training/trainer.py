@@ -280,7 +280,8 @@ def _train(run: TrainRun, info: D.DistInfo, threads: int | None) -> dict[str, An
     if threads:
         torch.set_num_threads(threads)
     if info.device.type == "cpu":
-        keep_freed_memory(TRAINING_TRIM_BYTES)  # the steps reuse their activations' pages (nnpipe.allocator)
+        # the steps reuse their activations' pages (nnpipe.allocator)
+        keep_freed_memory(TRAINING_TRIM_BYTES)
     plan = run_plan(run)
     split = load_fold(run.splits_path, run.fold)
     seed = s.seed + 1000 * run.fold
