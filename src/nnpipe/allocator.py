@@ -10,22 +10,21 @@ page-faults all of them in anew.
 :func:`keep_freed_memory` sets both thresholds (``mallopt(3)``): ``M_MMAP_THRESHOLD`` to its
 64-bit maximum of 32 MiB, which also turns off glibc's on-the-fly adjustment, so requests up
 to 32 MiB come from the heap and stay mapped after ``free`` for the next step, and
-``M_TRIM_THRESHOLD`` to what the caller can afford to keep: prediction
-(:data:`PREDICTION_TRIM_BYTES`, 64 MiB, twice the mmap threshold as glibc's own rule would
-end at) holds whole-volume arrays beside the network and should not keep more; training on a
-CPU (:data:`TRAINING_TRIM_BYTES`, 1 GiB) frees and re-allocates a whole step's activations
-and saved tensors every step. Larger requests (whole-volume arrays) are mapped and unmapped
-as before. Intel's PyTorch CPU tuning guide recommends a caching allocator (jemalloc,
-TCMalloc via ``LD_PRELOAD``) for the same reason; this does the part that matters here
-without a preload.
+``M_TRIM_THRESHOLD`` to how much freed memory at the top of the heap the caller keeps:
+prediction (:data:`PREDICTION_TRIM_BYTES`, 256 MiB: a tile's passes with test-time flips, their
+softmax and blending) and training on a CPU (:data:`TRAINING_TRIM_BYTES`, 1 GiB: a whole step's
+activations and saved tensors). Larger requests (whole-volume arrays) are mapped and unmapped as
+before. Intel's PyTorch CPU tuning guide recommends a caching allocator (jemalloc, TCMalloc via
+``LD_PRELOAD``) for the same reason; this does the part that matters here without a preload.
 
 Measured with torch 2.13 on 2 Xeon (Sapphire Rapids) cores (``docs/benchmarks.md``,
 "Float32 with 8-flip TTA"; minor page faults from ``getrusage``, which load does not move):
 
 * prediction, the 16-filter 3D U-Net on one 4x64^3 tile: 11.5k page faults per forward pass
-  -> none (128 -> 114 ms per pass); the 512 x 512 x 400 CT volume of
-  ``predict_compare memory``: peak RSS 4.32 -> 4.49 GiB (4.57 GiB with a 1 GiB trim
-  threshold);
+  -> none, 128 -> 114 ms per pass; ``nnpipe predict`` of 2 cases with 8-flip TTA: 28.7 /
+  27.5 s with a 64 MiB trim threshold, 24.2 / 23.6 s with 256 MiB, 24.1 / 23.7 s with 1 GiB;
+  peak RSS of the 512 x 512 x 400 CT volume of ``predict_compare memory``: 4.32 GiB before,
+  4.49 GiB with 64 MiB, 4.56 GiB with 256 MiB, 4.57 GiB with 1 GiB;
 * training at 64^3, batch 2: 568k -> 276k faults per step, 1.32 -> 1.00 s per step (with a
   64 MiB threshold still 504k faults); the demo's 32^3: 9.5k -> 0.6k, 112 -> 106 ms.
 
@@ -42,7 +41,7 @@ import os
 M_TRIM_THRESHOLD = -1  # glibc's malloc.h
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 32 * 2**20  # DEFAULT_MMAP_THRESHOLD_MAX on 64-bit: 4 MiB * sizeof(long)
-PREDICTION_TRIM_BYTES = 64 * 2**20
+PREDICTION_TRIM_BYTES = 256 * 2**20
 TRAINING_TRIM_BYTES = 2**30
 USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 

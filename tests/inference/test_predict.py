@@ -393,4 +393,4 @@ def test_cpu_models_keep_freed_memory(models, monkeypatch):
     calls = []
     monkeypatch.setattr(E, "keep_freed_memory", lambda trim: calls.append(trim) or True)
     E.load_model(models["3d"], torch.device("cpu"))
-    assert calls == [64 * 2**20]
+    assert calls == [256 * 2**20]
