@@ -16,22 +16,18 @@ from nnpipe.planning.cascade import (
     lowres_spacings,
     patch_coverage,
 )
-from nnpipe.planning.fingerprint import Fingerprint, IntensityStats
+from nnpipe.planning.fingerprint import Fingerprint
 from nnpipe.planning.planner import PlannerSettings, make_plan
 
-STATS = IntensityStats(mean=40.0, std=20.0, min=-50.0, max=300.0, p00_5=-10.0, p99_5=150.0,
-                       n_voxels=1000)
+from .conftest import uniform_fingerprint
+
 # a 16^3 patch budget: 4096 voxels
 SETTINGS = PlannerSettings(max_patch_voxels_3d=16**3, base_filters=4, max_depth=2,
                            min_feature_size=4)
 
 
 def make_fp(shape, spacing=(1.0, 1.0, 1.0), n: int = 3) -> Fingerprint:
-    return Fingerprint(
-        case_ids=tuple(f"case{i}" for i in range(n)), spacings=(tuple(spacing),) * n,
-        shapes=(tuple(shape),) * n, cropped_shapes=(tuple(shape),) * n,
-        intensity=(STATS,), num_channels=1, labels={0: "background", 1: "a", 2: "b"},
-        is_ct=(False,))
+    return uniform_fingerprint(n, spacing, shape)
 
 
 # median images of 16^3 x {1, 3.5, 4.5, 8} voxels against a 16^3 patch: coverage 100 %,

@@ -15,16 +15,15 @@ from nnpipe.planning.planner import PlannerSettings, make_plan, settings_from_co
 from nnpipe.planning.presets import plan_for
 from nnpipe.planning.topology import unet_filters, unet_topology
 
+from .conftest import uniform_fingerprint
+
 STATS = IntensityStats(mean=0.0, std=1.0, min=-5.0, max=5.0, p00_5=-2.6, p99_5=2.6,
                        n_voxels=1000)
 LABELS = {0: "background", 1: "edema", 2: "non-enhancing tumor", 3: "enhancing tumour"}
 
 
 def make_fp(n: int, spacing, shape, channels: int = 4) -> Fingerprint:
-    return Fingerprint(case_ids=tuple(f"c{i}" for i in range(n)),
-                       spacings=(tuple(map(float, spacing)),) * n, shapes=(tuple(shape),) * n,
-                       cropped_shapes=(tuple(shape),) * n, intensity=(STATS,) * channels,
-                       num_channels=channels, labels=dict(LABELS), is_ct=(False,) * channels)
+    return uniform_fingerprint(n, spacing, shape, channels, LABELS, STATS)
 
 
 # MSD Task01 as nnU-Net sees it: 484 BraTS cases, 240x240x155 at 1 mm, 4 MRI channels

@@ -7,7 +7,6 @@ import math
 
 import pytest
 
-from nnpipe.planning.fingerprint import Fingerprint, IntensityStats
 from nnpipe.planning.plan import ChannelNorm, Plan
 from nnpipe.planning.planner import (
     PlannerSettings,
@@ -19,22 +18,9 @@ from nnpipe.planning.planner import (
 )
 from nnpipe.planning.topology import total_strides
 
-STATS = IntensityStats(mean=40.0, std=20.0, min=-50.0, max=300.0, p00_5=-10.0, p99_5=150.0,
-                       n_voxels=1000)
+from .conftest import fingerprint
 
-
-def make_fp(spacings, cropped_shapes, is_ct=(False,)) -> Fingerprint:
-    n = len(spacings)
-    return Fingerprint(
-        case_ids=tuple(f"case{i}" for i in range(n)),
-        spacings=tuple(tuple(map(float, s)) for s in spacings),
-        shapes=tuple(tuple(s) for s in cropped_shapes),
-        cropped_shapes=tuple(tuple(s) for s in cropped_shapes),
-        intensity=tuple(STATS for _ in is_ct),
-        num_channels=len(is_ct),
-        labels={0: "background", 1: "tumour", 2: "edema"},
-        is_ct=tuple(is_ct),
-    )
+make_fp = fingerprint
 
 
 SETTINGS = PlannerSettings(max_patch_voxels_3d=128**3, max_patch_voxels_2d=192 * 160)
