@@ -182,8 +182,9 @@ def test_a_case_over_the_memory_limit_is_refused_before_reading(tiny_study, mode
     need = {n: P.estimate_peak_bytes(P.Case(n, (src / n,)), plan, 4) / P.GiB
             for n in listing(src)}
     assert need["FINE.nii.gz"] > 4 * need[small]
-    # a cascade stage also holds the previous stage's input: K - 1 = 3 one-hot float32
-    # channels on the resampled grid and the previous labels (int64) in both grids
+    # a cascade stage also holds the previous stage's input: its labels as an int64 lookup
+    # index (8n), resampled to uint8 (m), K - 1 = 3 one-hot float32 channels (4 * 3m) and the
+    # concatenated network input of the image's C channels and those 3 (4 * (C + 3)m)
     cascade = dataclasses.replace(plan, previous_stage="3d_lowres")
     case = P.Case(small, (src / small,))
     spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
@@ -192,7 +193,8 @@ def test_a_case_over_the_memory_limit_is_refused_before_reading(tiny_study, mode
     m = int(np.prod([max(1, round(s * o / t))
                      for s, o, t in zip(img.shape[:3], spacing, target, strict=True)]))
     extra = P.estimate_peak_bytes(case, cascade, 4) - P.estimate_peak_bytes(case, plan, 4)
-    assert extra == 4 * 3 * m + 8 * (n + m)
+    c = img.shape[3] if img.ndim == 4 else 1
+    assert extra == 8 * n + m + 4 * 3 * m + 4 * (c + 3) * m
     limit = dataclasses.replace(SETTINGS, memory_gb=(need["FINE.nii.gz"] + need[small]) / 2)
     monkeypatch.setattr(P, "read_case_image", _refuse_to_read(P.read_case_image, "FINE.nii.gz"))
     with pytest.raises(PredictionFailed, match=r"case 'FINE', file '.*FINE.nii.gz': needs about "

@@ -127,9 +127,10 @@ def estimate_peak_bytes(case: Case, plan: Plan, out_channels: int) -> int:
     spacing and ``K`` network outputs: the float32 image and its resampled copy
     (``4C(n + m)``), the sliding window's probability and weight sums (``8Km``), the
     probabilities resampled back and their pasted copy (``8Kn``), and the labels (``8n``).
-    A cascade stage adds its previous-stage input: ``P`` = ``plan.previous_channels``
-    float32 one-hot channels on the resampled grid (``4Pm``) and the previous stage's labels
-    in both grids (``8(n + m)``).
+    A cascade stage adds its previous-stage input (:func:`predict_image`): the previous
+    stage's labels turned into class indices through an int64 lookup (``8n``), resampled to
+    uint8 (``m``), ``P`` = ``plan.previous_channels`` float32 one-hot channels (``4Pm``), and
+    the network input they are concatenated into, image channels first (``4(C + P)m``).
     """
     headers = [read_header(p, case=case.case_id) for p in case.images]
     shape, spacing = headers[0].shape, headers[0].spacing
@@ -138,7 +139,8 @@ def estimate_peak_bytes(case: Case, plan: Plan, out_channels: int) -> int:
     n = math.prod(shape)
     m = math.prod(max(1, round(s * o / t)) for s, o, t in zip(shape, spacing, target,
                                                                strict=True))
-    previous = 4 * plan.previous_channels * m + 8 * (n + m) if plan.previous_channels else 0
+    p = plan.previous_channels
+    previous = 8 * n + m + 4 * p * m + 4 * (channels + p) * m if p else 0
     return (4 * channels * (n + m) + 8 * out_channels * m + 8 * out_channels * n + 8 * n
             + previous)
 
