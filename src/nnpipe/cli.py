@@ -67,6 +67,10 @@ def cmd_plan(args: argparse.Namespace) -> None:
     configuration = args.configuration or f"{args.dim}d"
     plan = plan_configuration(fp, configuration, settings_from_config(cfg.planning),
                               cfg.dataset.name, cfg.planning.preset, cfg.dataset.task)
+    if cfg.planning.like:
+        from nnpipe.finetune import plan_like
+
+        plan = plan_like(plan, cfg.planning.like, fp.channel_names)
     plan.save(args.out)
 
 
@@ -91,12 +95,18 @@ def cmd_preprocess(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from nnpipe.training.trainer import EXIT_PREEMPTED, Preempted, TrainRun, train
+    from nnpipe.training.trainer import EXIT_PREEMPTED, Preempted, TrainRun, run_plan, train
 
+    settings = _cfg(args).training
     run = TrainRun(Path(args.preprocessed), Path(args.splits), args.fold, args.precision,
-                   Path(args.out), _cfg(args).training, epochs=args.epochs, force_cpu=args.cpu,
+                   Path(args.out), settings, epochs=args.epochs, force_cpu=args.cpu,
                    plan_path=Path(args.plan) if args.plan else None,
                    previous_dir=Path(args.previous) if args.previous else None)
+    if settings.init_weights:
+        from nnpipe.finetune import pretrained_weights
+
+        run = replace(run, pretrained=pretrained_weights(settings.init_weights, run_plan(run),
+                                                         args.fold))
     try:
         train(run, threads=args.threads)
     except Preempted as exc:

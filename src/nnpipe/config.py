@@ -86,6 +86,7 @@ class PlanningSettings:
     network: str = "plain"  # plain | resenc_m | resenc_l (nnpipe.planning.network.NETWORKS)
     vram_target_gb: float = 0.0  # ResEnc presets: GPU memory per training step; 0 = preset's
     cascade: str = "auto"  # auto | off: the low-resolution cascade (nnpipe.planning.cascade)
+    like: str = ""  # a trained model whose plan the dataset takes (nnpipe.finetune.plan_like)
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,8 @@ class TrainingSettings:
     compile: bool
     channels_last: bool
     regions: bool = False  # BraTS region mode (nnpipe.training.regions)
+    init_weights: str = ""  # a trained model to start from (nnpipe.finetune)
+    warmup_steps: int = -1  # linear lr warm-up steps; -1: 5 % of the run with init_weights
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,8 @@ class Fingerprint:
     layout: str = "msd"  # dataset layout ("msd" or "nnunetv2"): how predict finds channels
     # label value -> number of training cases whose label map contains it
     class_cases: dict[int, int] = field(default_factory=dict)
+    # channel names of dataset.json, in channel order (() in fingerprints older than them)
+    channel_names: tuple[str, ...] = ()
 
     @property
     def single_slice(self) -> bool:
@@ -107,6 +109,7 @@ class Fingerprint:
             is_ct=tuple(bool(v) for v in d["is_ct"]),
             layout=str(d.get("layout", "msd")),
             class_cases={int(k): int(v) for k, v in d.get("class_cases", {}).items()},
+            channel_names=tuple(str(c) for c in d.get("channel_names", ())),
         )
 
 
@@ -262,6 +265,7 @@ def compute_fingerprint(ds: Dataset, workers: int = 1, progress: bool = True, *,
         is_ct=ds.is_ct,
         layout=ds.layout,
         class_cases=class_cases,
+        channel_names=tuple(ds.channels),
     )
 
 

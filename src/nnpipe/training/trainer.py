@@ -14,7 +14,7 @@ import io
 import math
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, cast
@@ -45,6 +45,7 @@ from nnpipe.training.precision import (
     make_scaler,
 )
 from nnpipe.training.splits import load_fold
+from nnpipe.training.transfer import transfer_weights, warmup_factor
 from nnpipe.training.validation import ValidationPatches, validate
 
 # Exit status after a SIGTERM checkpoint: 128 + SIGTERM, what shells and SLURM expect.
@@ -75,6 +76,9 @@ class TrainRun:
     # folder of the previous stage's segmentations (<case>_prev.npy, previous.stage_previous)
     plan_path: Path | None = None
     previous_dir: Path | None = None
+    # fine-tuning (training.init_weights): the pretrained state dict and where it came from
+    # (nnpipe.finetune.pretrained_weights); None trains from scratch
+    pretrained: tuple[Mapping[str, torch.Tensor], str] | None = None
 
 
 class Preempted(Exception):
@@ -99,10 +103,19 @@ class _Parts:
     epochs: int
 
 
+def warmup_steps(s: TrainingSettings, total_steps: int) -> int:
+    """Learning-rate warm-up steps: ``training.warmup_steps``, or with -1 (the default) 5 %
+    of the run's steps when fine-tuning (``training.init_weights``) and none otherwise."""
+    if s.warmup_steps >= 0:
+        return s.warmup_steps
+    return max(1, total_steps // 20) if s.init_weights else 0
+
+
 def make_optimizer(model: torch.nn.Module, s: TrainingSettings, total_steps: int,
                    device: torch.device
                    ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """Adam at a constant lr (the reference) or SGD Nesterov with poly decay (nnU-Net).
+    """Adam at a constant lr (the reference) or SGD Nesterov with poly decay (nnU-Net),
+    times a linear warm-up over :func:`warmup_steps` steps (fine-tuning).
 
     Fused kernels on CUDA: one launch per step for all parameters instead of one per tensor.
     """
@@ -117,6 +130,10 @@ def make_optimizer(model: torch.nn.Module, s: TrainingSettings, total_steps: int
                               nesterov=True, weight_decay=s.weight_decay, fused=fused)
         # nnU-Net's poly decay, (1 - t/T)^0.9, stepped per optimizer step
         schedule = lambda step: (1 - min(step, total_steps - 1) / total_steps) ** 0.9  # noqa: E731
+    warm = warmup_steps(s, total_steps)
+    if warm:
+        decay = schedule
+        schedule = lambda step: warmup_factor(step, warm) * decay(step)  # noqa: E731
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
 
 
@@ -172,6 +189,11 @@ def _build(run: TrainRun, info: D.DistInfo, plan: Plan, train_ids: list[str]) ->
     model = build_unet(plan, deep_supervision=s.deep_supervision,
                        out_channels=R.model_outputs(plan.num_classes, s.regions)
                        ).to(info.device, memory_format=fmt)  # type: ignore[call-overload]
+    if run.pretrained is not None:
+        report = transfer_weights(model, run.pretrained[0], run.pretrained[1])
+        if info.rank == 0:
+            for line in report.lines():
+                log(line)
     net: torch.nn.Module = model
     if info.world_size > 1:
         net = torch.nn.parallel.DistributedDataParallel(model)

@@ -1,0 +1,122 @@
+"""Fine-tuning: plan a new dataset like a trained model, and start from its weights.
+
+nnU-Net v2 users adapt a model to a new dataset in two steps: they move the pretraining
+dataset's plan onto the new one (``nnUNetv2_move_plans_between_datasets``), then train with
+``-pretrained_weights``. A study does both with two config keys:
+
+* ``planning.like: MODEL`` (:func:`plan_like`): the new dataset's plan takes MODEL's
+  network (topology, kernels, strides, filters, residual blocks), patch size, target
+  spacing, 2D slice axis, batch size and normalisation schemes; its labels, channel count,
+  median shape and the intensity statistics of its CT channels stay the new dataset's own
+  (as v2 computes the normalisation from the target dataset's fingerprint). Refused when
+  the channels cannot match: another number of channels, other channel names, or another
+  normalisation scheme for a channel.
+* ``training.init_weights: MODEL`` (:func:`pretrained_weights`): training starts from
+  MODEL's weights (:func:`nnpipe.training.transfer.transfer_weights`), re-initialising only
+  the output heads (other classes) and the first convolution (other channels).
+
+MODEL is anything ``nnpipe predict --model`` takes: a checkpoint ``final.pt``, a run folder
+``train/RUN`` (the same fold is taken if it has it, else its first fold), ``best.json`` or
+a ``model.zip``; of several members the one with the plan's dimensionality is used.
+
+This module sits above ``planning``, ``training`` and ``inference`` (it resolves models
+with :func:`nnpipe.inference.model_spec.resolve_model`); only the CLI imports it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from nnpipe.inference.model_spec import Member, ModelSpec, resolve_model
+from nnpipe.planning.plan import Plan
+
+# Configurations a pretrained model's plan may be carried to (the cascade plans its two
+# stages from the fingerprint, which a moved plan would contradict).
+LIKE_CONFIGURATIONS = ("2d", "3d")
+
+
+def _member(spec: ModelSpec, plan: Plan, key: str) -> Member:
+    """The member of ``spec`` with ``plan``'s dimensionality (its configuration preferred)."""
+    same_dim = [m for m in spec.members if m.plan.dim == plan.dim]
+    if not same_dim:
+        have = ", ".join(f"{m.name} ({m.plan.dim}D)" for m in spec.members)
+        raise ValueError(f"{key}: model {spec.source!r} has no {plan.dim}D network (it has "
+                         f"{have}); give a {plan.dim}D model or leave {plan.dim}D out of "
+                         "grid.dims")
+    exact = [m for m in same_dim
+             if (m.plan.configuration or f"{m.plan.dim}d") == (plan.configuration
+                                                              or f"{plan.dim}d")]
+    return (exact or same_dim)[0]
+
+
+def _same_name(a: str, b: str) -> bool:
+    return a.strip().casefold() == b.strip().casefold()
+
+
+def plan_like(own: Plan, model: str | Path, channel_names: tuple[str, ...] = ()) -> Plan:
+    """``own`` (the new dataset's automatic plan) with ``model``'s network, patch, spacing,
+    batch and normalisation schemes (see the module docstring for what stays).
+
+    Args:
+        own: the plan the planner made for the new dataset (same configuration).
+        model: the pretrained model (anything ``nnpipe predict --model`` takes).
+        channel_names: the new dataset's channel names (dataset.json), compared with the
+            model's where both are known (case-insensitive).
+
+    Raises:
+        ValueError: naming the model and the mismatch (configuration, channel count, channel
+            names, normalisation scheme, or no network of this dimensionality).
+    """
+    key = "planning.like"
+    configuration = own.configuration or f"{own.dim}d"
+    if configuration not in LIKE_CONFIGURATIONS:
+        raise ValueError(f"{key} plans the {' and '.join(LIKE_CONFIGURATIONS)} configurations, "
+                         f"not {configuration!r}: set planning.cascade: off")
+    spec = resolve_model([model])
+    member = _member(spec, own, key)
+    src = member.plan
+    if src.num_channels != own.num_channels:
+        raise ValueError(f"{key}: model {spec.source!r} takes {src.num_channels} channel(s) "
+                         f"{list(spec.channel_names) or ''}, the dataset {own.dataset!r} has "
+                         f"{own.num_channels} {list(channel_names) or ''}; the channels cannot "
+                         "match")
+    if spec.channel_names and channel_names and (
+            len(spec.channel_names) != len(channel_names)
+            or not all(_same_name(a, b) for a, b in
+                                   zip(spec.channel_names, channel_names, strict=False))):
+        raise ValueError(f"{key}: model {spec.source!r} was trained on channels "
+                         f"{list(spec.channel_names)}, the dataset {own.dataset!r} has "
+                         f"{list(channel_names)}; the channels cannot match (same channels "
+                         "in the same order are needed)")
+    for c, (a, b) in enumerate(zip(src.channel_norms, own.channel_norms, strict=True)):
+        if a.scheme != b.scheme:
+            name = f" ({channel_names[c]})" if c < len(channel_names) else ""
+            raise ValueError(f"{key}: channel {c}{name} is normalised with {a.scheme!r} by model "
+                             f"{spec.source!r} but with {b.scheme!r} for the dataset "
+                             f"{own.dataset!r}; the channels cannot match")
+    note = (f"planned like {spec.source} ({member.name}): network, patch, spacing, batch and "
+            "normalisation schemes taken from it (planning.like)")
+    return replace(own, spacing=src.spacing, full_spacing=src.full_spacing,
+                   patch_size=src.patch_size, kernels=src.kernels, strides=src.strides,
+                   filters=src.filters, batch_size=src.batch_size, slice_axis=src.slice_axis,
+                   network=src.network, encoder_blocks=src.encoder_blocks,
+                   notes=(note, *own.notes))
+
+
+def pretrained_weights(model: str | Path, plan: Plan, fold: int
+                       ) -> tuple[dict[str, torch.Tensor], str]:
+    """The state dict to start training ``plan``'s fold ``fold`` from, and its source.
+
+    The member of ``model`` with the plan's dimensionality; of its folds the one numbered
+    ``fold`` if it has it, else the first.
+
+    Raises:
+        ValueError: naming the model, when it has no network of this dimensionality.
+    """
+    spec = resolve_model([model])
+    member = _member(spec, plan, "training.init_weights")
+    chosen = next((f for f in member.folds if f.fold == fold), member.folds[0])
+    return dict(chosen.weights), chosen.source

@@ -1,0 +1,96 @@
+"""Fine-tuning: planning a dataset like a trained model, and its weights for a new run."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from nnpipe.finetune import plan_like, pretrained_weights
+from nnpipe.model import build_unet
+from nnpipe.planning.cascade import plan_configuration
+from nnpipe.planning.plan import Plan
+from nnpipe.planning.planner import PlannerSettings
+from nnpipe.training.checkpoint import save_checkpoint
+from tests.planning.conftest import fingerprint
+
+SETTINGS = PlannerSettings(max_patch_voxels_3d=16**3, max_patch_voxels_2d=16 * 16,
+                           base_filters=4, max_batch_size=4)
+
+
+def _study_model(root: Path, plan: Plan, channels: list[str], folds=(0, 1)) -> Path:
+    """``root/train/3d-fp32-1gpu`` with fold checkpoints, and ``root/raw/dataset.json``."""
+    (root / "raw").mkdir(parents=True)
+    (root / "raw" / "dataset.json").write_text(json.dumps(
+        {"name": root.name, "modality": {str(i): c for i, c in enumerate(channels)},
+         "labels": {str(k): v for k, v in plan.labels.items()}}))
+    run = root / "train" / f"{plan.dim}d-fp32-1gpu"
+    for fold in folds:
+        torch.manual_seed(fold)
+        net = build_unet(plan, deep_supervision=False)
+        save_checkpoint(run / f"fold{fold}" / "final.pt",
+                        {"model": net.state_dict(), "plan": plan.to_dict(),
+                         "settings": {"regions": False}})
+    return run
+
+
+@pytest.fixture()
+def source(tmp_path) -> tuple[Plan, Path]:
+    fp = fingerprint([(1.0, 1.0, 1.0)] * 3, [(40, 48, 36)] * 3)
+    plan = plan_configuration(fp, "3d", SETTINGS, "Pretrain")
+    return plan, _study_model(tmp_path / "Pretrain", plan, ["T1"])
+
+
+def _new_plan(channels: int = 1) -> Plan:
+    labels = {0: "background", 1: "liver", 2: "tumour", 3: "vessel"}
+    fp = fingerprint([(2.0, 2.0, 3.0)] * 2, [(30, 30, 20)] * 2, (False,) * channels, labels)
+    return plan_configuration(fp, "3d", SETTINGS, "Target")
+
+
+def test_plan_like_takes_the_models_network_and_keeps_the_datasets_labels(source):
+    src, run = source
+    own = _new_plan()
+    assert own.patch_size != src.patch_size  # the automatic plans differ
+    liked = plan_like(own, run, ("t1",))  # channel names compare case-insensitively
+    for key in ("spacing", "full_spacing", "patch_size", "kernels", "strides", "filters",
+                "batch_size", "network", "encoder_blocks"):
+        assert getattr(liked, key) == getattr(src, key), key
+    assert liked.labels == own.labels and liked.num_classes == 4
+    assert liked.dataset == "Target" and liked.median_shape == own.median_shape
+    assert liked.notes[0].startswith(f"planned like {run}")
+
+
+def test_plan_like_refuses_other_channel_names(source):
+    _, run = source
+    with pytest.raises(ValueError, match=r"trained on channels \['T1'\].*has \['CT'\].*cannot "
+                                         "match"):
+        plan_like(_new_plan(), run, ("CT",))
+
+
+def test_plan_like_refuses_another_channel_count(source):
+    _, run = source
+    with pytest.raises(ValueError, match=r"takes 1 channel\(s\).*has 2.*cannot match"):
+        plan_like(_new_plan(channels=2), run, ("T1", "T2"))
+
+
+def test_plan_like_refuses_another_dimensionality_and_the_cascade(source):
+    _, run = source
+    own2d = plan_configuration(fingerprint([(2.0, 2.0, 3.0)] * 2, [(30, 30, 20)] * 2), "2d",
+                               SETTINGS, "Target")
+    with pytest.raises(ValueError, match="has no 2D network"):
+        plan_like(own2d, run, ("T1",))
+    with pytest.raises(ValueError, match="planning.cascade: off"):
+        plan_like(replace(_new_plan(), configuration="3d_lowres"), run, ("T1",))
+
+
+def test_pretrained_weights_take_the_same_fold_else_the_first(source):
+    src, run = source
+    weights, where = pretrained_weights(run, src, fold=1)
+    assert where.endswith("fold1/final.pt")
+    expected = torch.load(run / "fold1" / "final.pt", weights_only=True)["model"]
+    assert all(torch.equal(weights[k], expected[k]) for k in expected)
+    _, where = pretrained_weights(run, src, fold=4)
+    assert where.endswith("fold0/final.pt")
