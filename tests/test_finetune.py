@@ -94,3 +94,34 @@ def test_pretrained_weights_take_the_same_fold_else_the_first(source):
     assert all(torch.equal(weights[k], expected[k]) for k in expected)
     _, where = pretrained_weights(run, src, fold=4)
     assert where.endswith("fold0/final.pt")
+
+
+def test_nnpipe_train_starts_from_the_pretrained_weights(tiny_study, tmp_path):
+    """``nnpipe train`` with training.init_weights: the log names what was re-initialised and
+    the first checkpoint is the pretrained network after its first (warmed-up) steps."""
+    import subprocess
+    import sys
+
+    plan = tiny_study.plans[3]
+    more = replace(plan, num_classes=plan.num_classes + 1,
+                   labels={**plan.labels, 9: "extra"}, label_values=())
+    run = _study_model(tmp_path / "Pretrain", more, ["FLAIR", "T1w", "T1gd", "T2w"][
+        :plan.num_channels], folds=(0,))
+    cfg = {"training": {"epochs": 1, "steps_per_epoch": 2, "val_patches": 1,
+                        "init_weights": str(run), "deep_supervision": False}}
+    out = tmp_path / "out"
+    res = subprocess.run(
+        [sys.executable, "-m", "nnpipe", "train", "--config-json", json.dumps(cfg),
+         "--preprocessed", str(tiny_study.preprocessed[3]), "--splits", str(tiny_study.splits),
+         "--fold", "0", "--precision", "fp32", "--threads", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert f"fine-tuning from {run / 'fold0' / 'final.pt'}" in res.stderr
+    assert "re-initialised output_block.conv.conv.weight: output channels (classes) differ" \
+        in res.stderr
+    trained = torch.load(out / "final.pt", weights_only=False)["model"]
+    pretrained = torch.load(run / "fold0" / "final.pt", weights_only=True)["model"]
+    # two small warmed-up steps move the carried weights only a little
+    w = "input_block.conv1.conv.weight"
+    assert not torch.equal(trained[w], pretrained[w])
+    assert torch.allclose(trained[w], pretrained[w], atol=0.05)
