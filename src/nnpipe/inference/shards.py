@@ -297,7 +297,7 @@ def prediction_sets(section: Mapping[str, Any] | None) -> dict[str, PredictionSe
         parts = entry.get("parts", 1)
         if not isinstance(parts, int) or isinstance(parts, bool) or parts < 1:
             raise ValueError(f"{where}/parts: must be an integer >= 1, got {parts!r}")
-        layout = entry.get("layout")
+        layout = entry.get("layout") or None  # "" (the schema's default): the model's
         if layout is not None and layout not in LAYOUTS:
             raise ValueError(f"{where}/layout: must be one of {LAYOUTS}, got {layout!r}")
         sets[str(name)] = PredictionSet(str(name), str(entry["input"]),
