@@ -27,6 +27,7 @@ include: "rules/cascade.smk"
 include: "rules/evaluate.smk"
 include: "rules/ensemble.smk"
 include: "rules/best.smk"
+include: "rules/predict_sets.smk"
 include: "rules/benchmark.smk"
 include: "rules/tables.smk"
 

@@ -43,9 +43,15 @@ def test_schema_documents_every_key():
     def walk(node, path):
         for key, sub in node.get("properties", {}).items():
             assert "description" in sub, f"{path}{key} has no description"
-            assert "default" in sub, f"{path}{key} has no default"
+            required = key in node.get("required", ())
+            assert "default" in sub or required, f"{path}{key} has no default"
             if sub.get("type") == "object":
-                assert sub.get("additionalProperties") is False, f"{path}{key} allows unknown keys"
+                entry = sub.get("additionalProperties")
+                if isinstance(entry, dict):  # a mapping NAME -> entry (predict)
+                    assert entry.get("additionalProperties") is False, f"{path}{key} entries"
+                    walk(entry, f"{path}{key}.<NAME>.")
+                    continue
+                assert entry is False, f"{path}{key} allows unknown keys"
                 walk(sub, f"{path}{key}.")
 
     assert schema["additionalProperties"] is False

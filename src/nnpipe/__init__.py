@@ -3,3 +3,16 @@
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+
+__all__ = ["Predictor", "__version__"]
+
+
+def __getattr__(name: str) -> object:
+    # `from nnpipe import Predictor` loads torch and the inference code only when asked, so
+    # `import nnpipe` (the CLI, Snakemake's rule files) stays light
+    if name == "Predictor":
+        from nnpipe.predictor import Predictor
+
+        return Predictor
+    raise AttributeError(f"module 'nnpipe' has no attribute {name!r}")

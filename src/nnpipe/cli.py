@@ -26,6 +26,7 @@ RUNTIMES = ("eager", "compile", "onnxruntime", "openvino")
 if TYPE_CHECKING:  # imported where used: each subcommand loads only what it needs
     from nnpipe.benchmark.throughput import BenchmarkSpec
     from nnpipe.inference.model_spec import ModelSpec
+    from nnpipe.inference.shards import Shard
     from nnpipe.planning.plan import Plan
 
 
@@ -130,12 +131,31 @@ def cmd_predict(args: argparse.Namespace) -> None:
         settings = replace(settings, save_probabilities=True)
     if args.runtime:
         settings = replace(settings, runtime=args.runtime)
+    shard = _shard(args)
     if args.input:
         predict_folder(spec, args.input, args.out, settings,
-                       allow_empty=args.allow_empty, layout=args.layout, **common)
+                       allow_empty=args.allow_empty, layout=args.layout, shard=shard,
+                       part_record=args.part_record, **common)
     else:
+        if args.part_record:
+            raise ValueError("--part-record is written for --input only")
         ids = None if args.test else args.cases or load_fold(args.splits, args.fold)["val"]
-        predict_dataset(spec, args.raw, ids, args.out, settings, **common)
+        predict_dataset(spec, args.raw, ids, args.out, settings, shard=shard, **common)
+
+
+def _shard(args: argparse.Namespace) -> Shard | None:
+    """``--part I --parts N`` (both or neither; nnU-Net v2's ``-part_id I -num_parts N``)."""
+    from nnpipe.inference.shards import Shard
+
+    if (args.part is None) != (args.parts is None):
+        raise ValueError("give --part and --parts together (e.g. --part 0 --parts 4)")
+    return None if args.part is None else Shard(args.part, args.parts)
+
+
+def cmd_gather(args: argparse.Namespace) -> None:
+    from nnpipe.inference.shards import gather
+
+    gather(args.records, args.parts_dir, args.out)
 
 
 def _inference_settings(args: argparse.Namespace, spec: ModelSpec) -> InferenceSettings:
@@ -395,10 +415,23 @@ def _parser() -> argparse.ArgumentParser:
                     "need `pip install 'nnpipe[cpu-runtimes]'` and run fp32 on the CPU")
     sp.add_argument("--continue", dest="continue_", action="store_true",
                     help="skip cases whose output already exists")
+    sp.add_argument("--part", type=int, help="predict only part I (0-based) of --parts N: "
+                    "the case ids sorted, every N-th from I (nnU-Net v2's -part_id I "
+                    "-num_parts N), so N jobs cover every case exactly once")
+    sp.add_argument("--parts", type=int, help="how many parts the cases are split into")
+    sp.add_argument("--part-record", help="with --input: JSON to write when every case of "
+                    "the part is done (for `nnpipe gather`)")
     sp.add_argument("--allow-empty", action="store_true",
                     help="no input cases (a missing --input folder, no test cases) is no error")
     sp.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda, cuda:1")
     sp.add_argument("--threads", type=int)
+    sp = stage("gather", cmd_gather, "Check the records of the parts of a sharded "
+               "`nnpipe predict --part I --parts N --part-record R` (every part once, every "
+               "case in exactly one part) and link every case's files into one folder.")
+    sp.add_argument("--records", required=True, nargs="+", help="the part records, one per "
+                    "part")
+    sp.add_argument("--parts-dir", required=True, help="the folder the parts wrote into")
+    sp.add_argument("--out", required=True, help="folder to create with every case once")
     sp = stage("evaluate", cmd_evaluate, "Dice, IoU, HD95, surface Dice per class per case "
                "in original space (CSV, summary JSON).")
     sp.add_argument("--pred", required=True)

@@ -59,6 +59,8 @@ def _stray(schema: dict[str, Any], path: str) -> Iterator[str]:
             yield f"{path or '(top)'}: {key!r}"
     for name, sub in schema.get("properties", {}).items():
         yield from _stray(sub, f"{path}.{name}" if path else name)
+    if isinstance(schema.get("additionalProperties"), dict):
+        yield from _stray(schema["additionalProperties"], f"{path}.<NAME>")
     if isinstance(schema.get("items"), dict):
         yield from _stray(schema["items"], f"{path}[]")
 
@@ -133,6 +135,10 @@ def render(schema: dict[str, Any]) -> str:
         for key in nested:
             desc = _one_line(sub["properties"][key].get("description", ""))
             lines += [f"`{name}.{key}`: {desc}", ""]
+        entry = sub.get("additionalProperties")
+        if isinstance(entry, dict):  # a mapping NAME -> entry (the predict section)
+            lines += [*_table(list(_rows(entry, f"{name}.<NAME>."))), ""]
+            continue
         lines += [*_table(list(_rows(sub, f"{name}."))), ""]
     return "\n".join(lines).rstrip("\n") + "\n"
 

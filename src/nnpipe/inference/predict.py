@@ -57,6 +57,7 @@ from nnpipe.evaluation.metrics import ScoredClass
 from nnpipe.imageio import ENDINGS, ending_of, read_header
 from nnpipe.inference.ensemble import LoadedModel, average_probabilities
 from nnpipe.inference.postprocess import keep_largest_component, load_decision
+from nnpipe.inference.shards import Shard, select_part, write_part_record
 from nnpipe.io import atomic_path
 from nnpipe.planning.plan import Plan
 from nnpipe.preprocessing.pipeline import (
@@ -495,11 +496,15 @@ def predict_folder(models: Sequence[Path | str] | ModelSpec, input_dir: Path | s
                    plan: Path | str | None = None, postprocess: Path | str | None = None,
                    skip_existing: bool = False,
                    allow_empty: bool = False, device: str = "auto",
-                   layout: str | None = None, previous: Path | str | None = None) -> list[Path]:
+                   layout: str | None = None, previous: Path | str | None = None,
+                   shard: Shard | None = None,
+                   part_record: Path | str | None = None) -> list[Path]:
     """``nnpipe predict --model ... --input DIR``: every image of a folder (no labels
     needed), found by the rule of ``layout`` (default: the layout the model was trained on;
     :func:`nnpipe.datasets.layout.find_cases`); models averaged if several, the members of a
-    best.json or model.zip in the original grid."""
+    best.json or model.zip in the original grid. ``shard``: only that part of the cases
+    (:mod:`nnpipe.inference.shards`); ``part_record``: a JSON written when every case of the
+    part is done, for :func:`nnpipe.inference.shards.gather`."""
     groups, classes, source, stages = load_configuration(models, device, plan, postprocess,
                                                          previous)
     mp = groups[0][0].plan
@@ -512,9 +517,15 @@ def predict_folder(models: Sequence[Path | str] | ModelSpec, input_dir: Path | s
                                    num_channels=mp.num_channels)
     if not cases and not errors and not allow_empty:
         raise DataError("holds no images (" + ", ".join(ENDINGS) + ")", path=input_dir)
+    selection, errors = select_part(cases, shard or Shard(0, 1), out_dir, errors)
+    cases = list(selection.cases)
     log(f"predict {len(cases)} case(s) from {input_dir} with {_describe(groups, source)}")
-    return predict_cases(groups, cases, Path(out_dir), settings, skip_existing=skip_existing,
-                         postprocess=classes, errors=errors, previous=stages)
+    written = predict_cases(groups, cases, Path(out_dir), settings,
+                            skip_existing=skip_existing, postprocess=classes, errors=errors,
+                            previous=stages)
+    if part_record is not None:
+        write_part_record(part_record, selection, input_dir, out_dir)
+    return written
 
 
 def predict_dataset(models: Sequence[Path | str] | ModelSpec, raw: Path | str,
@@ -522,12 +533,14 @@ def predict_dataset(models: Sequence[Path | str] | ModelSpec, raw: Path | str,
                     settings: InferenceSettings, *, plan: Path | str | None = None,
                     postprocess: Path | str | None = None, skip_existing: bool = False,
                     device: str = "auto",
-                    previous: Path | str | None = None) -> list[Path]:
+                    previous: Path | str | None = None,
+                    shard: Shard | None = None) -> list[Path]:
     """``nnpipe predict --raw RAW --splits S --fold F`` (or ``--cases``, or ``--test``):
     cases of a dataset by id, or with ``case_ids=None`` its test cases (dataset.json's
     ``test`` list, or ``imagesTs``); the models must fit the dataset's channels and labels.
     ``previous``: a cascade model's low-resolution predictions of these cases (a folder; by
-    default its low-resolution models predict them)."""
+    default its low-resolution models predict them). ``shard``: only that part of the cases
+    (:mod:`nnpipe.inference.shards`)."""
     ds = load_dataset(raw)
     groups, classes, source, stages = load_configuration(models, device, plan, postprocess,
                                                          previous)
@@ -537,6 +550,8 @@ def predict_dataset(models: Sequence[Path | str] | ModelSpec, raw: Path | str,
                          f"{mp.labels}) does not fit dataset {str(raw)!r} ({ds.num_channels} "
                          f"channel(s), labels {ds.labels})")
     cases = list(ds.test) if case_ids is None else [ds.case(c) for c in case_ids]
+    if shard is not None:
+        cases = list(select_part(cases, shard, out_dir)[0].cases)
     log(f"predict {len(cases)} case(s) of {raw} with {_describe(groups, source)}")
     return predict_cases(groups, cases, Path(out_dir), settings,
                          skip_existing=skip_existing, postprocess=classes, previous=stages)

@@ -1,0 +1,64 @@
+# Wiring of rules/predict_sets.smk (kept beside it so that the rule file holds rules only
+# and rules/common.smk stays untouched): the config's prediction sets and input functions.
+
+import re
+
+from nnpipe.inference.shards import prediction_sets
+
+PREDICT_SETS = prediction_sets(config.get("predict"))
+# a run of the grid, as in RUN (rules/common.smk): {config}-{precision}-{gpus}gpu
+RUN_NAME = re.compile(r"(2d|3d|3d_lowres|3d_cascade)-(fp32|tf32|amp|bf16)-(\d+)gpu")
+SET_NAMES = "|".join(re.escape(n) for n in PREDICT_SETS) or "(?!)"
+PREDICTIONS = f"{DS}/predictions/{{name}}"
+
+
+def get_predict_set_model(wildcards):
+    """What the set's `model` names, as input files: best.json; a run's fold models, its
+    postprocessing decision and (3d_cascade) its 3d_lowres fold models; or the path itself."""
+    entry = PREDICT_SETS[wildcards.name]
+    ds = DS.format(dataset=wildcards.dataset)
+    if entry.model == "best":
+        return {"model": f"{ds}/best.json"}
+    run = RUN_NAME.fullmatch(entry.model)
+    if run is None:
+        return {"model": entry.model}
+    keys = dict(dataset=wildcards.dataset, config=run[1], precision=run[2], gpus=run[3])
+    files = {"model": get_fold_files(rules.train.output.model)(keys),
+             "decision": rules.postprocess.output.decision.format(**keys)}
+    if run[1] == "3d_cascade":  # found beside the cascade's fold models by nnpipe predict
+        files["previous"] = get_previous_models(_Keys(keys))
+    return files
+
+
+class _Keys(dict):
+    """Wildcards from a dict, for the input functions of rules/common.smk."""
+
+    __getattr__ = dict.__getitem__
+
+
+def get_predict_set_input(wildcards):
+    return PREDICT_SETS[wildcards.name].input
+
+
+def get_predict_set_args(wildcards, input):
+    """`--postprocess` for a run's decision, `--layout` when the set gives one."""
+    decision = getattr(input, "decision", None)
+    args = [f"--postprocess {decision}"] if decision else []
+    layout = PREDICT_SETS[wildcards.name].layout
+    return " ".join(args + ([f"--layout {layout}"] if layout else []))
+
+
+def get_predict_set_records(wildcards):
+    """One part record per part of the set."""
+    n = PREDICT_SETS[wildcards.name].parts
+    return [rules.predict_part.output.record.format(**wildcards, part=i, parts=n)
+            for i in range(n)]
+
+
+def get_predict_set_parts_dir(wildcards):
+    """The folder the set's parts write into (predictions/<NAME>.parts)."""
+    return f"{PREDICTIONS}.parts".format(**wildcards)
+
+
+def get_predict_set_targets(wildcards):
+    return [PREDICTIONS.format(dataset=DATASET, name=n) for n in PREDICT_SETS]
