@@ -184,9 +184,11 @@ def sliding_window_logits(nets: Sequence[torch.nn.Module], data: np.ndarray, sem
         for corner in itertools.product(*starts):
             box = tuple(slice(a, a + p) for a, p in zip(corner, patch, strict=True))
             tiles.append(box if slice_index is None else (slice_index, *box))
-    weight = torch.from_numpy(gaussian_importance(patch)).to(device)
-    logits = torch.zeros((sem.num_outputs, *spatial), dtype=torch.float32, device=device)
-    weights = torch.zeros(spatial, dtype=torch.float32, device=device)
+    acc = torch.float16 if sem.accumulate_dtype == "float16" else torch.float32
+    weight = torch.from_numpy(gaussian_importance(
+        patch, dtype=np.float16 if acc == torch.float16 else np.float32)).to(device)
+    logits = torch.zeros((sem.num_outputs, *spatial), dtype=acc, device=device)
+    weights = torch.zeros(spatial, dtype=acc, device=device)
     image = torch.from_numpy(np.ascontiguousarray(padded)).to(device)
     flips = _flips(sem.mirror_axes, tta)
     autocast = torch.autocast(device.type, enabled=device.type == "cuda")
@@ -208,14 +210,14 @@ def sliding_window_logits(nets: Sequence[torch.nn.Module], data: np.ndarray, sem
             assert total is not None
             if len(nets) > 1:
                 total /= len(nets)
-            total *= weight
+            total *= weight  # float32 logits times the weights (float16 in v2)
             for t, p in zip(chunk, total, strict=True):
-                logits[(slice(None), *t)] += p
+                logits[(slice(None), *t)] += p  # rounded to the accumulator's dtype
                 weights[t] += weight
     logits /= weights
     crop = tuple(slice(b, b + n) for (b, _), n in zip([(0, 0)] * (len(spatial) - len(pads))
                                                        + pads, data.shape[1:], strict=True))
-    return logits[(slice(None), *crop)].cpu().numpy()
+    return logits[(slice(None), *crop)].float().cpu().numpy()
 
 
 # ---------------------------------------------------------------- export

@@ -74,6 +74,10 @@ class V2Semantics:
     file_ending: str
     reader: str  # v2 image reader/writer class (SimpleITKIO)
     tile_step_size: float = 0.5  # v2's default, a fraction of the patch
+    # v2 sums weighted logits and weights in float16 (predict_from_raw_data's
+    # predicted_logits / n_predictions): the Gaussian's tiny border weights are rounded
+    # there, which moves logits by up to ~0.5 where only tile borders overlap
+    accumulate_dtype: str = "float16"
 
     @property
     def dim(self) -> int:
@@ -225,16 +229,19 @@ def tile_starts(size: int, patch: int, step: float = 0.5) -> list[int]:
 
 
 def gaussian_importance(patch: Sequence[int], sigma_scale: float = 1.0 / 8,
-                        value_scaling_factor: float = 10.0) -> np.ndarray:
-    """v2's tile weight ``patch``-shaped float32: a unit impulse at ``patch // 2`` blurred by
-    a Gaussian of sigma ``patch * sigma_scale`` per axis (zero padding outside), scaled to
-    peak ``value_scaling_factor``, zeros replaced by the smallest nonzero weight."""
+                        value_scaling_factor: float = 10.0,
+                        dtype: type[np.floating] = np.float32) -> np.ndarray:
+    """v2's tile weight, ``patch``-shaped ``dtype``: a unit impulse at ``patch // 2``
+    blurred by a Gaussian of sigma ``patch * sigma_scale`` per axis (zero padding outside),
+    scaled to peak ``value_scaling_factor``, cast to ``dtype``, and then zeros (values below
+    the dtype's smallest subnormal among them) replaced by the smallest nonzero weight. v2
+    predicts with ``dtype`` float16 (its accumulators are float16)."""
     impulse = np.zeros(tuple(patch))
     impulse[tuple(p // 2 for p in patch)] = 1
     weight = ndimage.gaussian_filter(impulse, [p * sigma_scale for p in patch], 0,
                                      mode="constant", cval=0)
     weight /= weight.max() / value_scaling_factor
-    weight = weight.astype(np.float32)
+    weight = weight.astype(dtype)
     zero = weight == 0
     if zero.any():
         weight[zero] = weight[~zero].min()
