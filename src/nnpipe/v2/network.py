@@ -191,7 +191,7 @@ class _Ops:
             name = kw.get(field)
             if name is None and optional:
                 return None
-            if name not in table:
+            if not isinstance(name, str) or name not in table:
                 raise V2PlansError(f"{where}: field arch_kwargs.{field} is {name!r}; nnpipe "
                                    f"builds {', '.join(sorted(table))}")
             return table[name]
