@@ -142,6 +142,15 @@ def _predict_v2(args: argparse.Namespace) -> bool:
         return False
     if not args.input:
         raise ValueError("an nnU-Net v2 model predicts a folder: give --input")
+    unused = [flag for flag, value in (("--raw", args.raw), ("--plan", args.plan),
+                                       ("--postprocess", args.postprocess),
+                                       ("--previous", args.previous),
+                                       ("--save-probabilities", args.save_probabilities),
+                                       ("--runtime", args.runtime), ("--layout", args.layout))
+              if value]
+    if unused:
+        raise ValueError(f"{' '.join(unused)}: not available for nnU-Net v2 models yet "
+                         f"({args.model[0]}); predict without")
     from nnpipe.inference.predict import select_device
     from nnpipe.v2.predict import predict_v2_folder
 

@@ -137,3 +137,71 @@ def test_refuses_unknown_architecture_and_scheme(v2_folder: V2Folder) -> None:
 def test_tile_grid_used_for_a_long_axis() -> None:
     # the grid the predictor uses along a 109-voxel axis with patch 64 is v2's
     assert tile_starts(109, 64, 0.5) == [0, 22, 45]
+
+
+KWARGS_2D = {**PLAIN_KWARGS, "conv_op": "torch.nn.modules.conv.Conv2d",
+             "norm_op": "torch.nn.modules.instancenorm.InstanceNorm2d",
+             "kernel_sizes": [[3, 3]] * 3, "strides": [[1, 1], [2, 2], [2, 2]]}
+
+
+def _folder_2d(root: Path, labels: dict, bias: list[float],
+               regions_class_order: list[int] | None = None) -> Path:
+    """A 2D configuration (transpose (0, 2, 1): slices along the file's z) whose output
+    layer predicts ``bias`` everywhere."""
+    from tests.v2.conftest import plans_json, v2_aliases, write_checkpoint
+
+    folder = root / "Dataset902_R" / "nnUNetTrainer__nnUNetPlans__2d"
+    folder.mkdir(parents=True)
+    plans = plans_json(KWARGS_2D, "PlainConvUNet", [16, 16], [1.0, 1.0], [0, 2, 1],
+                       ["CTNormalization"], [False])
+    plans["configurations"] = {"2d": plans["configurations"]["3d_fullres"]}
+    (folder / "plans.json").write_text(json.dumps(plans))
+    dataset = {"channel_names": {"0": "CT"}, "labels": labels, "file_ending": ".nii.gz"}
+    if regions_class_order:
+        dataset["regions_class_order"] = regions_class_order
+    (folder / "dataset.json").write_text(json.dumps(dataset))
+    net = build_network("PlainConvUNet", KWARGS_2D, 1, len(bias))
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    state["decoder.seg_layers.1.weight"].zero_()
+    state["decoder.seg_layers.1.bias"].copy_(torch.tensor(bias))
+    write_checkpoint(folder / "fold_0" / "checkpoint_final.pth", v2_aliases(state), "2d",
+                     mirror=(0, 1))
+    return folder
+
+
+@pytest.mark.parametrize(("bias", "inside"), [([5.0, -5.0], 1), ([5.0, 5.0], 2),
+                                              ([-5.0, 5.0], 2)])
+def test_2d_regions_written_in_regions_class_order(tmp_path: Path, bias: list[float],
+                                                   inside: int) -> None:
+    folder = _folder_2d(tmp_path, {"background": 0, "whole": [1, 2], "core": 2}, bias,
+                        regions_class_order=[1, 2])
+    model = load_v2_model(folder)
+    assert model.configuration.semantics.regions == ((1, 2), (2,))
+    image = np.zeros((5, 20, 17), np.float32)
+    image[1:4, 2:19, 3:15] = 100.0
+    write_image(tmp_path / "in" / "r_0000.nii.gz", image)
+    predict_v2_folder(model, tmp_path / "in", tmp_path / "out", device=torch.device("cpu"),
+                      tta=True)
+    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "r.nii.gz")))
+    expected = np.zeros(image.shape, np.uint8)
+    expected[1:4, 2:19, 3:15] = inside
+    np.testing.assert_array_equal(seg, expected)
+
+
+def test_ignore_label_is_never_an_output(tmp_path: Path) -> None:
+    folder = _folder_2d(tmp_path, {"background": 0, "organ": 1, "ignore": 2}, [0.0, 5.0])
+    model = load_v2_model(folder)
+    sem = model.configuration.semantics
+    assert sem.labels == (0, 1) and sem.ignore_label == 2 and sem.num_outputs == 2
+    write_image(tmp_path / "in" / "i_0000.nii.gz", np.full((3, 16, 16), 7.0, np.float32))
+    _predict(["--model", str(folder), "-i", str(tmp_path / "in"), "-o", str(tmp_path / "o")])
+    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "o" / "i.nii.gz")))
+    assert (seg == 1).all()
+
+
+def test_flags_of_nnpipe_models_refused_for_v2(v2_folder: V2Folder, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    folder = v2_folder(folds=(0,))
+    assert main(["predict", "--model", str(folder), "-i", str(tmp_path), "-o",
+                 str(tmp_path / "o"), "--save-probabilities"]) != 0
+    assert "--save-probabilities: not available for nnU-Net v2" in capsys.readouterr().err
