@@ -330,3 +330,24 @@ def test_crop_mask_fills_holes_and_box() -> None:
 def test_pad_to_patch_smaller_half_first() -> None:
     assert pad_to_patch((2, 5, 30, 64), (32, 64)) == [(1, 1), (0, 0)]
     assert pad_to_patch((1, 3, 4, 5), (8, 4, 8)) == [(2, 3), (0, 0), (1, 2)]
+
+
+@pytest.mark.parametrize(
+    ("patch", "minimum", "count", "total"),
+    [((9, 12, 7), 1.7881393432617188e-07, 12, 232.50647699832916),
+     ((16, 32, 32), 5.960464477539063e-08, 171, 5038.61512362957)],
+)
+def test_float16_gaussian_matches_v2(patch: tuple[int, ...], minimum: float, count: int,
+                                     total: float) -> None:
+    """v2 predicts with a float16 Gaussian: zeros after the cast (underflow) become the
+    smallest float16 weight (golden: compute_gaussian(dtype=torch.float16))."""
+    g = gaussian_importance(patch, dtype=np.float16)
+    assert g.dtype == np.float16
+    assert float(g.min()) == minimum and int((g == g.min()).sum()) == count
+    assert float(g.astype(np.float64).sum()) == pytest.approx(total, rel=1e-12)
+
+
+def test_resample_keeps_float16_logits() -> None:
+    logits = np.linspace(-3, 3, 2 * 4 * 4 * 6, dtype=np.float16).reshape(2, 4, 4, 6)
+    out = resample(logits, (3, 5, 6), (1, 1, 1), (1, 1, 1), Resampling(order=1))
+    assert out.dtype == np.float16

@@ -169,9 +169,9 @@ def sliding_window_logits(nets: Sequence[torch.nn.Module], data: np.ndarray, sem
                           device: torch.device, tta: bool = True, batch_size: int = 1,
                           memory_format: torch.memory_format = torch.contiguous_format
                           ) -> np.ndarray:
-    """Logits ``(K, *spatial)`` float32 of ``data`` ``(C, *spatial)`` (3D grid; a 2D
-    configuration slides over the slices of axis 0): Gaussian-weighted mean over tiles of
-    the logits averaged over flips and ``nets`` (the folds)."""
+    """Logits ``(K, *spatial)`` of ``data`` ``(C, *spatial)`` in ``sem.accumulate_dtype``
+    (3D grid; a 2D configuration slides over the slices of axis 0): Gaussian-weighted mean
+    over tiles of the logits averaged over flips and ``nets`` (the folds)."""
     patch = sem.patch_size
     pads = pad_to_patch(data.shape, patch)
     lead = [(0, 0)] * (data.ndim - len(pads))
@@ -217,14 +217,17 @@ def sliding_window_logits(nets: Sequence[torch.nn.Module], data: np.ndarray, sem
     logits /= weights
     crop = tuple(slice(b, b + n) for (b, _), n in zip([(0, 0)] * (len(spatial) - len(pads))
                                                        + pads, data.shape[1:], strict=True))
-    return logits[(slice(None), *crop)].float().cpu().numpy()
+    return logits[(slice(None), *crop)].cpu().numpy()  # float16 as v2 exports them
 
 
 # ---------------------------------------------------------------- export
 
 
 def segmentation(logits: np.ndarray, prepared: Prepared, sem: V2Semantics) -> np.ndarray:
-    """Step 5-6 before writing: label values in the file's voxel order ``(z, y, x)``."""
+    """Step 5-6 before writing: label values in the file's voxel order ``(z, y, x)``.
+
+    ``logits`` keep their dtype through resampling (float16 from v2's accumulators: v2
+    takes the argmax of float16 logits, the first class winning a tie)."""
     back = resample(logits, prepared.cropped_shape, prepared.target_spacing, prepared.spacing,
                     sem.probabilities_resampling)
     if sem.regions is None:
@@ -232,7 +235,7 @@ def segmentation(logits: np.ndarray, prepared: Prepared, sem: V2Semantics) -> np
         seg = lut[back.argmax(0)]
     else:
         assert sem.regions_class_order is not None
-        probs = torch.sigmoid(torch.from_numpy(back)).numpy()
+        probs = torch.sigmoid(torch.from_numpy(back).float()).numpy()
         seg = np.zeros(back.shape[1:], dtype=np.int64)
         for i, value in enumerate(sem.regions_class_order):
             seg[probs[i] > 0.5] = value

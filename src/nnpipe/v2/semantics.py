@@ -150,21 +150,23 @@ def _resize(image: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
 
 def resample(data: np.ndarray, shape: Sequence[int], spacing: Sequence[float],
              new_spacing: Sequence[float], rule: Resampling = Resampling()) -> np.ndarray:
-    """``data`` ``(C, *spatial)`` resampled to ``shape``, as v2 does; float32 out.
+    """``data`` ``(C, *spatial)`` resampled to ``shape``, as v2 does, in ``data``'s float
+    dtype (v2 resamples its float16 logits into float16; other dtypes give float32).
 
     Without a separate axis (:func:`separate_axis`) each channel is resized in 3D with
     spline ``rule.order``, clipped to the channel's range. With one, every slice across it
     is resized in 2D (clipped to the slice's range), then the separate axis is resampled
     with ``rule.order_z`` (order 0: nearest slice, sampled at ``(j + 0.5) * n_in / n_out -
     0.5``, v2's map_coordinates grid). Computed in float64, as v2 does. Same shape: the
-    input is returned as it is (float32).
+    input is returned as it is.
     """
     if data.ndim != len(shape) + 1:
         raise ValueError(f"data {data.shape} must be (C, *spatial) for shape {tuple(shape)}")
+    dtype = data.dtype if data.dtype in (np.float16, np.float32) else np.dtype(np.float32)
     if tuple(data.shape[1:]) == tuple(shape):
-        return data.astype(np.float32, copy=False)
+        return data.astype(dtype, copy=False)
     axis = separate_axis(spacing, new_spacing, rule)
-    out = np.zeros((data.shape[0], *shape), dtype=np.float32)
+    out = np.zeros((data.shape[0], *shape), dtype=dtype)
     for c in range(data.shape[0]):
         channel = data[c].astype(np.float64)
         if axis is None:
