@@ -202,7 +202,11 @@ def cmd_best(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from nnpipe.inference.archive import export_model
     from nnpipe.inference.model_spec import resolve_model
+    from nnpipe.v2.model import is_v2_model
 
+    if len(args.model) == 1 and is_v2_model(args.model[0]):
+        raise ValueError(f"{args.model[0]} is an nnU-Net v2 model: `nnpipe predict --model` "
+                         "runs it as it is; `nnpipe export` packs nnpipe's own models")
     spec = resolve_model(args.model)
     if args.postprocess:
         from nnpipe.inference.postprocess import decision_classes

@@ -205,3 +205,19 @@ def test_flags_of_nnpipe_models_refused_for_v2(v2_folder: V2Folder, tmp_path: Pa
     assert main(["predict", "--model", str(folder), "-i", str(tmp_path), "-o",
                  str(tmp_path / "o"), "--save-probabilities"]) != 0
     assert "--save-probabilities: not available for nnU-Net v2" in capsys.readouterr().err
+
+
+def test_export_refuses_a_v2_model_and_nnpipe_zip_is_not_v2(v2_folder: V2Folder,
+                                                            tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture
+                                                            ) -> None:
+    from nnpipe.v2.model import is_v2_model
+
+    folder = v2_folder(folds=(0,))
+    assert main(["export", "--model", str(folder), "--out", str(tmp_path / "m.zip")]) != 0
+    assert "is an nnU-Net v2 model" in capsys.readouterr().err
+    archive = tmp_path / "nnpipe.zip"  # nnpipe's own archive layout: plan.json, no fold_N
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("members/3d/plan.json", "{}")
+        zf.writestr("members/3d/fold0.safetensors", "")
+    assert not is_v2_model(archive) and is_v2_model(folder) and is_v2_model(folder.parent)

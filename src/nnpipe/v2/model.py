@@ -35,6 +35,8 @@ from nnpipe.v2.plans import V2Configuration, read_configuration
 
 CHECKPOINTS = {"final": "checkpoint_final.pth", "best": "checkpoint_best.pth"}
 _FOLD = re.compile(r"fold_(\d+|all)$")
+_ZIP_PLANS = re.compile(r"(^|/)plans\.json$")
+_ZIP_CHECKPOINT = re.compile(r"(^|/)fold_(\d+|all)/checkpoint_\w+\.pth$")
 _MODEL_DIR = re.compile(r"^(?P<trainer>[^_].*?)__(?P<plans>.+)__(?P<configuration>[^_].*)$")
 
 
@@ -61,7 +63,10 @@ def is_v2_model(path: Path | str) -> bool:
     path = Path(path)
     if path.suffix == ".zip" and path.is_file():
         with zipfile.ZipFile(path) as zf:
-            return any(n.endswith("plans.json") for n in zf.namelist())
+            names = zf.namelist()
+        # nnpipe's own archives hold plan.json and fold weights of another name
+        return any(_ZIP_PLANS.search(n) for n in names) and any(
+            _ZIP_CHECKPOINT.search(n) for n in names)
     if not path.is_dir():
         return False
     return _is_model_dir(path) or bool(_model_dirs(path))

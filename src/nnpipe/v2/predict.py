@@ -31,6 +31,7 @@ import torch
 
 from nnpipe.datasets.layout import Case, find_cases
 from nnpipe.errors import DataError
+from nnpipe.inference.predict import PredictionFailed
 from nnpipe.io import atomic_path
 from nnpipe.planning.plan import ChannelNorm
 from nnpipe.preprocessing.normalize import normalize
@@ -268,8 +269,6 @@ def predict_v2_folder(model: V2Model, input_dir: Path | str, out_dir: Path | str
     A case that fails is logged and the others predicted; then :class:`DataError` lists
     the failures.
     """
-    from nnpipe.inference.predict import PredictionFailed
-
     config = model.configuration
     cases, errors = find_cases(input_dir, layout="nnunetv2", num_channels=config.input_channels)
     if not cases and not errors:
