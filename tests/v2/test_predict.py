@@ -221,3 +221,27 @@ def test_export_refuses_a_v2_model_and_nnpipe_zip_is_not_v2(v2_folder: V2Folder,
         zf.writestr("members/3d/plan.json", "{}")
         zf.writestr("members/3d/fold0.safetensors", "")
     assert not is_v2_model(archive) and is_v2_model(folder) and is_v2_model(folder.parent)
+
+
+@pytest.mark.parametrize("reader", ["NibabelIO", "NibabelIOWithReorient"])
+def test_nibabel_readers_write_back_in_the_inputs_voxel_order(v2_folder: V2Folder,
+                                                              tmp_path: Path,
+                                                              reader: str) -> None:
+    import nibabel as nib
+
+    folder = v2_folder(bias=[0.0, 5.0, 0.0], folds=(0,))
+    plans = json.loads((folder / "plans.json").read_text())
+    plans["image_reader_writer"] = reader
+    (folder / "plans.json").write_text(json.dumps(plans))
+    affine = np.array([[0, 0, -2.0, 10], [-0.8, 0, 0, 5], [0, 0.9, 0, -3], [0, 0, 0, 1]])
+    image = np.zeros((18, 20, 9), np.float32)  # nibabel's (i, j, k)
+    image[2:15, 3:17, 1:8] = 100.0
+    (tmp_path / "in").mkdir()
+    nib.save(nib.Nifti1Image(image, affine), str(tmp_path / "in" / "n_0000.nii.gz"))
+    _predict(["--model", str(folder), "-i", str(tmp_path / "in"), "-o", str(tmp_path / "o")])
+    out = nib.load(str(tmp_path / "o" / "n.nii.gz"))
+    np.testing.assert_allclose(out.affine, affine)
+    assert out.get_data_dtype() == np.uint8
+    expected = np.zeros(image.shape, np.uint8)
+    expected[2:15, 3:17, 1:8] = 1
+    np.testing.assert_array_equal(np.asarray(out.dataobj), expected)

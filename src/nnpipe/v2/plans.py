@@ -36,7 +36,7 @@ ARCHITECTURES = {
 OLD_ARCHITECTURES = {"PlainConvUNet": PLAIN, "ResidualEncoderUNet": RESENC}
 # the resampling function v2's default plans name for data and probabilities
 RESAMPLING_FUNCTIONS = ("resample_data_or_seg_to_shape", "resample_data_or_seg_to_spacing")
-READERS = ("SimpleITKIO",)
+READERS = ("SimpleITKIO", "NibabelIO", "NibabelIOWithReorient")  # nnpipe.v2.imageio
 
 
 class V2PlansError(ValueError):

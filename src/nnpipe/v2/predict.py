@@ -2,8 +2,8 @@
 
 Per case, in v2's order (every rule from :class:`~nnpipe.v2.semantics.V2Semantics`):
 
-1. read each channel with SimpleITK (array ``(z, y, x)``, spacing reversed to match; a 2D
-   image gets a leading axis of spacing ``999 * max``), stack ``(C, z, y, x)`` float32;
+1. read each channel with the plans' reader (:mod:`nnpipe.v2.imageio`: ``(z, y, x)``,
+   spacing in the same order), stack ``(C, z, y, x)`` float32;
 2. ``transpose_forward``; crop to the filled nonzero mask of all channels;
 3. normalise each channel by its scheme (:func:`nnpipe.preprocessing.normalize.normalize`,
    the mask being the filled nonzero mask), then resample to the target spacing
@@ -13,8 +13,8 @@ Per case, in v2's order (every rule from :class:`~nnpipe.v2.semantics.V2Semantic
    tiles; a 2D configuration slides over the slices of the first (transposed) axis;
 5. logits resampled back to the cropped grid (linear, v2's probabilities rule), then
    argmax (labels) or sigmoid > 0.5 written in ``regions_class_order`` (regions);
-6. pasted into the uncropped grid, ``transpose_backward``, written with SimpleITK as uint8
-   (uint16 from 255 foreground labels) with the input's spacing, origin and direction.
+6. pasted into the uncropped grid, ``transpose_backward``, written by the same reader as
+   uint8 (uint16 from 255 foreground labels) with the input's geometry.
 """
 
 from __future__ import annotations
@@ -26,16 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 
 from nnpipe.datasets.layout import Case, find_cases
 from nnpipe.errors import DataError
 from nnpipe.inference.predict import PredictionFailed
-from nnpipe.io import atomic_path
 from nnpipe.planning.plan import ChannelNorm
 from nnpipe.preprocessing.normalize import normalize
 from nnpipe.progress import log
+from nnpipe.v2.imageio import V2Image, read_v2_image, write_v2_segmentation
 from nnpipe.v2.model import V2Model, to_device
 from nnpipe.v2.semantics import (
     V2Semantics,
@@ -47,67 +46,6 @@ from nnpipe.v2.semantics import (
     resample,
     tile_starts,
 )
-
-
-@dataclass(frozen=True)
-class V2Image:
-    """A case as v2 reads it: ``data`` ``(C, z, y, x)`` float32, ``spacing`` (mm, the same
-    order) and the SimpleITK geometry of the first channel file for writing."""
-
-    data: np.ndarray
-    spacing: tuple[float, ...]
-    itk_spacing: tuple[float, ...]
-    origin: tuple[float, ...]
-    direction: tuple[float, ...]
-
-
-def read_v2_image(files: Sequence[Path], case_id: str = "") -> V2Image:
-    """Read the channel files of one case as v2's SimpleITKIO does.
-
-    Raises:
-        DataError: unreadable file, channels of different shape or spacing.
-    """
-    arrays, geometry = [], []
-    for f in files:
-        try:
-            img = sitk.ReadImage(str(f))
-        except RuntimeError as exc:
-            raise DataError(f"SimpleITK cannot read it: {str(exc).strip().splitlines()[-1]}",
-                            case=case_id, path=f) from None
-        a = sitk.GetArrayFromImage(img)
-        sp = img.GetSpacing()
-        if a.ndim == 2:
-            a, spacing = a[None, None], (max(sp) * 999, *sp[::-1])
-        elif a.ndim == 3:
-            a, spacing = a[None], tuple(sp[::-1])
-        else:
-            raise DataError(f"image has {a.ndim} axes; v2 models take 2D or 3D images",
-                            case=case_id, path=f)
-        arrays.append(a)
-        geometry.append((tuple(abs(s) for s in spacing), sp, img.GetOrigin(),
-                         img.GetDirection()))
-    if len({a.shape for a in arrays}) > 1 or len({g[1] for g in geometry}) > 1:
-        raise DataError(f"channel files differ in shape or spacing "
-                        f"({[a.shape[1:] for a in arrays]}, {[g[1] for g in geometry]})",
-                        case=case_id, path=files[0])
-    data = np.vstack(arrays).astype(np.float32, copy=False)
-    spacing, itk_spacing, origin, direction = geometry[0]
-    return V2Image(data, spacing, itk_spacing, origin, direction)
-
-
-def write_v2_segmentation(path: Path, seg: np.ndarray, image: V2Image,
-                          dtype: type[np.unsignedinteger]) -> None:
-    """``seg`` ``(z, y, x)`` in the file's order, written atomically with the input's
-    spacing, origin and direction (a 2D input: its single slice)."""
-    if len(image.itk_spacing) == 2:
-        seg = seg[0]
-    out = sitk.GetImageFromArray(seg.astype(dtype, copy=False))
-    out.SetSpacing(image.itk_spacing)
-    out.SetOrigin(image.origin)
-    out.SetDirection(image.direction)
-    with atomic_path(path) as tmp:
-        sitk.WriteImage(out, str(tmp), True)
-
 
 # ---------------------------------------------------------------- preprocessing
 
@@ -289,7 +227,7 @@ def predict_v2_folder(model: V2Model, input_dir: Path | str, out_dir: Path | str
             continue
         t0 = time.monotonic()
         try:
-            image = read_v2_image(case.images, case.case_id)
+            image = read_v2_image(case.images, config.semantics.reader, case.case_id)
             seg = predict_v2_image(model, nets, image, device, tta, batch_size, fmt)
             write_v2_segmentation(target, seg, image, config.semantics.output_dtype)
         except Exception as exc:  # one bad case: name it and go on
