@@ -93,3 +93,14 @@ def test_loader_refuses_a_file_without_network_weights(tmp_path: Path) -> None:
     torch.save({"model": {"w": torch.zeros(1)}, "epoch": np.int64(3)}, path)
     with pytest.raises(ValueError, match="not an nnU-Net v2 checkpoint"):
         load_v2_checkpoint(path)
+
+
+def test_allowlist_is_scoped_to_the_v2_loader(tmp_path: Path) -> None:
+    before = list(torch.serialization.get_safe_globals())
+    net = build_network("PlainConvUNet", PLAIN_KWARGS, 1, 3)
+    path = tmp_path / "checkpoint_final.pth"
+    write_checkpoint(path, net.state_dict(), "3d_fullres")
+    load_v2_checkpoint(path)
+    assert list(torch.serialization.get_safe_globals()) == before
+    with pytest.raises(pickle.UnpicklingError):  # NumPy scalars are not allowed elsewhere
+        torch.load(path, weights_only=True)

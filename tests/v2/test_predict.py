@@ -245,3 +245,11 @@ def test_nibabel_readers_write_back_in_the_inputs_voxel_order(v2_folder: V2Folde
     expected = np.zeros(image.shape, np.uint8)
     expected[2:15, 3:17, 1:8] = 1
     np.testing.assert_array_equal(np.asarray(out.dataobj), expected)
+
+
+def test_fold_all_only_when_asked(v2_folder: V2Folder) -> None:
+    folder = v2_folder(folds=(0,))
+    (folder / "fold_0").rename(folder / "fold_all")
+    with pytest.raises(FileNotFoundError, match="no fold_N/checkpoint_final.pth"):
+        load_v2_model(folder)
+    assert [f.fold for f in load_v2_model(folder, folds=["all"]).folds] == ["all"]

@@ -154,6 +154,9 @@ def sliding_window_logits(nets: Sequence[torch.nn.Module], data: np.ndarray, sem
                 logits[(slice(None), *t)] += p  # rounded to the accumulator's dtype
                 weights[t] += weight
     logits /= weights
+    if torch.isinf(logits).any():  # float16 holds up to 65504: v2 stops here too
+        raise ValueError("the summed logits overflow float16 (inf), as they would in nnU-Net "
+                         "v2; this model's logits are too large for v2's accumulators")
     crop = tuple(slice(b, b + n) for (b, _), n in zip([(0, 0)] * (len(spatial) - len(pads))
                                                        + pads, data.shape[1:], strict=True))
     return logits[(slice(None), *crop)].cpu().numpy()  # float16 as v2 exports them
