@@ -6,17 +6,25 @@ import json
 import zipfile
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
 
 from nnpipe.cli import main
-from nnpipe.v2.model import load_v2_model
+from nnpipe.v2.model import is_v2_model, load_v2_model
 from nnpipe.v2.network import build_network, load_weights
 from nnpipe.v2.predict import predict_v2_folder
 from nnpipe.v2.semantics import tile_starts
-from tests.v2.conftest import PLAIN_KWARGS, V2Folder, write_image
+from tests.v2.conftest import (
+    PLAIN_KWARGS,
+    V2Folder,
+    plans_json,
+    v2_aliases,
+    write_checkpoint,
+    write_image,
+)
 
 
 def _predict(args: list[str]) -> None:
@@ -148,8 +156,6 @@ def _folder_2d(root: Path, labels: dict, bias: list[float],
                regions_class_order: list[int] | None = None) -> Path:
     """A 2D configuration (transpose (0, 2, 1): slices along the file's z) whose output
     layer predicts ``bias`` everywhere."""
-    from tests.v2.conftest import plans_json, v2_aliases, write_checkpoint
-
     folder = root / "Dataset902_R" / "nnUNetTrainer__nnUNetPlans__2d"
     folder.mkdir(parents=True)
     plans = plans_json(KWARGS_2D, "PlainConvUNet", [16, 16], [1.0, 1.0], [0, 2, 1],
@@ -211,8 +217,6 @@ def test_export_refuses_a_v2_model_and_nnpipe_zip_is_not_v2(v2_folder: V2Folder,
                                                             tmp_path: Path,
                                                             capsys: pytest.CaptureFixture
                                                             ) -> None:
-    from nnpipe.v2.model import is_v2_model
-
     folder = v2_folder(folds=(0,))
     assert main(["export", "--model", str(folder), "--out", str(tmp_path / "m.zip")]) != 0
     assert "is an nnU-Net v2 model" in capsys.readouterr().err
@@ -227,8 +231,6 @@ def test_export_refuses_a_v2_model_and_nnpipe_zip_is_not_v2(v2_folder: V2Folder,
 def test_nibabel_readers_write_back_in_the_inputs_voxel_order(v2_folder: V2Folder,
                                                               tmp_path: Path,
                                                               reader: str) -> None:
-    import nibabel as nib
-
     folder = v2_folder(bias=[0.0, 5.0, 0.0], folds=(0,))
     plans = json.loads((folder / "plans.json").read_text())
     plans["image_reader_writer"] = reader

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from nnpipe.inference.ensemble import cpu_fast_path
 from nnpipe.io import read_json
 from nnpipe.v2.checkpoint import load_v2_checkpoint
 from nnpipe.v2.network import V2UNet, build_network, load_weights
@@ -204,8 +205,6 @@ def _load_dir(model_dir: Path, folds: Sequence[str] | None, checkpoint: str,
 def to_device(model: V2Model, device: torch.device) -> list[torch.nn.Module]:
     """The fold networks on ``device`` (on a CPU through nnpipe's CPU fast path: GroupNorm
     for InstanceNorm, oneDNN 3D convolutions, channels-last; the same function)."""
-    from nnpipe.inference.ensemble import cpu_fast_path
-
     out = []
     for f in model.folds:
         net: torch.nn.Module = f.network.to(device)
