@@ -121,6 +121,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from nnpipe.training.splits import load_fold
 
     _threads(args.threads)
+    if _predict_v2(args):
+        return
     common = dict(plan=args.plan, postprocess=args.postprocess, skip_existing=args.continue_,
                   device=args.device, previous=args.previous)
     from nnpipe.inference.model_spec import resolve_model
@@ -156,6 +158,39 @@ def cmd_gather(args: argparse.Namespace) -> None:
     from nnpipe.inference.shards import gather
 
     gather(args.records, args.parts_dir, args.out)
+
+
+def _predict_v2(args: argparse.Namespace) -> bool:
+    """``nnpipe predict --model <nnU-Net v2 model>``: predicted with v2's semantics
+    (:mod:`nnpipe.v2`); False when ``--model`` is not a v2 model."""
+    from nnpipe.v2.model import is_v2_model, load_v2_model
+
+    if len(args.model) != 1 or not is_v2_model(args.model[0]):
+        if args.configuration or args.folds or args.checkpoint != "final":
+            raise ValueError("--configuration, --folds and --checkpoint are for nnU-Net v2 "
+                             f"models; {' '.join(args.model)} is not one")
+        return False
+    if not args.input:
+        raise ValueError("an nnU-Net v2 model predicts a folder: give --input")
+    unused = [flag for flag, value in (("--raw", args.raw), ("--plan", args.plan),
+                                       ("--postprocess", args.postprocess),
+                                       ("--previous", args.previous),
+                                       ("--save-probabilities", args.save_probabilities),
+                                       ("--runtime", args.runtime), ("--layout", args.layout))
+              if value]
+    if unused:
+        raise ValueError(f"{' '.join(unused)}: not available for nnU-Net v2 models yet "
+                         f"({args.model[0]}); predict without")
+    from nnpipe.inference.predict import select_device
+    from nnpipe.v2.predict import predict_v2_folder
+
+    settings = _cfg(args).inference
+    model = load_v2_model(args.model[0], args.configuration, args.folds, args.checkpoint)
+    predict_v2_folder(model, args.input, args.out, device=select_device(args.device),
+                      tta=settings.tta, batch_size=settings.batch_size,
+                      skip_existing=args.continue_, shard=_shard(args),
+                      part_record=args.part_record)
+    return True
 
 
 def _inference_settings(args: argparse.Namespace, spec: ModelSpec) -> InferenceSettings:
@@ -198,7 +233,11 @@ def cmd_best(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from nnpipe.inference.archive import export_model
     from nnpipe.inference.model_spec import resolve_model
+    from nnpipe.v2.model import is_v2_model
 
+    if len(args.model) == 1 and is_v2_model(args.model[0]):
+        raise ValueError(f"{args.model[0]} is an nnU-Net v2 model: `nnpipe predict --model` "
+                         "runs it as it is; `nnpipe export` packs nnpipe's own models")
     spec = resolve_model(args.model)
     if args.postprocess:
         from nnpipe.inference.postprocess import decision_classes
@@ -389,7 +428,9 @@ def _parser() -> argparse.ArgumentParser:
                     "fold folder(s) or final.pt (several, e.g. the fold models, are averaged "
                     "as an ensemble); a run folder train/RUN (every fold, with the study's "
                     "postprocessing of the run); results/<dataset>/best.json (the "
-                    "configuration `nnpipe best` chose); or a model.zip from `nnpipe export`")
+                    "configuration `nnpipe best` chose); a model.zip from `nnpipe export`; or an "
+                    "nnU-Net v2 trained-model folder, its dataset folder or v2 zip (predicted "
+                    "with v2's semantics)")
     sp.add_argument("--input", "-i", help="folder of images in the layout the model was trained "
                     "on (MSD: one file per case, e.g. <case>.nii.gz; nnU-Net v2: "
                     "<case>_0000.nii.gz per channel); any supported format; no labels needed")
@@ -425,6 +466,12 @@ def _parser() -> argparse.ArgumentParser:
                     help="no input cases (a missing --input folder, no test cases) is no error")
     sp.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda, cuda:1")
     sp.add_argument("--threads", type=int)
+    sp.add_argument("--configuration", help="an nnU-Net v2 dataset folder or zip with several "
+                    "trained models: which (3d_fullres, 2d, ... or the folder name)")
+    sp.add_argument("--folds", nargs="+", help="an nnU-Net v2 model: the folds to average "
+                    "(default: every fold_N present; 'all' for fold_all)")
+    sp.add_argument("--checkpoint", choices=("final", "best"), default="final",
+                    help="an nnU-Net v2 model: checkpoint_final.pth or checkpoint_best.pth")
     sp = stage("gather", cmd_gather, "Check the records of the parts of a sharded "
                "`nnpipe predict --part I --parts N --part-record R` (every part once, every "
                "case in exactly one part) and link every case's files into one folder.")
