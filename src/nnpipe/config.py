@@ -55,6 +55,7 @@ class EmbeddedSettings:
     n_test: int
     seed: int
     resolution_mm: float
+    annotate_every: int = 1  # sparse labels: every n-th axial slice annotated, rest "ignore"
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class PlanningSettings:
     network: str = "plain"  # plain | resenc_m | resenc_l (nnpipe.planning.network.NETWORKS)
     vram_target_gb: float = 0.0  # ResEnc presets: GPU memory per training step; 0 = preset's
     cascade: str = "auto"  # auto | off: the low-resolution cascade (nnpipe.planning.cascade)
+    regions: bool = False  # BraTS region mode, recorded in the plan (nnpipe.labels.LabelScheme)
 
 
 @dataclass(frozen=True)
