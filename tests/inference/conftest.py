@@ -14,13 +14,12 @@ import torch
 from nnpipe.model import build_unet
 from nnpipe.planning.plan import Plan
 from nnpipe.training.checkpoint import save_checkpoint
-from nnpipe.training.regions import model_outputs
 
 
 def save_model(run_dir: Path, plan: Plan, seed: int, regions: bool = False) -> Path:
     torch.manual_seed(seed)
     net = build_unet(plan, deep_supervision=False,
-                     out_channels=model_outputs(plan.num_classes, regions))
+                     out_channels=plan.scheme(legacy_regions=regions).output_channels)
     save_checkpoint(run_dir / "final.pt", {"model": net.state_dict(), "plan": plan.to_dict(),
                                            "settings": {"regions": regions}})
     return run_dir
