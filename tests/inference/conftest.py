@@ -17,9 +17,11 @@ from nnpipe.training.checkpoint import save_checkpoint
 
 
 def save_model(run_dir: Path, plan: Plan, seed: int, regions: bool = False) -> Path:
+    """A checkpoint of random weights; ``regions``: the plan records BraTS region mode."""
     torch.manual_seed(seed)
-    net = build_unet(plan, deep_supervision=False,
-                     out_channels=plan.scheme(legacy_regions=regions).output_channels)
+    if regions:
+        plan = plan.with_scheme(plan.scheme().with_nested_regions())
+    net = build_unet(plan, deep_supervision=False, out_channels=plan.scheme().output_channels)
     save_checkpoint(run_dir / "final.pt", {"model": net.state_dict(), "plan": plan.to_dict(),
                                            "settings": {"regions": regions}})
     return run_dir

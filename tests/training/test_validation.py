@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from nnpipe.labels import LabelScheme
 from nnpipe.training import distributed as D
 from nnpipe.training import validation as V
 from nnpipe.training.loss import DeepSupervisionLoss
 from nnpipe.training.precision import get_precision
-from nnpipe.labels import LabelScheme
 from nnpipe.training.regions import dice_from_counts, head_loss
 
 CPU = torch.device("cpu")

@@ -208,11 +208,10 @@ def score_case(pred: np.ndarray, ref: np.ndarray, classes: Sequence[ScoredClass]
     """One CSV row of label maps ``(X, Y, Z)``, spacing in mm.
 
     Per class ``<metric>_<class>`` and the voxel counts ``n_ref_<class>``, ``n_pred_<class>``;
-    then ``<metric>_mean``, the mean over the classes scored in this case (NaN if none was),
-    and ``annotated_fraction``. Sparse annotations: where ``ref`` holds the ``ignore`` value
-    the voxel is unannotated and both maps count as background there, so only annotated
-    voxels are scored; ``annotated_fraction`` is the share of annotated reference voxels
-    (1.0 for a dense reference).
+    then ``<metric>_mean``, the mean over the classes scored in this case (NaN if none was).
+    Sparse annotations (``ignore`` given): where ``ref`` holds the ``ignore`` value the voxel
+    is unannotated and both maps count as background there, so only annotated voxels are
+    scored; ``annotated_fraction`` is then the share of annotated reference voxels.
     """
     row: dict[str, float] = {}
     annotated = 1.0
@@ -229,7 +228,8 @@ def score_case(pred: np.ndarray, ref: np.ndarray, classes: Sequence[ScoredClass]
         row[f"n_ref_{c.name}"], row[f"n_pred_{c.name}"] = int(r.sum()), int(p.sum())
     for metric in METRICS:
         row[f"{metric}_mean"] = nanmean(row[f"{metric}_{c.name}"] for c in classes)
-    row["annotated_fraction"] = annotated
+    if ignore is not None:
+        row["annotated_fraction"] = annotated
     return row
 
 
@@ -257,13 +257,14 @@ def evaluate_case(pred_path: Path | str, ref_path: Path | str, labels: Sequence[
     return score_case(pred, ref, classes, spacing_of(ref_affine), tolerance_mm, ignore)
 
 
-def columns(classes: Sequence[ScoredClass]) -> list[str]:
+def columns(classes: Sequence[ScoredClass], sparse: bool = False) -> list[str]:
     """CSV columns: ``case``, then per class its four metrics and two voxel counts, then the
-    four means and ``annotated_fraction`` (share of reference voxels not ``ignore``)."""
+    four means; with ``sparse`` (a label concept with an ignore value) ``annotated_fraction``
+    (share of reference voxels not ``ignore``: only those are scored)."""
     cols = ["case"]
     for c in classes:
         cols += [f"{m}_{c.name}" for m in (*METRICS, *COUNTS)]
-    return cols + [f"{m}_mean" for m in METRICS] + ["annotated_fraction"]
+    return cols + [f"{m}_mean" for m in METRICS] + (["annotated_fraction"] if sparse else [])
 
 
 def evaluate_folder(pred_dir: Path | str, refs: Path | str | Mapping[str, Path | str],
@@ -290,7 +291,7 @@ def evaluate_folder(pred_dir: Path | str, refs: Path | str | Mapping[str, Path |
                                                    case=case, classes=classes,
                                                    tolerance_mm=tolerance_mm,
                                                    ignore=ignore)})
-    table = pd.DataFrame(rows, columns=columns(classes))
+    table = pd.DataFrame(rows, columns=columns(classes, sparse=ignore is not None))
     if summary_json is not None:
         write_json(summary_json, summarize(table, classes, tolerance_mm, ignore))
     with atomic_path(out_csv) as tmp:

@@ -70,6 +70,14 @@ class Plan:
     # None in plans older than it (then :meth:`scheme` derives it the old way)
     label_scheme: LabelScheme | None = None
 
+    def __post_init__(self) -> None:
+        ls = self.label_scheme
+        if ls is not None and (dict(self.labels) != ls.names or self.num_classes != ls.num_classes
+                               or self.label_values not in ((), ls.values)):
+            raise ValueError(f"plan for {self.dataset!r}: labels {self.labels}, num_classes "
+                             f"{self.num_classes}, label_values {list(self.label_values)} "
+                             f"disagree with its label_scheme {ls.to_dict()} (use with_scheme)")
+
     def scheme(self, legacy_regions: bool = False) -> LabelScheme:
         """The plan's label concept. A plan older than the recorded scheme has no ignore value
         (its label maps were trained with every listed value a class) and region mode came
