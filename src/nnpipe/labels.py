@@ -213,16 +213,13 @@ class LabelScheme:
             raise DataError(f"'labels' names {len(ignore)} values 'ignore' ({ignore}); "
                             "sparse annotations have one ignore value", path=path)
         names = {v: n for v, n in values.items() if v not in ignore}
-        lists = {str(k): tuple(sorted(int(x) for x in v)) for k, v in labels.items()
-                 if isinstance(v, list | tuple)} if isinstance(labels, Mapping) else {}
         regions: tuple[ScoredClass, ...] = ()
-        if lists:  # v2 region training: every foreground entry is a region
-            regions = tuple(ScoredClass(str(k), tuple(sorted(int(x) for x in
-                                                             (v if isinstance(v, list | tuple)
-                                                              else [v]))))
+        if any(isinstance(v, list | tuple) for v in labels.values()):
+            # v2 region training: every entry but background and ignore is a region
+            regions = tuple(ScoredClass(str(k), tuple(sorted({int(x) for x in _items(v)})))
                             for k, v in labels.items()
-                            if str(k).strip().lower() not in (IGNORE_NAME, "background")
-                            and not (not isinstance(v, list | tuple) and _as_int(v) == 0))
+                            if [_as_int(x) for x in _items(v)] != [0]
+                            and str(k).strip().lower() != IGNORE_NAME)
         elif nested:
             regions = nested_regions(names)
         if regions and regions_class_order is None:
@@ -232,7 +229,8 @@ class LabelScheme:
                                 "value to write for each region, nnU-Net v2)", path=path)
             regions_class_order = lowest
         try:
-            return cls(names, regions, tuple(int(v) for v in regions_class_order or ()),
+            order = tuple(int(v) for v in regions_class_order or ()) if regions else ()
+            return cls(names, regions, order,
                        ignore[0] if ignore else None)
         except ValueError as e:
             raise DataError(f"'labels': {e}", path=path) from e
@@ -343,6 +341,11 @@ def outputs_to_labels(outputs: Any, scheme: LabelScheme, *, logits: bool = False
     for channel, value in zip(outputs, scheme.regions_class_order, strict=True):
         res.masked_fill_(channel > cut, value)
     return res
+
+
+def _items(v: Any) -> list[Any]:
+    """A dataset.json ``labels`` entry as a list (v2: an integer or a region list)."""
+    return list(v) if isinstance(v, list | tuple) else [v]
 
 
 def _torch_dtype(dtype: type[np.unsignedinteger]) -> Any:
