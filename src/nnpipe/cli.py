@@ -191,7 +191,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     cfg = _cfg(args)
     evaluate_fold(args.pred, args.raw, args.splits, args.fold, args.out,
                   summary_json=args.summary, tolerance_mm=cfg.evaluation.nsd_tolerance_mm,
-                  regions=cfg.training.regions, plan=args.plan)
+                  regions=cfg.training.regions, plan=args.plan, refs_dir=args.refs)
 
 
 def cmd_postprocess(args: argparse.Namespace) -> None:
@@ -399,6 +399,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--fold", type=int, required=True)
     sp.add_argument("--out", required=True)
     sp.add_argument("--summary", help="summary JSON to write (per class, per case, mean)")
+    sp.add_argument("--refs", help="folder of reference label maps to score against instead "
+                    "of the dataset's labelsTr (e.g. dense references of sparse labels)")
     sp.add_argument("--plan", help="the run's plan JSON: its label concept (regions, ignore "
                     "value) says what is scored; without it dataset.json's")
     sp = stage("postprocess", cmd_postprocess, "Decide largest-component postprocessing per "

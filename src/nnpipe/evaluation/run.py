@@ -39,13 +39,16 @@ def run_scheme(ds: Dataset, plan: Path | str | None, legacy_regions: bool = Fals
 def evaluate_fold(pred_dir: Path | str, raw: Path | str, splits: Path | str, fold: int,
                   out_csv: Path | str, *, summary_json: Path | str | None = None,
                   tolerance_mm: float = 1.0, regions: bool = False,
-                  plan: Path | str | None = None) -> pd.DataFrame:
-    """Score the fold's validation predictions against the dataset's labels, with the label
-    concept of ``plan`` (:func:`run_scheme`)."""
+                  plan: Path | str | None = None, refs_dir: Path | str | None = None
+                  ) -> pd.DataFrame:
+    """Score the fold's validation predictions against the dataset's labels (or the files
+    ``<case><ending>`` of ``refs_dir``, e.g. the dense references of a sparsely annotated
+    dataset), with the label concept of ``plan`` (:func:`run_scheme`)."""
     ds = load_dataset(raw)
     scheme = run_scheme(ds, plan, regions)
     ids = load_fold(splits, fold)["val"]
-    refs = {c: ds.label_of(c) for c in ids}
+    refs: dict[str, Path] = {c: ds.label_of(c) if refs_dir is None
+                             else prediction_path(refs_dir, c) for c in ids}
     return evaluate_folder(pred_dir, refs, ids, None, out_csv,
                            classes=scheme.scored_classes, tolerance_mm=tolerance_mm,
                            summary_json=summary_json, ignore=scheme.ignore)
