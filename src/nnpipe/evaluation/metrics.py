@@ -322,7 +322,11 @@ def summarize(table: pd.DataFrame, classes: Sequence[ScoredClass],
             "ignore_label": ignore,
             "mean_annotated_fraction": _json_number(float(table["annotated_fraction"].mean())),
             "note": "only annotated reference voxels are scored: where the reference holds "
-                    "the ignore value, prediction and reference both count as background"}
+                    "the ignore value, prediction and reference both count as background. "
+                    "Dice and IoU are those of the annotated voxels; HD95 and NSD are "
+                    "surface metrics of the annotated part only (for annotated slices, "
+                    "in-slice boundaries and the cuts between annotated and unannotated "
+                    "voxels), not of the 3D surfaces"}
     return {**extra,
         "nsd_tolerance_mm": tolerance_mm,
         "classes": {c.name: list(c.labels) for c in classes},
