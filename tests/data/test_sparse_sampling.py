@@ -67,3 +67,19 @@ def test_oversampled_patches_hold_annotated_foreground(sparse_preprocessed):
     _, seg = sampler.sample(np.random.default_rng(0), 16)
     centre = seg[(slice(None), 0, *(s // 2 for s in seg.shape[2:]))]
     assert set(np.unique(centre).tolist()) <= {1, 2, 3}
+
+
+def test_augmented_batches_keep_the_ignore_index(sparse_preprocessed):
+    """The torch loader's spatial augmentation moves labels nearest-neighbour: the ignore
+    index survives as itself and nothing else appears (DALI: tests/data/test_dali.py)."""
+    from nnpipe.data.augment import AugmentSettings
+    from nnpipe.data.loader import BatchLoader
+
+    folder, plan = sparse_preprocessed
+    ids = sorted(read_json(folder / "manifest.json")["cases"])
+    settings = AugmentSettings(zoom_prob=1.0, rotation_prob=1.0, scaling_prob=1.0,
+                               flip_prob=0.5)
+    with BatchLoader(folder, ids, SamplerSettings.from_plan(plan), settings, 4, 0, "cpu",
+                     workers=1) as loader:
+        _, seg = next(loader)
+    assert set(seg.unique().tolist()) <= {0, 1, 2, 3, 4} and (seg == 4).any()
