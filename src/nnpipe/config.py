@@ -114,7 +114,7 @@ class TrainingSettings:
     extra_augmentations: tuple[str, ...]
     compile: bool
     channels_last: bool
-    regions: bool = False  # BraTS region mode (nnpipe.training.regions)
+    regions: bool = False  # deprecated: planning.regions (only plans older than the label concept)
 
 
 @dataclass(frozen=True)

@@ -87,3 +87,25 @@ def test_validation_counts_leave_unannotated_voxels_out():
     logits = torch.nn.functional.one_hot(pred, K).T.unsqueeze(0).float()
     # class 1: 2 of 2 right (the predictions on ignore voxels do not count); class 2: 1 of 1
     assert class_counts(logits, seg, K).tolist() == [[2, 2, 2], [1, 1, 1], [0, 0, 0]]
+
+
+def test_regions_and_ignore_together():
+    """A v2 dataset.json with regions and an ignore label: one sigmoid per region, ignore
+    voxels left out of the region loss and of the region validation Dice."""
+    scheme = LabelScheme.from_dataset_json(
+        {"background": 0, "whole": [1, 2, 3], "core": [2, 3], "enh": 3, "ignore": 4},
+        regions_class_order=[1, 2, 3])
+    loss = head_loss(scheme)
+    assert isinstance(loss, RegionLoss) and loss.ignore_index == 4
+    assert loss.regions == ((1, 2, 3), (2, 3), (3,)) and scheme.output_channels == 3
+    logits, target, keep = _sparse_batch(6)
+    logits = logits[:, :3]
+    want = RegionLoss(((1, 2, 3), (2, 3), (3,)))(  # dense loss of the annotated voxels
+        _annotated_only(logits, keep), _annotated_only(target, keep))
+    assert float(loss(logits, target)) == pytest.approx(float(want), rel=1e-10)
+    from nnpipe.training.regions import region_counts
+
+    counts = region_counts(logits, target, loss.regions, loss.ignore_index)
+    dense = region_counts(_annotated_only(logits, keep), _annotated_only(target, keep),
+                          loss.regions)
+    assert torch.equal(counts, dense)
