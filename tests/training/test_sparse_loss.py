@@ -102,7 +102,8 @@ def test_regions_and_ignore_together():
     logits = logits[:, :3]
     want = RegionLoss(((1, 2, 3), (2, 3), (3,)))(  # dense loss of the annotated voxels
         _annotated_only(logits, keep), _annotated_only(target, keep))
-    assert float(loss(logits, target)) == pytest.approx(float(want), rel=1e-10)
+    # RegionLoss makes float32 region masks: float32 round-off in the reference
+    assert float(loss(logits, target)) == pytest.approx(float(want), rel=1e-6)
     from nnpipe.training.regions import region_counts
 
     counts = region_counts(logits, target, loss.regions, loss.ignore_index)
