@@ -6,6 +6,7 @@
 rule postprocess:
     input:
         predictions=get_fold_files(rules.predict.output.predictions),
+        plan=rules.plan.output.plan,
         splits=rules.split.output.splits,
         dataset=rules.download.output.dataset,
     output:
@@ -21,7 +22,7 @@ rule postprocess:
     shell:
         "nnpipe postprocess --config-json {params.settings:q} --pred {input.predictions}"
         " --folds {params.folds} --raw {params.raw} --splits {input.splits}"
-        " --out {output.decision} > {log} 2>&1"
+        " --plan {input.plan} --out {output.decision} > {log} 2>&1"
 
 
 rule ensemble:

@@ -1,10 +1,12 @@
 # Scores in original space: Dice, IoU, HD95, surface Dice per class per case (CSV) and the
-# fold's summary (JSON). Region mode (training.regions) scores the BraTS regions.
+# fold's summary (JSON). What is scored (labels or regions, the ignore value of sparse
+# annotations) is the plan's label concept.
 
 
 rule evaluate:
     input:
         predictions=rules.predict.output.predictions,
+        plan=rules.plan.output.plan,
         splits=rules.split.output.splits,
         dataset=rules.download.output.dataset,
     output:
@@ -20,4 +22,4 @@ rule evaluate:
     shell:
         "nnpipe evaluate --config-json {params.settings:q} --pred {input.predictions}"
         " --raw {params.raw} --splits {input.splits} --fold {wildcards.fold}"
-        " --out {output.scores} --summary {output.summary} > {log} 2>&1"
+        " --plan {input.plan} --out {output.scores} --summary {output.summary} > {log} 2>&1"

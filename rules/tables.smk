@@ -33,7 +33,7 @@ rule plot_curves:
     params:
         folds=list(GRID.folds),
         run=RUN,
-        regions=STUDY.training.regions,
+        regions=STUDY.planning.regions or STUDY.training.regions,
     conda:
         "../envs/nnpipe.yaml"
     log:
@@ -79,7 +79,7 @@ rule plot_dice:
     params:
         folds=list(GRID.folds),
         runs=get_run_names,
-        regions=STUDY.training.regions,
+        regions=STUDY.planning.regions or STUDY.training.regions,
     conda:
         "../envs/nnpipe.yaml"
     log:

@@ -155,7 +155,6 @@ def test_parse_labels_numbers_on_both_sides(layout, expected):
 
 
 @pytest.mark.parametrize("labels, words", [
-    ({"background": 0, "whole tumour": [1, 2, 3]}, ["region lists", "training.regions"]),
     ({"1": "tumour", "2": "edema"}, ["background value 0", "listed: [1, 2]",
                                     '{"0": "background", "1": "tumour"} (MSD)',
                                     '{"background": 0, "tumour": 1} (nnU-Net v2)']),
@@ -166,7 +165,7 @@ def test_parse_labels_numbers_on_both_sides(layout, expected):
     (["background", "tumour"], ["non-empty mapping"]),
     ({"background": 0, "tumour": 0}, ["one value to several names"]),
     ({"-1": "x", "0": "background"}, ["negative values [-1]"]),
-], ids=["regions", "no-background-msd", "no-background-v2", "no-integers", "empty",
+], ids=["no-background-msd", "no-background-v2", "no-integers", "empty",
         "list", "duplicate", "negative"])
 def test_parse_labels_refusals_name_dataset_json(labels, words):
     with pytest.raises(DataError) as err:
@@ -175,3 +174,11 @@ def test_parse_labels_refusals_name_dataset_json(labels, words):
     assert "/data/Task01/dataset.json" in msg and "'labels'" in msg
     for w in words:
         assert w in msg
+
+
+def test_parse_labels_reads_v2_region_lists():
+    """nnU-Net v2 region lists add their values; the regions themselves are read by
+    nnpipe.labels.LabelScheme.from_dataset_json (tests/test_label_scheme.py)."""
+    labels = {"background": 0, "whole tumour": [1, 2, 3], "core": [2, 3], "enhancing": 3}
+    assert parse_labels(labels, layout="nnunetv2", path="dataset.json") == {
+        0: "background", 1: "whole tumour", 2: "core", 3: "enhancing"}

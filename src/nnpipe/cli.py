@@ -68,6 +68,8 @@ def cmd_plan(args: argparse.Namespace) -> None:
     configuration = args.configuration or f"{args.dim}d"
     plan = plan_configuration(fp, configuration, settings_from_config(cfg.planning),
                               cfg.dataset.name, cfg.planning.preset, cfg.dataset.task)
+    if cfg.planning.regions or cfg.training.regions:  # training.regions: the older key
+        plan = plan.with_scheme(plan.scheme().with_nested_regions())
     if cfg.planning.like:
         from nnpipe.finetune import plan_like
 
@@ -258,14 +260,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     cfg = _cfg(args)
     evaluate_fold(args.pred, args.raw, args.splits, args.fold, args.out,
                   summary_json=args.summary, tolerance_mm=cfg.evaluation.nsd_tolerance_mm,
-                  regions=cfg.training.regions)
+                  regions=cfg.training.regions, plan=args.plan, refs_dir=args.refs)
 
 
 def cmd_postprocess(args: argparse.Namespace) -> None:
     from nnpipe.evaluation.run import decide_postprocessing
 
     decide_postprocessing(args.pred, args.folds, args.raw, args.splits, args.out,
-                          regions=_cfg(args).training.regions)
+                          regions=_cfg(args).training.regions, plan=args.plan)
 
 
 def cmd_benchmark(args: argparse.Namespace) -> int:
@@ -487,6 +489,10 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--fold", type=int, required=True)
     sp.add_argument("--out", required=True)
     sp.add_argument("--summary", help="summary JSON to write (per class, per case, mean)")
+    sp.add_argument("--refs", help="folder of reference label maps to score against instead "
+                    "of the dataset's labelsTr (e.g. dense references of sparse labels)")
+    sp.add_argument("--plan", help="the run's plan JSON: its label concept (regions, ignore "
+                    "value) says what is scored; without it dataset.json's")
     sp = stage("postprocess", cmd_postprocess, "Decide largest-component postprocessing per "
                "class from the cross-validation predictions (JSON).")
     sp.add_argument("--pred", required=True, nargs="+", help="one prediction folder per fold")
@@ -494,6 +500,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--raw", required=True)
     sp.add_argument("--splits", required=True)
     sp.add_argument("--out", required=True)
+    sp.add_argument("--plan", help="the run's plan JSON: its label concept (regions, ignore "
+                    "value) says what is scored; without it dataset.json's")
     sp = stage("best", cmd_best, "Find the best configuration of a study (nnU-Net's "
                "find_best_configuration): compare the cross-validation Dice, after "
                "postprocessing, of every run and of every 2D + 3D ensemble (their saved "

@@ -55,6 +55,7 @@ class EmbeddedSettings:
     n_test: int
     seed: int
     resolution_mm: float
+    annotate_every: int = 1  # sparse labels: every n-th axial slice annotated, rest "ignore"
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class PlanningSettings:
     vram_target_gb: float = 0.0  # ResEnc presets: GPU memory per training step; 0 = preset's
     cascade: str = "auto"  # auto | off: the low-resolution cascade (nnpipe.planning.cascade)
     like: str = ""  # a trained model whose plan the dataset takes (nnpipe.finetune.plan_like)
+    regions: bool = False  # BraTS region mode, recorded in the plan (nnpipe.labels.LabelScheme)
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,7 @@ class TrainingSettings:
     extra_augmentations: tuple[str, ...]
     compile: bool
     channels_last: bool
-    regions: bool = False  # BraTS region mode (nnpipe.training.regions)
+    regions: bool = False  # deprecated: planning.regions (only plans older than the label concept)
     init_weights: str = ""  # a trained model to start from (nnpipe.finetune)
     warmup_steps: int = -1  # linear lr warm-up steps; -1: 5 % of the run with init_weights
 

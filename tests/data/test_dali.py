@@ -141,3 +141,23 @@ def test_make_loader_builds_the_dali_backend(preprocessed: Path) -> None:
                          workers=1)
     with loader:
         assert isinstance(loader, DaliLoader) and next(loader)[0].shape == (2, 2, 8, 10, 6)
+
+
+def test_sparse_labels_keep_their_ignore_index(tmp_path: Path) -> None:
+    """Sparse annotations: the ignore index (4, one past class 3) travels through DALI's
+    nearest-neighbour warps and flips like any label and equals the torch backend's."""
+    rng = np.random.default_rng(1)
+    cases = {}
+    for case_id in ("p", "q", "r"):
+        seg = rng.integers(0, 4, size=(14, 13, 9)).astype(np.uint8)
+        seg[:, :, 1::2] = 4  # every second slice unannotated
+        np.save(tmp_path / f"{case_id}.npy", np.stack([seg * 1.0, seg * 2.0]).astype(np.float32))
+        np.save(tmp_path / f"{case_id}_seg.npy", seg)
+        cases[case_id] = {"class_locations": {str(k): np.argwhere(seg == k)[::7].tolist()
+                                              for k in (1, 2, 3)}}
+    (tmp_path / "manifest.json").write_text(json.dumps({"plan": {}, "cases": cases}))
+    settings = only(zoom_prob=0.7, flip_prob=0.5)
+    with dali(tmp_path, settings) as d, torch_loader(tmp_path, settings) as t:
+        for (_, seg_d), (_, seg_t) in zip(take(d, 3), take(t, 3), strict=True):
+            assert set(seg_d.unique().tolist()) <= {0, 1, 2, 3, 4} and (seg_d == 4).any()
+            assert torch.equal(seg_d, seg_t)

@@ -356,3 +356,23 @@ def test_region_classes_score_label_sets() -> None:
     ref = label_map({2: [0, 1, 2, 3]})
     assert score_masks(wt.mask(pred), wt.mask(ref), (1, 1, 1), 1.0)["dice"] == pytest.approx(
         2 * 3 / 7)
+
+
+def test_sparse_reference_scores_annotated_voxels_only():
+    """A reference holding the ignore value: only its annotated voxels are scored (both maps
+    count as background where it is ignore), and the row says how much was annotated."""
+    ref = np.zeros((4, 4, 2), dtype=np.int64)
+    ref[:2, :2, 0] = 1
+    ref[:, :, 1] = 9  # second slice unannotated
+    pred = np.zeros_like(ref)
+    pred[:2, :2, :] = 1  # right on slice 0; on slice 1 nothing is known
+    classes = [ScoredClass("1", (1,))]
+    row = score_case(pred, ref, classes, (1.0, 1.0, 1.0), 1.0, ignore=9)
+    assert row["dice_1"] == 1.0 and row["annotated_fraction"] == 0.5
+    assert row["n_pred_1"] == 4  # the unannotated slice's predictions are not counted
+    # without the ignore value the unannotated slice would count as false positives
+    dense = score_case(pred, ref, classes, (1.0, 1.0, 1.0), 1.0)
+    assert dense["dice_1"] < 1.0 and "annotated_fraction" not in dense
+    # a dense reference under a sparse label concept: everything annotated
+    full = score_case(pred, np.where(ref == 9, 0, ref), classes, (1.0, 1.0, 1.0), 1.0, ignore=9)
+    assert full["annotated_fraction"] == 1.0

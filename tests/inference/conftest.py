@@ -14,13 +14,14 @@ import torch
 from nnpipe.model import build_unet
 from nnpipe.planning.plan import Plan
 from nnpipe.training.checkpoint import save_checkpoint
-from nnpipe.training.regions import model_outputs
 
 
 def save_model(run_dir: Path, plan: Plan, seed: int, regions: bool = False) -> Path:
+    """A checkpoint of random weights; ``regions``: the plan records BraTS region mode."""
     torch.manual_seed(seed)
-    net = build_unet(plan, deep_supervision=False,
-                     out_channels=model_outputs(plan.num_classes, regions))
+    if regions:
+        plan = plan.with_scheme(plan.scheme().with_nested_regions())
+    net = build_unet(plan, deep_supervision=False, out_channels=plan.scheme().output_channels)
     save_checkpoint(run_dir / "final.pt", {"model": net.state_dict(), "plan": plan.to_dict(),
                                            "settings": {"regions": regions}})
     return run_dir

@@ -13,6 +13,7 @@ from nnpipe.config import InferenceSettings
 from nnpipe.datasets.layout import load_dataset, read_image
 from nnpipe.inference import predict as P
 from nnpipe.inference.ensemble import load_models
+from nnpipe.labels import LabelScheme
 from nnpipe.planning.plan import ChannelNorm
 from nnpipe.preprocessing.pipeline import (
     preprocess_image,
@@ -152,8 +153,7 @@ def test_device_path_maps_wide_label_values(tiny_study, models):
     """Label values 0, 2, 5, 300 (uint16): the lookup on the device gives the host's."""
     (lm,) = load_models([models["3d"]], CPU)
     values = (0, 2, 5, 300)
-    plan = dataclasses.replace(lm.plan, labels={v: f"l{v}" for v in values},
-                               label_values=values)
+    plan = lm.plan.with_scheme(LabelScheme.from_values({v: f"l{v}" for v in values}))
     lm = dataclasses.replace(lm, plan=plan)
     image, affine = _case(tiny_study, 0)
     host, device = _both_paths([lm], image, affine, with_probabilities=True)

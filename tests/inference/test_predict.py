@@ -371,11 +371,13 @@ def test_written_labels_are_the_dataset_values_not_class_indices(tiny_study, mod
     dtype that holds 300 (uint16), never as the index."""
     import dataclasses
 
+    from nnpipe.labels import LabelScheme
+
     src = msd_folder(tiny_study, tmp_path / "in", n=1)
     (indices_path,) = predict_folder([models["3d"]], src, tmp_path / "a", SETTINGS)
     model = E.load_model(models["3d"], torch.device("cpu"))
     names = dict(zip((0, 2, 5, 300), model.plan.labels.values(), strict=True))
-    plan = dataclasses.replace(model.plan, labels=names, label_values=(0, 2, 5, 300))
+    plan = model.plan.with_scheme(LabelScheme.from_values(names))
     from nnpipe.datasets.layout import Case
     from nnpipe.inference.predict import predict_cases
 

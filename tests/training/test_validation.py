@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from nnpipe.labels import LabelScheme
 from nnpipe.training import distributed as D
 from nnpipe.training import validation as V
 from nnpipe.training.loss import DeepSupervisionLoss
@@ -78,7 +79,8 @@ def test_sums_over_ranks_give_the_dice_of_all_patches_at_once(monkeypatch):
 def test_region_mode_counts_regions():
     patches = _patches(3, num_classes=4)
     model = torch.nn.Conv2d(2, 3, 1)
-    region = DeepSupervisionLoss(head_loss(range(4), True))
+    region = DeepSupervisionLoss(head_loss(LabelScheme.from_values(
+        {0: 'b', 1: 'a', 2: 'c', 3: 'd'}, regions=True)))
     loss, dice = _validate(model, patches, 2, D.DistInfo(0, 1, 0, CPU), loss_fn=region)
     assert len(dice) == 3 and all(0.0 <= d <= 1.0 for d in dice) and loss > 0
 

@@ -43,6 +43,11 @@ DATASET_NAME = "Embedded_BrainTumour"
 CHANNELS = ("FLAIR", "T1w", "t1gd", "T2w")
 LABELS = {0: "background", 1: "edema", 2: "non-enhancing tumor", 3: "enhancing tumour"}
 NOTICE_NAME = "LICENSE-MNI152.txt"
+# Sparse variant (annotate_every > 1): unannotated voxels hold this value, named "ignore"
+# (nnU-Net v2's convention: the highest label value); the dense references are kept in
+# DENSE_FOLDER beside labelsTr, so a sparse run can be scored against them.
+IGNORE_VALUE = 4
+DENSE_FOLDER = "labelsTr_dense"
 
 # Relative signal per channel (rows: FLAIR, T1w, T1-Gd, T2w) and class (columns: CSF, GM, WM,
 # oedema, non-enhancing/necrotic core, enhancing tumour), after the usual appearance of
@@ -306,7 +311,25 @@ def case_id(index: int) -> str:
     return f"BRATS_{index + 1:03d}"
 
 
-def _dataset_json(n_train: int, n_test: int, seed: int, resolution_mm: float) -> dict:
+def sparse_label(label: np.ndarray, every: int) -> np.ndarray:
+    """Sparse annotations of a dense label map ``(X, Y, Z)``: only the slices ``z = 0, every,
+    2 * every, ...`` along the last voxel axis keep their labels, every other voxel holds
+    :data:`IGNORE_VALUE` (``every = 1``: ``label`` unchanged)."""
+    if every < 1:
+        raise ValueError(f"annotate_every must be >= 1, got {every!r}")
+    out = np.full_like(label, IGNORE_VALUE)
+    out[..., ::every] = label[..., ::every]
+    return out
+
+
+def _dataset_json(n_train: int, n_test: int, seed: int, resolution_mm: float,
+                  annotate_every: int = 1) -> dict:
+    labels = {str(k): v for k, v in LABELS.items()}
+    release = f"seed={seed}, resolution_mm={resolution_mm:g}"
+    if annotate_every > 1:
+        labels[str(IGNORE_VALUE)] = "ignore"
+        release += (f", annotate_every={annotate_every} (sparse: dense labels in "
+                    f"{DENSE_FOLDER}/)")
     return {
         "name": DATASET_NAME,
         "description": "Synthetic BraTS-like gliomas on the MNI ICBM152 2009 template "
@@ -314,10 +337,10 @@ def _dataset_json(n_train: int, n_test: int, seed: int, resolution_mm: float) ->
         "reference": "nnpipe.datasets.embedded; anatomy: MNI ICBM152 2009 (see "
                      f"{NOTICE_NAME})",
         "licence": f"derived from the MNI ICBM152 2009 template; see {NOTICE_NAME}",
-        "release": f"seed={seed}, resolution_mm={resolution_mm:g}",
+        "release": release,
         "tensorImageSize": "4D",
         "modality": {str(i): name for i, name in enumerate(CHANNELS)},
-        "labels": {str(k): v for k, v in LABELS.items()},
+        "labels": labels,
         "numTraining": n_train,
         "numTest": n_test,
         "training": [{"image": f"./imagesTr/{case_id(i)}.nii.gz",
@@ -341,7 +364,7 @@ def _check_arguments(n_train: int, n_test: int, seed: int, resolution_mm: float)
 
 
 def _write_cases(root: Path, n_train: int, n_test: int, seed: int, resolution_mm: float,
-                 progress: bool) -> None:
+                 progress: bool, annotate_every: int = 1) -> None:
     total = n_train + n_test
     for index in range(total):
         start = time.perf_counter()
@@ -349,6 +372,9 @@ def _write_cases(root: Path, n_train: int, n_test: int, seed: int, resolution_mm
         cid = case_id(index)
         if index < n_train:
             save_nifti(root / "imagesTr" / f"{cid}.nii.gz", image, affine)
+            if annotate_every > 1:
+                save_nifti(root / DENSE_FOLDER / f"{cid}.nii.gz", label, affine)
+                label = sparse_label(label, annotate_every)
             save_nifti(root / "labelsTr" / f"{cid}.nii.gz", label, affine)
         else:
             save_nifti(root / "imagesTs" / f"{cid}.nii.gz", image, affine)
@@ -362,16 +388,22 @@ def _write_cases(root: Path, n_train: int, n_test: int, seed: int, resolution_mm
 
 
 def generate_embedded(out_dir: Path, *, n_train: int = 20, n_test: int = 4, seed: int = 0,
-                      resolution_mm: float = 3.0, progress: bool = True) -> Path:
+                      resolution_mm: float = 3.0, progress: bool = True,
+                      annotate_every: int = 1) -> Path:
     """Write the embedded dataset to ``out_dir`` (MSD layout) and return ``out_dir``.
 
     The folder is built under a temporary sibling name and renamed into place only when
     complete, so an interrupted run never leaves something that looks like a finished
     dataset. ``out_dir`` may exist only as an empty folder. Same arguments, same arrays.
     Defaults (24 cases at 3 mm, volumes about 45-70 voxels per side) take a few seconds.
+    ``annotate_every > 1`` writes sparse annotations (:func:`sparse_label`: every n-th slice,
+    the rest labelled ``ignore``) and the dense references in ``labelsTr_dense/``.
     Raises ``ValueError`` for bad arguments and ``FileExistsError`` if ``out_dir`` holds files.
     """
     _check_arguments(n_train, n_test, seed, resolution_mm)
+    if isinstance(annotate_every, bool) or not isinstance(annotate_every, int) \
+            or annotate_every < 1:
+        raise ValueError(f"annotate_every must be an integer >= 1, got {annotate_every!r}")
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise FileExistsError(f"embedded dataset: {str(out_dir)!r} already exists and is not an "
@@ -385,11 +417,11 @@ def generate_embedded(out_dir: Path, *, n_train: int = 20, n_test: int = 4, seed
         if progress:
             print(f"embedded: MNI152 template at {resolution_mm:g} mm ready in "
                   f"{time.perf_counter() - start:.2f} s", file=sys.stderr)
-        _write_cases(tmp, n_train, n_test, seed, float(resolution_mm), progress)
+        _write_cases(tmp, n_train, n_test, seed, float(resolution_mm), progress, annotate_every)
         notice = resources.files("nnpipe.datasets").joinpath("NOTICE-MNI152.txt").read_text()
         write_text(tmp / NOTICE_NAME, notice)
         write_json(tmp / "dataset.json",
-                   _dataset_json(n_train, n_test, seed, float(resolution_mm)))
+                   _dataset_json(n_train, n_test, seed, float(resolution_mm), annotate_every))
         os.replace(tmp, out_dir)  # atomic; replaces an empty out_dir
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -46,7 +46,7 @@ from nnpipe.imageio import (
     strip_ending,
     write_like,
 )
-from nnpipe.labels import LabelTable, integer_labels, parse_labels
+from nnpipe.labels import LabelScheme, LabelTable, integer_labels, parse_labels
 from nnpipe.progress import log
 
 LAYOUTS = ("msd", "nnunetv2")
@@ -72,6 +72,16 @@ class Dataset:
     training: tuple[Case, ...]
     test: tuple[Case, ...]
     file_ending: str = ".nii.gz"
+    # the label concept of dataset.json (regions, ignore); None: every listed value a class
+    label_scheme: LabelScheme | None = None
+
+    @property
+    def scheme(self) -> LabelScheme:
+        """dataset.json's label concept (:meth:`LabelScheme.from_dataset_json`)."""
+        if self.label_scheme is not None:
+            return self.label_scheme
+        return LabelScheme.from_dataset_json({str(k): v for k, v in self.labels.items()},
+                                             layout="msd", path=self.root / "dataset.json")
 
     @property
     def num_channels(self) -> int:
@@ -84,7 +94,7 @@ class Dataset:
 
     @property
     def label_table(self) -> LabelTable:
-        return LabelTable.from_labels(self.labels)
+        return self.scheme.table
 
     @property
     def is_ct(self) -> tuple[bool, ...]:
@@ -261,7 +271,13 @@ def _load_msd(root: Path, meta: dict) -> Dataset:
     _warn_unlisted(root / "imagesTr", {c.images[0].name for c in training}, "training")
     _warn_unlisted(root / "imagesTs", {c.images[0].name for c in test}, "test")
     return Dataset(root, str(meta.get("name", root.name)), "msd", channels, labels,
-                   tuple(training), tuple(test), str(meta.get("file_ending", ".nii.gz")))
+                   tuple(training), tuple(test), str(meta.get("file_ending", ".nii.gz")),
+                   _scheme(meta, "msd", meta_path))
+
+
+def _scheme(meta: dict, layout: str, path: Path) -> LabelScheme:
+    return LabelScheme.from_dataset_json(meta.get("labels"), layout=layout, path=path,
+                                         regions_class_order=meta.get("regions_class_order"))
 
 
 def _warn_unlisted(folder: Path, listed: set[str], key: str) -> None:
@@ -296,7 +312,8 @@ def _load_nnunetv2(root: Path, meta: dict) -> Dataset:
             raise DataError(f"has no label file in labelsTr (expected {c.case_id}{ending})",
                             case=c.case_id, path=root / "labelsTr")
     return Dataset(root, str(meta.get("name", root.name)), "nnunetv2", channels, labels,
-                   training, cases("imagesTs", None), ending)
+                   training, cases("imagesTs", None), ending,
+                   _scheme(meta, "nnunetv2", meta_path))
 
 
 # ---------------------------------------------------------------- images

@@ -44,7 +44,7 @@ def fetch_dataset(settings: DatasetSettings, out_dir: Path | str) -> Path:
         if settings.source == "embedded":
             e = settings.embedded
             generate_embedded(partial, n_train=e.n_train, n_test=e.n_test, seed=e.seed,
-                              resolution_mm=e.resolution_mm)
+                              resolution_mm=e.resolution_mm, annotate_every=e.annotate_every)
         elif settings.source == "local":
             if not settings.path:
                 raise DataError("dataset.source is 'local' but dataset.path is empty")

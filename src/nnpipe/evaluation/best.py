@@ -39,19 +39,19 @@ import numpy as np
 from nnpipe.datasets.layout import load_dataset, prediction_path
 from nnpipe.errors import DataError
 from nnpipe.evaluation.metrics import ScoredClass, dice, nanmean
-from nnpipe.evaluation.run import scored_classes
 from nnpipe.imageio import read_file, write_like
 from nnpipe.inference.model_spec import BEST_FORMAT, BEST_FORMAT_VERSION
 from nnpipe.inference.postprocess import (
+    annotated,
     decide_to_file,
     keep_largest_component,
     load_decision,
     read_scored_pair,
 )
 from nnpipe.io import read_json, write_json
+from nnpipe.labels import outputs_to_labels
 from nnpipe.planning.plan import Plan
 from nnpipe.progress import log
-from nnpipe.training.regions import regions_to_labels
 from nnpipe.training.splits import load_fold
 
 METRIC = ("mean over all cross-validation cases of the mean Dice over the classes scored in "
@@ -155,7 +155,9 @@ def find_best(study_dir: Path | str, runs: Sequence[str], folds: Sequence[int], 
         raise ValueError("no runs to compare")
     study.crossval("").mkdir(parents=True, exist_ok=True)  # the rule's output, even if empty
     ds = load_dataset(study.raw)
-    classes = scored_classes(ds.labels, regions)
+    # the label concept of the runs' plan (region mode from config only for older plans)
+    scheme = Plan.load(study.plan(runs[0])).scheme(legacy_regions=regions)
+    classes = scheme.scored_classes
     cases = [(fold, c) for fold in folds for c in load_fold(study.splits, fold)["val"]]
     refs: dict[str, Path] = {}
     for _, c in cases:
@@ -175,9 +177,9 @@ def find_best(study_dir: Path | str, runs: Sequence[str], folds: Sequence[int], 
         pairs = [(c, prediction_path(pred_dir[f], c), refs[c]) for f, c in cases]
         if len(members) > 1:
             decision = study.crossval(name) / "postprocess.json"
-            decide_to_file(pairs, classes, decision)
+            decide_to_file(pairs, classes, decision, scheme.ignore)
         applied = load_decision(decision)
-        raw_dice, post_dice = cv_dice(pairs, classes, applied)
+        raw_dice, post_dice = cv_dice(pairs, classes, applied, scheme.ignore)
         log(f"best: {name}: cross-validation Dice {100 * raw_dice:.2f} -> "
             f"{100 * post_dice:.2f} after postprocessing ({len(pairs)} cases)")
         scores.append({"name": name, "runs": list(members), "dice": _num(post_dice),
@@ -229,16 +231,19 @@ def _num(v: float) -> float | None:
 
 
 def cv_dice(pairs: Sequence[tuple[str, Path, Path]], classes: Sequence[ScoredClass],
-            postprocess: Sequence[ScoredClass]) -> tuple[float, float]:
+            postprocess: Sequence[ScoredClass], ignore: int | None = None
+            ) -> tuple[float, float]:
     """(Dice before, Dice after ``postprocess``) over ``(case, prediction, reference)``
-    files: per case the mean over the classes scored in it, then the mean over cases."""
+    files: per case the mean over the classes scored in it, then the mean over cases;
+    reference voxels holding ``ignore`` (sparse annotations) are scored in neither map."""
     before, after = [], []
     for case, pred_path, ref_path in pairs:
         pred, ref = read_scored_pair(case, pred_path, ref_path)
-        before.append(nanmean(dice(c.mask(pred), c.mask(ref)) for c in classes))
+        keep = annotated(ref, ignore)
+        before.append(nanmean(dice(c.mask(pred) & keep, c.mask(ref)) for c in classes))
         for c in postprocess:
             pred = keep_largest_component(pred, c)
-        after.append(nanmean(dice(c.mask(pred), c.mask(ref)) for c in classes))
+        after.append(nanmean(dice(c.mask(pred) & keep, c.mask(ref)) for c in classes))
     return nanmean(before), nanmean(after)
 
 
@@ -247,7 +252,7 @@ def _ensemble_folder(study: Study, members: Sequence[str], cases: Sequence[tuple
     """Label maps of the members' averaged validation probabilities, one folder per fold,
     each in the file grid of the first member's prediction (the case's own grid)."""
     plan = Plan.load(study.plan(members[0]))
-    region_classes = scored_classes(plan.labels, True) if regions else None
+    scheme = plan.scheme(legacy_regions=regions)
     for fold, case in cases:
         total: np.ndarray | None = None
         names: list[str] = []
@@ -264,10 +269,7 @@ def _ensemble_folder(study: Study, members: Sequence[str], cases: Sequence[tuple
             total += probs
         assert total is not None  # members is not empty
         total /= len(members)
-        if region_classes is not None:
-            labels = regions_to_labels(total, region_classes)
-        else:
-            labels = plan.label_table.to_values(total.argmax(0))
+        labels = outputs_to_labels(total, scheme)
         template = read_file(prediction_path(study.predictions(members[0], fold), case),
                              case=case)
         out[fold].mkdir(parents=True, exist_ok=True)

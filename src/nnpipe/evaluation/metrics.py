@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,23 +52,13 @@ from nnpipe.datasets.layout import prediction_path, read_label_file
 from nnpipe.errors import DataError
 from nnpipe.geometry import grid_difference, spacing_of
 from nnpipe.io import atomic_path, write_json
+from nnpipe.labels import ScoredClass
+
+__all__ = ["ScoredClass"]  # re-exported: the label concept lives in nnpipe.labels
 
 METRICS = ("dice", "iou", "hd95", "nsd")
 COUNTS = ("n_ref", "n_pred")  # voxels of the class in the reference and in the prediction
 DEFAULT_NSD_TOLERANCE_MM = 1.0
-
-
-@dataclass(frozen=True)
-class ScoredClass:
-    """What one column group scores: ``name`` (``"1"`` or ``"WT"``) and its label values."""
-
-    name: str
-    labels: tuple[int, ...]
-
-    def mask(self, label_map: np.ndarray) -> np.ndarray:
-        if len(self.labels) == 1:
-            return label_map == self.labels[0]
-        return np.isin(label_map, self.labels)
 
 
 def label_classes(labels: Sequence[int]) -> tuple[ScoredClass, ...]:
@@ -214,13 +203,24 @@ def _same_shape(pred: np.ndarray, ref: np.ndarray) -> None:
 
 
 def score_case(pred: np.ndarray, ref: np.ndarray, classes: Sequence[ScoredClass],
-               spacing: Sequence[float], tolerance_mm: float) -> dict[str, float]:
+               spacing: Sequence[float], tolerance_mm: float,
+               ignore: int | None = None) -> dict[str, float]:
     """One CSV row of label maps ``(X, Y, Z)``, spacing in mm.
 
     Per class ``<metric>_<class>`` and the voxel counts ``n_ref_<class>``, ``n_pred_<class>``;
     then ``<metric>_mean``, the mean over the classes scored in this case (NaN if none was).
+    Sparse annotations (``ignore`` given): where ``ref`` holds the ``ignore`` value the voxel
+    is unannotated and both maps count as background there, so only annotated voxels are
+    scored; ``annotated_fraction`` is then the share of annotated reference voxels.
     """
     row: dict[str, float] = {}
+    annotated = 1.0
+    if ignore is not None:
+        unannotated = ref == ignore
+        if unannotated.any():
+            annotated = 1.0 - float(unannotated.mean())
+            ref = np.where(unannotated, 0, ref)
+            pred = np.where(unannotated, 0, pred)
     for c in classes:
         p, r = c.mask(pred), c.mask(ref)
         for metric, value in score_masks(p, r, spacing, tolerance_mm).items():
@@ -228,13 +228,17 @@ def score_case(pred: np.ndarray, ref: np.ndarray, classes: Sequence[ScoredClass]
         row[f"n_ref_{c.name}"], row[f"n_pred_{c.name}"] = int(r.sum()), int(p.sum())
     for metric in METRICS:
         row[f"{metric}_mean"] = nanmean(row[f"{metric}_{c.name}"] for c in classes)
+    if ignore is not None:
+        row["annotated_fraction"] = annotated
     return row
 
 
 def evaluate_case(pred_path: Path | str, ref_path: Path | str, labels: Sequence[int] | None = None,
                   case: str | None = None, *, classes: Sequence[ScoredClass] | None = None,
-                  tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM) -> dict[str, float]:
-    """Score one predicted label map file against its reference (spacing from its affine).
+                  tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
+                  ignore: int | None = None) -> dict[str, float]:
+    """Score one predicted label map file against its reference (spacing from its affine);
+    ``ignore``: the value of unannotated reference voxels (:func:`score_case`).
 
     Both are read by the one reader (:func:`nnpipe.datasets.layout.read_label_file`: any
     supported format, canonical voxel order, values rounded within float round-off). Scores
@@ -250,24 +254,27 @@ def evaluate_case(pred_path: Path | str, ref_path: Path | str, labels: Sequence[
     if diff:
         raise DataError(f"prediction grid differs from the reference's ({ref_path}): {diff}",
                         case=case, path=pred_path)
-    return score_case(pred, ref, classes, spacing_of(ref_affine), tolerance_mm)
+    return score_case(pred, ref, classes, spacing_of(ref_affine), tolerance_mm, ignore)
 
 
-def columns(classes: Sequence[ScoredClass]) -> list[str]:
+def columns(classes: Sequence[ScoredClass], sparse: bool = False) -> list[str]:
     """CSV columns: ``case``, then per class its four metrics and two voxel counts, then the
-    four means."""
+    four means; with ``sparse`` (a label concept with an ignore value) ``annotated_fraction``
+    (share of reference voxels not ``ignore``: only those are scored)."""
     cols = ["case"]
     for c in classes:
         cols += [f"{m}_{c.name}" for m in (*METRICS, *COUNTS)]
-    return cols + [f"{m}_mean" for m in METRICS]
+    return cols + [f"{m}_mean" for m in METRICS] + (["annotated_fraction"] if sparse else [])
 
 
 def evaluate_folder(pred_dir: Path | str, refs: Path | str | Mapping[str, Path | str],
                     case_ids: Sequence[str], labels: Sequence[int] | None,
                     out_csv: Path | str, *, classes: Sequence[ScoredClass] | None = None,
                     tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
-                    summary_json: Path | str | None = None) -> pd.DataFrame:
+                    summary_json: Path | str | None = None,
+                    ignore: int | None = None) -> pd.DataFrame:
     """Score ``{pred_dir}/{case}<ending>`` for every case; write and return the table.
+    ``ignore``: the value of unannotated reference voxels, left out of every score.
 
     ``refs`` is a folder holding ``{case}<ending>`` (MSD ``labelsTr``) or a mapping from case
     id to reference path. The CSV (written atomically) has one row per case and the columns
@@ -282,10 +289,11 @@ def evaluate_folder(pred_dir: Path | str, refs: Path | str | Mapping[str, Path |
         pred_path = prediction_path(pred_dir, case)
         rows.append({"case": case, **evaluate_case(pred_path, _ref_path(refs, case),
                                                    case=case, classes=classes,
-                                                   tolerance_mm=tolerance_mm)})
-    table = pd.DataFrame(rows, columns=columns(classes))
+                                                   tolerance_mm=tolerance_mm,
+                                                   ignore=ignore)})
+    table = pd.DataFrame(rows, columns=columns(classes, sparse=ignore is not None))
     if summary_json is not None:
-        write_json(summary_json, summarize(table, classes, tolerance_mm))
+        write_json(summary_json, summarize(table, classes, tolerance_mm, ignore))
     with atomic_path(out_csv) as tmp:
         table.to_csv(tmp, index=False)
     return table
@@ -299,15 +307,27 @@ CONVENTION = ("reference and prediction both empty: the class is not scored in t
 
 
 def summarize(table: pd.DataFrame, classes: Sequence[ScoredClass],
-              tolerance_mm: float) -> dict[str, Any]:
+              tolerance_mm: float, ignore: int | None = None) -> dict[str, Any]:
     """The summary JSON of a table with the :func:`columns` of ``classes``.
 
     ``per_class``: each metric's mean over the cases where the class was scored, and the
     case counts ``n_cases_in_reference`` (reference holds the class), ``n_cases_scored``
     (not both empty) and ``n_cases``; ``foreground_mean``: mean of the case means; ``cases``:
-    every row. NaN (not scored) is written as ``null``, valid JSON.
+    every row. NaN (not scored) is written as ``null``, valid JSON. With sparse references
+    (``ignore`` set), ``sparse_annotations`` says what was scored.
     """
-    return {
+    extra: dict[str, Any] = {}
+    if ignore is not None and "annotated_fraction" in table:
+        extra["sparse_annotations"] = {
+            "ignore_label": ignore,
+            "mean_annotated_fraction": _json_number(float(table["annotated_fraction"].mean())),
+            "note": "only annotated reference voxels are scored: where the reference holds "
+                    "the ignore value, prediction and reference both count as background. "
+                    "Dice and IoU are those of the annotated voxels; HD95 and NSD are "
+                    "surface metrics of the annotated part only (for annotated slices, "
+                    "in-slice boundaries and the cuts between annotated and unannotated "
+                    "voxels), not of the 3D surfaces"}
+    return {**extra,
         "nsd_tolerance_mm": tolerance_mm,
         "classes": {c.name: list(c.labels) for c in classes},
         "per_class": {c.name: _class_summary(table, c.name) for c in classes},

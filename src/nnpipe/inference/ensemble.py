@@ -25,13 +25,13 @@ from nnpipe.config import InferenceSettings
 from nnpipe.evaluation.metrics import ScoredClass
 from nnpipe.inference.runtime import Forward, build_forward
 from nnpipe.inference.sliding_window import predict_volume_2d, sliding_window
+from nnpipe.labels import LabelScheme
 from nnpipe.model import build_unet
 from nnpipe.model.onednn import OneDnnConv3d  # also re-exported: one class for predict and train
 from nnpipe.model.unet import DYNUNET_ALIAS_PREFIX
 from nnpipe.planning.plan import Plan
 from nnpipe.progress import log
 from nnpipe.training.checkpoint import load_checkpoint
-from nnpipe.training.regions import model_outputs, nested_regions
 
 CHECKPOINT_NAMES = ("final.pt", "last.pt")
 # Fraction of the free GPU memory the whole-volume sums may take; the rest is for the
@@ -53,7 +53,13 @@ class LoadedModel:
 
     @property
     def out_channels(self) -> int:
-        return len(self.regions) if self.regions is not None else self.plan.num_classes
+        return self.scheme.output_channels
+
+    @property
+    def scheme(self) -> LabelScheme:
+        """The label concept the model was trained with: its plan's (an older plan's region
+        mode came from the checkpoint's settings, kept in :attr:`regions`)."""
+        return self.plan.scheme(legacy_regions=self.regions is not None)
 
 
 def checkpoint_path(model: Path | str) -> Path:
@@ -87,12 +93,13 @@ def build_model(plan: Plan, weights: dict[str, torch.Tensor], use_regions: bool,
                 device: torch.device, source: Path | str) -> LoadedModel:
     """The prediction network of ``plan`` with ``weights`` (a training checkpoint's
     ``model`` state dict, or an exported archive's fold weights) on ``device``; ``source``
-    names where the weights came from in errors."""
-    net = build_unet(plan, deep_supervision=False,
-                     out_channels=model_outputs(plan.num_classes, use_regions))
+    names where the weights came from in errors. The plan's label concept decides the
+    outputs; ``use_regions`` (the checkpoint's settings) only for plans older than it."""
+    scheme = plan.scheme(legacy_regions=use_regions)
+    net = build_unet(plan, deep_supervision=False, out_channels=scheme.output_channels)
     load_weights(net, weights, source)
     net.to(device).eval()
-    regions = nested_regions(plan.labels) if use_regions else None
+    regions = scheme.regions or None
     fmt = torch.contiguous_format
     if device.type == "cpu":
         # the forward passes reuse their activations' pages (nnpipe.allocator)

@@ -67,9 +67,10 @@ def read_scored_pair(case: str, pred_path: Path, ref_path: Path
     return pred, ref
 
 
-def decide(pairs: Sequence[tuple[str, Path, Path]], classes: Sequence[ScoredClass]
-           ) -> dict[str, Any]:
-    """Decide per class from ``(case, prediction, reference)`` NIfTI paths.
+def decide(pairs: Sequence[tuple[str, Path, Path]], classes: Sequence[ScoredClass],
+           ignore: int | None = None) -> dict[str, Any]:
+    """Decide per class from ``(case, prediction, reference)`` NIfTI paths; ``ignore``: the
+    value of unannotated reference voxels (sparse annotations), scored in neither map.
 
     Returns the JSON record: per class its labels, ``dice_before``, ``dice_after`` (means
     over the cases where the class is scored; ``None`` if it is in none), ``n_cases_scored``,
@@ -81,10 +82,11 @@ def decide(pairs: Sequence[tuple[str, Path, Path]], classes: Sequence[ScoredClas
     after: dict[str, list[float]] = {c.name: [] for c in classes}
     for case, pred_path, ref_path in pairs:
         pred, ref = read_scored_pair(case, pred_path, ref_path)
+        keep = annotated(ref, ignore)
         for c in classes:
-            before[c.name].append(dice(c.mask(pred), c.mask(ref)))
+            before[c.name].append(dice(c.mask(pred) & keep, c.mask(ref)))
             cleaned = keep_largest_component(pred.copy(), c)
-            after[c.name].append(dice(c.mask(cleaned), c.mask(ref)))
+            after[c.name].append(dice(c.mask(cleaned) & keep, c.mask(ref)))
     record: dict[str, Any] = {"classes": {}, "cases": [p[0] for p in pairs],
                               "rule": f"keep the largest connected component (face "
                                       f"connectivity) of a class if it raises the class's mean "
@@ -114,9 +116,16 @@ def _class_decision(cls: ScoredClass, before: Sequence[float], after: Sequence[f
             "apply": apply}
 
 
+def annotated(ref: np.ndarray, ignore: int | None) -> np.ndarray | bool:
+    """Where ``ref`` is annotated: ``ref != ignore`` (True everywhere for dense labels). A
+    prediction masked with it and the reference's class masks (which never hold the ignore
+    value) compare annotated voxels only."""
+    return True if ignore is None else ref != ignore
+
+
 def decide_to_file(pairs: Sequence[tuple[str, Path, Path]], classes: Sequence[ScoredClass],
-                   out: Path | str) -> dict[str, Any]:
-    record = decide(pairs, classes)
+                   out: Path | str, ignore: int | None = None) -> dict[str, Any]:
+    record = decide(pairs, classes, ignore)
     write_json(out, record)
     return record
 

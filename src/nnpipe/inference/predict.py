@@ -59,6 +59,7 @@ from nnpipe.inference.ensemble import LoadedModel, average_probabilities
 from nnpipe.inference.postprocess import keep_largest_component, load_decision
 from nnpipe.inference.shards import Shard, select_part, write_part_record
 from nnpipe.io import atomic_path
+from nnpipe.labels import REGION_THRESHOLD, outputs_to_labels
 from nnpipe.planning.plan import Plan
 from nnpipe.preprocessing.pipeline import (
     CaseMeta,
@@ -70,7 +71,6 @@ from nnpipe.preprocessing.pipeline import (
 )
 from nnpipe.preprocessing.previous import previous_channels
 from nnpipe.progress import log
-from nnpipe.training.regions import THRESHOLD, regions_to_labels
 
 if TYPE_CHECKING:  # imported where used (load_configuration), as before
     from nnpipe.inference.model_spec import ModelSpec
@@ -218,10 +218,7 @@ def predict_image(models: Sequence[LoadedModel], image: np.ndarray, affine: np.n
             _out_of_device_memory(device, case_id, "restoring the probabilities")
     full = _restore(probs, meta, regions is not None)
     del probs
-    if regions is not None:
-        labels = regions_to_labels(full, regions).astype(plan.label_table.value_dtype)
-    else:
-        labels = plan.label_table.to_values(full.argmax(0))
+    labels = outputs_to_labels(full, models[0].scheme)
     return CaseResult(_postprocess(labels, postprocess), full if with_probabilities else None)
 
 
@@ -269,7 +266,9 @@ def _restore_on_device(probs: np.ndarray, meta: CaseMeta, lm: LoadedModel,
             if full is not None:
                 full[k][box] = channel.cpu().numpy()
             if lm.regions is not None:  # index holds label values here
-                index.masked_fill_(channel > THRESHOLD, min(lm.regions[k].labels))
+                # nnpipe.labels.outputs_to_labels, one channel at a time
+                index.masked_fill_(channel > REGION_THRESHOLD,
+                                   lm.scheme.regions_class_order[k])
             elif best is None:
                 best = channel
             else:
@@ -402,11 +401,7 @@ def predict_members_image(groups: Sequence[Sequence[LoadedModel]], image: np.nda
             total += result.probabilities
     assert total is not None  # groups is not empty
     total /= len(groups)
-    lm = groups[0][0]
-    if lm.regions is not None:
-        labels = regions_to_labels(total, lm.regions).astype(lm.plan.label_table.value_dtype)
-    else:
-        labels = lm.plan.label_table.to_values(total.argmax(0))
+    labels = outputs_to_labels(total, groups[0][0].scheme)
     return CaseResult(_postprocess(labels, postprocess), total if with_probabilities else None)
 
 
@@ -545,7 +540,9 @@ def predict_dataset(models: Sequence[Path | str] | ModelSpec, raw: Path | str,
     groups, classes, source, stages = load_configuration(models, device, plan, postprocess,
                                                          previous)
     mp = groups[0][0].plan
-    if mp.num_channels != ds.num_channels or dict(mp.labels) != dict(ds.labels):
+    # a plan records the classes without the ignore value; plans older than that list it
+    if mp.num_channels != ds.num_channels \
+            or dict(mp.labels) not in (dict(ds.labels), dict(ds.scheme.names)):
         raise ValueError(f"model {source!r} ({mp.num_channels} channel(s), labels "
                          f"{mp.labels}) does not fit dataset {str(raw)!r} ({ds.num_channels} "
                          f"channel(s), labels {ds.labels})")

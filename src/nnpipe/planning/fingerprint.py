@@ -21,7 +21,7 @@ import numpy as np
 from nnpipe.datasets.layout import Case, Dataset, read_image, read_label
 from nnpipe.errors import DataError
 from nnpipe.geometry import axis_codes, spacing_of
-from nnpipe.labels import INTEGER_TOLERANCE
+from nnpipe.labels import INTEGER_TOLERANCE, LabelScheme
 from nnpipe.progress import log
 
 Bbox = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
@@ -64,6 +64,17 @@ class Fingerprint:
     class_cases: dict[int, int] = field(default_factory=dict)
     # channel names of dataset.json, in channel order (() in fingerprints older than them)
     channel_names: tuple[str, ...] = ()
+    # dataset.json's label concept (regions, ignore); None in fingerprints older than it
+    label_scheme: LabelScheme | None = None
+
+    @property
+    def scheme(self) -> LabelScheme:
+        """The label concept planning records (derived from ``labels`` for old fingerprints:
+        a value named ``ignore`` is the ignore value)."""
+        if self.label_scheme is not None:
+            return self.label_scheme
+        return LabelScheme.from_dataset_json({str(k): v for k, v in self.labels.items()},
+                                             layout="msd")
 
     @property
     def single_slice(self) -> bool:
@@ -94,6 +105,7 @@ class Fingerprint:
         d = asdict(self)
         d["labels"] = {str(k): v for k, v in self.labels.items()}
         d["class_cases"] = {str(k): v for k, v in self.class_cases.items()}
+        d["label_scheme"] = None if self.label_scheme is None else self.label_scheme.to_dict()
         return d
 
     @classmethod
@@ -110,6 +122,8 @@ class Fingerprint:
             layout=str(d.get("layout", "msd")),
             class_cases={int(k): int(v) for k, v in d.get("class_cases", {}).items()},
             channel_names=tuple(str(c) for c in d.get("channel_names", ())),
+            label_scheme=(LabelScheme.from_dict(d["label_scheme"])
+                          if d.get("label_scheme") is not None else None),
         )
 
 
@@ -174,7 +188,8 @@ def _fingerprint_case(args: tuple[Dataset, Case, int]) -> _CaseRecord:
     image, affine = ci.image, ci.affine
     label, rounded = read_label(ds, case, ci)
     _, cropped, _ = crop_to_nonzero(image, None)
-    foreground = label > 0
+    ignore = ds.scheme.ignore  # unannotated voxels are no foreground
+    foreground = (label > 0) if ignore is None else (label > 0) & (label != ignore)
     n = int(foreground.sum())
     rng = np.random.default_rng(_case_seed(case.case_id))
     pick = np.sort(rng.choice(n, size=max_samples, replace=False)) if n > max_samples else None
@@ -266,6 +281,7 @@ def compute_fingerprint(ds: Dataset, workers: int = 1, progress: bool = True, *,
         layout=ds.layout,
         class_cases=class_cases,
         channel_names=tuple(ds.channels),
+        label_scheme=ds.scheme,
     )
 
 

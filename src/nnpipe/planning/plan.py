@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from nnpipe.io import write_json
-from nnpipe.labels import LabelTable
+from nnpipe.labels import LabelScheme, LabelTable
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,35 @@ class Plan:
     # the configuration whose segmentation this stage takes as extra input ("3d_lowres" for
     # "3d_cascade"; "" otherwise): see :attr:`previous_channels`
     previous_stage: str = ""
+    # the label concept (nnpipe.labels.LabelScheme): value <-> index table, regions, ignore;
+    # None in plans older than it (then :meth:`scheme` derives it the old way)
+    label_scheme: LabelScheme | None = None
+
+    def __post_init__(self) -> None:
+        ls = self.label_scheme
+        if ls is not None and (dict(self.labels) != ls.names or self.num_classes != ls.num_classes
+                               or self.label_values not in ((), ls.values)):
+            raise ValueError(f"plan for {self.dataset!r}: labels {self.labels}, num_classes "
+                             f"{self.num_classes}, label_values {list(self.label_values)} "
+                             f"disagree with its label_scheme {ls.to_dict()} (use with_scheme)")
+
+    def scheme(self, legacy_regions: bool = False) -> LabelScheme:
+        """The plan's label concept. A plan older than the recorded scheme has no ignore value
+        (its label maps were trained with every listed value a class) and region mode came
+        from outside: the checkpoint's settings or config ``training.regions``
+        (``legacy_regions``); a recorded scheme ignores ``legacy_regions``."""
+        if self.label_scheme is not None:
+            return self.label_scheme
+        return LabelScheme.from_values(dict(zip(self.label_table.values, (
+            self.labels.get(v, str(v)) for v in self.label_table.values), strict=True)),
+            regions=legacy_regions)
+
+    def with_scheme(self, scheme: LabelScheme) -> Plan:
+        """This plan with ``scheme`` recorded, and the class fields that follow from it."""
+        from dataclasses import replace
+
+        return replace(self, label_scheme=scheme, labels=dict(scheme.names),
+                       num_classes=scheme.num_classes, label_values=scheme.values)
 
     @property
     def previous_channels(self) -> int:
@@ -82,6 +111,8 @@ class Plan:
     @property
     def label_table(self) -> LabelTable:
         """The value <-> class index table: training and losses use indices, files values."""
+        if self.label_scheme is not None:
+            return self.label_scheme.table
         return LabelTable(self.label_values or tuple(sorted(self.labels)))
 
     @property
@@ -94,6 +125,7 @@ class Plan:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["labels"] = {str(k): v for k, v in self.labels.items()}
+        d["label_scheme"] = None if self.label_scheme is None else self.label_scheme.to_dict()
         return d
 
     @classmethod
@@ -106,6 +138,8 @@ class Plan:
             d[key] = tuple(d.get(key, ()))
         d["kernels"] = tuple(tuple(k) for k in d["kernels"])
         d["strides"] = tuple(tuple(s) for s in d["strides"])
+        scheme = d.get("label_scheme")
+        d["label_scheme"] = None if scheme is None else LabelScheme.from_dict(scheme)
         return cls(**d)
 
     def save(self, path: Path | str) -> None:

@@ -212,7 +212,7 @@ def fit_vram(fp: Fingerprint, dim: int, shape: Sequence[int], spacing: Sequence[
     """
     preset = N.network_preset(settings.network)
     target = settings.vram_target_gb or preset.vram_target_gb
-    classes = len(fp.labels)
+    classes = fp.scheme.output_channels
 
     def vram(patch: Sequence[int], kernels: Kernels, strides: Strides, batch: int) -> float:
         filters = unet_filters(len(strides), dim, settings.base_filters)
@@ -311,10 +311,10 @@ def make_plan(fp: Fingerprint, dim: int, settings: PlannerSettings, dataset_name
         full_spacing=(full[0], full[1], full[2]), patch_size=patch,
         kernels=kernels, strides=strides,
         filters=unet_filters(len(strides), dim, settings.base_filters),
-        batch_size=batch, num_channels=fp.num_channels, num_classes=len(fp.labels),
-        labels=dict(fp.labels), channel_norms=channel_norms(fp), slice_axis=slice_axis,
+        batch_size=batch, num_channels=fp.num_channels, num_classes=fp.scheme.num_classes,
+        labels=dict(fp.scheme.names), channel_norms=channel_norms(fp), slice_axis=slice_axis,
         median_shape=med, notes=tuple(notes),
-        label_values=tuple(sorted(fp.labels)), layout=fp.layout,
+        label_values=fp.scheme.values, layout=fp.layout, label_scheme=fp.scheme,
         network=settings.network, encoder_blocks=N.encoder_blocks(settings.network,
                                                                   len(strides)),
     )

@@ -128,10 +128,11 @@ def reference_plan(fp: Fingerprint, dim: int, preset: TaskPreset, settings: Plan
         dataset=dataset_name, dim=dim, spacing=spacing, full_spacing=full, patch_size=patch,
         kernels=kernels, strides=strides,
         filters=unet_filters(len(strides), dim, REFERENCE_FILTERS), batch_size=batch,
-        num_channels=fp.num_channels, num_classes=len(fp.labels), labels=dict(fp.labels),
+        num_channels=fp.num_channels, num_classes=fp.scheme.num_classes,
+        labels=dict(fp.scheme.names),
         channel_norms=_norms(preset, fp), slice_axis=slice_axis,
         median_shape=median_shape(fp, full), notes=notes,
-        label_values=tuple(sorted(fp.labels)), layout=fp.layout,
+        label_values=fp.scheme.values, layout=fp.layout, label_scheme=fp.scheme,
     )
 
 

@@ -368,8 +368,10 @@ def preprocess_dataset(ds: Dataset, plan: Plan, out_dir: Path, workers: int = 1,
     atomically, and removed first, so it exists only when every case succeeded. Bad input
     raises :class:`DataError` naming the case.
     """
-    if plan.num_channels != ds.num_channels or dict(plan.labels) != dict(ds.labels) \
-            or plan.label_table != ds.label_table:
+    # a plan records the classes without the ignore value; plans older than that list it
+    if plan.num_channels != ds.num_channels \
+            or dict(plan.labels) not in (dict(ds.labels), dict(ds.scheme.names)) \
+            or plan.label_table.values not in (ds.scheme.values, tuple(sorted(ds.labels))):
         raise ValueError(f"plan for {plan.dataset!r} ({plan.num_channels} channel(s), labels "
                          f"{plan.labels}) does not fit dataset {ds.name!r} ({ds.num_channels} "
                          f"channel(s), labels {ds.labels})")

@@ -333,6 +333,8 @@ def plot_overlays(raw_dir: Path | str, fold_csvs: Mapping[int, Path | str],
                             path=pred_path)
         img, spacing = ci.image[channel], spacing_of(ci.affine)
         ref = table.to_indices(label, case=cid)
+        if table.ignore_index is not None:  # sparse annotations: unannotated not drawn
+            ref[ref == table.ignore_index] = 0
         prd = table.to_indices(pred, case=cid, path=pred_path)
         z = int(np.argmax((ref > 0).sum(axis=(0, 1))))
         # crop to the head's in-plane box (nonzero anywhere in the volume), 2 voxels margin,
@@ -357,8 +359,8 @@ def plot_overlays(raw_dir: Path | str, fold_csvs: Mapping[int, Path | str],
             ax.set_xticks([])
             ax.set_yticks([])
         row[0].set_ylabel(f"{cid} (fold {fold})\n" + ", ".join(parts), fontsize=8)
-    handles = [Patch(color=LABEL_COLOURS[(v - 1) % len(LABEL_COLOURS)], label=f"{v}: {n}")
-               for v, n in ds.labels.items() if v > 0]
+    handles = [Patch(color=LABEL_COLOURS[(k - 1) % len(LABEL_COLOURS)], label=f"{v}: {n}")
+               for k, (v, n) in enumerate(sorted(ds.scheme.names.items())) if v > 0]
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8)
     fig.suptitle(f"{title}: worst, median and best case by Dice; axial slice with the most "
                  "reference tumour (RAS, anterior up)", fontsize=10)
@@ -373,13 +375,13 @@ def class_names(raw_dir: Path | str, regions: bool = False) -> dict[str, str]:
     region mode by region name (``"WT"``, evaluation CSVs) and by its position (``"1"``,
     ``metrics.csv``), both -> ``"WT (labels 1, 2, 3)"``.
     """
-    labels = load_dataset(raw_dir).labels
-    if not regions:
-        return {str(v): f"{v}: {n}" for v, n in labels.items() if v > 0}
-    from nnpipe.training.regions import nested_regions  # torch: only when needed
-
+    scheme = load_dataset(raw_dir).scheme  # the ignore value of sparse labels is no class
+    if regions:
+        scheme = scheme.with_nested_regions()
+    if not scheme.region_mode:
+        return {str(v): f"{v}: {n}" for v, n in scheme.names.items() if v > 0}
     names: dict[str, str] = {}
-    for i, region in enumerate(nested_regions(labels), start=1):
+    for i, region in enumerate(scheme.regions, start=1):
         text = f"{region.name} (labels {', '.join(map(str, region.labels))})"
         names[region.name] = names[str(i)] = text
     return names

@@ -1,4 +1,4 @@
-"""BraTS region mode: one sigmoid output per nested tumour region instead of one softmax class.
+"""Region mode: one sigmoid output per region instead of one softmax class.
 
 BraTS labels (MSD Task01 and the embedded dataset) are 1 edema, 2 non-enhancing core,
 3 enhancing tumour. What is scored clinically are three nested regions:
@@ -7,83 +7,81 @@ BraTS labels (MSD Task01 and the embedded dataset) are 1 edema, 2 non-enhancing 
 * TC, tumour core  = {2, 3}
 * ET, enhancing    = {3}
 
-Generally, for sorted foreground labels ``l_1 < ... < l_n`` region ``i`` is "label >= l_i".
-The network gets one output channel per region (``n`` instead of ``n + 1``), each trained as
-an independent sigmoid with region Dice + binary cross-entropy; at export the regions are
-thresholded at 0.5 and turned back into labels, innermost last (a voxel in ET is label 3,
-in TC but not ET label 2, in WT only label 1). Evaluation scores the regions, not the labels.
+The regions are part of the plan's label concept (:class:`nnpipe.labels.LabelScheme`):
+``planning.regions`` asks for these nested regions, and an nnU-Net v2 dataset.json with
+region lists brings its own. The network gets one output channel per region, each trained as
+an independent sigmoid with region Dice + binary cross-entropy; at export
+:func:`nnpipe.labels.outputs_to_labels` thresholds them at 0.5 and writes each region's
+``regions_class_order`` value, later regions over earlier ones. Evaluation scores the regions.
 
-Enabled by the config key ``training.regions``; the flag travels in the checkpoint's
-settings, so prediction and evaluation pick it up from the model.
+With sparse annotations the target's ignore index (``K``, one past the last class) marks
+unannotated voxels: they are left out of the Dice sums and of the cross-entropy mean, and out
+of validation Dice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 
-from nnpipe.evaluation.metrics import ScoredClass
+from nnpipe.labels import (
+    BRATS_REGION_NAMES,
+    REGION_THRESHOLD,
+    LabelScheme,
+    ScoredClass,
+    nested_regions,
+)
 
-BRATS_REGION_NAMES = ("WT", "TC", "ET")
-THRESHOLD = 0.5
+__all__ = ["BRATS_REGION_NAMES", "THRESHOLD", "nested_regions"]  # re-exported
 
-
-def nested_regions(labels: Mapping[int, str] | Sequence[int]) -> tuple[ScoredClass, ...]:
-    """The regions for a label set (background 0 included or not): region i = labels >= l_i.
-
-    Named WT, TC, ET for the three BraTS labels, else ``ge<label>``.
-    """
-    fg = sorted(int(v) for v in labels if int(v) != 0)
-    if not fg:
-        raise ValueError("region mode needs at least one foreground label")
-    names = BRATS_REGION_NAMES if fg == [1, 2, 3] else tuple(f"ge{v}" for v in fg)
-    return tuple(ScoredClass(name, tuple(v for v in fg if v >= lo))
-                 for name, lo in zip(names, fg, strict=True))
+THRESHOLD = REGION_THRESHOLD
+Regions = Sequence[ScoredClass] | Sequence[Sequence[int]]
 
 
-def output_channels(num_classes: int, regions: bool) -> int:
-    """Network outputs: ``num_classes`` softmax logits, or one sigmoid per region."""
-    return num_classes - 1 if regions else num_classes
+def _members(regions: Regions) -> list[tuple[int, ...]]:
+    return [tuple(r.labels) if isinstance(r, ScoredClass) else tuple(r) for r in regions]
 
 
-def labels_to_regions(seg: torch.Tensor, regions: Sequence[ScoredClass]) -> torch.Tensor:
-    """Integer labels ``(B, 1, *S)`` -> float region masks ``(B, R, *S)``."""
-    lowest = [min(r.labels) for r in regions]
-    return torch.cat([(seg >= lo) for lo in lowest], dim=1).float()
-
-
-def regions_to_labels(probs: np.ndarray, regions: Sequence[ScoredClass],
-                      threshold: float = THRESHOLD) -> np.ndarray:
-    """Region probabilities ``(R, *S)`` -> labels ``(*S)`` (the smallest unsigned dtype that
-    holds them): each region's lowest label where its probability exceeds ``threshold``,
-    inner regions written last."""
-    if probs.shape[0] != len(regions):
-        raise ValueError(f"got {probs.shape[0]} region maps for {len(regions)} regions")
-    top = max((max(r.labels) for r in regions), default=0)
-    out = np.zeros(probs.shape[1:], dtype=np.uint8 if top <= 255 else np.uint16)
-    for r, p in zip(regions, probs, strict=True):  # outermost (WT) first
-        out[p > threshold] = min(r.labels)
-    return out
+def labels_to_regions(seg: torch.Tensor, regions: Regions) -> torch.Tensor:
+    """Integer labels ``(B, 1, *S)`` -> float region masks ``(B, R, *S)``: region ``r`` is
+    where ``seg`` holds one of its labels (in the labels' space: class indices in training)."""
+    masks = []
+    for members in _members(regions):
+        m = seg == members[0]
+        for v in members[1:]:
+            m = m | (seg == v)
+        masks.append(m)
+    return torch.cat(masks, dim=1).float()
 
 
 class RegionLoss(torch.nn.Module):
     """Region Dice (sigmoid, batch Dice) + binary cross-entropy; shapes as
     :class:`~nnpipe.training.loss.DeepSupervisionLoss`: logits ``(B, R, *S)``, target
-    ``(B, 1, *S)`` integer labels, converted to regions here."""
+    ``(B, 1, *S)`` integer labels, converted to regions here. ``regions`` are in the target's
+    space (class indices); ``ignore_index``: the target value of unannotated voxels, left
+    out of both terms (None: dense)."""
 
-    def __init__(self, regions: Sequence[ScoredClass]) -> None:
+    def __init__(self, regions: Regions, ignore_index: int | None = None) -> None:
         from monai.losses import DiceLoss  # here: prediction imports this module, not MONAI
 
         super().__init__()
-        self.regions = tuple(regions)
-        self.dice = DiceLoss(sigmoid=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
+        self.regions = tuple(_members(regions))
+        self.ignore_index = ignore_index
+        self.dice = DiceLoss(sigmoid=ignore_index is None, batch=True, smooth_nr=1e-5,
+                             smooth_dr=1e-5)
         self.bce = torch.nn.BCEWithLogitsLoss()
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         masks = labels_to_regions(target, self.regions)
-        return self.dice(logits, masks) + self.bce(logits, masks)
+        if self.ignore_index is None:
+            return self.dice(logits, masks) + self.bce(logits, masks)
+        annotated = (target != self.ignore_index).to(logits.dtype)  # (B, 1, *S)
+        masks = masks * annotated
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, masks, reduction="none")
+        bce = (bce * annotated).sum() / (annotated.sum() * logits.shape[1]).clamp_min(1.0)
+        return self.dice(torch.sigmoid(logits) * annotated, masks) + bce
 
 
 def dice_counts(pred: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -101,32 +99,35 @@ def dice_from_counts(counts: torch.Tensor) -> list[float]:
     return [1.0 if p + r == 0 else 2.0 * tp / (p + r) for tp, p, r in counts.tolist()]
 
 
-def region_dice(logits: torch.Tensor, seg: torch.Tensor,
-                regions: Sequence[ScoredClass]) -> list[float]:
+def region_dice(logits: torch.Tensor, seg: torch.Tensor, regions: Regions,
+                ignore_index: int | None = None) -> list[float]:
     """Validation Dice per region pooled over the batch (1.0 when both are empty)."""
-    return dice_from_counts(region_counts(logits, seg, regions))
+    return dice_from_counts(region_counts(logits, seg, regions, ignore_index))
 
 
-def region_counts(logits: torch.Tensor, seg: torch.Tensor,
-                  regions: Sequence[ScoredClass]) -> torch.Tensor:
-    """:func:`dice_counts` per region: prediction sigmoid(logit) > 0.5, i.e. logit > 0."""
-    return dice_counts(logits > 0, labels_to_regions(seg, regions).bool())
+def region_counts(logits: torch.Tensor, seg: torch.Tensor, regions: Regions,
+                  ignore_index: int | None = None) -> torch.Tensor:
+    """:func:`dice_counts` per region: prediction sigmoid(logit) > 0.5, i.e. logit > 0;
+    unannotated voxels (``seg == ignore_index``) counted in neither."""
+    pred = logits > 0
+    if ignore_index is not None:
+        pred = pred & (seg != ignore_index)
+    return dice_counts(pred, labels_to_regions(seg, regions).bool())
 
 
 # ---------------------------------------------------------------- trainer hooks (one line each)
 
 
-def model_outputs(num_classes: int, enabled: bool) -> int:
-    """``out_channels`` for :func:`nnpipe.model.build_unet` (hook for the trainer)."""
-    return output_channels(num_classes, enabled)
+def head_loss(scheme: LabelScheme) -> torch.nn.Module:
+    """The per-head loss of a label scheme: region Dice + BCE in region mode, else Dice + CE;
+    both leave the scheme's ignore voxels out. The preprocessed maps hold class indices, so
+    the regions are taken as indices (:attr:`LabelScheme.index_regions`)."""
+    from nnpipe.training.loss import DiceCELoss
 
-
-def head_loss(labels: Mapping[int, str] | Sequence[int], enabled: bool
-              ) -> torch.nn.Module | None:
-    """The per-head loss in region mode, else ``None`` (Dice + CE, the default). ``labels``
-    are the class indices the preprocessed maps hold (``range(num_classes)``): the regions
-    "index >= i" are the regions "value >= l_i", as the value <-> index table keeps order."""
-    return RegionLoss(nested_regions(labels)) if enabled else None
+    ignore = scheme.table.ignore_index
+    if scheme.region_mode:
+        return RegionLoss(scheme.index_regions, ignore)
+    return DiceCELoss(ignore=ignore is not None)
 
 
 def validation_counts(logits: torch.Tensor, seg: torch.Tensor, num_classes: int,
@@ -137,5 +138,5 @@ def validation_counts(logits: torch.Tensor, seg: torch.Tensor, num_classes: int,
     ``default(logits, seg, K)``."""
     base = getattr(loss_fn, "dice_ce", None)
     if isinstance(base, RegionLoss):
-        return region_counts(logits, seg, base.regions)
+        return region_counts(logits, seg, base.regions, base.ignore_index)
     return default(logits, seg, num_classes)

@@ -28,6 +28,7 @@ from nnpipe.data.augment import AugmentSettings
 from nnpipe.data.loader import make_loader
 from nnpipe.data.sampling import PatchSampler, SamplerSettings
 from nnpipe.io import read_json, write_json, write_text
+from nnpipe.labels import LabelScheme
 from nnpipe.model import build_unet
 from nnpipe.planning.plan import Plan
 from nnpipe.progress import log
@@ -186,8 +187,9 @@ def _build(run: TrainRun, info: D.DistInfo, plan: Plan, train_ids: list[str]) ->
     configure_backend(precision)
     fmt = _memory_format(plan, s)
     # the ignore: torch's stub of Module.to lacks memory_format, which it accepts at runtime
+    scheme = label_scheme(plan, s)
     model = build_unet(plan, deep_supervision=s.deep_supervision,
-                       out_channels=R.model_outputs(plan.num_classes, s.regions)
+                       out_channels=scheme.output_channels
                        ).to(info.device, memory_format=fmt)  # type: ignore[call-overload]
     if run.pretrained is not None:
         report = transfer_weights(model, run.pretrained[0], run.pretrained[1])
@@ -216,9 +218,21 @@ def _build(run: TrainRun, info: D.DistInfo, plan: Plan, train_ids: list[str]) ->
         # on CPU, sampler threads would compete with the training threads for the cores
         workers=None if info.device.type == "cuda" else 1)
     # the preprocessed label maps hold class indices (nnpipe.labels.LabelTable)
-    loss = DeepSupervisionLoss(R.head_loss(range(plan.num_classes), s.regions))
+    loss = DeepSupervisionLoss(R.head_loss(scheme))
     return _Parts(plan, model, net, optimizer, scheduler, make_scaler(precision, info.device),
                   loader, loss, precision, fmt, batch_size, epochs)
+
+
+def label_scheme(plan: Plan, settings: TrainingSettings) -> LabelScheme:
+    """The plan's label concept (regions, ignore). Only a plan older than the recorded
+    concept takes region mode from ``training.regions``; a recorded plan that is not in
+    region mode refuses ``training.regions: true`` (the setting moved to planning)."""
+    scheme = plan.scheme(legacy_regions=settings.regions)
+    if plan.label_scheme is not None and settings.regions and not scheme.region_mode:
+        raise ValueError("training.regions is true but the plan was made without region mode; "
+                         "region mode is recorded in the plan now: set planning.regions: true "
+                         "and plan again")
+    return scheme
 
 
 def _fresh_state() -> dict[str, Any]:
@@ -281,7 +295,10 @@ def _checkpoint(parts: _Parts, path: Path, state: dict[str, Any], run: TrainRun,
         "model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
         "scheduler": parts.scheduler.state_dict(), "scaler": parts.scaler.state_dict(),
         **per_rank, "state": state, "plan": parts.plan.to_dict(),
-        "settings": asdict(run.settings), "precision": run.precision,
+        # settings.regions says what the model is (readers of older checkpoints look there)
+        "settings": asdict(replace(run.settings,
+                                   regions=parts.plan.scheme(run.settings.regions).region_mode)),
+        "precision": run.precision,
         "world_size": info.world_size, "gpus": info.gpus,
     })
 

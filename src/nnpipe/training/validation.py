@@ -47,11 +47,13 @@ def class_counts(logits: torch.Tensor, seg: torch.Tensor, num_classes: int) -> t
     """:func:`~nnpipe.training.regions.dice_counts` of the argmax for classes 1..K-1.
 
     ``logits`` ``(B, K, *S)``, ``seg`` ``(B, 1, *S)`` on the same device; returns
-    ``(K - 1, 3)`` float64 on the CPU.
+    ``(K - 1, 3)`` float64 on the CPU. Unannotated voxels of sparse annotations (``seg``
+    holds the ignore index ``K`` there) count in neither the prediction nor the reference.
     """
     view = (1, -1) + (1,) * (seg.dim() - 2)
     classes = torch.arange(1, num_classes, device=logits.device).view(view)
-    return R.dice_counts(logits.argmax(1, keepdim=True) == classes, seg == classes)
+    pred = (logits.argmax(1, keepdim=True) == classes) & (seg < num_classes)
+    return R.dice_counts(pred, seg == classes)
 
 
 @torch.inference_mode()
