@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from nnpipe.finetune import plan_like, pretrained_weights
+from nnpipe.labels import LabelScheme
 from nnpipe.model import build_unet
 from nnpipe.planning.cascade import plan_configuration
 from nnpipe.planning.plan import Plan
@@ -103,8 +104,7 @@ def test_nnpipe_train_starts_from_the_pretrained_weights(tiny_study, tmp_path):
     import sys
 
     plan = tiny_study.plans[3]
-    more = replace(plan, num_classes=plan.num_classes + 1,
-                   labels={**plan.labels, 9: "extra"}, label_values=())
+    more = plan.with_scheme(LabelScheme.from_values({**plan.labels, 9: "extra"}))
     run = _study_model(tmp_path / "Pretrain", more, ["FLAIR", "T1w", "T1gd", "T2w"][
         :plan.num_channels], folds=(0,))
     cfg = {"training": {"epochs": 1, "steps_per_epoch": 2, "val_patches": 1,
