@@ -119,6 +119,21 @@ def test_multichannel_ct(tmp_path):
     assert fp.intensity[1].mean == pytest.approx(-fp.intensity[0].mean)
 
 
+def test_channel_names_recorded_and_near_misses_warned(tmp_path, capsys):
+    image, label, affine = _case((8, 8, 6), (1.0, 1.0, 1.0), 3)
+    three = np.stack([image, image, image], axis=-1)
+    root = write_msd(tmp_path / "ds", {"x": (three, label, affine)},
+                     {"0": "T2", "1": "no_norm", "2": "rescale_to_0_1"},
+                     {"0": "background", "1": "fg"})
+    fp = compute_fingerprint(load_dataset(root), progress=False)
+    assert fp.channel_names == ("T2", "no_norm", "rescale_to_0_1")
+    assert Fingerprint.from_dict(json.loads(json.dumps(fp.to_dict()))) == fp
+    err = capsys.readouterr().err
+    assert ("normalization by channel name: channel 0 'T2': zscore_nonzero; channel 1 "
+            "'no_norm': zscore_nonzero; channel 2 'rescale_to_0_1': rescale_0_1") in err
+    assert "channel 1 is named 'no_norm'" in err and "looks like 'noNorm'" in err
+
+
 def test_unknown_label_value_names_case(tmp_path):
     cases = {"good": _case((8, 8, 6), (1, 1, 1), 0), "bad": _case((8, 8, 6), (1, 1, 1), 1, 3)}
     root = write_msd(tmp_path / "ds", cases, {"0": "MRI"}, {"0": "background", "1": "fg"})

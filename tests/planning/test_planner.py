@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -165,6 +166,28 @@ def test_ct_channel_norm_values():
         ChannelNorm("ct", clip_low=-10.0, clip_high=150.0, mean=40.0, std=20.0),
         ChannelNorm("zscore_nonzero"),
     )
+
+
+def test_channel_names_select_nnunet_schemes():
+    fp = dataclasses.replace(
+        make_fp([(1.0, 1.0, 1.0)] * 2, [(64, 64, 64)] * 2, is_ct=(False,) * 6),
+        channel_names=("ct", "T2", "noNorm", "RESCALE_TO_0_1", "rgb_to_0_1", "no_norm"))
+    plan = make_plan(fp, 3, SETTINGS, "names")
+    assert plan.channel_norms == (
+        ChannelNorm("ct", clip_low=-10.0, clip_high=150.0, mean=40.0, std=20.0, channel="ct"),
+        ChannelNorm("zscore_nonzero", channel="T2"), ChannelNorm("none", channel="noNorm"),
+        ChannelNorm("rescale_0_1", channel="RESCALE_TO_0_1"),
+        ChannelNorm("rgb_0_1", channel="rgb_to_0_1"),
+        ChannelNorm("zscore_nonzero", channel="no_norm"))
+    assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+
+
+def test_plans_without_channel_names_still_load():
+    plan = make_plan(make_fp([(1.0, 1.0, 1.0)] * 2, [(64, 64, 64)] * 2), 3, SETTINGS, "old")
+    d = plan.to_dict()
+    for norm in d["channel_norms"]:
+        del norm["channel"]
+    assert Plan.from_dict(d).channel_norms == (ChannelNorm("zscore_nonzero"),)
 
 
 def test_plan_json_round_trip():

@@ -22,6 +22,11 @@ from nnpipe.datasets.layout import Case, Dataset, read_image, read_label
 from nnpipe.errors import DataError
 from nnpipe.geometry import axis_codes, spacing_of
 from nnpipe.labels import INTEGER_TOLERANCE
+from nnpipe.preprocessing.normalize import (
+    DEFAULT_SCHEME,
+    channel_name_warnings,
+    scheme_for_channel,
+)
 from nnpipe.progress import log
 
 Bbox = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
@@ -62,6 +67,9 @@ class Fingerprint:
     layout: str = "msd"  # dataset layout ("msd" or "nnunetv2"): how predict finds channels
     # label value -> number of training cases whose label map contains it
     class_cases: dict[int, int] = field(default_factory=dict)
+    # per channel, its name in dataset.json (selects the normalization scheme,
+    # nnpipe.preprocessing.normalize.scheme_for_channel); () in fingerprints older than it
+    channel_names: tuple[str, ...] = ()
 
     @property
     def single_slice(self) -> bool:
@@ -83,7 +91,9 @@ class Fingerprint:
         for name in ("spacings", "shapes", "cropped_shapes"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"{name} has {len(getattr(self, name))} entries for {n} cases")
-        for name in ("intensity", "is_ct"):
+        for name in ("intensity", "is_ct", "channel_names"):
+            if name == "channel_names" and not self.channel_names:
+                continue
             if len(getattr(self, name)) != self.num_channels:
                 raise ValueError(f"{name} has {len(getattr(self, name))} entries for "
                                  f"{self.num_channels} channels")
@@ -107,6 +117,7 @@ class Fingerprint:
             is_ct=tuple(bool(v) for v in d["is_ct"]),
             layout=str(d.get("layout", "msd")),
             class_cases={int(k): int(v) for k, v in d.get("class_cases", {}).items()},
+            channel_names=tuple(str(v) for v in d.get("channel_names", ())),
         )
 
 
@@ -262,6 +273,7 @@ def compute_fingerprint(ds: Dataset, workers: int = 1, progress: bool = True, *,
         is_ct=ds.is_ct,
         layout=ds.layout,
         class_cases=class_cases,
+        channel_names=ds.channels,
     )
 
 
@@ -270,6 +282,13 @@ def _dataset_messages(ds: Dataset, records: list[_CaseRecord],
     """Dataset-level facts, one message each: rounded labels, reoriented cases, classes
     never or rarely labelled, a 2D dataset (or single slices mixed into a 3D one: an error)."""
     n = len(records)
+    schemes = [scheme_for_channel(name) for name in ds.channels]
+    if any(s != DEFAULT_SCHEME for s in schemes):
+        log("normalization by channel name: " + "; ".join(
+            f"channel {c} {name!r}: {s}" for c, (name, s) in enumerate(
+                zip(ds.channels, schemes, strict=True))))
+    for line in channel_name_warnings(ds.channels):
+        log(line)
     rounded = [r.case_id for r in records if r.rounded]
     if rounded:
         log(f"labels: {len(rounded)} of {n} case(s) hold integers up to float round-off "

@@ -21,9 +21,12 @@ from nnpipe.labels import LabelTable
 class ChannelNorm:
     """How one input channel is normalized.
 
-    ``scheme`` is ``"zscore_nonzero"`` (MRI: z-score over voxels inside the nonzero mask,
-    zero outside) or ``"ct"`` (clip to ``[clip_low, clip_high]``, then ``(x - mean) / std``
-    with the foreground statistics of the whole training set).
+    ``scheme`` names one of :data:`nnpipe.preprocessing.normalize.NORMALIZERS`:
+    ``"zscore_nonzero"`` (MRI: z-score over voxels inside the nonzero mask, zero outside),
+    ``"zscore"`` (over every voxel), ``"ct"`` (clip to ``[clip_low, clip_high]``, then
+    ``(x - mean) / std`` with the foreground statistics of the whole training set),
+    ``"none"``, ``"rescale_0_1"`` or ``"rgb_0_1"``. ``channel`` is the channel's name in
+    dataset.json, which chose the scheme ("" in plans older than it).
     """
 
     scheme: str
@@ -31,6 +34,7 @@ class ChannelNorm:
     clip_high: float | None = None
     mean: float | None = None
     std: float | None = None
+    channel: str = ""
 
 
 @dataclass(frozen=True)

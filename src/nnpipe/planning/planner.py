@@ -29,6 +29,7 @@ from nnpipe.planning import network as N
 from nnpipe.planning.fingerprint import Fingerprint
 from nnpipe.planning.plan import ChannelNorm, Plan
 from nnpipe.planning.topology import Kernels, Strides, total_strides, unet_filters, unet_topology
+from nnpipe.preprocessing.normalize import DEFAULT_SCHEME, scheme_for_channel
 
 if TYPE_CHECKING:
     from nnpipe.config import PlanningSettings
@@ -240,16 +241,22 @@ def fit_vram(fp: Fingerprint, dim: int, shape: Sequence[int], spacing: Sequence[
 
 
 def channel_norms(fp: Fingerprint) -> tuple[ChannelNorm, ...]:
-    """CT: clip to the foreground 0.5/99.5 percentiles and standardize with the foreground
-    mean/std of the whole training set; anything else (MRI): z-score inside the nonzero mask,
-    per image."""
+    """Per channel, the scheme its name in dataset.json selects
+    (:func:`nnpipe.preprocessing.normalize.scheme_for_channel`, nnU-Net v2's names): CT is
+    clipped to the foreground 0.5/99.5 percentiles and standardized with the foreground
+    mean/std of the whole training set; ``noNorm``, ``rescale_to_0_1`` and ``rgb_to_0_1``
+    select ``none``, ``rescale_0_1`` and ``rgb_0_1``; anything else (MRI) is z-scored inside
+    the nonzero mask, per image. Fingerprints without channel names go by ``is_ct``."""
     norms = []
-    for is_ct, stats in zip(fp.is_ct, fp.intensity, strict=True):
-        if is_ct:
+    for c, stats in enumerate(fp.intensity):
+        name = fp.channel_names[c] if fp.channel_names else ""
+        scheme = scheme_for_channel(name) if fp.channel_names else (
+            "ct" if fp.is_ct[c] else DEFAULT_SCHEME)
+        if scheme == "ct":
             norms.append(ChannelNorm("ct", clip_low=stats.p00_5, clip_high=stats.p99_5,
-                                     mean=stats.mean, std=stats.std))
+                                     mean=stats.mean, std=stats.std, channel=name))
         else:
-            norms.append(ChannelNorm("zscore_nonzero"))
+            norms.append(ChannelNorm(scheme, channel=name))
     return tuple(norms)
 
 
