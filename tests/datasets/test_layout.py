@@ -129,7 +129,39 @@ def test_bad_input_names_case_and_problem(tmp_path, breaker, message):
 def test_listed_but_missing_file(tmp_path):
     root = _msd(tmp_path)
     (root / "labelsTr" / "c1.nii.gz").unlink()
-    with pytest.raises(DataError, match="case 'c1'.*listed in dataset.json but missing"):
+    with pytest.raises(DataError, match="case 'c1'.*listed in dataset.json as "
+                                        r"'./labelsTr/c1.nii.gz' but missing; tried: "):
+        load_dataset(root)
+
+
+def _rewrite_entries(root, change):
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["training"] = [{k: change(v) for k, v in e.items()} for e in meta["training"]]
+    (root / "dataset.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("change", [
+    lambda v: ".\\" + v.removeprefix("./").replace("/", "\\"),  # written on Windows
+    lambda v: v.removeprefix("./").replace("/", "\\"),
+    lambda v: "./././" + v.removeprefix("./"),
+    lambda v: " " + v + " ",
+    lambda v: "/home/someone/Task05/" + v.removeprefix("./"),  # another machine's path
+    lambda v: "C:\\Users\\me\\Task05\\" + v.removeprefix("./").replace("/", "\\"),
+])
+def test_entries_written_on_any_os_resolve(tmp_path, change, capsys):
+    root = _msd(tmp_path)
+    before = load_dataset(root)
+    _rewrite_entries(root, change)
+    after = load_dataset(root)
+    assert after.training == before.training
+
+
+def test_backslash_entry_that_does_not_resolve_names_entry_and_tries(tmp_path):
+    root = _msd(tmp_path)
+    _rewrite_entries(root, lambda v: v.replace("/", "\\").replace("c1", "c9"))
+    with pytest.raises(DataError, match=r"case 'c9'.*listed in dataset.json as "
+                                        r"'\.\\\\imagesTr\\\\c9\.nii\.gz' but missing \(backslashes "
+                                        r"were read as separators\); tried: .*imagesTr/c9\.nii\.gz"):
         load_dataset(root)
 
 

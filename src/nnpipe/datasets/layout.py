@@ -235,29 +235,80 @@ def _channel_names(meta: dict, key: str, path: Path) -> tuple[str, ...]:
     return tuple(str(value[k]) for k in order)
 
 
-def _entry_path(root: Path, entry: object, key: str, meta_path: Path) -> Path:
+def _entry_text(entry: object, key: str, meta_path: Path) -> str:
     rel = entry.get(key) if isinstance(entry, dict) else entry
-    if not isinstance(rel, str):
+    if not isinstance(rel, str) or not rel.strip():
         raise DataError(f"an entry of '{key}' lists is not a file name: {entry!r}",
                         path=meta_path)
-    return root / rel
+    return rel
+
+
+def entry_candidates(root: Path, rel: str) -> list[Path]:
+    """Where a dataset.json file entry ``rel`` may be, most literal first.
+
+    Entries are written on any OS: a backslash is a separator (``.\\imagesTr\\x.nii.gz``;
+    no dataset has one inside a file name), ``.`` parts and surrounding blanks mean nothing.
+    A relative entry is under ``root``; an absolute one (``/home/me/Task05/imagesTr/x.nii.gz``,
+    ``C:\\data\\...``, written on another machine) is tried as it is (POSIX only) and then as
+    its last folder and file under ``root`` (``imagesTr/x.nii.gz``).
+    """
+    text = rel.strip().replace("\\", "/")
+    drive = re.match(r"^[A-Za-z]:/", text) is not None
+    parts = [p for p in text.split("/") if p not in ("", ".")]
+    if drive:
+        parts = parts[1:]
+    out: list[Path] = []
+    if text.startswith("/") or drive:
+        if not drive:
+            out.append(Path(text))
+        out += [root.joinpath(*parts[-2:]), root / parts[-1]] if parts else []
+    else:
+        out.append(root.joinpath(*parts) if parts else root)
+        if len(parts) > 2:  # a longer relative path: its last folder and file under root
+            out.append(root.joinpath(*parts[-2:]))
+    return list(dict.fromkeys(out))
+
+
+def _resolve_entry(root: Path, rel: str, meta_path: Path,
+                   notes: list[str]) -> Path:
+    """The file a dataset.json entry names (:func:`entry_candidates`). An entry read other
+    than literally goes into ``notes``; one that resolves nowhere raises :class:`DataError`
+    naming the entry and every path tried."""
+    tried = entry_candidates(root, rel)
+    for p in tried:
+        if p.is_file():
+            if p != root / rel:
+                notes.append(f"{rel!r} -> {p.relative_to(root) if p.is_relative_to(root) else p}")
+            return p
+    hint = " (backslashes were read as separators)" if "\\" in rel else ""
+    raise DataError(f"listed in dataset.json as {rel!r} but missing{hint}; tried: "
+                    + ", ".join(str(p) for p in tried), case=strip_ending(tried[0]),
+                    path=tried[0])
 
 
 def _load_msd(root: Path, meta: dict) -> Dataset:
     meta_path = root / "dataset.json"
     channels = _channel_names(meta, "modality", meta_path)
     labels = parse_labels(meta.get("labels"), layout="msd", path=meta_path)
+    notes: list[str] = []
+
+    def entry(e: object, key: str) -> Path:
+        return _resolve_entry(root, _entry_text(e, key, meta_path), meta_path, notes)
+
     training = []
     for e in meta.get("training", []):
-        image = _entry_path(root, e, "image", meta_path)
-        training.append(Case(strip_ending(image), (image,),
-                             _entry_path(root, e, "label", meta_path)))
+        image = entry(e, "image")
+        training.append(Case(strip_ending(image), (image,), entry(e, "label")))
     if "test" in meta:
-        test = [Case(strip_ending(p), (p,)) for p in
-                (_entry_path(root, e, "image", meta_path) for e in meta["test"])]
+        test = [Case(strip_ending(p), (p,)) for p in (entry(e, "image") for e in meta["test"])]
     else:  # no list: the folder rule
         test = find_cases(root / "imagesTs", layout="msd", num_channels=len(channels))[0] \
             if (root / "imagesTs").is_dir() else []
+    if notes:
+        log(f"{meta_path}: {len(notes)} file entr{'y' if len(notes) == 1 else 'ies'} read as "
+            f"paths on this machine (backslashes and '.' parts as separators, other machines' "
+            f"absolute paths by folder and file): {', '.join(notes[:3])}"
+            + (" ..." if len(notes) > 3 else ""))
     _warn_unlisted(root / "imagesTr", {c.images[0].name for c in training}, "training")
     _warn_unlisted(root / "imagesTs", {c.images[0].name for c in test}, "test")
     return Dataset(root, str(meta.get("name", root.name)), "msd", channels, labels,
