@@ -159,9 +159,10 @@ def test_entries_written_on_any_os_resolve(tmp_path, change, capsys):
 def test_backslash_entry_that_does_not_resolve_names_entry_and_tries(tmp_path):
     root = _msd(tmp_path)
     _rewrite_entries(root, lambda v: v.replace("/", "\\").replace("c1", "c9"))
-    with pytest.raises(DataError, match=r"case 'c9'.*listed in dataset.json as "
-                                        r"'\.\\\\imagesTr\\\\c9\.nii\.gz' but missing \(backslashes "
-                                        r"were read as separators\); tried: .*imagesTr/c9\.nii\.gz"):
+    with pytest.raises(DataError, match=r"case 'c9'.*listed in dataset.json as '\.\\\\"
+                                        r"imagesTr\\\\c9\.nii\.gz' but missing \(backslashes "
+                                        r"were read as separators\); tried: "
+                                        r".*imagesTr/c9\.nii\.gz"):
         load_dataset(root)
 
 
