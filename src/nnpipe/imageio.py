@@ -218,22 +218,33 @@ def _scaled(affine: np.ndarray, scale: float) -> np.ndarray:
 
 
 def _write_nifti(path: Path, labels: np.ndarray, src: ImageFile) -> None:
-    """Labels ``(X, Y, Z)`` in the file order, with the source's qform and sform (matrices,
-    codes, units); code 1 (scanner) where the source had none."""
+    """Labels ``(X, Y, Z)`` in the file order under a copy of the source's header: qform and
+    sform with their codes exactly as the input had them (both codes 0 stays 0, with only
+    pixdim; a qform-only or sform-only file stays so; codes 1/2/3/4 kept), quaternion and
+    qfac, pixdim, units, dim_info and endianness; only what describes the voxels changes:
+    shape, dtype, no scaling (scl_slope/scl_inter unset), cal_min/cal_max 0, intent
+    NIFTI_INTENT_LABEL, no header extensions (they describe the image's voxels).
+
+    Writing a fresh header instead (nibabel's default) gives a code-0 input codes 1 and
+    nibabel's fallback affine, which ITK-based viewers read flipped and shifted against the
+    image (nipy/nibabel#522, #863)."""
     import nibabel as nib
 
     header = src.source
     img_cls = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
-    qform, qcode = header.get_qform(coded=True)
-    sform, scode = header.get_sform(coded=True)
-    best = header.get_best_affine()
     data = labels[:, :, 0] if src.data.ndim == 4 and _was_2d(header) else labels
     data = data.astype(_nifti_label_dtype(data), copy=False)
-    img = img_cls(data, best, dtype=data.dtype)
-    img.set_qform(qform if qcode else best, code=int(qcode) or 1)
-    img.set_sform(sform if scode else best, code=int(scode) or 1)
-    img.header.set_xyzt_units(*header.get_xyzt_units())
-    img.header["intent_code"] = 1002  # NIFTI_INTENT_LABEL
+    out = header.copy()
+    out.set_data_shape(data.shape)
+    out.set_data_dtype(data.dtype)
+    out["scl_slope"] = np.nan
+    out["scl_inter"] = np.nan
+    out["cal_min"] = 0.0
+    out["cal_max"] = 0.0
+    out.set_intent("label")
+    del out.extensions[:]
+    # affine None: the image takes the header's forms and codes as they are
+    img = img_cls(data, None, header=out)
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
 
