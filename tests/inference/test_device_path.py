@@ -226,3 +226,12 @@ def test_device_out_of_memory_falls_back_to_the_host_and_says_so(tiny_study, mod
     err = capsys.readouterr().err
     assert "case 'c': device memory ran out while preprocessing; doing it on the host" in err
     assert "while restoring the probabilities; doing it on the host" in err
+
+
+def test_uncropped_plan_on_the_device_equals_the_host(tiny_study):
+    plan = dataclasses.replace(tiny_study.plans[3], crop_to_nonzero=False)
+    image, affine = _anisotropic_case(2)
+    ref, ref_meta = preprocess_image(image, affine, plan, "c")
+    got, meta = preprocess_image_torch(image, affine, plan, "c", CPU)
+    assert meta == ref_meta and meta.bbox == ((0, 30), (0, 28), (0, 9))
+    np.testing.assert_allclose(got.numpy(), ref, atol=2e-5, rtol=0)

@@ -94,8 +94,9 @@ def test_cases_beyond_nonzero_and_without_statistics_are_named(tmp_path, capsys)
     assert fp.labelled_outside_crop == {"cut": 2}
     assert fp.cropped_shapes[fp.case_ids.index("cut")][0] == 8  # x 2..9 kept
     assert ("crop: 1 of 4 case(s) have labelled voxels where the image is 0 (outside its "
-            "nonzero region): cut (2 voxel(s), 2 outside the nonzero box); the crop box is "
-            "grown to hold all 2 labelled voxel(s)") in err
+            "nonzero region): cut (2 voxel(s), 2 outside the nonzero box); 2 labelled "
+            "voxel(s) lie beyond the image's nonzero box: cases are not cropped to it") in err
+    assert not fp.crop_to_nonzero
     assert ("statistics: 2 of 4 case(s) left out of the intensity statistics of the channels "
             "named: zero: channel 0 ('MRI') is 0 everywhere | empty: empty label (no "
             "foreground)") in err

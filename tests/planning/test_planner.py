@@ -221,3 +221,19 @@ def test_settings_from_config():
     assert settings.max_patch_voxels_3d == cfg.max_patch_voxels_3d
     assert settings.batch_voxels_2d == cfg.batch_voxels_2d
     assert settings.min_batch_size == 2
+
+
+def test_labels_beyond_the_nonzero_box_turn_the_crop_off():
+    fp = make_fp([(1.0, 1.0, 1.0)] * 3, [(40, 40, 40)] * 3)
+    fp = dataclasses.replace(fp, shapes=((60, 50, 40),) * 3)
+    assert make_plan(fp, 3, SETTINGS, "crop").crop_to_nonzero
+    assert median_shape(fp, (1.0, 1.0, 1.0)) == (40, 40, 40)
+    beyond = dataclasses.replace(fp, labelled_outside_crop={"case1": 12})
+    plan = make_plan(beyond, 3, SETTINGS, "nocrop")
+    assert not plan.crop_to_nonzero
+    assert plan.median_shape == (60, 50, 40)  # whole cases, as preprocessing will see them
+    assert any("no crop to the nonzero box: 1 training case(s)" in n for n in plan.notes)
+    assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+    old = plan.to_dict()
+    del old["crop_to_nonzero"]
+    assert Plan.from_dict(old).crop_to_nonzero  # plans older than the flag crop

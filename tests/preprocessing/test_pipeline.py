@@ -246,3 +246,14 @@ def test_crop_keeps_labelled_voxels_beyond_the_nonzero_box():
     assert meta.bbox == ((4, 39), (3, 32), (1, 11))
     assert int(seg.sum()) == int(label.sum())
     np.testing.assert_array_equal(restore_labels(seg, meta), label)
+
+
+def test_plan_without_crop_keeps_the_whole_grid():
+    from dataclasses import replace
+
+    image, label = _case()
+    plan = replace(_plan(spacing=SPACING), crop_to_nonzero=False)
+    data, seg, meta = preprocess_case(image, label, _affine(), plan, "whole")
+    assert meta.bbox == ((0, 40), (0, 36), (0, 12)) and meta.cropped_shape == (40, 36, 12)
+    assert data.shape == (1, 40, 36, 12)
+    np.testing.assert_array_equal(restore_labels(seg, meta), label)

@@ -75,6 +75,13 @@ class Fingerprint:
     labelled_outside_crop: dict[str, int] = field(default_factory=dict)
 
     @property
+    def crop_to_nonzero(self) -> bool:
+        """Whether cases are cropped to their nonzero box for training and prediction: not
+        when a training case has labelled voxels beyond it, since then structures reach where
+        the image is 0 and a prediction cropped to the image alone could never reach them."""
+        return not self.labelled_outside_crop
+
+    @property
     def single_slice(self) -> bool:
         """True for a 2D dataset: every case has one voxel along some axis."""
         return all(1 in s for s in self.shapes)
@@ -372,8 +379,9 @@ def _statistics_messages(ds: Dataset, records: list[_CaseRecord]) -> None:
                 f"{r.case_id} ({r.outside[0]} voxel(s), {r.outside[1]} outside the nonzero box)"
                 for r in outside[:6]) + (f" and {len(outside) - 6} more" if len(outside) > 6
                                          else "")
-            + (f"; the crop box is grown to hold all {beyond} labelled voxel(s) beyond the "
-               f"image's nonzero box, so none is dropped" if beyond else
+            + (f"; {beyond} labelled voxel(s) lie beyond the image's nonzero box: cases are "
+               f"not cropped to it (training and prediction), so none is dropped and "
+               f"predictions can reach them" if beyond else
                "; all of them lie inside the crop box"))
     left_out = []
     for r in records:

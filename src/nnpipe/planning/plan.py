@@ -70,6 +70,9 @@ class Plan:
     # the configuration whose segmentation this stage takes as extra input ("3d_lowres" for
     # "3d_cascade"; "" otherwise): see :attr:`previous_channels`
     previous_stage: str = ""
+    # crop each case to its nonzero box before resampling (nnpipe.preprocessing.pipeline);
+    # False when training labels reach beyond it (Fingerprint.crop_to_nonzero)
+    crop_to_nonzero: bool = True
 
     @property
     def previous_channels(self) -> int:

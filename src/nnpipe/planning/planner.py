@@ -128,8 +128,10 @@ def target_spacing(fp: Fingerprint, anisotropy_threshold: float = 3.0
 
 
 def median_shape(fp: Fingerprint, spacing: Sequence[float]) -> tuple[int, int, int]:
-    """Median cropped shape (X, Y, Z) after resampling every case to ``spacing`` (mm)."""
-    shapes = np.asarray(fp.cropped_shapes, dtype=np.float64)
+    """Median cropped shape (X, Y, Z) after resampling every case to ``spacing`` (mm); the
+    whole shape where cases are not cropped (:attr:`Fingerprint.crop_to_nonzero`)."""
+    shapes = np.asarray(fp.cropped_shapes if fp.crop_to_nonzero else fp.shapes,
+                        dtype=np.float64)
     scaled = shapes * np.asarray(fp.spacings) / np.asarray(spacing, dtype=np.float64)
     med = np.round(np.median(scaled, axis=0)).astype(int)
     return (max(1, int(med[0])), max(1, int(med[1])), max(1, int(med[2])))
@@ -296,6 +298,9 @@ def make_plan(fp: Fingerprint, dim: int, settings: PlannerSettings, dataset_name
                      if fp.single_slice else
                      f"2D: slice axis {slice_axis} (coarsest median spacing, ties within "
                      f"{SLICE_AXIS_TOLERANCE:.0%} to the last axis)")
+    if not fp.crop_to_nonzero:
+        notes.append(f"no crop to the nonzero box: {len(fp.labelled_outside_crop)} training "
+                     f"case(s) have labelled voxels beyond it")
     med = median_shape(fp, full)
     axes = (0, 1, 2) if dim == 3 else tuple(a for a in range(3) if a != slice_axis)
     net_spacing = tuple(full[a] for a in axes)
@@ -324,4 +329,5 @@ def make_plan(fp: Fingerprint, dim: int, settings: PlannerSettings, dataset_name
         label_values=tuple(sorted(fp.labels)), layout=fp.layout,
         network=settings.network, encoder_blocks=N.encoder_blocks(settings.network,
                                                                   len(strides)),
+        crop_to_nonzero=fp.crop_to_nonzero,
     )

@@ -132,6 +132,7 @@ def reference_plan(fp: Fingerprint, dim: int, preset: TaskPreset, settings: Plan
         channel_norms=_norms(preset, fp), slice_axis=slice_axis,
         median_shape=median_shape(fp, full), notes=notes,
         label_values=tuple(sorted(fp.labels)), layout=fp.layout,
+        crop_to_nonzero=fp.crop_to_nonzero,
     )
 
 

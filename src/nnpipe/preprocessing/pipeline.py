@@ -1,7 +1,9 @@
 """Preprocess cases for a plan, and map predictions back to the original grid.
 
 Per case: crop to the box of nonzero voxels (air around the body carries no information),
-resample to the plan's target spacing, normalize. :class:`CaseMeta` records every step so
+grown to hold every labelled voxel, or no crop where the plan says so (training labels beyond
+the nonzero box: :attr:`nnpipe.planning.plan.Plan.crop_to_nonzero`), resample to the plan's
+target spacing, normalize. :class:`CaseMeta` records every step so
 that :func:`restore_probabilities` and :func:`restore_labels` can undo them exactly: the
 prediction ends in the original voxel grid and keeps the original affine.
 
@@ -173,7 +175,10 @@ def _preprocess(image: np.ndarray, label: np.ndarray | None, affine: np.ndarray,
                         f"{image.shape[1:]}", case=case_id)
     spacing = _float3(spacing_of(affine))
     _check_values(image, plan, case_id)
-    bbox, cropped, cropped_label = crop_to_nonzero(image, label)
+    if plan.crop_to_nonzero:
+        bbox, cropped, cropped_label = crop_to_nonzero(image, label)
+    else:
+        bbox, cropped, cropped_label = _full_box(image.shape[1:]), image, label
     # The mask is taken before resampling: spline overshoot makes zeros nonzero afterwards.
     mask = nonzero_mask(cropped)
     target = case_target_spacing(plan, spacing)
@@ -261,7 +266,7 @@ def preprocess_image_torch(image: np.ndarray, affine: np.ndarray, plan: Plan, ca
     spacing = _float3(spacing_of(affine))
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device)
     nonzero = (x != 0).any(0)
-    bbox = _nonzero_box_torch(nonzero)
+    bbox = _nonzero_box_torch(nonzero) if plan.crop_to_nonzero else _full_box(image.shape[1:])
     sl = tuple(slice(lo, hi) for lo, hi in bbox)
     cropped, mask = x[(slice(None), *sl)], nonzero[sl]
     target = case_target_spacing(plan, spacing)
@@ -279,6 +284,11 @@ def preprocess_image_torch(image: np.ndarray, affine: np.ndarray, plan: Plan, ca
         target_spacing=target, resampled_shape=new_shape,
     )
     return data, meta
+
+
+def _full_box(shape: Sequence[int]) -> Bbox:
+    """The box of the whole grid ``(X, Y, Z)``: no crop."""
+    return ((0, int(shape[0])), (0, int(shape[1])), (0, int(shape[2])))
 
 
 def _nonzero_box_torch(nonzero: torch.Tensor) -> Bbox:
