@@ -509,3 +509,47 @@ def test_prediction_header_says_what_the_input_said(tmp_path, form):
     sitk_out = _ras_affine_of(sitk.ReadImage(str(out)))
     if np.allclose(nib_in, sitk_in, atol=1e-4):
         np.testing.assert_allclose(nib_out, sitk_out, atol=1e-4)
+
+
+# ---------------------------------------------------------------- the content decides
+
+
+def _misnamed(tmp_path: Path, kind: str) -> tuple[Path, np.ndarray]:
+    """A file whose content contradicts its name; returns it and the affine it holds."""
+    import gzip
+
+    affine = _nifti_affine()
+    right = _nifti(tmp_path / "right.nii", _volume(), affine)
+    if kind == "nii.gz not gzipped":
+        path = tmp_path / "case.nii.gz"
+        path.write_bytes(right.read_bytes())
+    elif kind == "nii gzipped":
+        path = tmp_path / "case.nii"
+        path.write_bytes(gzip.compress(right.read_bytes()))
+    else:  # an NRRD named .nii.gz
+        img = sitk.GetImageFromArray(np.ascontiguousarray(_volume().T))
+        img.SetSpacing(SPACING)
+        img.SetOrigin(ORIGIN_LPS)
+        img.SetDirection(_direction().ravel().tolist())
+        sitk.WriteImage(img, str(tmp_path / "right.nrrd"))
+        path = tmp_path / "case.nii.gz"
+        path.write_bytes((tmp_path / "right.nrrd").read_bytes())
+    return path, affine
+
+
+@pytest.mark.parametrize("kind", ["nii.gz not gzipped", "nii gzipped", "nrrd named nii.gz"])
+def test_a_file_is_read_as_what_it_holds_not_what_its_name_says(tmp_path, kind):
+    path, affine = _misnamed(tmp_path, kind)
+    f = read_file(path)
+    assert f.path == path
+    np.testing.assert_array_equal(f.data[..., 0], _volume())
+    np.testing.assert_allclose(f.affine, affine, atol=1e-5)
+    assert len(f.notes) == 1 and "although the name ends in .nii" in f.notes[0], f.notes
+    assert read_header(path).shape == orientation_of(affine, SHAPE).canonical_shape
+    # the prediction is a true file of the name's format, on the same grid
+    out = tmp_path / f"pred{ending_of(path)}"
+    write_like(out, _labels(SHAPE), f)
+    back = read_file(out)
+    assert not back.notes
+    np.testing.assert_array_equal(back.data[..., 0], _labels(SHAPE))
+    np.testing.assert_allclose(back.affine, affine, atol=1e-5)
