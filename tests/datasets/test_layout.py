@@ -235,3 +235,38 @@ def test_empty_label_is_a_warning_naming_the_case(tmp_path, capsys):
     label = read_label(ds, ds.training[0]).values
     assert label.shape == (6, 5, 4) and label.sum() == 0
     assert "warning: case 'c1', file" in capsys.readouterr().err
+
+
+def test_entries_in_another_case_resolve(tmp_path):
+    root = _msd(tmp_path)
+    before = load_dataset(root)
+    _rewrite_entries(root, lambda v: v.replace("imagesTr", "ImagesTr").replace("c1", "C1"))
+    assert load_dataset(root).training == before.training
+
+
+def test_nnunet_v1_channel_files_behind_a_case_entry(tmp_path, capsys):
+    """nnU-Net v1's raw format: dataset.json names ``imagesTr/c1.nii.gz``, the folder holds
+    ``c1_0000.nii.gz`` and ``c1_0001.nii.gz``: one case of two channels."""
+    root = _msd(tmp_path)
+    before = load_dataset(root)
+    expected = read_image(before, before.training[0]).image
+    for case in before.training:
+        ci = read_image(before, case)
+        for c in range(2):
+            nib.save(nib.Nifti1Image(ci.image[c], ci.affine),
+                     root / "imagesTr" / f"{case.case_id}_{c:04d}.nii.gz")
+        case.images[0].unlink()
+    ds = load_dataset(root)
+    assert [c.case_id for c in ds.training] == [c.case_id for c in before.training]
+    assert [p.name for p in ds.training[0].images] == ["c1_0000.nii.gz", "c1_0001.nii.gz"]
+    np.testing.assert_array_equal(read_image(ds, ds.training[0]).image, expected)
+    assert "nnU-Net v1: one file per channel" in capsys.readouterr().err
+
+
+def test_num_training_that_disagrees_is_named(tmp_path, capsys):
+    root = _msd(tmp_path)
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["numTraining"] = 99
+    (root / "dataset.json").write_text(json.dumps(meta))
+    load_dataset(root)
+    assert "numTraining is 99 but the list holds" in capsys.readouterr().err

@@ -269,17 +269,54 @@ def entry_candidates(root: Path, rel: str) -> list[Path]:
     return list(dict.fromkeys(out))
 
 
-def _resolve_entry(root: Path, rel: str, meta_path: Path,
-                   notes: list[str]) -> Path:
-    """The file a dataset.json entry names (:func:`entry_candidates`). An entry read other
-    than literally goes into ``notes``; one that resolves nowhere raises :class:`DataError`
-    naming the entry and every path tried."""
+def _case_insensitive(root: Path, candidate: Path) -> Path | None:
+    """``candidate`` (under ``root``) matched component by component without regard to case
+    (``ImagesTr/Case_001.NII.GZ`` written on Windows or macOS, whose file systems ignore case),
+    if exactly one file matches."""
+    if not candidate.is_relative_to(root):
+        return None
+    here = root
+    for part in candidate.relative_to(root).parts:
+        if (here / part).exists():
+            here = here / part
+            continue
+        if not here.is_dir():
+            return None
+        found = [p for p in here.iterdir() if p.name.casefold() == part.casefold()]
+        if len(found) != 1:
+            return None
+        here = found[0]
+    return here if here.is_file() else None
+
+
+def _resolve_entry(root: Path, rel: str, meta_path: Path, notes: list[str],
+                   num_channels: int = 0) -> tuple[Path, ...]:
+    """The file(s) a dataset.json entry names (:func:`entry_candidates`, then the same
+    without regard to case). With ``num_channels`` (an image entry), an entry that names no
+    file but whose ``<stem>_0000<ending>`` ... ``_NNNN`` files all exist is nnU-Net v1's
+    raw format (dataset.json names the case, one file per channel): those files, in channel
+    order. An entry read other than literally goes into ``notes``; one that resolves nowhere
+    raises :class:`DataError` naming the entry and every path tried."""
     tried = entry_candidates(root, rel)
-    for p in tried:
-        if p.is_file():
-            if p != root / rel:
-                notes.append(f"{rel!r} -> {p.relative_to(root) if p.is_relative_to(root) else p}")
-            return p
+    found = next((p for p in tried if p.is_file()), None)
+    if found is None:
+        found = _case_insensitive(root, tried[0])
+        tried.append(Path(f"{tried[0]} (any case)"))
+    if found is not None:
+        if found != root / rel:
+            shown = found.relative_to(root) if found.is_relative_to(root) else found
+            notes.append(f"{rel!r} -> {shown}")
+        return (found,)
+    if num_channels:
+        ending = ending_of(tried[0]) or ""
+        for base in [p for p in tried if not str(p).endswith("(any case)")]:
+            files = tuple(base.with_name(f"{strip_ending(base)}_{c:04d}{ending}")
+                          for c in range(num_channels))
+            if all(f.is_file() for f in files):
+                notes.append(f"{rel!r} -> {files[0].name} ... (nnU-Net v1: one file per "
+                             f"channel)")
+                return files
+        tried.append(tried[0].with_name(f"{strip_ending(tried[0])}_0000{ending}"))
     hint = " (backslashes were read as separators)" if "\\" in rel else ""
     raise DataError(f"listed in dataset.json as {rel!r} but missing{hint}; tried: "
                     + ", ".join(str(p) for p in tried), case=strip_ending(tried[0]),
@@ -292,25 +329,34 @@ def _load_msd(root: Path, meta: dict) -> Dataset:
     labels = parse_labels(meta.get("labels"), layout="msd", path=meta_path)
     notes: list[str] = []
 
-    def entry(e: object, key: str) -> Path:
-        return _resolve_entry(root, _entry_text(e, key, meta_path), meta_path, notes)
+    def entry(e: object, key: str, num_channels: int = 0) -> tuple[Path, ...]:
+        return _resolve_entry(root, _entry_text(e, key, meta_path), meta_path, notes,
+                              num_channels)
 
-    training = []
-    for e in meta.get("training", []):
-        image = entry(e, "image")
-        training.append(Case(strip_ending(image), (image,), entry(e, "label")))
+    def image_case(e: object, labelled: bool) -> Case:
+        files = entry(e, "image", len(channels))
+        cid = strip_ending(files[0])
+        if len(files) > 1:
+            cid = cid[:-CHANNEL_SUFFIX_LEN]
+        return Case(cid, files, entry(e, "label")[0] if labelled else None)
+
+    training = [image_case(e, True) for e in meta.get("training", [])]
     if "test" in meta:
-        test = [Case(strip_ending(p), (p,)) for p in (entry(e, "image") for e in meta["test"])]
+        test = [image_case(e, False) for e in meta["test"]]
     else:  # no list: the folder rule
         test = find_cases(root / "imagesTs", layout="msd", num_channels=len(channels))[0] \
             if (root / "imagesTs").is_dir() else []
     if notes:
         log(f"{meta_path}: {len(notes)} file entr{'y' if len(notes) == 1 else 'ies'} read as "
             f"paths on this machine (backslashes and '.' parts as separators, other machines' "
-            f"absolute paths by folder and file): {', '.join(notes[:3])}"
-            + (" ..." if len(notes) > 3 else ""))
-    _warn_unlisted(root / "imagesTr", {c.images[0].name for c in training}, "training")
-    _warn_unlisted(root / "imagesTs", {c.images[0].name for c in test}, "test")
+            f"absolute paths by folder and file, names without regard to case): "
+            f"{', '.join(notes[:3])}" + (" ..." if len(notes) > 3 else ""))
+    for key, listed in (("numTraining", training), ("numTest", test)):
+        if key in meta and str(meta[key]) != str(len(listed)):
+            log(f"warning: {meta_path}: {key} is {meta[key]!r} but the list holds "
+                f"{len(listed)} case(s); the list is used")
+    _warn_unlisted(root / "imagesTr", {p.name for c in training for p in c.images}, "training")
+    _warn_unlisted(root / "imagesTs", {p.name for c in test for p in c.images}, "test")
     return Dataset(root, str(meta.get("name", root.name)), "msd", channels, labels,
                    tuple(training), tuple(test), str(meta.get("file_ending", ".nii.gz")))
 
