@@ -485,7 +485,7 @@ def check_normalization_names(study: Study) -> None:
 
 def check_backslash_paths(study: Study) -> None:
     log = study.log("plans/fingerprint.log")
-    assert re.search(r"dataset.json: 14 file entries read as paths on this machine "
+    assert re.search(r"dataset.json: 16 file entries read as paths on this machine "
                      r"\(backslashes", log), log[-2000:]
     assert_written(study, "ensemble", {"case_101.nii.gz", "case_102.nii.gz"})
 
