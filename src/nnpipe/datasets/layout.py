@@ -500,8 +500,10 @@ def read_label(ds: Dataset, case: Case, image: CaseImage | None = None) -> Label
     if f.channels != 1:
         raise DataError(f"label must hold one value per voxel, got {f.channels} components "
                         f"(shape {tuple(f.data.shape)})", case=case.case_id, path=case.label)
-    for note in f.notes:
-        log(f"case {case.case_id!r}, file {str(case.label)!r}: {note}")
+    said = set(image.source.notes) if image is not None else set()
+    for note in f.notes:  # what the image's own notes did not already say (units, say)
+        if note not in said:
+            log(f"case {case.case_id!r}, file {str(case.label)!r}: {note}")
     if image is not None:
         _check_label_grid(f, image, case)
     values, rounded = integer_labels(f.data[..., 0], case=case.case_id, path=case.label)
