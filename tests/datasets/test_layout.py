@@ -270,3 +270,11 @@ def test_num_training_that_disagrees_is_named(tmp_path, capsys):
     (root / "dataset.json").write_text(json.dumps(meta))
     load_dataset(root)
     assert "numTraining is 99 but the list holds" in capsys.readouterr().err
+
+
+def test_modality_written_as_a_list_is_channels_in_order(tmp_path):
+    root = _msd(tmp_path)
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["modality"] = ["T1", "noNorm"]
+    (root / "dataset.json").write_text(json.dumps(meta))
+    assert load_dataset(root).channels == ("T1", "noNorm")

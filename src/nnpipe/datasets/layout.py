@@ -224,6 +224,9 @@ def load_dataset(root: Path | str) -> Dataset:
 
 def _channel_names(meta: dict, key: str, path: Path) -> tuple[str, ...]:
     value = meta[key]
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        log(f"{path}: '{key}' is a list; read as channels 0 to {len(value) - 1} in its order")
+        value = {str(i): v for i, v in enumerate(value)}
     if not isinstance(value, dict) or not value:
         raise DataError(f"'{key}' must map channel numbers to names, e.g. {{\"0\": \"T1\"}}",
                         path=path)
