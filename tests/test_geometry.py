@@ -249,3 +249,27 @@ def test_direction_tolerance(degrees, reported):
     assert (diff is not None) == reported
     if reported:
         assert diff is not None and diff.startswith("direction RAS vs RAS (largest cosine")
+
+
+def _rotation_z(deg: float) -> np.ndarray:
+    t = np.deg2rad(deg)
+    a = np.eye(4)
+    a[:3, :3] = [[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1]]
+    return a
+
+
+@pytest.mark.parametrize(("deg", "expected"), [
+    # exactly 45 degrees between two world axes: the file's own axis order is kept
+    (45, ((0, 1), (1, 1), (2, 1))), (-45, ((0, 1), (1, 1), (2, 1))),
+    (135, ((0, -1), (1, -1), (2, 1))), (-135, ((0, -1), (1, -1), (2, 1))),
+    # clear cases follow the closest axis as before
+    (30, ((0, 1), (1, 1), (2, 1))), (60, ((1, 1), (0, -1), (2, 1))),
+    (180, ((0, -1), (1, -1), (2, 1)))])
+def test_oblique_ties_keep_the_file_axis_order(deg, expected):
+    o = orientation_of(_rotation_z(deg), (4, 5, 6))
+    assert o.transform == expected
+    # a rounding-level nudge either way does not change a tie's answer
+    for eps in (1e-9, -1e-9):
+        assert orientation_of(_rotation_z(deg + eps), (4, 5, 6)).transform == expected
+    data = np.arange(120).reshape(4, 5, 6)
+    np.testing.assert_array_equal(o.undo(o.apply(data)), data)

@@ -406,3 +406,150 @@ def test_int64_labels_written_in_the_smallest_type(tmp_path, top, stored):
     write_like(out, labels, read_file(path))
     assert nib.load(out).get_data_dtype() == stored
     np.testing.assert_array_equal(read_file(out).data[..., 0], labels)
+
+
+# ---------------------------------------------------------------- header forms round trip
+
+
+def _other_affine() -> np.ndarray:
+    """A second grid (another rotation and origin) for files whose qform and sform differ."""
+    t = np.deg2rad(-20)
+    a = np.eye(4)
+    a[:3, :3] = np.array([[np.cos(t), 0, np.sin(t)], [0, 1, 0],
+                          [-np.sin(t), 0, np.cos(t)]]) @ np.diag(SPACING)
+    a[:3, 3] = (-7.0, 12.0, 3.5)
+    return a
+
+
+def _flipped_affine() -> np.ndarray:
+    """A left-handed grid (qfac -1: the z axis flipped), as many DICOM converters write."""
+    a = _nifti_affine()
+    a[:, 2] *= -1
+    return a
+
+
+# name -> (header class, endianness, qform code, sform code, qform, sform, units)
+HEADER_FORMS = {
+    "no codes, pixdim only": (nib.Nifti1Header, "<", 0, 0, None, None, "mm"),
+    "qform only": (nib.Nifti1Header, "<", 1, 0, _nifti_affine(), None, "mm"),
+    "sform only": (nib.Nifti1Header, "<", 0, 1, None, _nifti_affine(), "mm"),
+    "both code 1": (nib.Nifti1Header, "<", 1, 1, _nifti_affine(), _nifti_affine(), "mm"),
+    "both code 2 (aligned)": (nib.Nifti1Header, "<", 2, 2, _nifti_affine(), _nifti_affine(),
+                              "mm"),
+    "qform 1, sform 4 (MNI), different": (nib.Nifti1Header, "<", 1, 4, _nifti_affine(),
+                                          _other_affine(), "mm"),
+    "left-handed (qfac -1)": (nib.Nifti1Header, "<", 1, 1, _flipped_affine(),
+                              _flipped_affine(), "mm"),
+    "big-endian": (nib.Nifti1Header, ">", 1, 1, _nifti_affine(), _nifti_affine(), "mm"),
+    "units micron": (nib.Nifti1Header, "<", 1, 1, _nifti_affine(), _nifti_affine(), "micron"),
+    "NIfTI-2": (nib.Nifti2Header, "<", 1, 2, _nifti_affine(), _nifti_affine(), "mm"),
+    "NIfTI-2 no codes": (nib.Nifti2Header, "<", 0, 0, None, None, "mm"),
+}
+
+
+def cls_of(form: str) -> type:
+    return HEADER_FORMS[form][0]
+
+
+def _write_form(path: Path, form: str) -> Path:
+    """A float image whose header holds exactly ``form`` (nibabel's save() keeps a header it
+    is given when the image has no affine of its own)."""
+    cls, endian, qcode, scode, qform, sform, unit = HEADER_FORMS[form]
+    h = cls(endianness=endian)
+    h.set_data_shape(SHAPE)
+    h.set_data_dtype(np.float32)
+    h.set_xyzt_units(unit, "sec")
+    h.set_zooms(SPACING)
+    if qform is not None:
+        h.set_qform(qform, code=qcode)
+    if sform is not None:
+        h.set_sform(sform, code=scode)
+    h["qform_code"], h["sform_code"] = qcode, scode
+    h["scl_slope"], h["cal_max"] = 2.0, 500.0  # the image's scaling and display range
+    img_cls = nib.Nifti2Image if cls is nib.Nifti2Header else nib.Nifti1Image
+    nib.save(img_cls(_volume(np.float32), None, header=h), path)
+    return path
+
+
+def _sitk_geometry(path: Path) -> tuple[np.ndarray, ...]:
+    img = sitk.ReadImage(str(path))
+    return (np.asarray(img.GetOrigin()), np.asarray(img.GetSpacing()),
+            np.asarray(img.GetDirection()), np.asarray(img.GetSize()))
+
+
+@pytest.mark.parametrize("form", list(HEADER_FORMS))
+def test_prediction_header_says_what_the_input_said(tmp_path, form):
+    """nibabel reads the prediction's header as the input's (codes, forms, units, pixdim,
+    endianness); SimpleITK reads the same grid and orientation for both; where the two
+    libraries agree on the input they agree on the prediction too."""
+    src = _write_form(tmp_path / "img.nii.gz", form)
+    out = tmp_path / "pred.nii.gz"
+    write_like(out, _labels(SHAPE), read_file(src))
+    hi, ho = nib.load(src).header, nib.load(out).header
+    for coded in (hi.get_qform, hi.get_sform):
+        mine = getattr(ho, coded.__name__)(coded=True)
+        theirs = coded(coded=True)
+        assert int(mine[1]) == int(theirs[1]), coded.__name__
+        if theirs[0] is not None:
+            np.testing.assert_allclose(mine[0], theirs[0], atol=1e-6)
+    assert ho.get_xyzt_units() == hi.get_xyzt_units()
+    np.testing.assert_array_equal(ho["pixdim"][:4], hi["pixdim"][:4])  # qfac and spacing
+    np.testing.assert_allclose(ho.get_best_affine(), hi.get_best_affine(), atol=1e-6)
+    assert ho.endianness == hi.endianness and type(ho) is type(hi)
+    assert int(ho["intent_code"]) == 1002 and float(ho["cal_max"]) == 0.0
+    labels = np.asanyarray(nib.load(out).dataobj)
+    np.testing.assert_array_equal(labels, _labels(SHAPE))  # no scaling of label values
+    if cls_of(form) is nib.Nifti2Header:
+        return  # SimpleITK 2.5 reads no NIfTI-2 file at all, the input included
+    # SimpleITK: same grid and orientation as the input's
+    for a, b in zip(_sitk_geometry(out), _sitk_geometry(src), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    nib_in, nib_out = nib.load(src).affine, nib.load(out).affine
+    sitk_in = _ras_affine_of(sitk.ReadImage(str(src)))
+    sitk_out = _ras_affine_of(sitk.ReadImage(str(out)))
+    if np.allclose(nib_in, sitk_in, atol=1e-4):
+        np.testing.assert_allclose(nib_out, sitk_out, atol=1e-4)
+
+
+# ---------------------------------------------------------------- the content decides
+
+
+def _misnamed(tmp_path: Path, kind: str) -> tuple[Path, np.ndarray]:
+    """A file whose content contradicts its name; returns it and the affine it holds."""
+    import gzip
+
+    affine = _nifti_affine()
+    right = _nifti(tmp_path / "right.nii", _volume(), affine)
+    if kind == "nii.gz not gzipped":
+        path = tmp_path / "case.nii.gz"
+        path.write_bytes(right.read_bytes())
+    elif kind == "nii gzipped":
+        path = tmp_path / "case.nii"
+        path.write_bytes(gzip.compress(right.read_bytes()))
+    else:  # an NRRD named .nii.gz
+        img = sitk.GetImageFromArray(np.ascontiguousarray(_volume().T))
+        img.SetSpacing(SPACING)
+        img.SetOrigin(ORIGIN_LPS)
+        img.SetDirection(_direction().ravel().tolist())
+        sitk.WriteImage(img, str(tmp_path / "right.nrrd"))
+        path = tmp_path / "case.nii.gz"
+        path.write_bytes((tmp_path / "right.nrrd").read_bytes())
+    return path, affine
+
+
+@pytest.mark.parametrize("kind", ["nii.gz not gzipped", "nii gzipped", "nrrd named nii.gz"])
+def test_a_file_is_read_as_what_it_holds_not_what_its_name_says(tmp_path, kind):
+    path, affine = _misnamed(tmp_path, kind)
+    f = read_file(path)
+    assert f.path == path
+    np.testing.assert_array_equal(f.data[..., 0], _volume())
+    np.testing.assert_allclose(f.affine, affine, atol=1e-5)
+    assert len(f.notes) == 1 and "although the name ends in .nii" in f.notes[0], f.notes
+    assert read_header(path).shape == orientation_of(affine, SHAPE).canonical_shape
+    # the prediction is a true file of the name's format, on the same grid
+    out = tmp_path / f"pred{ending_of(path)}"
+    write_like(out, _labels(SHAPE), f)
+    back = read_file(out)
+    assert not back.notes
+    np.testing.assert_array_equal(back.data[..., 0], _labels(SHAPE))
+    np.testing.assert_allclose(back.affine, affine, atol=1e-5)

@@ -15,6 +15,7 @@ axes.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -95,11 +96,43 @@ class Orientation:
                    (int(shape[0]), int(shape[1]), int(shape[2])))
 
 
+# Two direction cosines of one voxel axis closer than this are a tie (an oblique grid at
+# 45 degrees): float rounding, not the anatomy, would pick the world axis.
+TIE_ATOL = 1e-4
+
+
 def orientation_of(affine: np.ndarray, shape: Sequence[int]) -> Orientation:
-    """The :class:`Orientation` taking a grid of ``shape`` (X, Y, Z) and ``affine`` to RAS."""
-    t = ornt.ornt_transform(ornt.io_orientation(np.asarray(affine, dtype=np.float64)), _RAS)
-    return Orientation(tuple((int(a), int(f)) for a, f in t),
-                       (int(shape[0]), int(shape[1]), int(shape[2])))
+    """The :class:`Orientation` taking a grid of ``shape`` (X, Y, Z) and ``affine`` to RAS.
+
+    Each voxel axis goes to the world axis its direction is closest to (nibabel's
+    ``io_orientation``). Where that is a tie (a voxel axis at 45 degrees between two world
+    axes, within :data:`TIE_ATOL` in cosine), the file's own axis order is kept: of the
+    axis assignments that are equally close, the one moving the fewest axes (the identity
+    where it is among them), with flips by the sign of the cosines; never the one float
+    rounding happens to favour.
+    """
+    a = np.asarray(affine, dtype=np.float64)
+    size = (int(shape[0]), int(shape[1]), int(shape[2]))
+    cos = a[:3, :3] / np.maximum(np.linalg.norm(a[:3, :3], axis=0), 1e-12)  # column = voxel axis
+    top = np.sort(np.abs(cos), axis=0)
+    if np.all(top[2] - top[1] > TIE_ATOL):
+        t = ornt.ornt_transform(ornt.io_orientation(a), _RAS)
+        return Orientation(tuple((int(w), int(f)) for w, f in t), size)
+    return Orientation(_tied_assignment(cos), size)
+
+
+def _tied_assignment(cos: np.ndarray) -> tuple[tuple[int, int], ...]:
+    """Voxel axis -> (world axis, sign) for direction cosines ``cos`` (3x3, column = voxel
+    axis) with a tie: among the permutations whose summed |cosine| is within
+    :data:`TIE_ATOL` of the best, the one with the most axes left in place, then the first
+    in lexicographic order (only reached for two equally good moves of the same size)."""
+    perms = list(itertools.permutations(range(3)))
+    score = {p: sum(abs(cos[p[v], v]) for v in range(3)) for p in perms}
+    best = max(score.values())
+    near = [p for p in perms if score[p] >= best - TIE_ATOL]
+    chosen = max(near, key=lambda p: (sum(p[v] == v for v in range(3)),
+                                      [-w for w in p]))
+    return tuple((int(chosen[v]), 1 if cos[chosen[v], v] >= 0 else -1) for v in range(3))
 
 
 # ---------------------------------------------------------------- comparing grids

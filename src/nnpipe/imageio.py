@@ -25,6 +25,8 @@ import importlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -130,13 +132,85 @@ def _family(path: Path, case: str | None) -> str:
     return ENDINGS[ending]
 
 
+def sniff_ending(path: Path | str) -> str | None:
+    """The ending a file's content calls for, from its first bytes (gzip magic, the NIfTI-1/2
+    magic, ``NRRD``, MetaImage keys, TIFF/PNG/BMP signatures); None if not recognised.
+
+    NIfTI: ``.nii.gz`` when gzipped, ``.nii`` when not. Other formats: the name's own ending
+    when it is of the same family (``.mha`` vs ``.mhd`` cannot be told apart by content),
+    else the family's first ending.
+    """
+    import gzip
+
+    path = Path(path)
+    with path.open("rb") as fh:
+        head = fh.read(352)
+    gz = head[:2] == b"\x1f\x8b"
+    if gz:
+        try:
+            with gzip.open(path, "rb") as fh:
+                head = fh.read(352)
+        except (OSError, EOFError):
+            return None
+    own = ending_of(path)
+    if head[344:348] in (b"n+1\x00", b"ni1\x00") or head[4:8] in (b"n+2\x00", b"ni2\x00"):
+        return ".nii.gz" if gz else ".nii"
+    family = None
+    fallback = ""
+    if head[:4] == b"NRRD":
+        family, fallback = "sitk", ".nrrd"
+    elif any(key in head[:128] for key in (b"ObjectType", b"NDims")):  # MetaImage text header
+        family, fallback = "sitk", ".mha"
+    elif head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        family, fallback = "tiff", ".tif"
+    elif head[:8] == b"\x89PNG\r\n\x1a\n":
+        family, fallback = "pillow", ".png"
+    elif head[:2] == b"BM":
+        family, fallback = "pillow", ".bmp"
+    if family is None or gz:  # a gzipped non-NIfTI file is not a supported image
+        return None
+    if own is not None and ENDINGS[own] == family and own not in (".png", ".bmp"):
+        return own
+    return fallback
+
+
 def read_file(path: Path | str, *, case: str | None = None) -> ImageFile:
     """Read one image file (see the module docstring). Raises :class:`DataError` naming the
-    case and file if it is missing, of an unsupported type, truncated or unreadable."""
+    case and file if it is missing, of an unsupported type, truncated or unreadable.
+
+    The content decides, not the name (:func:`sniff_ending`): a ``.nii.gz`` that is not
+    gzipped, a ``.nii`` that is, or an NRRD named ``.nii.gz`` is read as what it is, with a
+    note saying so (``ImageFile.notes``); writing back keeps the name's format.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError("file is missing", case=case, path=path)
-    family = _family(path, case)
+    _family(path, case)  # an unsupported ending is refused by name
+    with _by_content(path) as (readable, notes):
+        out = _read_as(readable, path, case, notes)
+        out.data = np.array(out.data) if readable != path else out.data
+    return out
+
+
+@contextmanager
+def _by_content(path: Path) -> Iterator[tuple[Path, tuple[str, ...]]]:
+    """``path`` itself, or (when its content calls for another ending, :func:`sniff_ending`)
+    a temporary link to it with that ending, and the note saying so."""
+    actual, named = sniff_ending(path), ending_of(path)
+    if actual is None or actual == named:
+        yield path, ()
+        return
+    note = (f"content is {_FAMILY_NAMES[ENDINGS[actual]]} ({actual}) although the name ends "
+            f"in {named}; read as {actual}")
+    with tempfile.TemporaryDirectory(prefix=".nnpipe-content-") as tmp:
+        alias = Path(tmp) / f"{strip_ending(path)}{actual}"
+        alias.symlink_to(path.resolve())
+        yield alias, (note,)
+
+
+def _read_as(path: Path, shown: Path, case: str | None, notes: tuple[str, ...]) -> ImageFile:
+    """Read ``path`` by its ending; errors and the result name ``shown`` (the user's file)."""
+    family = ENDINGS[ending_of(path) or ""]
     reader = {"nifti": _read_nifti, "sitk": _read_sitk, "tiff": _read_tiff,
               "pillow": _read_pillow}[family]
     try:
@@ -146,9 +220,11 @@ def read_file(path: Path | str, *, case: str | None = None) -> ImageFile:
     except Exception as exc:  # each library raises its own types for corrupt files
         raise DataError(f"cannot be read as {_FAMILY_NAMES[family]} "
                         f"({type(exc).__name__}: {exc})",
-                        case=case, path=path) from exc
-    out.data = _as_xyzc(out.data, path, case)
-    _check_affine(out.affine, path, case)
+                        case=case, path=shown) from exc
+    out.path = shown
+    out.notes = (*notes, *out.notes)
+    out.data = _as_xyzc(out.data, shown, case)
+    _check_affine(out.affine, shown, case)
     return out
 
 
@@ -218,22 +294,33 @@ def _scaled(affine: np.ndarray, scale: float) -> np.ndarray:
 
 
 def _write_nifti(path: Path, labels: np.ndarray, src: ImageFile) -> None:
-    """Labels ``(X, Y, Z)`` in the file order, with the source's qform and sform (matrices,
-    codes, units); code 1 (scanner) where the source had none."""
+    """Labels ``(X, Y, Z)`` in the file order under a copy of the source's header: qform and
+    sform with their codes exactly as the input had them (both codes 0 stays 0, with only
+    pixdim; a qform-only or sform-only file stays so; codes 1/2/3/4 kept), quaternion and
+    qfac, pixdim, units, dim_info and endianness; only what describes the voxels changes:
+    shape, dtype, no scaling (scl_slope/scl_inter unset), cal_min/cal_max 0, intent
+    NIFTI_INTENT_LABEL, no header extensions (they describe the image's voxels).
+
+    Writing a fresh header instead (nibabel's default) gives a code-0 input codes 1 and
+    nibabel's fallback affine, which ITK-based viewers read flipped and shifted against the
+    image (nipy/nibabel#522, #863)."""
     import nibabel as nib
 
     header = src.source
     img_cls = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
-    qform, qcode = header.get_qform(coded=True)
-    sform, scode = header.get_sform(coded=True)
-    best = header.get_best_affine()
     data = labels[:, :, 0] if src.data.ndim == 4 and _was_2d(header) else labels
     data = data.astype(_nifti_label_dtype(data), copy=False)
-    img = img_cls(data, best, dtype=data.dtype)
-    img.set_qform(qform if qcode else best, code=int(qcode) or 1)
-    img.set_sform(sform if scode else best, code=int(scode) or 1)
-    img.header.set_xyzt_units(*header.get_xyzt_units())
-    img.header["intent_code"] = 1002  # NIFTI_INTENT_LABEL
+    out = header.copy()
+    out.set_data_shape(data.shape)
+    out.set_data_dtype(data.dtype)
+    out["scl_slope"] = np.nan
+    out["scl_inter"] = np.nan
+    out["cal_min"] = 0.0
+    out["cal_max"] = 0.0
+    out.set_intent("label")
+    del out.extensions[:]
+    # affine None: the image takes the header's forms and codes as they are
+    img = img_cls(data, None, header=out)
     with atomic_path(path) as tmp:
         nib.save(img, str(tmp))
 
@@ -459,7 +546,8 @@ def read_header(path: Path | str, *, case: str | None = None) -> HeaderInfo:
         raise DataError("file is missing", case=case, path=path)
     family = _family(path, case)
     try:
-        shape, channels, affine = _HEADERS[family](path, case)
+        with _by_content(path) as (readable, _):
+            shape, channels, affine = _HEADERS[_family(readable, case)](readable, case)
     except DataError:
         raise
     except Exception as exc:

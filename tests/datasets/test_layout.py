@@ -129,7 +129,40 @@ def test_bad_input_names_case_and_problem(tmp_path, breaker, message):
 def test_listed_but_missing_file(tmp_path):
     root = _msd(tmp_path)
     (root / "labelsTr" / "c1.nii.gz").unlink()
-    with pytest.raises(DataError, match="case 'c1'.*listed in dataset.json but missing"):
+    with pytest.raises(DataError, match="case 'c1'.*listed in dataset.json as "
+                                        r"'./labelsTr/c1.nii.gz' but missing; tried: "):
+        load_dataset(root)
+
+
+def _rewrite_entries(root, change):
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["training"] = [{k: change(v) for k, v in e.items()} for e in meta["training"]]
+    (root / "dataset.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("change", [
+    lambda v: ".\\" + v.removeprefix("./").replace("/", "\\"),  # written on Windows
+    lambda v: v.removeprefix("./").replace("/", "\\"),
+    lambda v: "./././" + v.removeprefix("./"),
+    lambda v: " " + v + " ",
+    lambda v: "/home/someone/Task05/" + v.removeprefix("./"),  # another machine's path
+    lambda v: "C:\\Users\\me\\Task05\\" + v.removeprefix("./").replace("/", "\\"),
+])
+def test_entries_written_on_any_os_resolve(tmp_path, change, capsys):
+    root = _msd(tmp_path)
+    before = load_dataset(root)
+    _rewrite_entries(root, change)
+    after = load_dataset(root)
+    assert after.training == before.training
+
+
+def test_backslash_entry_that_does_not_resolve_names_entry_and_tries(tmp_path):
+    root = _msd(tmp_path)
+    _rewrite_entries(root, lambda v: v.replace("/", "\\").replace("c1", "c9"))
+    with pytest.raises(DataError, match=r"case 'c9'.*listed in dataset.json as '\.\\\\"
+                                        r"imagesTr\\\\c9\.nii\.gz' but missing \(backslashes "
+                                        r"were read as separators\); tried: "
+                                        r".*imagesTr/c9\.nii\.gz"):
         load_dataset(root)
 
 
@@ -202,3 +235,46 @@ def test_empty_label_is_a_warning_naming_the_case(tmp_path, capsys):
     label = read_label(ds, ds.training[0]).values
     assert label.shape == (6, 5, 4) and label.sum() == 0
     assert "warning: case 'c1', file" in capsys.readouterr().err
+
+
+def test_entries_in_another_case_resolve(tmp_path):
+    root = _msd(tmp_path)
+    before = load_dataset(root)
+    _rewrite_entries(root, lambda v: v.replace("imagesTr", "ImagesTr").replace("c1", "C1"))
+    assert load_dataset(root).training == before.training
+
+
+def test_nnunet_v1_channel_files_behind_a_case_entry(tmp_path, capsys):
+    """nnU-Net v1's raw format: dataset.json names ``imagesTr/c1.nii.gz``, the folder holds
+    ``c1_0000.nii.gz`` and ``c1_0001.nii.gz``: one case of two channels."""
+    root = _msd(tmp_path)
+    before = load_dataset(root)
+    expected = read_image(before, before.training[0]).image
+    for case in before.training:
+        ci = read_image(before, case)
+        for c in range(2):
+            nib.save(nib.Nifti1Image(ci.image[c], ci.affine),
+                     root / "imagesTr" / f"{case.case_id}_{c:04d}.nii.gz")
+        case.images[0].unlink()
+    ds = load_dataset(root)
+    assert [c.case_id for c in ds.training] == [c.case_id for c in before.training]
+    assert [p.name for p in ds.training[0].images] == ["c1_0000.nii.gz", "c1_0001.nii.gz"]
+    np.testing.assert_array_equal(read_image(ds, ds.training[0]).image, expected)
+    assert "nnU-Net v1: one file per channel" in capsys.readouterr().err
+
+
+def test_num_training_that_disagrees_is_named(tmp_path, capsys):
+    root = _msd(tmp_path)
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["numTraining"] = 99
+    (root / "dataset.json").write_text(json.dumps(meta))
+    load_dataset(root)
+    assert "numTraining is 99 but the list holds" in capsys.readouterr().err
+
+
+def test_modality_written_as_a_list_is_channels_in_order(tmp_path):
+    root = _msd(tmp_path)
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["modality"] = ["T1", "noNorm"]
+    (root / "dataset.json").write_text(json.dumps(meta))
+    assert load_dataset(root).channels == ("T1", "noNorm")

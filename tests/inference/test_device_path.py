@@ -11,6 +11,7 @@ import torch
 
 from nnpipe.config import InferenceSettings
 from nnpipe.datasets.layout import load_dataset, read_image
+from nnpipe.errors import DataError
 from nnpipe.inference import predict as P
 from nnpipe.inference.ensemble import load_models
 from nnpipe.labels import LabelScheme
@@ -60,6 +61,32 @@ def test_preprocessing_on_the_device_equals_the_host(tiny_study, dim, source, no
     assert got.dtype == torch.float32 and tuple(got.shape) == ref.shape
     # normalized values (about N(0, 1), CT up to 2.5): float32 rounding
     np.testing.assert_allclose(got.numpy(), ref, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dim", [3, 2])
+def test_every_scheme_on_the_device_equals_the_host(tiny_study, dim):
+    """zscore (no mask), none, rescale_0_1 and rgb_0_1 (values in [0, 255], so spline
+    overshoot has to be clipped) on the device and on the host."""
+    plan = dataclasses.replace(tiny_study.plans[dim], channel_norms=tuple(
+        ChannelNorm(s) for s in ("zscore", "none", "rescale_0_1", "rgb_0_1")))
+    image, affine = _anisotropic_case(3)
+    image = np.clip(image - 100.0, 0.0, 255.0)  # 8-bit range, zeros around the body
+    ref, ref_meta = preprocess_image(image, affine, plan, "c")
+    got, meta = preprocess_image_torch(image, affine, plan, "c", CPU, chunk_bytes=4096)
+    assert meta == ref_meta
+    assert ref[2].min() >= 0.0 and ref[2].max() == pytest.approx(1.0)  # rescale_0_1
+    assert ref[3].min() >= 0.0 and ref[3].max() <= 1.0  # rgb_0_1: overshoot clipped
+    np.testing.assert_allclose(got.numpy(), ref, atol=5e-5, rtol=1e-6)
+
+
+def test_rgb_values_out_of_range_are_refused_naming_the_case(tiny_study):
+    plan = dataclasses.replace(tiny_study.plans[3], channel_norms=(
+        ChannelNorm("rgb_0_1", channel="rgb_to_0_1"),) * 4)
+    image, affine = _anisotropic_case()
+    for run in (preprocess_image, lambda *a: preprocess_image_torch(*a, CPU)):
+        with pytest.raises(DataError, match=r"case 'c'.*channel 0 \('rgb_to_0_1'\) is "
+                                            r"normalized with 'rgb_0_1'"):
+            run(image, affine, plan, "c")
 
 
 def test_device_preprocessing_slabs_do_not_change_the_result(tiny_study):
@@ -199,3 +226,12 @@ def test_device_out_of_memory_falls_back_to_the_host_and_says_so(tiny_study, mod
     err = capsys.readouterr().err
     assert "case 'c': device memory ran out while preprocessing; doing it on the host" in err
     assert "while restoring the probabilities; doing it on the host" in err
+
+
+def test_uncropped_plan_on_the_device_equals_the_host(tiny_study):
+    plan = dataclasses.replace(tiny_study.plans[3], crop_to_nonzero=False)
+    image, affine = _anisotropic_case(2)
+    ref, ref_meta = preprocess_image(image, affine, plan, "c")
+    got, meta = preprocess_image_torch(image, affine, plan, "c", CPU)
+    assert meta == ref_meta and meta.bbox == ((0, 30), (0, 28), (0, 9))
+    np.testing.assert_allclose(got.numpy(), ref, atol=2e-5, rtol=0)

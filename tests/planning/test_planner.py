@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -167,6 +168,28 @@ def test_ct_channel_norm_values():
     )
 
 
+def test_channel_names_select_nnunet_schemes():
+    fp = dataclasses.replace(
+        make_fp([(1.0, 1.0, 1.0)] * 2, [(64, 64, 64)] * 2, is_ct=(False,) * 6),
+        channel_names=("ct", "T2", "noNorm", "RESCALE_TO_0_1", "rgb_to_0_1", "no_norm"))
+    plan = make_plan(fp, 3, SETTINGS, "names")
+    assert plan.channel_norms == (
+        ChannelNorm("ct", clip_low=-10.0, clip_high=150.0, mean=40.0, std=20.0, channel="ct"),
+        ChannelNorm("zscore_nonzero", channel="T2"), ChannelNorm("none", channel="noNorm"),
+        ChannelNorm("rescale_0_1", channel="RESCALE_TO_0_1"),
+        ChannelNorm("rgb_0_1", channel="rgb_to_0_1"),
+        ChannelNorm("zscore_nonzero", channel="no_norm"))
+    assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+
+
+def test_plans_without_channel_names_still_load():
+    plan = make_plan(make_fp([(1.0, 1.0, 1.0)] * 2, [(64, 64, 64)] * 2), 3, SETTINGS, "old")
+    d = plan.to_dict()
+    for norm in d["channel_norms"]:
+        del norm["channel"]
+    assert Plan.from_dict(d).channel_norms == (ChannelNorm("zscore_nonzero"),)
+
+
 def test_plan_json_round_trip():
     fp = make_fp([(0.7, 0.7, 5.0)] * 3, [(200, 180, 20)] * 3, is_ct=(True,))
     for dim in (2, 3):
@@ -198,3 +221,19 @@ def test_settings_from_config():
     assert settings.max_patch_voxels_3d == cfg.max_patch_voxels_3d
     assert settings.batch_voxels_2d == cfg.batch_voxels_2d
     assert settings.min_batch_size == 2
+
+
+def test_labels_beyond_the_nonzero_box_turn_the_crop_off():
+    fp = make_fp([(1.0, 1.0, 1.0)] * 3, [(40, 40, 40)] * 3)
+    fp = dataclasses.replace(fp, shapes=((60, 50, 40),) * 3)
+    assert make_plan(fp, 3, SETTINGS, "crop").crop_to_nonzero
+    assert median_shape(fp, (1.0, 1.0, 1.0)) == (40, 40, 40)
+    beyond = dataclasses.replace(fp, labelled_outside_crop={"case1": 12})
+    plan = make_plan(beyond, 3, SETTINGS, "nocrop")
+    assert not plan.crop_to_nonzero
+    assert plan.median_shape == (60, 50, 40)  # whole cases, as preprocessing will see them
+    assert any("no crop to the nonzero box: 1 training case(s)" in n for n in plan.notes)
+    assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
+    old = plan.to_dict()
+    del old["crop_to_nonzero"]
+    assert Plan.from_dict(old).crop_to_nonzero  # plans older than the flag crop

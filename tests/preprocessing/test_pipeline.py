@@ -234,3 +234,26 @@ def test_plan_must_fit_dataset(tmp_path):
     ds = load_dataset(_write_msd(tmp_path / "raw", {"a": _case(0)}))
     with pytest.raises(ValueError, match="does not fit dataset"):
         preprocess_dataset(ds, _plan(labels={0: "bg", 1: "x", 2: "y"}), tmp_path / "pre")
+
+
+def test_crop_keeps_labelled_voxels_beyond_the_nonzero_box():
+    """A structure reaching where the image is 0 (past a mask) stays whole: the crop box
+    grows to the label's extent and the round trip gives back every labelled voxel."""
+    image, label = _case()
+    label[36:39, 16:20, 5:7] = 1  # past the image's nonzero box (x < 36)
+    plan = _plan(spacing=SPACING)  # no resampling: the round trip is exact
+    _, seg, meta = preprocess_case(image, label, _affine(), plan, "beyond")
+    assert meta.bbox == ((4, 39), (3, 32), (1, 11))
+    assert int(seg.sum()) == int(label.sum())
+    np.testing.assert_array_equal(restore_labels(seg, meta), label)
+
+
+def test_plan_without_crop_keeps_the_whole_grid():
+    from dataclasses import replace
+
+    image, label = _case()
+    plan = replace(_plan(spacing=SPACING), crop_to_nonzero=False)
+    data, seg, meta = preprocess_case(image, label, _affine(), plan, "whole")
+    assert meta.bbox == ((0, 40), (0, 36), (0, 12)) and meta.cropped_shape == (40, 36, 12)
+    assert data.shape == (1, 40, 36, 12)
+    np.testing.assert_array_equal(restore_labels(seg, meta), label)

@@ -37,10 +37,10 @@ RUN3D = "3d-fp32-1gpu"
 pytestmark = pytest.mark.workflow
 
 
-def _generator() -> ModuleType:
-    """tests/workflow/user_datasets.py (tests are imported by path, not as a package)."""
-    path = Path(__file__).with_name("user_datasets.py")
-    spec = importlib.util.spec_from_file_location("user_datasets", path)
+def _generator(name: str = "user_datasets.py") -> ModuleType:
+    """tests/workflow/<name> (tests are imported by path, not as a package)."""
+    path = Path(__file__).with_name(name)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while being built
@@ -49,6 +49,7 @@ def _generator() -> ModuleType:
 
 
 UD = _generator()
+UD3 = _generator("user_datasets_3.py")  # the third set (issue 20)
 
 
 def snakemake(workdir: Path, *args: str, config: Path, timeout: int = 900):
@@ -128,8 +129,19 @@ def write_config(kind: Kind, data: Path, path: Path) -> Path:
     return path
 
 
+def make_data(kind: Kind, root: Path) -> Path:
+    """Write ``kind``'s dataset into the new folder ``root`` (the first or the third set)."""
+    third = {k.name: k for k in UD3.KINDS}
+    if kind.name not in third:
+        return UD.make_dataset(kind.name, root)
+    root.mkdir(parents=True)
+    third[kind.name].build(root, third[kind.name])
+    UD3.write_note(root, third[kind.name])
+    return root
+
+
 def run_study(kind: Kind, root: Path) -> Study:
-    data = UD.make_dataset(kind.name, root / "data")
+    data = make_data(kind, root / "data")
     config = write_config(kind, data, root / "config.yaml")
     work = root / "work"
     work.mkdir()
@@ -217,7 +229,8 @@ def assert_same_nifti_grid(pred: Path, src: Path) -> None:
         pa, pc = getattr(p.header, form)(coded=True)
         sa, sc = getattr(s.header, form)(coded=True)
         assert int(pc) == int(sc), (pred.name, form, pc, sc)
-        np.testing.assert_allclose(pa, sa, atol=1e-6, err_msg=f"{pred.name} {form}")
+        if sa is not None:  # code 0: no form to compare
+            np.testing.assert_allclose(pa, sa, atol=1e-6, err_msg=f"{pred.name} {form}")
     assert p.header.get_xyzt_units()[0] == s.header.get_xyzt_units()[0]
 
 
@@ -400,6 +413,83 @@ def check_nrrd(study: Study) -> None:
         assert set(np.unique(sitk.GetArrayFromImage(pred)).tolist()) <= {0, 1, 2}
 
 
+# ------------------------------------------------------------------ the third set (issue 20)
+
+
+def nifti_codes(path: Path) -> tuple[int, int]:
+    h = nib.load(path).header
+    return int(h["qform_code"]), int(h["sform_code"])
+
+
+def check_no_orientation_codes(study: Study) -> None:
+    """Codes 0 stay 0 (pixdim only), and SimpleITK puts prediction and image on one grid."""
+    import SimpleITK as sitk
+
+    maps = written_maps(study)
+    assert {"ensemble/case_101.nii.gz", "ensemble/case_102.nii.gz"} <= set(maps)
+    for name, path in maps.items():
+        src = source_image(study, path.name)
+        assert nifti_codes(path) == nifti_codes(src) == (0, 0), name
+        np.testing.assert_allclose(nib.load(path).header.get_zooms()[:3], (1.2, 1.2, 2.5))
+        assert_same_nifti_grid(path, src)
+        pred, img = sitk.ReadImage(str(path)), sitk.ReadImage(str(src))
+        for what in ("GetOrigin", "GetSpacing", "GetDirection"):
+            np.testing.assert_allclose(getattr(pred, what)(), getattr(img, what)(), atol=1e-6,
+                                       err_msg=f"{name} {what}")
+
+
+def check_label_outside_nonzero(study: Study) -> None:
+    """Every labelled voxel reaches the preprocessed data; the dataset line counts the cases
+    (LOST_VOXELS.txt: cases 1, 3, 5, 7); predictions may reach beyond the nonzero box."""
+    log = study.log("plans/fingerprint.log")
+    line = next(x for x in log.splitlines() if "crop:" in x)
+    assert "4 of 7 case(s) have labelled voxels where the image is 0" in line, line
+    for entry in (study.data / "LOST_VOXELS.txt").read_text().splitlines():
+        name, count = re.match(r"(case_\d+)\.nii\.gz: (\d+) labelled", entry).groups()
+        if int(count):
+            assert f"{name} ({count} voxel(s), {count} outside the nonzero box)" in line, line
+        else:
+            assert name not in line, line
+    assert study.plan()["crop_to_nonzero"] is False
+    pre = study.results / "preprocessed" / "3d"
+    for seg in sorted(pre.glob("*_seg.npy")):  # no resampling here: counts are exact
+        ref = np.asarray(nib.load(study.data / "labelsTr" / seg.name.replace(
+            "_seg.npy", ".nii.gz")).dataobj)
+        assert int((np.load(seg) > 0).sum()) == int((ref > 0).sum()), seg.name
+    assert_written(study, "ensemble", {"case_101.nii.gz", "case_102.nii.gz"})
+
+
+def check_ignore_label_runs(study: Study) -> None:
+    """helper "labels" owns the ignore label; here: the study runs through, predictions are
+    written on the images' grids."""
+    for path in written_maps(study).values():
+        assert_same_nifti_grid(path, source_image(study, path.name))
+
+
+def check_normalization_names(study: Study) -> None:
+    norms = study.plan()["channel_norms"]
+    assert [(n["scheme"], n["channel"]) for n in norms] == [
+        ("zscore_nonzero", "T2"), ("none", "noNorm"), ("rescale_0_1", "rescale_to_0_1")]
+    assert ("normalization by channel name: channel 0 'T2': zscore_nonzero; channel 1 "
+            "'noNorm': none; channel 2 'rescale_to_0_1': rescale_0_1") in study.log(
+                "plans/fingerprint.log")
+    for npy in sorted((study.results / "preprocessed" / "3d").glob("case_???.npy")):
+        data = np.load(npy)
+        raw = np.asarray(nib.load(study.data / "imagesTr" / npy.name.replace(
+            ".npy", ".nii.gz")).dataobj)
+        # MR images are > 0: no crop; same spacing: no resampling; so values are exact
+        np.testing.assert_allclose(data[1], raw[..., 1], rtol=1e-6, err_msg=npy.name)
+        assert data[2].min() == 0.0 and data[2].max() == pytest.approx(1.0), npy.name
+    assert_written(study, "ensemble", {"case_101.nii.gz", "case_102.nii.gz"})
+
+
+def check_backslash_paths(study: Study) -> None:
+    log = study.log("plans/fingerprint.log")
+    assert re.search(r"dataset.json: 16 file entries read as paths on this machine "
+                     r"\(backslashes", log), log[-2000:]
+    assert_written(study, "ensemble", {"case_101.nii.gz", "case_102.nii.gz"})
+
+
 KINDS = [
     # 40 steps: enough for the tiny network to find the large organ (value 4, or 1), so the
     # checks can ask for it in the predictions (two steps learn nothing)
@@ -419,6 +509,11 @@ KINDS = [
     Kind("class-never-labelled", True, check_class_never_labelled, SCORED_3D),
     Kind("all-single-slice", True, check_single_slice, SCORED_2D, dims=(2, 3)),
     Kind("nrrd-images", True, check_nrrd, needs="SimpleITK"),
+    Kind("k04_no_orientation_codes", True, check_no_orientation_codes, needs="SimpleITK"),
+    Kind("k05_label_outside_nonzero", True, check_label_outside_nonzero, SCORED_3D),
+    Kind("k08_ignore_label", True, check_ignore_label_runs),
+    Kind("k09_normalization_channel_names", True, check_normalization_names),
+    Kind("k11_backslash_paths", True, check_backslash_paths),
 ]
 
 

@@ -234,6 +234,9 @@ def load_dataset(root: Path | str) -> Dataset:
 
 def _channel_names(meta: dict, key: str, path: Path) -> tuple[str, ...]:
     value = meta[key]
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        log(f"{path}: '{key}' is a list; read as channels 0 to {len(value) - 1} in its order")
+        value = {str(i): v for i, v in enumerate(value)}
     if not isinstance(value, dict) or not value:
         raise DataError(f"'{key}' must map channel numbers to names, e.g. {{\"0\": \"T1\"}}",
                         path=path)
@@ -245,31 +248,128 @@ def _channel_names(meta: dict, key: str, path: Path) -> tuple[str, ...]:
     return tuple(str(value[k]) for k in order)
 
 
-def _entry_path(root: Path, entry: object, key: str, meta_path: Path) -> Path:
+def _entry_text(entry: object, key: str, meta_path: Path) -> str:
     rel = entry.get(key) if isinstance(entry, dict) else entry
-    if not isinstance(rel, str):
+    if not isinstance(rel, str) or not rel.strip():
         raise DataError(f"an entry of '{key}' lists is not a file name: {entry!r}",
                         path=meta_path)
-    return root / rel
+    return rel
+
+
+def entry_candidates(root: Path, rel: str) -> list[Path]:
+    """Where a dataset.json file entry ``rel`` may be, most literal first.
+
+    Entries are written on any OS: a backslash is a separator (``.\\imagesTr\\x.nii.gz``;
+    no dataset has one inside a file name), ``.`` parts and surrounding blanks mean nothing.
+    A relative entry is under ``root``; an absolute one (``/home/me/Task05/imagesTr/x.nii.gz``,
+    ``C:\\data\\...``, written on another machine) is tried as it is (POSIX only) and then as
+    its last folder and file under ``root`` (``imagesTr/x.nii.gz``).
+    """
+    text = rel.strip().replace("\\", "/")
+    drive = re.match(r"^[A-Za-z]:/", text) is not None
+    parts = [p for p in text.split("/") if p not in ("", ".")]
+    if drive:
+        parts = parts[1:]
+    out: list[Path] = []
+    if text.startswith("/") or drive:
+        if not drive:
+            out.append(Path(text))
+        out += [root.joinpath(*parts[-2:]), root / parts[-1]] if parts else []
+    else:
+        out.append(root.joinpath(*parts) if parts else root)
+        if len(parts) > 2:  # a longer relative path: its last folder and file under root
+            out.append(root.joinpath(*parts[-2:]))
+    return list(dict.fromkeys(out))
+
+
+def _case_insensitive(root: Path, candidate: Path) -> Path | None:
+    """``candidate`` (under ``root``) matched component by component without regard to case
+    (``ImagesTr/Case_001.NII.GZ`` written on Windows or macOS, whose file systems ignore case),
+    if exactly one file matches."""
+    if not candidate.is_relative_to(root):
+        return None
+    here = root
+    for part in candidate.relative_to(root).parts:
+        if (here / part).exists():
+            here = here / part
+            continue
+        if not here.is_dir():
+            return None
+        found = [p for p in here.iterdir() if p.name.casefold() == part.casefold()]
+        if len(found) != 1:
+            return None
+        here = found[0]
+    return here if here.is_file() else None
+
+
+def _resolve_entry(root: Path, rel: str, meta_path: Path, notes: list[str],
+                   num_channels: int = 0) -> tuple[Path, ...]:
+    """The file(s) a dataset.json entry names (:func:`entry_candidates`, then the same
+    without regard to case). With ``num_channels`` (an image entry), an entry that names no
+    file but whose ``<stem>_0000<ending>`` ... ``_NNNN`` files all exist is nnU-Net v1's
+    raw format (dataset.json names the case, one file per channel): those files, in channel
+    order. An entry read other than literally goes into ``notes``; one that resolves nowhere
+    raises :class:`DataError` naming the entry and every path tried."""
+    tried = entry_candidates(root, rel)
+    found = next((p for p in tried if p.is_file()), None)
+    if found is None:
+        found = _case_insensitive(root, tried[0])
+        tried.append(Path(f"{tried[0]} (any case)"))
+    if found is not None:
+        if found != root / rel:
+            shown = found.relative_to(root) if found.is_relative_to(root) else found
+            notes.append(f"{rel!r} -> {shown}")
+        return (found,)
+    if num_channels:
+        ending = ending_of(tried[0]) or ""
+        for base in [p for p in tried if not str(p).endswith("(any case)")]:
+            files = tuple(base.with_name(f"{strip_ending(base)}_{c:04d}{ending}")
+                          for c in range(num_channels))
+            if all(f.is_file() for f in files):
+                notes.append(f"{rel!r} -> {files[0].name} ... (nnU-Net v1: one file per "
+                             f"channel)")
+                return files
+        tried.append(tried[0].with_name(f"{strip_ending(tried[0])}_0000{ending}"))
+    hint = " (backslashes were read as separators)" if "\\" in rel else ""
+    raise DataError(f"listed in dataset.json as {rel!r} but missing{hint}; tried: "
+                    + ", ".join(str(p) for p in tried), case=strip_ending(tried[0]),
+                    path=tried[0])
 
 
 def _load_msd(root: Path, meta: dict) -> Dataset:
     meta_path = root / "dataset.json"
     channels = _channel_names(meta, "modality", meta_path)
     labels = parse_labels(meta.get("labels"), layout="msd", path=meta_path)
-    training = []
-    for e in meta.get("training", []):
-        image = _entry_path(root, e, "image", meta_path)
-        training.append(Case(strip_ending(image), (image,),
-                             _entry_path(root, e, "label", meta_path)))
+    notes: list[str] = []
+
+    def entry(e: object, key: str, num_channels: int = 0) -> tuple[Path, ...]:
+        return _resolve_entry(root, _entry_text(e, key, meta_path), meta_path, notes,
+                              num_channels)
+
+    def image_case(e: object, labelled: bool) -> Case:
+        files = entry(e, "image", len(channels))
+        cid = strip_ending(files[0])
+        if len(files) > 1:
+            cid = cid[:-CHANNEL_SUFFIX_LEN]
+        return Case(cid, files, entry(e, "label")[0] if labelled else None)
+
+    training = [image_case(e, True) for e in meta.get("training", [])]
     if "test" in meta:
-        test = [Case(strip_ending(p), (p,)) for p in
-                (_entry_path(root, e, "image", meta_path) for e in meta["test"])]
+        test = [image_case(e, False) for e in meta["test"]]
     else:  # no list: the folder rule
         test = find_cases(root / "imagesTs", layout="msd", num_channels=len(channels))[0] \
             if (root / "imagesTs").is_dir() else []
-    _warn_unlisted(root / "imagesTr", {c.images[0].name for c in training}, "training")
-    _warn_unlisted(root / "imagesTs", {c.images[0].name for c in test}, "test")
+    if notes:
+        log(f"{meta_path}: {len(notes)} file entr{'y' if len(notes) == 1 else 'ies'} read as "
+            f"paths on this machine (backslashes and '.' parts as separators, other machines' "
+            f"absolute paths by folder and file, names without regard to case): "
+            f"{', '.join(notes[:3])}" + (" ..." if len(notes) > 3 else ""))
+    for key, listed in (("numTraining", training), ("numTest", test)):
+        if key in meta and str(meta[key]) != str(len(listed)):
+            log(f"warning: {meta_path}: {key} is {meta[key]!r} but the list holds "
+                f"{len(listed)} case(s); the list is used")
+    _warn_unlisted(root / "imagesTr", {p.name for c in training for p in c.images}, "training")
+    _warn_unlisted(root / "imagesTs", {p.name for c in test for p in c.images}, "test")
     return Dataset(root, str(meta.get("name", root.name)), "msd", channels, labels,
                    tuple(training), tuple(test), str(meta.get("file_ending", ".nii.gz")),
                    _scheme(meta, "msd", meta_path))
@@ -420,6 +520,10 @@ def read_label(ds: Dataset, case: Case, image: CaseImage | None = None) -> Label
     if f.channels != 1:
         raise DataError(f"label must hold one value per voxel, got {f.channels} components "
                         f"(shape {tuple(f.data.shape)})", case=case.case_id, path=case.label)
+    said = set(image.source.notes) if image is not None else set()
+    for note in f.notes:  # what the image's own notes did not already say (units, say)
+        if note not in said:
+            log(f"case {case.case_id!r}, file {str(case.label)!r}: {note}")
     if image is not None:
         _check_label_grid(f, image, case)
     values, rounded = integer_labels(f.data[..., 0], case=case.case_id, path=case.label)

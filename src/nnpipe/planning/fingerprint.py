@@ -22,6 +22,11 @@ from nnpipe.datasets.layout import Case, Dataset, read_image, read_label
 from nnpipe.errors import DataError
 from nnpipe.geometry import axis_codes, spacing_of
 from nnpipe.labels import INTEGER_TOLERANCE, LabelScheme
+from nnpipe.preprocessing.normalize import (
+    DEFAULT_SCHEME,
+    channel_name_warnings,
+    scheme_for_channel,
+)
 from nnpipe.progress import log
 
 Bbox = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
@@ -62,8 +67,19 @@ class Fingerprint:
     layout: str = "msd"  # dataset layout ("msd" or "nnunetv2"): how predict finds channels
     # label value -> number of training cases whose label map contains it
     class_cases: dict[int, int] = field(default_factory=dict)
-    # channel names of dataset.json, in channel order (() in fingerprints older than them)
+    # per channel, its name in dataset.json (selects the normalization scheme,
+    # nnpipe.preprocessing.normalize.scheme_for_channel); () in fingerprints older than it
     channel_names: tuple[str, ...] = ()
+    # case id -> labelled voxels outside the image's nonzero box (kept: the crop box grows to
+    # hold them; nnpipe.planning.fingerprint.crop_to_nonzero); cases with none are left out
+    labelled_outside_crop: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def crop_to_nonzero(self) -> bool:
+        """Whether cases are cropped to their nonzero box for training and prediction: not
+        when a training case has labelled voxels beyond it, since then structures reach where
+        the image is 0 and a prediction cropped to the image alone could never reach them."""
+        return not self.labelled_outside_crop
     # dataset.json's label concept (regions, ignore); None in fingerprints older than it
     label_scheme: LabelScheme | None = None
 
@@ -96,7 +112,9 @@ class Fingerprint:
         for name in ("spacings", "shapes", "cropped_shapes"):
             if len(getattr(self, name)) != n:
                 raise ValueError(f"{name} has {len(getattr(self, name))} entries for {n} cases")
-        for name in ("intensity", "is_ct"):
+        for name in ("intensity", "is_ct", "channel_names"):
+            if name == "channel_names" and not self.channel_names:
+                continue
             if len(getattr(self, name)) != self.num_channels:
                 raise ValueError(f"{name} has {len(getattr(self, name))} entries for "
                                  f"{self.num_channels} channels")
@@ -121,36 +139,68 @@ class Fingerprint:
             is_ct=tuple(bool(v) for v in d["is_ct"]),
             layout=str(d.get("layout", "msd")),
             class_cases={int(k): int(v) for k, v in d.get("class_cases", {}).items()},
-            channel_names=tuple(str(c) for c in d.get("channel_names", ())),
+            channel_names=tuple(str(v) for v in d.get("channel_names", ())),
             label_scheme=(LabelScheme.from_dict(d["label_scheme"])
                           if d.get("label_scheme") is not None else None),
+            labelled_outside_crop={str(k): int(v)
+                                   for k, v in d.get("labelled_outside_crop", {}).items()},
         )
 
 
-def crop_to_nonzero(image: np.ndarray, label: np.ndarray | None = None
-                    ) -> tuple[Bbox, np.ndarray, np.ndarray | None]:
-    """Crop ``image`` (C, X, Y, Z) and ``label`` (X, Y, Z) to the box of nonzero voxels.
+def _box(mask: np.ndarray) -> Bbox:
+    """The half-open bounding box of a non-empty boolean ``(X, Y, Z)`` mask."""
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(np.any(mask, axis=other))
+        box.append((int(hits[0]), int(hits[-1]) + 1))
+    return (box[0], box[1], box[2])
+
+
+def crop_to_nonzero(image: np.ndarray, label: np.ndarray | None = None,
+                    ignore: int | None = None) -> tuple[Bbox, np.ndarray, np.ndarray | None]:
+    """Crop ``image`` (C, X, Y, Z) and ``label`` (X, Y, Z) to the box of nonzero voxels, grown
+    to hold every labelled voxel (label > 0, other than the ``ignore`` value of sparse
+    annotations: unannotated voxels are no structure to keep).
 
     A voxel counts as nonzero if it is nonzero in any channel. The box is half-open,
-    ``((x0, x1), (y0, y1), (z0, z1))`` in voxels. An all-zero image keeps its full extent.
+    ``((x0, x1), (y0, y1), (z0, z1))`` in voxels. Labelled voxels where the image is 0 (a
+    structure reaching beyond a mask or the field of view; nnU-Net issues #1425, #2796) stay
+    inside the box, so nothing a user labelled is dropped. An all-zero image keeps its full
+    extent.
     """
     if image.ndim != 4:
         raise ValueError(f"image must be (C, X, Y, Z), got shape {image.shape}")
     if label is not None and label.shape != image.shape[1:]:
         raise ValueError(f"label shape {label.shape} differs from image shape {image.shape[1:]}")
     nonzero = np.any(image != 0, axis=0)
-    bbox_list = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hits = np.flatnonzero(np.any(nonzero, axis=other))
-        if hits.size == 0:
-            bbox_list.append((0, int(image.shape[axis + 1])))
-        else:
-            bbox_list.append((int(hits[0]), int(hits[-1]) + 1))
-    bbox: Bbox = (bbox_list[0], bbox_list[1], bbox_list[2])
+    if not nonzero.any():
+        bbox: Bbox = ((0, image.shape[1]), (0, image.shape[2]), (0, image.shape[3]))
+    else:
+        bbox = _box(nonzero if label is None else nonzero | _labelled(label, ignore))
     sl = tuple(slice(lo, hi) for lo, hi in bbox)
     cropped_label = None if label is None else label[sl]
     return bbox, image[(slice(None), *sl)], cropped_label
+
+
+def _labelled(label: np.ndarray, ignore: int | None) -> np.ndarray:
+    """Voxels a user labelled: label > 0, the ``ignore`` value (unannotated) left out."""
+    return (label > 0) if ignore is None else (label > 0) & (label != ignore)
+
+
+def labelled_outside_nonzero(image: np.ndarray, label: np.ndarray,
+                             ignore: int | None = None) -> tuple[int, int]:
+    """Labelled voxels (label > 0, not ``ignore``) of ``label`` ``(X, Y, Z)`` where ``image``
+    ``(C, X, Y, Z)`` is 0 in every channel, and how many of them lie outside the image's nonzero
+    box (those a crop to the image alone would drop). An all-zero image counts (0, 0): it is
+    not cropped."""
+    nonzero = np.any(image != 0, axis=0)
+    if not nonzero.any():
+        return 0, 0
+    labelled = _labelled(label, ignore)
+    inside = np.zeros_like(nonzero)
+    inside[tuple(slice(lo, hi) for lo, hi in _box(nonzero))] = True
+    return int((labelled & ~nonzero).sum()), int((labelled & ~inside).sum())
 
 
 @dataclass(frozen=True)
@@ -175,6 +225,10 @@ class _CaseRecord:
     classes: tuple[int, ...]  # label values present
     rounded: bool  # label values rounded from floats
     axis_codes: str  # the file's voxel order, e.g. "RAS" or "ASR"
+    # labelled voxels where the image is 0, and of those outside its nonzero box
+    outside: tuple[int, int] = (0, 0)
+    # per channel: constant over the whole image (all zero, say): left out of the statistics
+    constant: tuple[float | None, ...] = ()
 
 
 def _case_seed(case_id: str) -> int:
@@ -187,18 +241,23 @@ def _fingerprint_case(args: tuple[Dataset, Case, int]) -> _CaseRecord:
     ci = read_image(ds, case)
     image, affine = ci.image, ci.affine
     label, rounded = read_label(ds, case, ci)
-    _, cropped, _ = crop_to_nonzero(image, None)
     ignore = ds.scheme.ignore  # unannotated voxels are no foreground
+    _, cropped, _ = crop_to_nonzero(image, label, ignore=ignore)
     foreground = (label > 0) if ignore is None else (label > 0) & (label != ignore)
     n = int(foreground.sum())
     rng = np.random.default_rng(_case_seed(case.case_id))
     pick = np.sort(rng.choice(n, size=max_samples, replace=False)) if n > max_samples else None
-    parts = []
+    parts, constant = [], []
     for channel in image:
+        first = float(channel.flat[0])
+        # A channel holding one value everywhere (an all-zero image) says nothing about the
+        # dataset's intensities: it is named and left out of them, like an empty label.
+        flat = bool(np.all(channel == first))
+        constant.append(first if flat else None)
         values = channel[foreground].astype(np.float64)
         sample = (values if pick is None else values[pick]).astype(np.float32)
-        if n == 0:
-            parts.append(_ChannelPart(0, 0.0, 0.0, np.inf, -np.inf, sample))
+        if n == 0 or flat:
+            parts.append(_ChannelPart(0, 0.0, 0.0, np.inf, -np.inf, sample[:0]))
             continue
         mean = float(values.mean())
         parts.append(_ChannelPart(n, mean, float(((values - mean) ** 2).sum()),
@@ -207,7 +266,8 @@ def _fingerprint_case(args: tuple[Dataset, Case, int]) -> _CaseRecord:
     return _CaseRecord(case.case_id, (spacing[0], spacing[1], spacing[2]),
                        _shape3(image.shape[1:]), _shape3(cropped.shape[1:]), tuple(parts),
                        tuple(int(v) for v in np.unique(label)), rounded,
-                       axis_codes(ci.file_affine))
+                       axis_codes(ci.file_affine), labelled_outside_nonzero(image, label, ignore),
+                       tuple(constant))
 
 
 def _shape3(shape: Iterable[int]) -> tuple[int, int, int]:
@@ -226,6 +286,9 @@ def _combine(parts: list[_ChannelPart]) -> IntensityStats:
         mean += delta * p.n / total
         m2 += p.m2 + delta * delta * n * p.n / total
         n = total
+    if n == 0:  # every case left out (constant channel everywhere): nothing to describe
+        return IntensityStats(mean=0.0, std=0.0, min=0.0, max=0.0, p00_5=0.0, p99_5=0.0,
+                              n_voxels=0)
     pooled = np.concatenate([p.sample for p in parts])
     low, high = np.percentile(pooled, [0.5, 99.5])
     return IntensityStats(mean=mean, std=float(np.sqrt(m2 / n)), min=min(p.min for p in parts),
@@ -264,7 +327,7 @@ def compute_fingerprint(ds: Dataset, workers: int = 1, progress: bool = True, *,
         if progress:
             log(f"fingerprint {i}/{len(items)} {rec.case_id}: shape {rec.shape} spacing "
                 f"{tuple(round(s, 3) for s in rec.spacing)} cropped {rec.cropped_shape}")
-    if all(r.channels[0].n == 0 for r in records):
+    if not any(v > 0 for r in records for v in r.classes):
         raise DataError("no training case has any foreground voxel (label > 0)", path=ds.root)
     class_cases = {v: sum(v in r.classes for r in records) for v in ds.labels}
     _dataset_messages(ds, records, class_cases)
@@ -282,6 +345,7 @@ def compute_fingerprint(ds: Dataset, workers: int = 1, progress: bool = True, *,
         class_cases=class_cases,
         channel_names=tuple(ds.channels),
         label_scheme=ds.scheme,
+        labelled_outside_crop={r.case_id: r.outside[1] for r in records if r.outside[1]},
     )
 
 
@@ -290,6 +354,14 @@ def _dataset_messages(ds: Dataset, records: list[_CaseRecord],
     """Dataset-level facts, one message each: rounded labels, reoriented cases, classes
     never or rarely labelled, a 2D dataset (or single slices mixed into a 3D one: an error)."""
     n = len(records)
+    schemes = [scheme_for_channel(name) for name in ds.channels]
+    if any(s != DEFAULT_SCHEME for s in schemes):
+        log("normalization by channel name: " + "; ".join(
+            f"channel {c} {name!r}: {s}" for c, (name, s) in enumerate(
+                zip(ds.channels, schemes, strict=True))))
+    for line in channel_name_warnings(ds.channels):
+        log(line)
+    _statistics_messages(ds, records)
     rounded = [r.case_id for r in records if r.rounded]
     if rounded:
         log(f"labels: {len(rounded)} of {n} case(s) hold integers up to float round-off "
@@ -317,6 +389,36 @@ def _dataset_messages(ds: Dataset, records: list[_CaseRecord],
     elif thin:
         raise DataError(f"{len(thin)} of {n} cases are single slices ({_ids(thin)}) but the "
                         f"others are volumes; a dataset must be all 2D or all 3D", path=ds.root)
+
+
+def _statistics_messages(ds: Dataset, records: list[_CaseRecord]) -> None:
+    """Labels beyond the image's nonzero region, and cases left out of the intensity
+    statistics (empty label, constant channel), one line each."""
+    n = len(records)
+    outside = [r for r in records if r.outside[0]]
+    if outside:
+        beyond = sum(r.outside[1] for r in outside)
+        log(f"crop: {len(outside)} of {n} case(s) have labelled voxels where the image is 0 "
+            f"(outside its nonzero region): " + ", ".join(
+                f"{r.case_id} ({r.outside[0]} voxel(s), {r.outside[1]} outside the nonzero box)"
+                for r in outside[:6]) + (f" and {len(outside) - 6} more" if len(outside) > 6
+                                         else "")
+            + (f"; {beyond} labelled voxel(s) lie beyond the image's nonzero box: cases are "
+               f"not cropped to it (training and prediction), so none is dropped and "
+               f"predictions can reach them" if beyond else
+               "; all of them lie inside the crop box"))
+    left_out = []
+    for r in records:
+        why = [f"channel {c} ({ds.channels[c]!r}) is {v:g} everywhere"
+               for c, v in enumerate(r.constant) if v is not None]
+        if not any(v > 0 for v in r.classes):
+            why.insert(0, "empty label (no foreground)")
+        if why:
+            left_out.append(f"{r.case_id}: {'; '.join(why)}")
+    if left_out:
+        log(f"statistics: {len(left_out)} of {n} case(s) left out of the intensity statistics "
+            f"of the channels named: " + " | ".join(left_out[:8])
+            + (f" | and {len(left_out) - 8} more" if len(left_out) > 8 else ""))
 
 
 def _ids(ids: list[str], limit: int = 6) -> str:

@@ -21,9 +21,12 @@ from nnpipe.labels import LabelScheme, LabelTable
 class ChannelNorm:
     """How one input channel is normalized.
 
-    ``scheme`` is ``"zscore_nonzero"`` (MRI: z-score over voxels inside the nonzero mask,
-    zero outside) or ``"ct"`` (clip to ``[clip_low, clip_high]``, then ``(x - mean) / std``
-    with the foreground statistics of the whole training set).
+    ``scheme`` names one of :data:`nnpipe.preprocessing.normalize.NORMALIZERS`:
+    ``"zscore_nonzero"`` (MRI: z-score over voxels inside the nonzero mask, zero outside),
+    ``"zscore"`` (over every voxel), ``"ct"`` (clip to ``[clip_low, clip_high]``, then
+    ``(x - mean) / std`` with the foreground statistics of the whole training set),
+    ``"none"``, ``"rescale_0_1"`` or ``"rgb_0_1"``. ``channel`` is the channel's name in
+    dataset.json, which chose the scheme ("" in plans older than it).
     """
 
     scheme: str
@@ -31,6 +34,7 @@ class ChannelNorm:
     clip_high: float | None = None
     mean: float | None = None
     std: float | None = None
+    channel: str = ""
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,9 @@ class Plan:
     # the label concept (nnpipe.labels.LabelScheme): value <-> index table, regions, ignore;
     # None in plans older than it (then :meth:`scheme` derives it the old way)
     label_scheme: LabelScheme | None = None
+    # crop each case to its nonzero box before resampling (nnpipe.preprocessing.pipeline);
+    # False when training labels reach beyond it (Fingerprint.crop_to_nonzero)
+    crop_to_nonzero: bool = True
 
     def __post_init__(self) -> None:
         ls = self.label_scheme

@@ -29,6 +29,7 @@ from nnpipe.planning import network as N
 from nnpipe.planning.fingerprint import Fingerprint
 from nnpipe.planning.plan import ChannelNorm, Plan
 from nnpipe.planning.topology import Kernels, Strides, total_strides, unet_filters, unet_topology
+from nnpipe.preprocessing.normalize import DEFAULT_SCHEME, scheme_for_channel
 
 if TYPE_CHECKING:
     from nnpipe.config import PlanningSettings
@@ -127,8 +128,10 @@ def target_spacing(fp: Fingerprint, anisotropy_threshold: float = 3.0
 
 
 def median_shape(fp: Fingerprint, spacing: Sequence[float]) -> tuple[int, int, int]:
-    """Median cropped shape (X, Y, Z) after resampling every case to ``spacing`` (mm)."""
-    shapes = np.asarray(fp.cropped_shapes, dtype=np.float64)
+    """Median cropped shape (X, Y, Z) after resampling every case to ``spacing`` (mm); the
+    whole shape where cases are not cropped (:attr:`Fingerprint.crop_to_nonzero`)."""
+    shapes = np.asarray(fp.cropped_shapes if fp.crop_to_nonzero else fp.shapes,
+                        dtype=np.float64)
     scaled = shapes * np.asarray(fp.spacings) / np.asarray(spacing, dtype=np.float64)
     med = np.round(np.median(scaled, axis=0)).astype(int)
     return (max(1, int(med[0])), max(1, int(med[1])), max(1, int(med[2])))
@@ -240,16 +243,22 @@ def fit_vram(fp: Fingerprint, dim: int, shape: Sequence[int], spacing: Sequence[
 
 
 def channel_norms(fp: Fingerprint) -> tuple[ChannelNorm, ...]:
-    """CT: clip to the foreground 0.5/99.5 percentiles and standardize with the foreground
-    mean/std of the whole training set; anything else (MRI): z-score inside the nonzero mask,
-    per image."""
+    """Per channel, the scheme its name in dataset.json selects
+    (:func:`nnpipe.preprocessing.normalize.scheme_for_channel`, nnU-Net v2's names): CT is
+    clipped to the foreground 0.5/99.5 percentiles and standardized with the foreground
+    mean/std of the whole training set; ``noNorm``, ``rescale_to_0_1`` and ``rgb_to_0_1``
+    select ``none``, ``rescale_0_1`` and ``rgb_0_1``; anything else (MRI) is z-scored inside
+    the nonzero mask, per image. Fingerprints without channel names go by ``is_ct``."""
     norms = []
-    for is_ct, stats in zip(fp.is_ct, fp.intensity, strict=True):
-        if is_ct:
+    for c, stats in enumerate(fp.intensity):
+        name = fp.channel_names[c] if fp.channel_names else ""
+        scheme = scheme_for_channel(name) if fp.channel_names else (
+            "ct" if fp.is_ct[c] else DEFAULT_SCHEME)
+        if scheme == "ct":
             norms.append(ChannelNorm("ct", clip_low=stats.p00_5, clip_high=stats.p99_5,
-                                     mean=stats.mean, std=stats.std))
+                                     mean=stats.mean, std=stats.std, channel=name))
         else:
-            norms.append(ChannelNorm("zscore_nonzero"))
+            norms.append(ChannelNorm(scheme, channel=name))
     return tuple(norms)
 
 
@@ -289,6 +298,9 @@ def make_plan(fp: Fingerprint, dim: int, settings: PlannerSettings, dataset_name
                      if fp.single_slice else
                      f"2D: slice axis {slice_axis} (coarsest median spacing, ties within "
                      f"{SLICE_AXIS_TOLERANCE:.0%} to the last axis)")
+    if not fp.crop_to_nonzero:
+        notes.append(f"no crop to the nonzero box: {len(fp.labelled_outside_crop)} training "
+                     f"case(s) have labelled voxels beyond it")
     med = median_shape(fp, full)
     axes = (0, 1, 2) if dim == 3 else tuple(a for a in range(3) if a != slice_axis)
     net_spacing = tuple(full[a] for a in axes)
@@ -317,4 +329,5 @@ def make_plan(fp: Fingerprint, dim: int, settings: PlannerSettings, dataset_name
         label_values=fp.scheme.values, layout=fp.layout, label_scheme=fp.scheme,
         network=settings.network, encoder_blocks=N.encoder_blocks(settings.network,
                                                                   len(strides)),
+        crop_to_nonzero=fp.crop_to_nonzero,
     )

@@ -133,6 +133,7 @@ def reference_plan(fp: Fingerprint, dim: int, preset: TaskPreset, settings: Plan
         channel_norms=_norms(preset, fp), slice_axis=slice_axis,
         median_shape=median_shape(fp, full), notes=notes,
         label_values=fp.scheme.values, layout=fp.layout, label_scheme=fp.scheme,
+        crop_to_nonzero=fp.crop_to_nonzero,
     )
 
 

@@ -1,23 +1,126 @@
 """Intensity normalization per channel, as the plan's :class:`ChannelNorm` says.
 
-* ``zscore_nonzero`` (MRI): intensities have no absolute meaning, so each image is
-  standardized with its own mean/std over the voxels inside the nonzero mask (the head, not
-  the air around it); voxels outside the mask become 0.
+The schemes (:data:`NORMALIZERS`, one function per name):
+
+* ``zscore_nonzero`` (MRI, nnpipe's default): intensities have no absolute meaning, so each
+  image is standardized with its own mean/std over the voxels inside the nonzero mask (the
+  head, not the air around it); voxels outside the mask become 0.
+* ``zscore``: the same over every voxel of the image, no mask (nnU-Net v2's
+  ``ZScoreNormalization`` with ``use_mask_for_norm`` false).
 * ``ct``: Hounsfield units are absolute, so every image is clipped to the training set's
   foreground 0.5/99.5 percentiles and standardized with the training set's foreground
   mean/std.
+* ``none``: values kept as they are (float32), for channels that already mean something on
+  an absolute scale (a probability map, a previous stage's output).
+* ``rescale_0_1``: ``(x - min) / (max - min)`` per image, for intensities whose gain differs
+  from image to image (microscopy).
+* ``rgb_0_1``: ``x / 255`` for 8-bit colour channels; values outside ``[0, 255]`` are refused.
+
+Which scheme a channel gets follows its name in dataset.json the way nnU-Net v2 reads it
+(:func:`scheme_for_channel`; v2's ``map_channel_name_to_normalization``: the name,
+case-folded, is looked up in ``ct``, ``nonorm``, ``zscore``, ``rescale_to_0_1``,
+``rgb_to_0_1``; anything else is z-scored). A name that looks like one of those but is not
+(``no_norm``, ``Ct scan``, ``rescale01``) is reported by :func:`near_miss`.
 """
 
 from __future__ import annotations
 
+import difflib
+import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from nnpipe.planning.plan import ChannelNorm
 
-# Below this std a channel is treated as constant (avoids dividing by ~0).
+# Below this std (or value range) a channel is treated as constant (avoids dividing by ~0);
+# nnU-Net v2's eps for float32.
 MIN_STD = 1e-8
+
+# The largest value of an 8-bit colour channel (rgb_0_1 divides by it).
+RGB_MAX = 255.0
+
+# Channel names in dataset.json (case-folded, surrounding blanks dropped) -> scheme, as
+# nnU-Net v2 maps them (nnunetv2/preprocessing/normalization/map_channel_name_to_normalization.py).
+# v2's 'zscore' and every other name get nnpipe's z-score, ``zscore_nonzero``.
+CHANNEL_NAME_SCHEMES: dict[str, str] = {
+    "ct": "ct",
+    "nonorm": "none",
+    "rescale_to_0_1": "rescale_0_1",
+    "rgb_to_0_1": "rgb_0_1",
+}
+DEFAULT_SCHEME = "zscore_nonzero"
+# The names as nnU-Net users write them (for messages).
+CHANNEL_NAME_SPELLING = {"ct": "CT", "nonorm": "noNorm", "rescale_to_0_1": "rescale_to_0_1",
+                         "rgb_to_0_1": "rgb_to_0_1"}
+
+# Value ranges a scheme requires of its input (checked before resampling, see
+# :func:`check_value_ranges`).
+VALUE_RANGES: dict[str, tuple[float, float]] = {"rgb_0_1": (0.0, RGB_MAX)}
+
+
+def scheme_for_channel(name: str) -> str:
+    """The normalization scheme of a channel named ``name`` in dataset.json.
+
+    ``CT`` -> ``ct``, ``noNorm`` -> ``none``, ``rescale_to_0_1`` -> ``rescale_0_1``,
+    ``rgb_to_0_1`` -> ``rgb_0_1``, case-insensitive as in nnU-Net v2 (surrounding blanks are
+    ignored too); anything else -> ``zscore_nonzero``.
+    """
+    return CHANNEL_NAME_SCHEMES.get(name.strip().casefold(), DEFAULT_SCHEME)
+
+
+def _squash(text: str) -> str:
+    return re.sub(r"[^0-9a-z]", "", text.casefold())
+
+
+def _words(text: str) -> list[str]:
+    """``"Ct scan"`` -> ``["ct", "scan"]``; camelCase and digits split too (``"CTscan"``
+    stays one word: upper-case runs are one word)."""
+    spaced = re.sub(r"([a-z])([A-Z])", r"\1 \2", text)
+    return [w for w in re.split(r"[^0-9a-zA-Z]+", spaced.casefold()) if w]
+
+
+def near_miss(name: str) -> str | None:
+    """The nnU-Net channel name ``name`` seems meant to be, if it is not one itself.
+
+    A name is a near miss when, without case, blanks and punctuation, it equals one of
+    :data:`CHANNEL_NAME_SCHEMES`' names (``no_norm``, ``No Norm``, ``RGB-to-0-1``), when one
+    of its words is ``ct`` or it starts with ``ct`` followed by letters (``Ct scan``,
+    ``CT_arterial``, ``CTscan``), when it starts with ``nonorm`` (``no_normalization``) or is
+    ``none``, or
+    when it is close in spelling (difflib ratio >= 0.8 on the squashed names: ``rescale01``,
+    ``rgb_0_1``). Returns the intended name as users write it (``"noNorm"``), or None for
+    an exact name and for ordinary channel names (``T1``, ``FLAIR``, ``MRI``, ``PET``).
+    """
+    if name.strip().casefold() in CHANNEL_NAME_SCHEMES:
+        return None
+    squashed = _squash(name)
+    keys = {_squash(k): k for k in CHANNEL_NAME_SCHEMES}
+    if squashed in keys:
+        return CHANNEL_NAME_SPELLING[keys[squashed]]
+    words = _words(name)
+    if "ct" in words or re.fullmatch(r"ct[a-z]+", squashed):
+        return CHANNEL_NAME_SPELLING["ct"]
+    if squashed.startswith("nonorm") or squashed == "none":
+        return CHANNEL_NAME_SPELLING["nonorm"]
+    close = difflib.get_close_matches(squashed, [k for k in keys if len(k) > 2], n=1,
+                                      cutoff=0.8)
+    return CHANNEL_NAME_SPELLING[keys[close[0]]] if close else None
+
+
+def channel_name_warnings(names: Sequence[str]) -> list[str]:
+    """One line per channel whose name looks like a normalization name but is not one."""
+    lines = []
+    for c, name in enumerate(names):
+        meant = near_miss(name)
+        if meant is not None:
+            lines.append(
+                f"warning: channel {c} is named {name!r}, which is not one of nnU-Net's "
+                f"normalization names ({', '.join(CHANNEL_NAME_SPELLING.values())}; any other "
+                f"name is z-scored) but looks like {meant!r}: it is normalized with "
+                f"{scheme_for_channel(name)!r}; write {meant!r} in dataset.json if "
+                f"{scheme_for_channel(meant)!r} was meant")
+    return lines
 
 
 def nonzero_mask(image: np.ndarray) -> np.ndarray:
@@ -36,6 +139,12 @@ def _zscore_nonzero(channel: np.ndarray, norm: ChannelNorm, mask: np.ndarray) ->
     return out
 
 
+def _zscore(channel: np.ndarray, norm: ChannelNorm, mask: np.ndarray) -> np.ndarray:
+    mean = float(channel.mean(dtype=np.float64))
+    std = float(channel.std(dtype=np.float64))
+    return ((channel - mean) / max(std, MIN_STD)).astype(np.float32)
+
+
 def _ct(channel: np.ndarray, norm: ChannelNorm, mask: np.ndarray) -> np.ndarray:
     low, high, mean, std = norm.clip_low, norm.clip_high, norm.mean, norm.std
     if low is None or high is None or mean is None or std is None:
@@ -44,10 +153,62 @@ def _ct(channel: np.ndarray, norm: ChannelNorm, mask: np.ndarray) -> np.ndarray:
     return ((clipped - mean) / max(std, MIN_STD)).astype(np.float32)
 
 
+def _none(channel: np.ndarray, norm: ChannelNorm, mask: np.ndarray) -> np.ndarray:
+    return channel.astype(np.float32)
+
+
+def _rescale_0_1(channel: np.ndarray, norm: ChannelNorm, mask: np.ndarray) -> np.ndarray:
+    low = float(channel.min())
+    span = float(channel.max()) - low
+    return ((channel - low) / max(span, MIN_STD)).astype(np.float32)
+
+
+def _rgb_0_1(channel: np.ndarray, norm: ChannelNorm, mask: np.ndarray) -> np.ndarray:
+    low, high = float(channel.min()), float(channel.max())
+    if low < 0.0 or high > RGB_MAX:
+        raise ValueError(f"rgb_0_1 (channel name rgb_to_0_1) needs 8-bit colour values in "
+                         f"[0, {RGB_MAX:g}], got values in [{low:g}, {high:g}]; name the "
+                         f"channel otherwise (z-score) or 'rescale_to_0_1'")
+    return (channel / RGB_MAX).astype(np.float32)
+
+
 NORMALIZERS: dict[str, Callable[[np.ndarray, ChannelNorm, np.ndarray], np.ndarray]] = {
     "zscore_nonzero": _zscore_nonzero,
+    "zscore": _zscore,
     "ct": _ct,
+    "none": _none,
+    "rescale_0_1": _rescale_0_1,
+    "rgb_0_1": _rgb_0_1,
 }
+
+
+def check_value_ranges(image: np.ndarray, norms: Sequence[ChannelNorm]) -> None:
+    """Raise ``ValueError`` naming the channel if a channel of ``image`` ``(C, X, Y, Z)`` holds
+    values its scheme refuses (:data:`VALUE_RANGES`; ``rgb_0_1``: outside ``[0, 255]``).
+
+    The pipeline checks the image as read, before resampling: spline resampling may overshoot
+    the range by a little, which :func:`clip_to_value_ranges` then removes.
+    """
+    for c, norm in enumerate(norms):
+        if norm.scheme in VALUE_RANGES:
+            lo, hi = VALUE_RANGES[norm.scheme]
+            cmin, cmax = float(image[c].min()), float(image[c].max())
+            if cmin < lo or cmax > hi:
+                name = f" ({norm.channel!r})" if norm.channel else ""
+                raise ValueError(f"channel {c}{name} is normalized with {norm.scheme!r}, which "
+                                 f"needs values in [{lo:g}, {hi:g}]; it holds values in "
+                                 f"[{cmin:g}, {cmax:g}]")
+
+
+def clip_to_value_ranges(image: np.ndarray, norms: Sequence[ChannelNorm]) -> np.ndarray:
+    """Clip, in place, each channel of ``image`` ``(C, X, Y, Z)`` whose scheme has a value range
+    (:data:`VALUE_RANGES`) to it: resampling overshoot of an input already checked with
+    :func:`check_value_ranges`. Returns ``image``."""
+    for c, norm in enumerate(norms):
+        if norm.scheme in VALUE_RANGES:
+            lo, hi = VALUE_RANGES[norm.scheme]
+            np.clip(image[c], lo, hi, out=image[c])
+    return image
 
 
 def normalize(image: np.ndarray, norms: Sequence[ChannelNorm],
@@ -57,7 +218,8 @@ def normalize(image: np.ndarray, norms: Sequence[ChannelNorm],
     ``mask`` (bool ``(X, Y, Z)``) is the nonzero mask for ``zscore_nonzero``; by default it is
     computed from ``image`` itself. The pipeline passes the mask of the image before
     resampling, resampled with nearest neighbour, since spline overshoot makes "nonzero"
-    meaningless after resampling.
+    meaningless after resampling. Raises ``ValueError`` for an unknown scheme or values a
+    scheme refuses (``rgb_0_1``).
     """
     if image.ndim != 4 or image.shape[0] != len(norms):
         raise ValueError(f"image of shape {image.shape} does not match {len(norms)} channel "

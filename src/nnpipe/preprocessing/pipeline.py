@@ -1,7 +1,9 @@
 """Preprocess cases for a plan, and map predictions back to the original grid.
 
 Per case: crop to the box of nonzero voxels (air around the body carries no information),
-resample to the plan's target spacing, normalize. :class:`CaseMeta` records every step so
+grown to hold every labelled voxel, or no crop where the plan says so (training labels beyond
+the nonzero box: :attr:`nnpipe.planning.plan.Plan.crop_to_nonzero`), resample to the plan's
+target spacing, normalize. :class:`CaseMeta` records every step so
 that :func:`restore_probabilities` and :func:`restore_labels` can undo them exactly: the
 prediction ends in the original voxel grid and keeps the original affine.
 
@@ -30,7 +32,14 @@ from nnpipe.geometry import spacing_of
 from nnpipe.io import save_npy, write_json
 from nnpipe.planning.fingerprint import Bbox, crop_to_nonzero
 from nnpipe.planning.plan import ChannelNorm, Plan
-from nnpipe.preprocessing.normalize import MIN_STD, nonzero_mask, normalize
+from nnpipe.preprocessing.normalize import (
+    MIN_STD,
+    VALUE_RANGES,
+    check_value_ranges,
+    clip_to_value_ranges,
+    nonzero_mask,
+    normalize,
+)
 from nnpipe.preprocessing.parallel import GB, estimate_case_bytes, imap_bounded
 from nnpipe.preprocessing.resample import (
     DEVICE_CHUNK_BYTES,
@@ -149,6 +158,15 @@ def _check_image(image: np.ndarray, plan: Plan, case_id: str) -> None:
                         f"{plan.num_channels}", case=case_id)
 
 
+def _check_values(image: np.ndarray, plan: Plan, case_id: str) -> None:
+    """Values a channel's scheme refuses (``rgb_0_1`` outside [0, 255]): a DataError naming
+    the case, raised on the image as read (resampling may overshoot a little; that is clipped)."""
+    try:
+        check_value_ranges(image, plan.channel_norms)
+    except ValueError as exc:
+        raise DataError(str(exc), case=case_id) from exc
+
+
 def _preprocess(image: np.ndarray, label: np.ndarray | None, affine: np.ndarray, plan: Plan,
                 case_id: str) -> tuple[np.ndarray, np.ndarray | None, CaseMeta]:
     _check_image(image, plan, case_id)
@@ -156,14 +174,21 @@ def _preprocess(image: np.ndarray, label: np.ndarray | None, affine: np.ndarray,
         raise DataError(f"label shape {label.shape} differs from image shape "
                         f"{image.shape[1:]}", case=case_id)
     spacing = _float3(spacing_of(affine))
-    bbox, cropped, cropped_label = crop_to_nonzero(image, label)
+    _check_values(image, plan, case_id)
+    if plan.crop_to_nonzero:
+        # label holds class indices here: the ignore value is the scheme's ignore index
+        bbox, cropped, cropped_label = crop_to_nonzero(image, label,
+                                                       ignore=plan.label_table.ignore_index)
+    else:
+        bbox, cropped, cropped_label = _full_box(image.shape[1:]), image, label
     # The mask is taken before resampling: spline overshoot makes zeros nonzero afterwards.
     mask = nonzero_mask(cropped)
     target = case_target_spacing(plan, spacing)
     new_shape = _int3(target_shape(cropped.shape[1:], spacing, target))
     axis = separate_axis(spacing, target)
-    data = normalize(resample_image(cropped, new_shape, axis), plan.channel_norms,
-                     resample_mask(mask, new_shape))
+    resampled = clip_to_value_ranges(resample_image(cropped, new_shape, axis),
+                                     plan.channel_norms)
+    data = normalize(resampled, plan.channel_norms, resample_mask(mask, new_shape))
     seg = None if cropped_label is None else resample_labels(cropped_label, new_shape, axis)
     meta = CaseMeta(
         case_id=case_id, original_shape=_int3(image.shape[1:]),
@@ -239,10 +264,11 @@ def preprocess_image_torch(image: np.ndarray, affine: np.ndarray, plan: Plan, ca
     import torch
 
     _check_image(image, plan, case_id)
+    _check_values(image, plan, case_id)
     spacing = _float3(spacing_of(affine))
     x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device)
     nonzero = (x != 0).any(0)
-    bbox = _nonzero_box_torch(nonzero)
+    bbox = _nonzero_box_torch(nonzero) if plan.crop_to_nonzero else _full_box(image.shape[1:])
     sl = tuple(slice(lo, hi) for lo, hi in bbox)
     cropped, mask = x[(slice(None), *sl)], nonzero[sl]
     target = case_target_spacing(plan, spacing)
@@ -260,6 +286,11 @@ def preprocess_image_torch(image: np.ndarray, affine: np.ndarray, plan: Plan, ca
         target_spacing=target, resampled_shape=new_shape,
     )
     return data, meta
+
+
+def _full_box(shape: Sequence[int]) -> Bbox:
+    """The box of the whole grid ``(X, Y, Z)``: no crop."""
+    return ((0, int(shape[0])), (0, int(shape[1])), (0, int(shape[2])))
 
 
 def _nonzero_box_torch(nonzero: torch.Tensor) -> Bbox:
@@ -283,11 +314,12 @@ def normalize_torch_(data: torch.Tensor, norms: Sequence[ChannelNorm], mask: tor
     """:func:`~nnpipe.preprocessing.normalize.normalize` in place on a float32 tensor
     ``(C, X, Y, Z)`` on any device, ``mask`` the boolean nonzero mask ``(X, Y, Z)``.
 
-    ``zscore_nonzero`` takes mean and std over the mask in float64 like numpy (two passes,
-    slab by slab along X, so no float64 copy of a whole channel); ``ct`` clips and scales
-    with the plan's statistics.
+    ``zscore_nonzero`` (over the mask) and ``zscore`` (over every voxel) take mean and std
+    in float64 like numpy (two passes, slab by slab along X, so no float64 copy of a whole
+    channel); ``ct`` clips and scales with the plan's statistics; ``none`` leaves the channel;
+    ``rescale_0_1`` maps its min..max to 0..1; ``rgb_0_1`` clips resampling overshoot to
+    [0, 255] (the input was checked before) and divides by 255.
     """
-    import torch
 
     if data.ndim != 4 or data.shape[0] != len(norms):
         raise ValueError(f"image of shape {tuple(data.shape)} does not match {len(norms)} "
@@ -297,29 +329,52 @@ def normalize_torch_(data: torch.Tensor, norms: Sequence[ChannelNorm], mask: tor
                          f"{tuple(data.shape[1:])}")
     rows = max(1, chunk_bytes // (3 * 8 * max(1, mask[0].numel())))
     slabs = [slice(a, a + rows) for a in range(0, mask.shape[0], rows)]
-    count = int(mask.sum())
     for c, norm in enumerate(norms):
         ch = data[c]
-        if norm.scheme == "zscore_nonzero":
-            if count == 0:
-                ch.zero_()
-                continue
-            total = sum(torch.where(mask[s], ch[s].double(), 0.0).sum() for s in slabs)
-            mean = float(total) / count
-            sq = sum(torch.where(mask[s], (ch[s].double() - mean) ** 2, 0.0).sum()
-                     for s in slabs)
-            std = math.sqrt(float(sq) / count)
-            ch.sub_(mean).div_(max(std, MIN_STD)).masked_fill_(~mask, 0.0)
+        if norm.scheme in ("zscore_nonzero", "zscore"):
+            masked = norm.scheme == "zscore_nonzero"
+            _zscore_torch_(ch, mask if masked else None, slabs)
         elif norm.scheme == "ct":
             low, high, ct_mean, ct_std = norm.clip_low, norm.clip_high, norm.mean, norm.std
             if low is None or high is None or ct_mean is None or ct_std is None:
                 raise ValueError(f"CT normalization needs clip_low, clip_high, mean and std, "
                                  f"got {norm}")
             ch.clamp_(low, high).sub_(ct_mean).div_(max(ct_std, MIN_STD))
+        elif norm.scheme == "none":
+            continue
+        elif norm.scheme == "rescale_0_1":
+            low, high = float(ch.min()), float(ch.max())
+            ch.sub_(low).div_(max(high - low, MIN_STD))
+        elif norm.scheme == "rgb_0_1":
+            lo, hi = VALUE_RANGES["rgb_0_1"]
+            ch.clamp_(lo, hi).div_(hi)
         else:
             raise ValueError(f"normalization scheme {norm.scheme!r} of channel {c} has no "
-                             "device version; known: zscore_nonzero, ct")
+                             "device version; known: zscore_nonzero, zscore, ct, none, "
+                             "rescale_0_1, rgb_0_1")
     return data
+
+
+def _zscore_torch_(ch: torch.Tensor, mask: torch.Tensor | None, slabs: list[slice]) -> None:
+    """Z-score ``ch`` ``(X, Y, Z)`` in place over ``mask`` (zero outside) or, with None, over
+    every voxel; float64 sums slab by slab."""
+    import torch
+
+    count = int(mask.sum()) if mask is not None else ch.numel()
+    if count == 0:
+        ch.zero_()
+        return
+
+    def part(s: slice, values: torch.Tensor) -> torch.Tensor:
+        return values.sum() if mask is None else torch.where(mask[s], values, 0.0).sum()
+
+    total = sum(part(s, ch[s].double()) for s in slabs)
+    mean = float(total) / count
+    sq = sum(part(s, (ch[s].double() - mean) ** 2) for s in slabs)
+    std = math.sqrt(float(sq) / count)
+    ch.sub_(mean).div_(max(std, MIN_STD))
+    if mask is not None:
+        ch.masked_fill_(~mask, 0.0)
 
 
 def restore_channel_torch(channel: torch.Tensor, meta: CaseMeta, *,
