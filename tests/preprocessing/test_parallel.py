@@ -84,9 +84,11 @@ def test_estimate_bounds_the_measured_peak(tmp_path, tiny_study, full_spacing):
     from dataclasses import replace
 
     ds = load_dataset(_case(tmp_path / "raw"))
+    from nnpipe.labels import LabelScheme
+
     plan = replace(tiny_study.plans[3], full_spacing=full_spacing, num_channels=2,
                    channel_norms=tiny_study.plans[3].channel_norms[:1] * 2,
-                   labels={0: "background", 1: "x", 2: "y"})
+                   ).with_scheme(LabelScheme.from_values({0: "background", 1: "x", 2: "y"}))
     estimate = estimate_case_bytes(ds.training[0], lambda sp: case_target_spacing(plan, sp))
     out = tmp_path / "pre"
     out.mkdir()
