@@ -1,6 +1,8 @@
 # nnpipe: nnU-Net for PyTorch as a Snakemake pipeline.
 #   snakemake --cores all results/tables.md                 whole study on this machine
 #   snakemake --profile profiles/slurm results/tables.md    one SLURM job per rule
+# Everything of a study (outputs, logs, timings, tables, plots) is under results/<dataset>/;
+# results/tables.md is the configured study's tables (nnpipe.study says every path).
 # Stages, one rule file each: download -> plan -> preprocess -> train -> predict -> evaluate,
 # benchmark, and tables. All logic lives in the `nnpipe` package (src/nnpipe); rules only wire.
 
@@ -35,6 +37,7 @@ localrules:
     all,
     split,
     tables,
+    latest_tables,
 
 
 rule all:

@@ -22,6 +22,8 @@ from nnpipe.errors import DataError
 
 # inference.runtime's options (nnpipe.inference.runtime.Runtime, which imports torch)
 RUNTIMES = ("eager", "compile", "onnxruntime", "openvino")
+# Exit status of a command stopped by Ctrl-C (128 + SIGINT), as a shell reports it.
+EXIT_INTERRUPTED = 130
 
 if TYPE_CHECKING:  # imported where used: each subcommand loads only what it needs
     from nnpipe.benchmark.throughput import BenchmarkSpec
@@ -120,6 +122,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
         settings = replace(settings, save_probabilities=True)
     if args.runtime:
         settings = replace(settings, runtime=args.runtime)
+    if args.tta is not None:
+        settings = replace(settings, tta=args.tta)
     if args.input:
         predict_folder(spec, args.input, args.out, settings,
                        allow_empty=args.allow_empty, layout=args.layout, **common)
@@ -385,6 +389,10 @@ def _parser() -> argparse.ArgumentParser:
                     "need `pip install 'nnpipe[cpu-runtimes]'` and run fp32 on the CPU")
     sp.add_argument("--continue", dest="continue_", action="store_true",
                     help="skip cases whose output already exists")
+    sp.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                    help="mirroring test-time augmentation, as nnU-Net v2 (8 flips in 3D, 4 in "
+                         "2D: that many times the forward passes, on a CPU too); default: the "
+                         "model's inference.tta (on unless its study turned it off)")
     sp.add_argument("--allow-empty", action="store_true",
                     help="no input cases (a missing --input folder, no test cases) is no error")
     sp.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda, cuda:1")
@@ -490,3 +498,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DataError, ValueError, FileNotFoundError) as exc:
         print(f"nnpipe {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # one line instead of a traceback: every stage resumes (training from last.pt,
+        # predict with --continue, a Snakemake study by running the same command again)
+        print(f"\nnnpipe {args.command}: interrupted; run the same command again to resume",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -32,6 +32,7 @@ from nnpipe.errors import DataError
 from nnpipe.io import read_json, write_text
 from nnpipe.machine import machine_info
 from nnpipe.report.best_table import best_section
+from nnpipe.study import StudyPaths, run_name
 
 if TYPE_CHECKING:
     from nnpipe.config import StudyConfig
@@ -83,7 +84,7 @@ class TableGrid:
         """The grid of a validated study config (its ``grid`` and ``benchmark`` sections)."""
         grid, bench = study.grid, study.benchmark
         return cls(dims=grid.dims, precisions=grid.precisions, gpus=grid.gpus, folds=grid.folds,
-                   bench_precisions=bench.precisions, bench_gpus=bench.gpus,
+                   bench_precisions=bench.cells_precisions(), bench_gpus=bench.gpus,
                    train_batch_sizes={d: bench.train_batch_sizes(d) for d in grid.dims},
                    predict_batch_sizes={d: bench.predict_batch_sizes(d) for d in grid.dims})
 
@@ -92,31 +93,23 @@ class TableGrid:
 
 
 def best_json_path(results_dir: Path | str, dataset: str) -> str:
-    return str(Path(results_dir, dataset, "best.json"))
-
-
-def run_name(dim: int | str, precision: str, gpus: int) -> str:
-    """``3d-fp32-1gpu`` for dim 3; ``3d_cascade-fp32-1gpu`` for a configuration's name."""
-    configuration = f"{dim}d" if isinstance(dim, int) else dim
-    return f"{configuration}-{precision}-{gpus}gpu"
+    return StudyPaths(str(results_dir), dataset).best
 
 
 def eval_csv_path(results_dir: Path | str, dataset: str, dim: int | str, precision: str,
                   gpus: int, fold: int | str) -> Path:
-    return Path(results_dir, dataset, "evaluate", run_name(dim, precision, gpus),
-                f"fold{fold}.csv")
+    return Path(StudyPaths(str(results_dir), dataset).eval_csv(dim, precision, gpus, fold))
 
 
 def train_json_path(results_dir: Path | str, dataset: str, dim: int | str, precision: str,
                     gpus: int, fold: int | str) -> Path:
-    return Path(results_dir, dataset, "train", run_name(dim, precision, gpus), f"fold{fold}",
-                "train.json")
+    return Path(StudyPaths(str(results_dir), dataset).train_json(dim, precision, gpus, fold))
 
 
 def bench_json_path(results_dir: Path | str, dataset: str, mode: str, dim: int, precision: str,
                     batch_size: int, gpus: int) -> Path:
-    return Path(results_dir, dataset, "benchmark",
-                f"{mode}-{dim}d-{precision}-bs{batch_size}-{gpus}gpu.json")
+    return Path(StudyPaths(str(results_dir), dataset).bench_json(mode, dim, precision,
+                                                                 batch_size, gpus))
 
 
 class PlotLink(NamedTuple):
@@ -133,7 +126,7 @@ PLOTS_DIR = "plots"
 
 
 def study_plots(grid: TableGrid) -> list[tuple[str, str, str, str]]:
-    """``(section, family, label, path under the results folder)`` of every plot of the grid.
+    """``(section, family, label, path under the study's dataset folder)`` of every plot.
 
     The plot rules in ``rules/tables.smk`` write exactly these files.
     """
@@ -376,7 +369,8 @@ def _train_bench_table(grid: TableGrid, index: BenchIndex, machine: Mapping[str,
             + _md_table(header, rows))
 
 
-_NOT_BENCHMARKED = "Not measured in this study: `benchmark.precisions` is empty.\n"
+_NOT_BENCHMARKED = ("Not measured in this study: `benchmark.enabled` is false or"
+                    " `benchmark.precisions` is empty.\n")
 
 
 def _unsteady(record: Mapping[str, Any] | None) -> str | None:
@@ -506,8 +500,8 @@ def collect_and_render(results_dir: Path | str, dataset: str, grid: TableGrid,
     bench = [_read_bench(path, want) for path, want in _bench_files(results_dir, dataset, grid)
              if path.is_file()]
     plots = [PlotLink(section, family, label,
-                      os.path.relpath(Path(results_dir, path), Path(out_path).parent),
-                      Path(results_dir, path).is_file())
+                      os.path.relpath(Path(results_dir, dataset, path), Path(out_path).parent),
+                      Path(results_dir, dataset, path).is_file())
              for section, family, label, path in study_plots(grid)]
     best_path = Path(best_json_path(results_dir, dataset))
     best = _read_checked(best_path, ("best", "candidates", "folds")) \
