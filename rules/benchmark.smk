@@ -15,7 +15,7 @@ rule benchmark:
         preprocessed=subpath(input.manifest, parent=True),
         launch=get_launcher,
         settings=section_json("benchmark"),
-    threads: workflow.cores
+    threads: get_all_cores
     resources:
         gpu=get_gpus,
     conda:

@@ -213,6 +213,12 @@ def get_fold_files(pattern):
     return files
 
 
+def get_all_cores(wildcards):
+    """Every core Snakemake has (--cores; the SLURM profile's `cores`), read when a job is
+    made, not when the workflow is parsed: `snakemake --report` needs no --cores."""
+    return workflow.cores
+
+
 def get_gpus(wildcards):
     return int(wildcards.gpus)
 

@@ -93,7 +93,7 @@ BEST = {"folds": [0, 1, 2], "candidates": [
 
 def render(best: dict[str, Any] | None = BEST) -> str:
     return render_tables(GRID, DICE, TRAIN_INFO, BENCH, MACHINE, dataset="embedded",
-                         plots=PLOTS, best=best)
+                         plots=PLOTS, best=best, demo=True)
 
 
 def table_rows(text: str, heading: str) -> list[list[str]]:
@@ -300,7 +300,7 @@ def test_collect_and_render_reads_what_render_expects(tmp_path: Path) -> None:
     not_rendered = [PlotLink(s, f, label, path, present=False)
                     for s, f, label, path in study_plots(GRID)]
     expected = render_tables(GRID, DICE, TRAIN_INFO, BENCH, MACHINE, dataset="embedded",
-                             results_dir=root, plots=not_rendered)
+                             results_dir=root, plots=not_rendered)  # not the demo: no BraTS line
     assert text == expected
     (root / "embedded" / "plots").mkdir()
     (root / "embedded" / "plots" / "throughput.png").write_bytes(b"png")
@@ -393,3 +393,13 @@ def test_a_study_without_benchmarks_renders_and_plots_no_throughput() -> None:
     assert with_cells.benchmarked
     assert [p for *_, p in study_plots(with_cells) if "throughput" in p] == [
         "plots/throughput.png"]
+
+
+def test_the_header_names_the_classes_and_says_not_brats_only_on_the_demo() -> None:
+    own = render_tables(ONE_RUN, {}, {}, [], MACHINE, dataset="Dataset002_Heart",
+                        classes={0: "background", 1: "left atrium"})
+    assert "# nnpipe results: dataset `Dataset002_Heart`" in own
+    assert "Classes scored: 1 = left atrium." in own
+    assert "BraTS" not in own and "embedded" not in own
+    demo = render_tables(ONE_RUN, {}, {}, [], MACHINE, dataset="embedded", demo=True)
+    assert "not BraTS (MSD Task01_BrainTumour)" in demo
