@@ -6,6 +6,8 @@
 # Stages, one rule file each: download -> plan -> preprocess -> train -> predict -> evaluate,
 # benchmark, and tables. All logic lives in the `nnpipe` package (src/nnpipe); rules only wire.
 
+import sys
+
 from snakemake.utils import min_version
 
 min_version("9.17")
@@ -44,3 +46,11 @@ rule all:
     input:
         TABLES,
     default_target: True
+
+
+# Ctrl-C or a failed job (its log is printed above it, profiles/default: show-failed-logs):
+# one line on how to go on.
+onerror:
+    print("nnpipe: the study stopped (Ctrl-C, or the failed job whose log is above); run the "
+          "same command again to resume: finished jobs are kept, training resumes from its "
+          "last.pt.", file=sys.stderr)

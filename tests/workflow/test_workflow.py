@@ -195,13 +195,18 @@ def test_bad_label_stops_planning_naming_the_case(tmp_path):
     assert "BRATS_002" in log and "[7]" in log
     # the reason is on the terminal too (profiles/default: show-failed-logs), not only in the log
     assert "BRATS_002" in res.stdout + res.stderr
+    # and how to go on (the Snakefile's onerror, which Ctrl-C reaches too)
+    assert "run the same command again to resume" in res.stderr
     assert not (work / "results" / "badcase" / "plans" / "fingerprint.json").exists()
 
 
 def _small_config(tmp_path: Path, name: str, seed: int, **replace: str) -> Path:
-    """The test config as a 2D-only study named `name` without benchmarks."""
+    """The test config as a 2D-only study named `name`: one fold of one epoch, no ensemble,
+    no benchmarks."""
     text = (CONFIG.read_text().replace("name: wftest", f"name: {name}")
-            .replace("seed: 3", f"seed: {seed}").replace("dims: [2, 3]", "dims: [2]"))
+            .replace("seed: 3", f"seed: {seed}").replace("dims: [2, 3]", "dims: [2]")
+            .replace("folds: [0, 1]", "folds: [0]").replace("epochs: 2", "epochs: 1")
+            .replace("batch_size: 2}", "batch_size: 2, ensemble: false}"))
     text = text.replace("benchmark:\n", "benchmark:\n  enabled: false\n")
     for old, new in replace.items():
         text = text.replace(old, new)
@@ -225,6 +230,7 @@ def test_two_studies_in_one_folder_keep_their_own_outputs_and_logs(tmp_path):
     assert res.returncode == 0, res.stderr[-4000:]
     first = _tree(work / "results" / "one")
     assert "logs/train/2d-fp32-1gpu/fold0.log" in first
+    assert not [k for k in first if k.startswith("ensemble/")]  # inference.ensemble: false
     assert "logs/train/2d-fp32-1gpu/fold0.tsv" in first  # Snakemake's benchmark: timing
     assert "tables.md" in first and "plots/dice-per-class.png" in first
     assert not (work / "logs").exists() and not (work / "benchmarks").exists()
