@@ -233,7 +233,7 @@ def _header(dataset: str, classes: Mapping[int, str], demo: bool) -> str:
            "NVIDIA's DGX A100: these figures are not comparable with the reference's A100\n"
            "figures (NVIDIA's nnU-Net for PyTorch 22.11 README, Results section); they show\n"
            "the same measurements, taken here.\n" if demo else
-           "Each table names the machine it was measured\non.\n")
+           "Each table names the machine it was measured on.\n")
     )
 
 
