@@ -10,10 +10,12 @@ CORES ?= all
 # CPU or a specific CUDA build there first). docs/install.md says more.
 TORCH ?= torch==2.13.0
 PYTHON ?= python3
-# NVIDIA DALI (the optional GPU data pipeline; its CPU pipelines run in the tests) ships
-# wheels for x86-64 Linux only.
+# NVIDIA DALI (training.loader: dali, a GPU data pipeline; about 1 GB) only where it can
+# run: x86-64 Linux (its only wheels) with an NVIDIA GPU (nvidia-smi on the PATH). Elsewhere
+# ask for it: make env EXTRAS=dev,formats,dali (its CPU pipelines then run in the tests).
 # formats: SimpleITK, tifffile and Pillow (NRRD, MetaImage, TIFF, PNG/BMP).
-EXTRAS ?= dev,formats$(if $(filter x86_64,$(shell uname -m)),$(comma)dali)
+GPU := $(shell command -v nvidia-smi 2>/dev/null)
+EXTRAS ?= dev,formats$(if $(and $(filter x86_64,$(shell uname -m)),$(GPU)),$(comma)dali)
 comma := ,
 
 BIN := $(abspath $(VENV))/bin
@@ -50,5 +52,7 @@ typecheck: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -rs --durations=25
 
+# results/ holds every study (outputs, logs, Snakemake timings); logs/ is where studies
+# before per-dataset folders wrote their logs
 clean:
-	rm -rf results logs benchmarks .snakemake
+	rm -rf results logs .snakemake

@@ -1,8 +1,12 @@
 # nnpipe: nnU-Net for PyTorch as a Snakemake pipeline.
 #   snakemake --cores all results/tables.md                 whole study on this machine
 #   snakemake --profile profiles/slurm results/tables.md    one SLURM job per rule
+# Everything of a study (outputs, logs, timings, tables, plots) is under results/<dataset>/;
+# results/tables.md is the configured study's tables (nnpipe.study says every path).
 # Stages, one rule file each: download -> plan -> preprocess -> train -> predict -> evaluate,
 # benchmark, and tables. All logic lives in the `nnpipe` package (src/nnpipe); rules only wire.
+
+import sys
 
 from snakemake.utils import min_version
 
@@ -36,9 +40,18 @@ localrules:
     all,
     split,
     tables,
+    latest_tables,
 
 
 rule all:
     input:
         TABLES,
     default_target: True
+
+
+# Ctrl-C or a failed job (its log is printed above it, profiles/default: show-failed-logs):
+# one line on how to go on.
+onerror:
+    print("nnpipe: the study stopped (Ctrl-C, or the failed job whose log is above); run the "
+          "same command again to resume: finished jobs are kept, training resumes from its "
+          "last.pt.", file=sys.stderr)

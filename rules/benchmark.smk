@@ -2,7 +2,7 @@
 # claims every core Snakemake has (local runs scale threads down to --cores), so no other job
 # shares the machine while it is timed.
 
-BENCH_NAME = "{mode}-{dim}d-{precision}-bs{bs}-{gpus}gpu"
+# BENCH_NAME: {mode}-{dim}d-{precision}-bs{bs}-{gpus}gpu (nnpipe.study, via common.smk)
 
 
 rule benchmark:
@@ -15,13 +15,13 @@ rule benchmark:
         preprocessed=subpath(input.manifest, parent=True),
         launch=get_launcher,
         settings=section_json("benchmark"),
-    threads: workflow.cores
+    threads: get_all_cores
     resources:
         gpu=get_gpus,
     conda:
         "../envs/nnpipe.yaml"
     log:
-        f"logs/{{dataset}}/benchmark/{BENCH_NAME}.log",
+        f"{LOGS}/benchmark/{BENCH_NAME}.log",
     shell:
         "{params.launch} benchmark --config-json {params.settings:q} --mode {wildcards.mode}"
         " --dim {wildcards.dim} --batch-size {wildcards.bs} --precision {wildcards.precision}"

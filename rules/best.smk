@@ -22,9 +22,9 @@ rule best:
     conda:
         "../envs/nnpipe.yaml"
     log:
-        "logs/{dataset}/best.log",
+        f"{LOGS}/best.log",
     benchmark:
-        "benchmarks/{dataset}/best.tsv"
+        f"{LOGS}/best.tsv"
     shell:
         "nnpipe best --config-json {params.settings:q} --study {params.study}"
         " --runs {params.runs} --folds {params.folds} --out {output.best} > {log} 2>&1"

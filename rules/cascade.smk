@@ -15,7 +15,7 @@ rule previous:
     conda:
         "../envs/nnpipe.yaml"
     log:
-        "logs/{dataset}/previous/3d_cascade-{precision}-{gpus}gpu.log",
+        f"{LOGS}/previous/3d_cascade-{{precision}}-{{gpus}}gpu.log",
     shell:
         "nnpipe previous --preprocessed {params.preprocessed} --pred {input.predictions}"
         " --out {output.previous} > {log} 2>&1"

@@ -1,25 +1,32 @@
 # Wiring only: config validation, the experiment grid, wildcard constraints, input functions.
+# Paths follow nnpipe.study (the study grammar): everything of a study, its logs and
+# Snakemake's timings included, lives under results/<dataset>/.
 
 import functools
 import json
 import os
 
-from snakemake.utils import validate
-
-from nnpipe.config import study_config
+from nnpipe.preflight import workflow_study
+from nnpipe.study import BENCH_NAME, RUN, StudyPaths
 from nnpipe.training.launch import launcher, nodes_for
 
 
-validate(config, "../config/schema.yaml", set_default=True)
-STUDY = study_config(config)
+# config/schema.yaml's defaults filled in; a config error (with "did you mean") or what this
+# machine cannot run (amp without a GPU, ...) stops here in one paragraph, before any job.
+# The machine is checked only where Snakemake runs the jobs itself (not under SLURM, and
+# not again inside each job).
+STUDY = workflow_study(config, check_machine=workflow.is_main_process and workflow.local_exec)
 GRID = STUDY.grid
 BENCH = STUDY.benchmark
 DATASET = STUDY.dataset.name
 RESULTS = STUDY.results_dir
-DS = f"{RESULTS}/{{dataset}}"
-# {config}: 2d, 3d, or a stage of the low-resolution cascade (3d_lowres, 3d_cascade)
-RUN = "{config}-{precision}-{gpus}gpu"
-TABLES = f"{RESULTS}/tables.md"
+# the templates of one study's tree, {dataset} kept as a wildcard (nnpipe.study.StudyPaths);
+# {config} in RUN: 2d, 3d, or a stage of the low-resolution cascade (3d_lowres, 3d_cascade)
+PATHS = StudyPaths(RESULTS, "{dataset}")
+DS = PATHS.root
+LOGS = PATHS.logs  # each job's log (.log) and Snakemake timing (.tsv), under the dataset
+STUDY_PATHS = StudyPaths(RESULTS, DATASET)  # the configured study's files
+TABLES = STUDY_PATHS.latest_tables
 
 
 wildcard_constraints:
@@ -143,7 +150,7 @@ def benchmark_keys():
     """(mode, dim, precision, bs, gpus) of every benchmark cell the study makes."""
     keys = []
     for d in planned_dims():
-        for p in BENCH.precisions:
+        for p in BENCH.cells_precisions():
             keys += [dict(mode="train", dim=d, precision=p, bs=b, gpus=g)
                      for b in BENCH.train_batch_sizes(d) for g in BENCH.gpus]
             keys += [dict(mode="predict", dim=d, precision=p, bs=b, gpus=1)
@@ -159,7 +166,7 @@ def get_table_inputs(wildcards):
         "evaluations": [f"{run}/fold{{fold}}.csv".format(stage="evaluate", **k) for k in run_keys()],
         "train": [f"{run}/fold{{fold}}/train.json".format(stage="train", **k) for k in run_keys()],
         "benchmarks": [
-            f"{ds}/benchmark/{{mode}}-{{dim}}d-{{precision}}-bs{{bs}}-{{gpus}}gpu.json".format(**k)
+            f"{ds}/benchmark/{BENCH_NAME}.json".format(**k)
             for k in benchmark_keys()
         ],
         "ensembles": get_ensembles(wildcards),
@@ -206,6 +213,12 @@ def get_fold_files(pattern):
     return files
 
 
+def get_all_cores(wildcards):
+    """Every core Snakemake has (--cores; the SLURM profile's `cores`), read when a job is
+    made, not when the workflow is parsed: `snakemake --report` needs no --cores."""
+    return workflow.cores
+
+
 def get_gpus(wildcards):
     return int(wildcards.gpus)
 
@@ -250,7 +263,7 @@ def get_plot_files(wildcards):
 
     grid = replace(TableGrid.from_study(STUDY), dims=tuple(planned_dims()),
                    cascade=cascade_decision()[0])
-    return [f"{RESULTS}/{path}" for *_, path in study_plots(grid)]
+    return [f"{STUDY_PATHS.root}/{path}" for *_, path in study_plots(grid)]
 
 
 def get_run_names(wildcards):

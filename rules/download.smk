@@ -7,8 +7,8 @@ rule download:
     conda:
         "../envs/nnpipe.yaml"
     log:
-        "logs/{dataset}/download.log",
+        f"{LOGS}/download.log",
     benchmark:
-        "benchmarks/{dataset}/download.tsv"
+        f"{LOGS}/download.tsv"
     shell:
         "nnpipe download --config-json {params.settings:q} --out {params.raw} > {log} 2>&1"

@@ -18,7 +18,7 @@ rule postprocess:
     conda:
         "../envs/nnpipe.yaml"
     log:
-        f"logs/{{dataset}}/postprocess/{RUN}.log",
+        f"{LOGS}/postprocess/{RUN}.log",
     shell:
         "nnpipe postprocess --config-json {params.settings:q} --pred {input.predictions}"
         " --folds {params.folds} --raw {params.raw} --splits {input.splits}"
@@ -41,9 +41,9 @@ rule ensemble:
     conda:
         "../envs/nnpipe.yaml"
     log:
-        f"logs/{{dataset}}/ensemble/{RUN}.log",
+        f"{LOGS}/ensemble/{RUN}.log",
     benchmark:
-        f"benchmarks/{{dataset}}/ensemble/{RUN}.tsv"
+        f"{LOGS}/ensemble/{RUN}.tsv"
     shell:
         "nnpipe predict --config-json {params.settings:q} --model {input.models}"
         " --plan {input.plan} --postprocess {input.decision} --raw {params.raw} --test"

@@ -12,9 +12,9 @@ checkpoint fingerprint:
     conda:
         "../envs/nnpipe.yaml"
     log:
-        "logs/{dataset}/plans/fingerprint.log",
+        f"{LOGS}/plans/fingerprint.log",
     benchmark:
-        "benchmarks/{dataset}/plans/fingerprint.tsv"
+        f"{LOGS}/plans/fingerprint.tsv"
     shell:
         "nnpipe fingerprint --raw {params.raw} --workers {threads} --out {output.fingerprint}"
         " > {log} 2>&1"
@@ -30,7 +30,7 @@ rule plan:
     conda:
         "../envs/nnpipe.yaml"
     log:
-        "logs/{dataset}/plans/{config}.log",
+        f"{LOGS}/plans/{{config}}.log",
     shell:
         "nnpipe plan --config-json {params.settings:q} --fingerprint {input.fingerprint}"
         " --configuration {wildcards.config} --out {output.plan} > {log} 2>&1"
@@ -46,6 +46,6 @@ rule split:
     conda:
         "../envs/nnpipe.yaml"
     log:
-        "logs/{dataset}/splits.log",
+        f"{LOGS}/splits.log",
     shell:
         "nnpipe split --raw {params.raw} --out {output.splits} > {log} 2>&1"

@@ -21,9 +21,9 @@ rule predict:
     conda:
         "../envs/nnpipe.yaml"
     log:
-        f"logs/{{dataset}}/predict/{RUN}/fold{{fold}}.log",
+        f"{LOGS}/predict/{RUN}/fold{{fold}}.log",
     benchmark:
-        f"benchmarks/{{dataset}}/predict/{RUN}/fold{{fold}}.tsv"
+        f"{LOGS}/predict/{RUN}/fold{{fold}}.tsv"
     shell:
         "nnpipe predict --config-json {params.settings:q} --model {input.model}"
         " --plan {input.plan} --raw {params.raw} --splits {input.splits}"

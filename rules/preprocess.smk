@@ -12,9 +12,9 @@ rule preprocess:
     conda:
         "../envs/nnpipe.yaml"
     log:
-        "logs/{dataset}/preprocessed/{config}.log",
+        f"{LOGS}/preprocessed/{{config}}.log",
     benchmark:
-        "benchmarks/{dataset}/preprocessed/{config}.tsv"
+        f"{LOGS}/preprocessed/{{config}}.tsv"
     shell:
         "nnpipe preprocess --config-json {params.settings:q} --raw {params.raw}"
         " --plan {input.plan} --workers {threads}"

@@ -1,6 +1,8 @@
-# What people read: results/tables.md and the PNG plots it links (results/plots/). Every plot
-# is a report() output with a caption in report/, so
-#   snakemake --report results/report.html
+# What people read: results/<dataset>/tables.md and the PNG plots it links
+# (results/<dataset>/plots/); results/tables.md is the configured study's copy (links
+# rewritten), so a second study never finds the first one's tables done. Every plot is a
+# report() output with a caption in report/, so
+#   snakemake --cores 1 --report results/report.html
 # collects them, with report/workflow.rst as the description of the workflow.
 
 
@@ -15,8 +17,8 @@ localrules:
     plot_throughput,
 
 
-PLOTS = f"{RESULTS}/plots"
-RAW_JSON = f"{RESULTS}/{DATASET}/raw/dataset.json"
+PLOTS = PATHS.plots
+RAW_JSON = rules.download.output.dataset
 
 
 rule plot_curves:
@@ -37,7 +39,7 @@ rule plot_curves:
     conda:
         "../envs/nnpipe.yaml"
     log:
-        f"logs/plots/curves-{RUN}.log",
+        f"{LOGS}/plots/curves-{RUN}.log",
     script:
         "../workflow/scripts/plot_curves.py"
 
@@ -60,7 +62,7 @@ rule plot_overlays:
     conda:
         "../envs/nnpipe.yaml"
     log:
-        f"logs/plots/overlays-{RUN}.log",
+        f"{LOGS}/plots/overlays-{RUN}.log",
     script:
         "../workflow/scripts/plot_overlays.py"
 
@@ -83,7 +85,7 @@ rule plot_dice:
     conda:
         "../envs/nnpipe.yaml"
     log:
-        "logs/plots/dice-per-class.log",
+        f"{LOGS}/plots/dice-per-class.log",
     script:
         "../workflow/scripts/plot_dice.py"
 
@@ -101,7 +103,7 @@ rule plot_throughput:
     conda:
         "../envs/nnpipe.yaml"
     log:
-        "logs/plots/throughput.log",
+        f"{LOGS}/plots/throughput.log",
     script:
         "../workflow/scripts/plot_throughput.py"
 
@@ -111,13 +113,33 @@ rule tables:
         unpack(get_table_inputs),
         plots=get_plot_files,
     output:
-        tables=report(TABLES, caption="../report/tables.rst", category="Tables"),
+        tables=report(PATHS.tables, caption="../report/tables.rst", category="Tables"),
     params:
         left_out=get_left_out,
         cascade=get_cascade,
     conda:
         "../envs/nnpipe.yaml"
     log:
-        "logs/tables.log",
+        f"{LOGS}/tables.log",
+    script:
+        "../workflow/scripts/tables.py"
+
+
+# results/tables.md: the configured study's tables again, its plot links relative to
+# results/. Its input is the configured dataset's tables.md, so another dataset (or a
+# results/<dataset>/tables.md rerun by a config change) makes it again.
+rule latest_tables:
+    input:
+        tables=STUDY_PATHS.tables,
+        fingerprint=f"{STUDY_PATHS.root}/plans/fingerprint.json",  # read by the params
+    output:
+        tables=TABLES,
+    params:
+        left_out=get_left_out,
+        cascade=get_cascade,
+    conda:
+        "../envs/nnpipe.yaml"
+    log:
+        f"{STUDY_PATHS.logs}/latest_tables.log",
     script:
         "../workflow/scripts/tables.py"

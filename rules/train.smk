@@ -36,9 +36,9 @@ rule train:
     conda:
         "../envs/nnpipe.yaml"
     log:
-        f"logs/{{dataset}}/train/{RUN}/fold{{fold}}.log",
+        f"{LOGS}/train/{RUN}/fold{{fold}}.log",
     benchmark:
-        f"benchmarks/{{dataset}}/train/{RUN}/fold{{fold}}.tsv"
+        f"{LOGS}/train/{RUN}/fold{{fold}}.tsv"
     shell:
         # exec: the trainer replaces the shell, so a SIGTERM from SLURM reaches it while
         # Snakemake (in the job) waits for its checkpoint instead of seeing the shell die first

@@ -56,3 +56,38 @@ def test_schema_documents_every_key():
 
     assert schema["additionalProperties"] is False
     walk(schema, "")
+
+
+@pytest.mark.parametrize(
+    ("raw", "unknown", "near"),
+    [
+        ({"trainng": {"epochs": 2}}, "trainng", "training"),
+        ({"training": {"epoch": 3}}, "epoch", "epochs"),
+        ({"benchmark": {"enable": False}}, "enable", "enabled"),
+    ],
+)
+def test_a_near_miss_key_gets_did_you_mean_in_one_paragraph(raw, unknown, near):
+    with pytest.raises(ValueError) as info:
+        study_config(raw)
+    text = str(info.value)
+    assert f"unknown key `{unknown}` (did you mean `{near}`?)" in text
+    assert "\n" not in text and len(text) < 600  # one paragraph, not the schema
+
+
+def test_a_key_far_from_every_name_lists_the_keys_without_a_guess():
+    with pytest.raises(ValueError, match=r"unknown key `zzz`; the keys here are: ") as info:
+        study_config({"zzz": 1})
+    assert "did you mean" not in str(info.value)
+
+
+def test_small_template_is_a_cpu_study_without_benchmarks():
+    cfg = load_config(ROOT / "config" / "small.yaml")
+    assert cfg.benchmark.enabled is False and cfg.benchmark.cells_precisions() == ()
+    assert set(cfg.grid.precisions) <= {"fp32", "bf16"} and cfg.grid.gpus == (1,)
+    assert cfg.dataset.source == "local"
+
+
+def test_benchmarks_left_out_by_enabled_false():
+    assert study_config({}).benchmark.cells_precisions() == ("fp32", "bf16")
+    off = study_config({"benchmark": {"enabled": False}})
+    assert off.benchmark.cells_precisions() == ()

@@ -145,12 +145,14 @@ def _rule_outputs() -> list[re.Pattern[str]]:
     dataset = r"(?:[A-Za-z0-9_.]+|<dataset>|<name>)"
     run = r"(?:2d|3d|3d_lowres|3d_cascade)-(?:fp32|tf32|amp|bf16)-\d+gpu"
     names = {
-        "DS": rf"results/{dataset}", "PLOTS": "results/plots", "RESULTS": "results",
+        "DS": rf"results/{dataset}", "PLOTS": rf"results/{dataset}/plots", "RESULTS": "results",
+        "LOGS": rf"results/{dataset}/logs",
         "RUN": run, "BENCH_NAME": r"(?:train|predict)-[23]d-(?:fp32|tf32|amp|bf16)-bs\d+-\d+gpu",
         "fold": r"\d", "dim": "[23]", "config": "(?:2d|3d|3d_lowres|3d_cascade)",
         "dataset": dataset,
     }
-    patterns = [re.compile(re.escape("results/tables.md"))]
+    patterns = [re.compile(re.escape("results/tables.md")),
+                re.compile(rf"results/{dataset}/tables\.md")]  # report(PATHS.tables)
     for smk in sorted((ROOT / "rules").glob("*.smk")):
         for template in re.findall(r'f"(\{(?:DS|PLOTS|RESULTS)\}[^"]*)"', smk.read_text()):
             parts = re.split(r"\{\{?(\w+)\}\}?", template)
@@ -192,7 +194,8 @@ def test_snakemake_command_parses(cmd: Command, snakemake_parser: argparse.Argum
 def test_rule_output_patterns_match_known_paths():
     outputs = _rule_outputs()
     for path in ("results/tables.md", "results/embedded/train/3d-fp32-1gpu/fold2/final.pt",
-                 "results/<name>/plans/fingerprint.json", "results/plots/throughput.png"):
+                 "results/<name>/plans/fingerprint.json", "results/embedded/plots/throughput.png",
+                 "results/Dataset001_Mine/tables.md"):
         assert any(p.fullmatch(path) for p in outputs), path
     assert not any(p.fullmatch("results/embedded/train/3d-fp32-1gpu/fold2/nope.pt")
                    for p in outputs)

@@ -22,6 +22,8 @@ from nnpipe.errors import DataError
 
 # inference.runtime's options (nnpipe.inference.runtime.Runtime, which imports torch)
 RUNTIMES = ("eager", "compile", "onnxruntime", "openvino")
+# Exit status of a command stopped by Ctrl-C (128 + SIGINT), as a shell reports it.
+EXIT_INTERRUPTED = 130
 
 if TYPE_CHECKING:  # imported where used: each subcommand loads only what it needs
     from nnpipe.benchmark.throughput import BenchmarkSpec
@@ -135,6 +137,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
         settings = replace(settings, save_probabilities=True)
     if args.runtime:
         settings = replace(settings, runtime=args.runtime)
+    if args.tta is not None:
+        settings = replace(settings, tta=args.tta)
     shard = _shard(args)
     if args.input:
         predict_folder(spec, args.input, args.out, settings,
@@ -187,9 +191,10 @@ def _predict_v2(args: argparse.Namespace) -> bool:
     from nnpipe.v2.predict import predict_v2_folder
 
     settings = _cfg(args).inference
+    tta = settings.tta if args.tta is None else args.tta
     model = load_v2_model(args.model[0], args.configuration, args.folds, args.checkpoint)
     predict_v2_folder(model, args.input, args.out, device=select_device(args.device),
-                      tta=settings.tta, batch_size=settings.batch_size,
+                      tta=tta, batch_size=settings.batch_size,
                       skip_existing=args.continue_, shard=_shard(args),
                       part_record=args.part_record)
     return True
@@ -464,6 +469,10 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--parts", type=int, help="how many parts the cases are split into")
     sp.add_argument("--part-record", help="with --input: JSON to write when every case of "
                     "the part is done (for `nnpipe gather`)")
+    sp.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                    help="mirroring test-time augmentation, as nnU-Net v2 (8 flips in 3D, 4 in "
+                         "2D: that many times the forward passes, on a CPU too); default: the "
+                         "model's inference.tta (on unless its study turned it off)")
     sp.add_argument("--allow-empty", action="store_true",
                     help="no input cases (a missing --input folder, no test cases) is no error")
     sp.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda, cuda:1")
@@ -588,3 +597,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DataError, ValueError, FileNotFoundError) as exc:
         print(f"nnpipe {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # one line instead of a traceback: every stage resumes (training from last.pt,
+        # predict with --continue, a Snakemake study by running the same command again)
+        print(f"\nnnpipe {args.command}: interrupted; run the same command again to resume",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED

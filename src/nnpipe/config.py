@@ -8,6 +8,7 @@ indexes raw dicts: it receives the typed sections defined here.
 from __future__ import annotations
 
 import copy
+import difflib
 from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
@@ -45,8 +46,22 @@ def validate_config(raw: dict[str, Any] | None) -> dict[str, Any]:
         jsonschema.validate(filled, schema)
     except jsonschema.ValidationError as exc:
         where = "/".join(str(p) for p in exc.absolute_path) or "(top level)"
-        raise ValueError(f"config key {where}: {exc.message}") from None
+        raise ValueError(f"config key {where}: {_explain(exc)}") from None
     return filled
+
+
+def _explain(exc: jsonschema.ValidationError) -> str:
+    """The error in one sentence: for an unknown key, the keys allowed there and the nearest
+    one ("did you mean `training`?"), never the schema itself."""
+    if exc.validator != "additionalProperties" or not isinstance(exc.instance, dict):
+        return exc.message
+    schema = exc.schema if isinstance(exc.schema, dict) else {}
+    allowed = sorted(schema.get("properties", {}))
+    parts = []
+    for key in sorted(k for k in exc.instance if k not in allowed):
+        near = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+        parts.append(f"unknown key `{key}`" + (f" (did you mean `{near[0]}`?)" if near else ""))
+    return "; ".join(parts) + f"; the keys here are: {', '.join(allowed)}"
 
 
 @dataclass(frozen=True)
@@ -153,6 +168,11 @@ class BenchmarkSettings:
     synthetic: bool
     max_warmup_s: float = 30.0  # warm-up goes on until step times agree, at most this long
     max_timing_s: float = 60.0  # timing goes on to 368 steps (p99), at most this long
+    enabled: bool = True  # false: no benchmark cell at all (cells_precisions() is empty)
+
+    def cells_precisions(self) -> tuple[str, ...]:
+        """The precisions benchmarked: ``precisions``, or none when ``enabled`` is false."""
+        return self.precisions if self.enabled else ()
 
     def train_batch_sizes(self, dim: int) -> tuple[int, ...]:
         return self.train_batch_sizes_2d if dim == 2 else self.train_batch_sizes_3d

@@ -398,3 +398,35 @@ def test_cpu_models_keep_freed_memory(models, monkeypatch):
     monkeypatch.setattr(E, "keep_freed_memory", lambda trim: calls.append(trim) or True)
     E.load_model(models["3d"], torch.device("cpu"))
     assert calls == [256 * 2**20]
+
+
+def test_images_without_0000_point_at_layout_msd(tiny_study, models, tmp_path):
+    """nnU-Net v2 habit: one file per case without `_0000` under the v2 layout's rule."""
+    src = msd_folder(tiny_study, tmp_path / "in", n=1)
+    with pytest.raises(DataError, match=r"1 image file\(s\) without that suffix, e\.g\. "
+                                        r"\S+\.nii\.gz: for one file per case, give "
+                                        r"--layout msd"):
+        predict_folder([models["3d"]], src, tmp_path / "o", SETTINGS, layout="nnunetv2")
+
+
+def test_cli_tta_is_on_by_default_and_ctrl_c_is_one_line(models, tmp_path, monkeypatch, capsys):
+    import nnpipe.inference.predict as P
+
+    seen = []
+
+    def fake(spec, input_dir, out, settings, **kw):
+        seen.append(settings.tta)
+
+    monkeypatch.setattr(P, "predict_folder", fake)
+    args = ["predict", "--model", str(models["3d"]), "--input", str(tmp_path), "-o", "x"]
+    assert main(args) == 0 and main([*args, "--no-tta"]) == 0
+    assert seen == [True, False]  # nnU-Net v2's default: mirroring on
+
+    def interrupted(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(P, "predict_folder", interrupted)
+    capsys.readouterr()
+    assert main(args) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == "nnpipe predict: interrupted; run the same command again to resume"

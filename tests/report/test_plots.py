@@ -156,7 +156,7 @@ def test_pick_cases_worst_median_best() -> None:
     assert list(pick_cases(unscored.tail(1), 3)["case"]) == []
 
 
-def test_overlays_show_the_slice_with_the_most_reference_tumour(tiny_study, tmp_path) -> None:
+def test_overlays_show_the_slice_with_the_most_labelled_voxels(tiny_study, tmp_path) -> None:
     ds = load_dataset(tiny_study.raw)
     cases = [c.case_id for c in ds.training[:3]]
     pred_dir = tmp_path / "pred"
@@ -180,7 +180,8 @@ def test_overlays_show_the_slice_with_the_most_reference_tumour(tiny_study, tmp_
     z = int(np.argmax((canonical > 0).sum(axis=(0, 1))))
     assert fig.axes[0].get_title() == f"{ds.channels[0]}, slice z={z}"
     voxels = int((canonical[:, :, z] > 0).sum())
-    assert fig.axes[1].get_title() == f"reference ({voxels} tumour voxels)"
+    assert fig.axes[1].get_title() == f"reference ({voxels} labelled voxels)"
+    assert "tumour" not in fig.get_suptitle() and "labelled reference voxels" in fig.get_suptitle()
     assert fig.axes[2].get_title() == "prediction, Dice mean 20.0"
     assert class_names(tiny_study.raw) == {str(v): f"{v}: {n}" for v, n in ds.labels.items()
                                            if v}

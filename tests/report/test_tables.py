@@ -93,7 +93,7 @@ BEST = {"folds": [0, 1, 2], "candidates": [
 
 def render(best: dict[str, Any] | None = BEST) -> str:
     return render_tables(GRID, DICE, TRAIN_INFO, BENCH, MACHINE, dataset="embedded",
-                         plots=PLOTS, best=best)
+                         plots=PLOTS, best=best, demo=True)
 
 
 def table_rows(text: str, heading: str) -> list[list[str]]:
@@ -292,21 +292,25 @@ def write_outputs(root: Path) -> None:
 def test_collect_and_render_reads_what_render_expects(tmp_path: Path) -> None:
     root = tmp_path / "results"
     write_outputs(root)
-    out = tmp_path / "results" / "tables.md"
+    out = tmp_path / "results" / "embedded" / "tables.md"  # the study's own tables
     text = collect_and_render(root, "embedded", GRID, out, machine=MACHINE)
     assert out.read_text() == text
-    # plots are linked relative to tables.md; none exists here except the one written below
+    # plots are linked relative to tables.md (results/<dataset>/plots/); none exists here
+    # except the one written below
     not_rendered = [PlotLink(s, f, label, path, present=False)
                     for s, f, label, path in study_plots(GRID)]
     expected = render_tables(GRID, DICE, TRAIN_INFO, BENCH, MACHINE, dataset="embedded",
-                             results_dir=root, plots=not_rendered)
+                             results_dir=root, plots=not_rendered)  # not the demo: no BraTS line
     assert text == expected
-    (root / "plots").mkdir()
-    (root / "plots" / "throughput.png").write_bytes(b"png")
+    (root / "embedded" / "plots").mkdir()
+    (root / "embedded" / "plots" / "throughput.png").write_bytes(b"png")
     text = collect_and_render(root, "embedded", GRID, out, machine=MACHINE)
     assert "- throughput: [samples/s against batch size](plots/throughput.png)" in text
     assert "box plots (not rendered: plots/dice-per-class.png)" in text
     assert f"missing: {root}/embedded/evaluate/2d-bf16-2gpu/fold{{0,1,2}}.csv" in text
+    # results/tables.md, the configured study's copy, links the same PNG from one folder up
+    latest = collect_and_render(root, "embedded", GRID, root / "tables.md", machine=MACHINE)
+    assert "[samples/s against batch size](embedded/plots/throughput.png)" in latest
 
 
 def test_collect_rejects_unusable_files(tmp_path: Path) -> None:
@@ -380,7 +384,8 @@ def test_a_study_without_benchmarks_renders_and_plots_no_throughput() -> None:
     assert not grid.benchmarked
     assert not [p for *_, p in study_plots(grid) if "throughput" in p]
     text = render_tables(grid, {RunKey(3, "fp32", 1, 0): 50.0}, {}, [], MACHINE, dataset="d")
-    assert text.count("Not measured in this study: `benchmark.precisions` is empty.") == 2
+    assert text.count("Not measured in this study: `benchmark.enabled` is false or"
+                      " `benchmark.precisions` is empty.") == 2
     assert "throughput.png" not in text
     with_cells = TableGrid(dims=(3,), precisions=("fp32",), gpus=(1,), folds=(0,),
                            bench_precisions=("fp32",), bench_gpus=(1,),
@@ -388,3 +393,13 @@ def test_a_study_without_benchmarks_renders_and_plots_no_throughput() -> None:
     assert with_cells.benchmarked
     assert [p for *_, p in study_plots(with_cells) if "throughput" in p] == [
         "plots/throughput.png"]
+
+
+def test_the_header_names_the_classes_and_says_not_brats_only_on_the_demo() -> None:
+    own = render_tables(ONE_RUN, {}, {}, [], MACHINE, dataset="Dataset002_Heart",
+                        classes={0: "background", 1: "left atrium"})
+    assert "# nnpipe results: dataset `Dataset002_Heart`" in own
+    assert "Classes scored: 1 = left atrium." in own
+    assert "BraTS" not in own and "embedded" not in own
+    demo = render_tables(ONE_RUN, {}, {}, [], MACHINE, dataset="embedded", demo=True)
+    assert "not BraTS (MSD Task01_BrainTumour)" in demo

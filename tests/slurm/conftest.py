@@ -10,4 +10,4 @@ HERE = Path(__file__).resolve().parent
 SCRIPTS = ROOT / "scripts" / "slurm"
 BIN = Path(sys.executable).parent
 RUN = "results/slurmtest/train/2d-fp32-2gpu/fold0"
-TRAIN_LOG = "logs/slurmtest/train/2d-fp32-2gpu/fold0.log"
+TRAIN_LOG = "results/slurmtest/logs/train/2d-fp32-2gpu/fold0.log"

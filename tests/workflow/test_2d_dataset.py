@@ -108,8 +108,8 @@ def test_no_3d_job_is_run(study2d):
     for stage in ("train", "predict", "evaluate", "ensemble", "benchmark", "preprocessed"):
         folder = ds / stage
         assert not [p.name for p in folder.glob("*3d*")] if folder.is_dir() else True, stage
-    assert not list((study2d / "results" / "plots").glob("*3d*"))
-    log = (study2d / "logs" / NAME / "plans" / "fingerprint.log").read_text()
+    assert not list((study2d / "results" / NAME / "plots").glob("*3d*"))
+    log = (study2d / "results" / NAME / "logs" / "plans" / "fingerprint.log").read_text()
     assert "2D dataset" in log
 
 
@@ -150,5 +150,6 @@ def test_forcing_one_2d_fold_reruns_only_its_chain(study2d):
     counts.pop("total", None)
     assert counts == {"train": "1", "predict": "1", "evaluate": "1", "plot_curves": "1",
                       "plot_overlays": "1", "plot_dice": "1", "postprocess": "1",
-                      "ensemble": "1", "best": "1", "tables": "1", "all": "1"}
+                      "ensemble": "1", "best": "1", "tables": "1", "latest_tables": "1",
+                      "all": "1"}
     assert not re.search(r"3d[-./_]", res.stdout)  # no 3D run (the workflow id may hold "3d")

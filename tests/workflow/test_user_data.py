@@ -89,7 +89,7 @@ class Study:
         return self.work / "results" / self.name
 
     def log(self, rel: str) -> str:
-        return (self.work / "logs" / self.name / rel).read_text()
+        return (self.work / "results" / self.name / "logs" / rel).read_text()
 
     def plan(self, dim: int = 3) -> dict:
         return json.loads((self.results / "plans" / f"{dim}d.json").read_text())

@@ -136,14 +136,15 @@ def test_forcing_one_fold_reruns_only_its_chain(study):
     # the run's postprocessing decision and fold ensemble use its model and predictions
     assert counts == {"train": "1", "predict": "1", "evaluate": "1", "plot_curves": "1",
                       "plot_overlays": "1", "plot_dice": "1", "postprocess": "1",
-                      "ensemble": "1", "best": "1", "tables": "1", "all": "1"}
+                      "ensemble": "1", "best": "1", "tables": "1", "latest_tables": "1",
+                      "all": "1"}
     assert "fold1" in res.stdout
     # fold0's model is read by the ensemble, never rebuilt
     assert re.search(r"output: \S*fold0/final\.pt", res.stdout) is None
 
 
 def test_plots_linked_from_tables_and_in_the_html_report(study):
-    text = (study / "results" / "tables.md").read_text()
+    text = (study / "results" / "wftest" / "tables.md").read_text()
     links = re.findall(r"\]\((plots/[\w.-]+\.png)\)", text)
     # Dice box plot, curves and overlays of the two runs, throughput (under two tables)
     assert sorted(set(links)) == sorted(
@@ -152,7 +153,11 @@ def test_plots_linked_from_tables_and_in_the_html_report(study):
            for dim in (2, 3)])
     assert "not rendered" not in text
     for link in links:
-        assert (study / "results" / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", link
+        assert (study / "results" / "wftest" / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", link
+    # results/tables.md, the configured study's copy, links the same PNGs from results/
+    latest = (study / "results" / "tables.md").read_text()
+    assert sorted(set(re.findall(r"\]\((wftest/plots/[\w.-]+\.png)\)", latest))) == sorted(
+        f"wftest/{link}" for link in set(links))
     events = list((study / "results/wftest/train/3d-fp32-1gpu/fold0/tensorboard").iterdir())
     assert len(events) == 1 and events[0].name.startswith("events.out.tfevents.")
     res = snakemake(study, "--report", "results/report.html")
@@ -186,6 +191,83 @@ def test_bad_label_stops_planning_naming_the_case(tmp_path):
     work.mkdir()
     res = snakemake(work, "results/badcase/plans/3d.json", config=cfg)
     assert res.returncode != 0
-    log = (work / "logs" / "badcase" / "plans" / "fingerprint.log").read_text()
+    log = (work / "results" / "badcase" / "logs" / "plans" / "fingerprint.log").read_text()
     assert "BRATS_002" in log and "[7]" in log
+    # the reason is on the terminal too (profiles/default: show-failed-logs), not only in the log
+    assert "BRATS_002" in res.stdout + res.stderr
+    # and how to go on (the Snakefile's onerror, which Ctrl-C reaches too)
+    assert "run the same command again to resume" in res.stderr
     assert not (work / "results" / "badcase" / "plans" / "fingerprint.json").exists()
+
+
+def _small_config(tmp_path: Path, name: str, seed: int, **replace: str) -> Path:
+    """The test config as a 2D-only study named `name`: one fold of one epoch, no ensemble,
+    no benchmarks."""
+    text = (CONFIG.read_text().replace("name: wftest", f"name: {name}")
+            .replace("seed: 3", f"seed: {seed}").replace("dims: [2, 3]", "dims: [2]")
+            .replace("folds: [0, 1]", "folds: [0]").replace("epochs: 2", "epochs: 1")
+            .replace("batch_size: 2}", "batch_size: 2, ensemble: false}"))
+    text = text.replace("benchmark:\n", "benchmark:\n  enabled: false\n")
+    for old, new in replace.items():
+        text = text.replace(old, new)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def _tree(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns
+            for p in folder.rglob("*") if p.is_file()}
+
+
+def test_two_studies_in_one_folder_keep_their_own_outputs_and_logs(tmp_path):
+    """A second dataset's study runs (no "Nothing to be done" because results/tables.md
+    exists) and touches nothing of the first: outputs, logs, timings, tables, plots."""
+    work = tmp_path / "work"
+    work.mkdir()
+    one, two = _small_config(tmp_path, "one", 1), _small_config(tmp_path, "two", 2)
+    res = snakemake(work, "results/tables.md", config=one)
+    assert res.returncode == 0, res.stderr[-4000:]
+    first = _tree(work / "results" / "one")
+    assert "logs/train/2d-fp32-1gpu/fold0.log" in first
+    assert not [k for k in first if k.startswith("ensemble/")]  # inference.ensemble: false
+    assert "logs/train/2d-fp32-1gpu/fold0.tsv" in first  # Snakemake's benchmark: timing
+    assert "tables.md" in first and "plots/dice-per-class.png" in first
+    assert not (work / "logs").exists() and not (work / "benchmarks").exists()
+    res = snakemake(work, "results/tables.md", config=two)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert "Nothing to be done" not in res.stdout + res.stderr
+    assert _tree(work / "results" / "one") == first  # not one file of study one touched
+    assert (work / "results" / "two" / "logs" / "train" / "2d-fp32-1gpu" / "fold0.log").is_file()
+    latest = (work / "results" / "tables.md").read_text()
+    assert "dataset `two`" in latest and "](two/plots/dice-per-class.png)" in latest
+    assert "dataset `one`" in (work / "results" / "one" / "tables.md").read_text()
+    # back to the first study: only results/tables.md is made again, from its outputs
+    res = snakemake(work, "-n", "results/tables.md", config=one)
+    assert res.returncode == 0, res.stderr[-3000:]
+    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", res.stdout, flags=re.M))
+    assert counts == {"latest_tables": "1", "total": "1"}, res.stdout
+
+
+def test_preflight_and_config_errors_stop_in_one_paragraph(tmp_path):
+    """Before any job: a typo gets "did you mean", amp on a machine without a CUDA GPU is
+    refused (both in one paragraph on stderr, rc 1, nothing planned)."""
+    import torch
+
+    work = tmp_path / "work"
+    work.mkdir()
+    typo = _small_config(tmp_path, "typo", 1, **{"training:": "trainng:"})
+    res = snakemake(work, "-n", "results/tables.md", config=typo)
+    assert res.returncode == 1
+    err = [line for line in res.stderr.splitlines() if line.startswith("nnpipe:")]
+    assert len(err) == 1 and "unknown key `trainng` (did you mean `training`?)" in err[0]
+    assert len(res.stderr.splitlines()) < 10, res.stderr  # no schema dump, no traceback
+    if torch.cuda.is_available():
+        return
+    amp = _small_config(tmp_path, "amp", 1, **{"precisions: [fp32]": "precisions: [amp]"})
+    res = snakemake(work, "results/tables.md", config=amp)
+    assert res.returncode == 1
+    assert ("nnpipe: this study cannot run on this machine (nothing was started): "
+            "grid.precisions has amp, which needs a CUDA GPU") in res.stderr
+    assert "Building DAG" not in res.stdout + res.stderr
+    assert not (work / "results").exists()

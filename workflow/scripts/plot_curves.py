@@ -10,4 +10,5 @@ with open(snakemake.log[0], "w") as log:  # noqa: F821 (snakemake is injected)
     sm = snakemake  # noqa: F821
     names = class_names(Path(sm.input.dataset).parent, sm.params.regions)
     plot_training_curves(dict(zip(sm.params.folds, sm.input.metrics, strict=True)),
-                         sm.output.png, title=sm.params.run, class_names=names)
+                         sm.output.png, title=f"{sm.wildcards.dataset} {sm.params.run}",
+                         class_names=names)

@@ -13,4 +13,5 @@ with open(snakemake.log[0], "w") as log:  # noqa: F821 (snakemake is injected)
     runs = {run: dict(zip(folds, scores[i * len(folds):(i + 1) * len(folds)], strict=True))
             for i, run in enumerate(sm.params.runs)}
     plot_dice_per_class(runs, sm.output.png,
-                        class_names=class_names(Path(sm.input.dataset).parent, sm.params.regions))
+                        class_names=class_names(Path(sm.input.dataset).parent, sm.params.regions),
+                        dataset=sm.wildcards.dataset)

@@ -11,4 +11,4 @@ with open(snakemake.log[0], "w") as log:  # noqa: F821 (snakemake is injected)
     folds = sm.params.folds
     plot_overlays(Path(sm.input.dataset).parent, dict(zip(folds, sm.input.scores, strict=True)),
                   dict(zip(folds, sm.input.predictions, strict=True)), sm.output.png,
-                  title=sm.params.run)
+                  title=f"{sm.wildcards.dataset} {sm.params.run}")

@@ -511,7 +511,8 @@ def predict_folder(models: Sequence[Path | str] | ModelSpec, input_dir: Path | s
         cases, errors = find_cases(input_dir, layout=layout or mp.layout,
                                    num_channels=mp.num_channels)
     if not cases and not errors and not allow_empty:
-        raise DataError("holds no images (" + ", ".join(ENDINGS) + ")", path=input_dir)
+        raise DataError("holds no images (" + ", ".join(ENDINGS) + ")"
+                        + _layout_hint(Path(input_dir), layout or mp.layout), path=input_dir)
     selection, errors = select_part(cases, shard or Shard(0, 1), out_dir, errors)
     cases = list(selection.cases)
     log(f"predict {len(cases)} case(s) from {input_dir} with {_describe(groups, source)}")
@@ -521,6 +522,19 @@ def predict_folder(models: Sequence[Path | str] | ModelSpec, input_dir: Path | s
     if part_record is not None:
         write_part_record(part_record, selection, input_dir, out_dir)
     return written
+
+
+def _layout_hint(input_dir: Path, layout: str) -> str:
+    """``; ... give --layout msd`` when the folder has images that only the nnU-Net v2
+    layout's ``<case>_0000`` rule left out (one file per case, as MSD names them)."""
+    if layout != "nnunetv2" or not input_dir.is_dir():
+        return ""
+    images = sorted(p.name for p in input_dir.iterdir() if ending_of(p) is not None)
+    if not images:
+        return ""
+    return (f" named <case>_0000<ending> (nnU-Net v2 layout, one file per channel), but "
+            f"{len(images)} image file(s) without that suffix, e.g. {images[0]}: for one file "
+            "per case, give --layout msd")
 
 
 def predict_dataset(models: Sequence[Path | str] | ModelSpec, raw: Path | str,

@@ -6,7 +6,7 @@
   per run, from the evaluation CSVs.
 - :func:`plot_throughput`: samples/s against batch size from the benchmark JSONs.
 - :func:`plot_overlays`: image, reference and prediction on the axial slice with the most
-  reference tumour, for the worst, median and best case of a run.
+  labelled (foreground) reference voxels, for the worst, median and best case of a run.
 
 Figures are built with ``matplotlib.figure.Figure`` (no pyplot), so nothing depends on a
 display or on global pyplot state, saved atomically, and returned (tests read their data).
@@ -162,8 +162,10 @@ def read_scores(fold_csvs: Mapping[int, Path | str]) -> pd.DataFrame:
 
 
 def plot_dice_per_class(runs: Mapping[str, Mapping[int, Path | str]], out_png: Path | str, *,
-                        class_names: Mapping[str, str]) -> Figure:
+                        class_names: Mapping[str, str], dataset: str = "") -> Figure:
     """Box plots of Dice [%] per class (and their mean) across cases and folds, box per run.
+
+    ``dataset``: the study's dataset, named in the title.
 
     ``runs``: run name (``3d-fp32-1gpu``) -> fold -> evaluation CSV. Every case is drawn as a
     dot over its box: with a few dozen cases the spread is worth seeing, not just quartiles.
@@ -198,7 +200,8 @@ def plot_dice_per_class(runs: Mapping[str, Mapping[int, Path | str]], out_png: P
         ax.tick_params(axis="x", labelrotation=30 if len(scores) > 2 else 0, labelsize=8)
     axes[0].set_ylabel("Dice [%] per case (numbers: mean)")
     n_cases = {name: len(s) for name, s in scores.items()}
-    fig.suptitle("Dice per class across cases and folds (original image space); "
+    fig.suptitle((f"{dataset}: " if dataset else "")
+                 + "Dice per class across cases and folds (original image space); "
                  f"cases per run: {', '.join(f'{k} {v}' for k, v in n_cases.items())}",
                  fontsize=10)
     _save(fig, out_png)
@@ -300,7 +303,7 @@ def _window(slice_: np.ndarray) -> tuple[float, float]:
 def plot_overlays(raw_dir: Path | str, fold_csvs: Mapping[int, Path | str],
                   pred_dirs: Mapping[int, Path | str], out_png: Path | str, *, title: str,
                   n_cases: int = 3, channel: int = 0) -> Figure:
-    """Image, reference and prediction on the axial slice with the most reference tumour.
+    """Image, reference and prediction on the axial slice with the most labelled voxels.
 
     Cases: the worst, median and best of the run by Dice (from ``fold_csvs``; each case was
     predicted by the fold that held it out, read from ``pred_dirs[fold]/<case><ending>``).
@@ -347,7 +350,7 @@ def plot_overlays(raw_dir: Path | str, fold_csvs: Mapping[int, Path | str],
         parts = [f"{ds.labels.get(int(c), c) if c.isdigit() else c} {_percent(dice[col], 0)}"
                  for c, col in _class_columns(picked, "dice_")]
         panels = [(None, f"{ds.channels[channel]}, slice z={z}"),
-                  (ref, f"reference ({int((ref[:, :, z] > 0).sum())} tumour voxels)"),
+                  (ref, f"reference ({int((ref[:, :, z] > 0).sum())} labelled voxels)"),
                   (prd, f"prediction, Dice mean {_percent(dice['dice_mean'], 1)}")]
         for ax, (overlay, panel_title) in zip(row, panels, strict=True):
             ax.imshow(img[:, :, z].T, cmap="gray", vmin=lo, vmax=hi, origin="lower",
@@ -363,7 +366,7 @@ def plot_overlays(raw_dir: Path | str, fold_csvs: Mapping[int, Path | str],
                for k, (v, n) in enumerate(sorted(ds.scheme.names.items())) if v > 0]
     fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8)
     fig.suptitle(f"{title}: worst, median and best case by Dice; axial slice with the most "
-                 "reference tumour (RAS, anterior up)", fontsize=10)
+                 "labelled reference voxels (RAS, anterior up)", fontsize=10)
     _save(fig, out_png)
     return fig
 

@@ -32,6 +32,7 @@ from nnpipe.errors import DataError
 from nnpipe.io import read_json, write_text
 from nnpipe.machine import machine_info
 from nnpipe.report.best_table import best_section
+from nnpipe.study import StudyPaths, run_name
 
 if TYPE_CHECKING:
     from nnpipe.config import StudyConfig
@@ -83,7 +84,7 @@ class TableGrid:
         """The grid of a validated study config (its ``grid`` and ``benchmark`` sections)."""
         grid, bench = study.grid, study.benchmark
         return cls(dims=grid.dims, precisions=grid.precisions, gpus=grid.gpus, folds=grid.folds,
-                   bench_precisions=bench.precisions, bench_gpus=bench.gpus,
+                   bench_precisions=bench.cells_precisions(), bench_gpus=bench.gpus,
                    train_batch_sizes={d: bench.train_batch_sizes(d) for d in grid.dims},
                    predict_batch_sizes={d: bench.predict_batch_sizes(d) for d in grid.dims})
 
@@ -92,31 +93,23 @@ class TableGrid:
 
 
 def best_json_path(results_dir: Path | str, dataset: str) -> str:
-    return str(Path(results_dir, dataset, "best.json"))
-
-
-def run_name(dim: int | str, precision: str, gpus: int) -> str:
-    """``3d-fp32-1gpu`` for dim 3; ``3d_cascade-fp32-1gpu`` for a configuration's name."""
-    configuration = f"{dim}d" if isinstance(dim, int) else dim
-    return f"{configuration}-{precision}-{gpus}gpu"
+    return StudyPaths(str(results_dir), dataset).best
 
 
 def eval_csv_path(results_dir: Path | str, dataset: str, dim: int | str, precision: str,
                   gpus: int, fold: int | str) -> Path:
-    return Path(results_dir, dataset, "evaluate", run_name(dim, precision, gpus),
-                f"fold{fold}.csv")
+    return Path(StudyPaths(str(results_dir), dataset).eval_csv(dim, precision, gpus, fold))
 
 
 def train_json_path(results_dir: Path | str, dataset: str, dim: int | str, precision: str,
                     gpus: int, fold: int | str) -> Path:
-    return Path(results_dir, dataset, "train", run_name(dim, precision, gpus), f"fold{fold}",
-                "train.json")
+    return Path(StudyPaths(str(results_dir), dataset).train_json(dim, precision, gpus, fold))
 
 
 def bench_json_path(results_dir: Path | str, dataset: str, mode: str, dim: int, precision: str,
                     batch_size: int, gpus: int) -> Path:
-    return Path(results_dir, dataset, "benchmark",
-                f"{mode}-{dim}d-{precision}-bs{batch_size}-{gpus}gpu.json")
+    return Path(StudyPaths(str(results_dir), dataset).bench_json(mode, dim, precision,
+                                                                 batch_size, gpus))
 
 
 class PlotLink(NamedTuple):
@@ -133,7 +126,7 @@ PLOTS_DIR = "plots"
 
 
 def study_plots(grid: TableGrid) -> list[tuple[str, str, str, str]]:
-    """``(section, family, label, path under the results folder)`` of every plot of the grid.
+    """``(section, family, label, path under the study's dataset folder)`` of every plot.
 
     The plot rules in ``rules/tables.smk`` write exactly these files.
     """
@@ -159,7 +152,8 @@ def render_tables(grid: TableGrid, dice: Mapping[RunKey, float],
                   machine: Mapping[str, str], *, dataset: str,
                   results_dir: Path | str = "results", plots: Sequence[PlotLink] = (),
                   left_out: Mapping[int, str] | None = None,
-                  best: Mapping[str, Any] | None = None, cascade_why: str = "") -> str:
+                  best: Mapping[str, Any] | None = None, cascade_why: str = "",
+                  classes: Mapping[int, str] | None = None, demo: bool = False) -> str:
     """The whole ``tables.md``.
 
     ``dice``: fold Dice in percent per ``RunKey`` (NaN: no class scored in any case of the
@@ -171,6 +165,8 @@ def render_tables(grid: TableGrid, dice: Mapping[RunKey, float],
     the header. ``best``: the contents of best.json (``nnpipe best``), rendered as the
     "Best configuration" section after the accuracy table. ``cascade_why``: whether and why
     the study runs the low-resolution cascade (a sentence under the header; none if empty).
+    ``classes``: the dataset's foreground labels (value -> name, dataset.json), named under
+    the header; ``demo``: the embedded demo dataset, whose header says it is not BraTS.
     """
     paths = _Paths(str(results_dir), dataset)
     index = _index_bench(bench)
@@ -179,7 +175,7 @@ def render_tables(grid: TableGrid, dice: Mapping[RunKey, float],
     cascade_line = (f"\nLow-resolution cascade ({', '.join(CASCADE_STAGES)}) "
                     f"{'planned' if grid.cascade else 'not planned'}: {cascade_why}.\n"
                     if cascade_why else "")
-    parts = [_header(dataset), _left_out_lines(left_out or {}), cascade_line,
+    parts = [_header(dataset, classes or {}, demo), _left_out_lines(left_out or {}), cascade_line,
              _dice_table(grid, dice, train_info, machine, paths), _plots_line(accuracy),
              best_section(best, best_json_path(results_dir, dataset)),
              _train_bench_table(grid, index, machine, paths),
@@ -223,15 +219,21 @@ def _folds_token(folds: Sequence[int]) -> str:
     return str(folds[0]) if len(folds) == 1 else "{" + ",".join(map(str, folds)) + "}"
 
 
-def _header(dataset: str) -> str:
+def _header(dataset: str, classes: Mapping[int, str], demo: bool) -> str:
+    """Title, the dataset's classes, and what the numbers are (the demo's disclaimer only on
+    the embedded demo dataset)."""
+    named = ", ".join(f"{v} = {n}" for v, n in sorted(classes.items()) if v > 0)
     return (
         f"# nnpipe results: dataset `{dataset}`\n\n"
-        "Rendered by `nnpipe.report.tables` from the pipeline's outputs only (evaluation CSVs,\n"
-        "`train.json`, benchmark JSONs). The embedded default dataset is small and synthetic,\n"
-        "not BraTS (MSD Task01_BrainTumour), and the machine named under each table is not\n"
-        "NVIDIA's DGX A100: these figures are not comparable with the reference's A100\n"
-        "figures (NVIDIA's nnU-Net for PyTorch 22.11 README, Results section); they show\n"
-        "the same measurements, taken here.\n"
+        + (f"Classes scored: {named}.\n\n" if named else "")
+        + "Rendered by `nnpipe.report.tables` from the pipeline's outputs only (evaluation CSVs,\n"
+        "`train.json`, benchmark JSONs). "
+        + ("The embedded default dataset is small and synthetic,\n"
+           "not BraTS (MSD Task01_BrainTumour), and the machine named under each table is not\n"
+           "NVIDIA's DGX A100: these figures are not comparable with the reference's A100\n"
+           "figures (NVIDIA's nnU-Net for PyTorch 22.11 README, Results section); they show\n"
+           "the same measurements, taken here.\n" if demo else
+           "Each table names the machine it was measured on.\n")
     )
 
 
@@ -376,7 +378,8 @@ def _train_bench_table(grid: TableGrid, index: BenchIndex, machine: Mapping[str,
             + _md_table(header, rows))
 
 
-_NOT_BENCHMARKED = "Not measured in this study: `benchmark.precisions` is empty.\n"
+_NOT_BENCHMARKED = ("Not measured in this study: `benchmark.enabled` is false or"
+                    " `benchmark.precisions` is empty.\n")
 
 
 def _unsteady(record: Mapping[str, Any] | None) -> str | None:
@@ -482,7 +485,7 @@ def _resolution(patch_size: Sequence[int]) -> str:
 def collect_and_render(results_dir: Path | str, dataset: str, grid: TableGrid,
                        out_path: Path | str, machine: Mapping[str, str] | None = None,
                        left_out: Mapping[int, str] | None = None,
-                       cascade_why: str = "") -> str:
+                       cascade_why: str = "", demo: bool = False) -> str:
     """Read every output the grid names that exists, render, write ``out_path`` atomically.
 
     ``machine`` defaults to :func:`nnpipe.machine.machine_info` of the machine running this.
@@ -506,17 +509,27 @@ def collect_and_render(results_dir: Path | str, dataset: str, grid: TableGrid,
     bench = [_read_bench(path, want) for path, want in _bench_files(results_dir, dataset, grid)
              if path.is_file()]
     plots = [PlotLink(section, family, label,
-                      os.path.relpath(Path(results_dir, path), Path(out_path).parent),
-                      Path(results_dir, path).is_file())
+                      os.path.relpath(Path(results_dir, dataset, path), Path(out_path).parent),
+                      Path(results_dir, dataset, path).is_file())
              for section, family, label, path in study_plots(grid)]
     best_path = Path(best_json_path(results_dir, dataset))
     best = _read_checked(best_path, ("best", "candidates", "folds")) \
         if best_path.is_file() else None
     text = render_tables(grid, dice, train_info, bench, machine or machine_info(),
                          dataset=dataset, results_dir=results_dir, plots=plots,
-                         left_out=left_out, best=best, cascade_why=cascade_why)
+                         left_out=left_out, best=best, cascade_why=cascade_why,
+                         classes=_dataset_classes(Path(results_dir, dataset, "raw")), demo=demo)
     write_text(out_path, text)
     return text
+
+
+def _dataset_classes(raw: Path) -> dict[int, str]:
+    """The labels of the study's ``raw/dataset.json`` (value -> name); none without one."""
+    if not (raw / "dataset.json").is_file():
+        return {}
+    from nnpipe.datasets.layout import load_dataset
+
+    return dict(load_dataset(raw).labels)
 
 
 def read_fold_dice(path: Path) -> float:
@@ -585,4 +598,5 @@ def render_study(cfg: StudyConfig, out_path: Path,
     grid = replace(grid, dims=tuple(d for d in grid.dims if d not in left_out),
                    cascade=cascade)
     return collect_and_render(Path(cfg.results_dir), cfg.dataset.name, grid, out_path,
-                              left_out=left_out, cascade_why=cascade_why)
+                              left_out=left_out, cascade_why=cascade_why,
+                              demo=cfg.dataset.source == "embedded")
