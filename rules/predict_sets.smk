@@ -36,9 +36,9 @@ rule predict_part:
     conda:
         "../envs/nnpipe.yaml"
     log:
-        "logs/{dataset}/predictions/{name}/part{part}-of-{parts}.log",
+        f"{LOGS}/predictions/{{name}}/part{{part}}-of-{{parts}}.log",
     benchmark:
-        "benchmarks/{dataset}/predictions/{name}/part{part}-of-{parts}.tsv"
+        f"{LOGS}/predictions/{{name}}/part{{part}}-of-{{parts}}.tsv"
     shell:
         "nnpipe predict --config-json {params.settings:q} --model {input.model}"
         " --input {input.images} --out {params.out} --part {wildcards.part}"
@@ -58,7 +58,7 @@ rule gather_predictions:
     conda:
         "../envs/nnpipe.yaml"
     log:
-        "logs/{dataset}/predictions/{name}/gather.log",
+        f"{LOGS}/predictions/{{name}}/gather.log",
     shell:
         "nnpipe gather --records {input.records} --parts-dir {params.parts}"
         " --out {output.predictions} > {log} 2>&1"
