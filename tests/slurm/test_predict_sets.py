@@ -30,7 +30,7 @@ from .test_slurm import snakemake as _snakemake
 
 pytestmark = pytest.mark.slurm
 TARGET = "results/slurmtest/predictions/scans"
-PART1_LOG = "logs/slurmtest/predictions/scans/part1-of-3.log"
+PART1_LOG = "results/slurmtest/logs/predictions/scans/part1-of-3.log"
 
 
 def _study(work: Path, tiny_study) -> Path:

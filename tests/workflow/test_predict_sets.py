@@ -56,7 +56,7 @@ def test_three_parts_a_killed_part_resumed_and_gathered(tiny_study, tmp_path):
     assert res.returncode == 0, res.stderr[-4000:]
     out = tmp_path / TARGET
     parts_dir = tmp_path / f"{TARGET}.parts"
-    logs = sorted((tmp_path / "logs/wftest/predictions/scans").glob("part*-of-3.log"))
+    logs = sorted((tmp_path / "results/wftest/logs/predictions/scans").glob("part*-of-3.log"))
     assert [p.name for p in logs] == [f"part{i}-of-3.log" for i in range(3)]
     # the same labels as one `nnpipe predict` over the whole folder, every case once
     assert main(["predict", "-m", str(model), "-i", str(tmp_path / "scans"), "-o",
