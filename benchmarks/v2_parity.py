@@ -237,7 +237,8 @@ def probe(model: str, configuration: str, folds: list[str], images: Path, cases:
     ``what="preprocessed"``: ``out/<case>.npy`` the normalised, resampled ``(C, *spatial)``
     array (v2's preprocessed layout). ``what="probabilities"``: ``out/<case>.npy`` the
     probabilities ``(K, z, y, x)`` in the file's voxel order as v2's ``--save_probabilities``
-    writes them (logits resampled back, softmax or sigmoid, zero outside the crop box).
+    writes them (logits resampled back, softmax or sigmoid; outside the crop box background
+    1 and the rest 0, regions all 0: v2's ``revert_cropping_on_probabilities``).
     """
     import torch
     from nnpipe.v2.model import load_v2_model, to_device
@@ -261,6 +262,8 @@ def probe(model: str, configuration: str, folds: list[str], images: Path, cases:
         probs = (torch.sigmoid(back) if sem.regions is not None else
                  torch.softmax(back, 0)).numpy()
         full = np.zeros((probs.shape[0], *prepared.shape_before_crop), np.float32)
+        if sem.regions is None:  # outside the crop box: background, as v2's label manager
+            full[0] = 1.0
         full[(slice(None), *(slice(lo, hi) for lo, hi in prepared.bbox))] = probs
         np.save(out / f"{case}.npy", full.transpose(0, *[a + 1 for a in sem.transpose_backward]))
 
@@ -432,6 +435,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", nargs="+", choices=("on", "off"), default=["on", "off"])
     p.add_argument("--dataset-id", type=int, default=950,
                    help="v2 dataset id for a folder not named DatasetNNN_*")
+    p.add_argument("--trainer", help="an existing v2 trainer class to train with (or whose "
+                   "models WORK already holds) instead of the generated short one")
     p.add_argument("--epochs", type=int, default=4, help="v2 training epochs")
     p.add_argument("--steps", type=int, default=25, help="v2 training steps per epoch")
     p.add_argument("--cases", type=int, default=3, help="test cases to predict")
@@ -464,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     work = a.work.resolve()
     t = Tools(work, a.nnunet_venv, a.threads)
     name = import_dataset(a.raw.resolve(), work / "nnUNet_raw", a.dataset_id)
-    trainer = generated_trainer(a.nnunet_venv, a.epochs, a.steps)
+    trainer = a.trainer or generated_trainer(a.nnunet_venv, a.epochs, a.steps)
     all_folds = sorted({f for s in a.folds for f in FOLD_SETS[s]})
     models = [Model(name, net, cfg, folder) for net, cfg, folder in
               plan_and_train(t, name, a.network, a.configurations, all_folds, trainer)]
