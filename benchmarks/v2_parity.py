@@ -449,6 +449,12 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _write(path: Path, record: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str))
+    tmp.replace(path)
+
+
 def _probe_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="v2_parity.py probe")
     for flag in ("--model", "--configuration", "--images", "--out", "--what", "--tta"):
@@ -477,13 +483,14 @@ def main(argv: list[str] | None = None) -> int:
     cases = test_images(work / "nnUNet_raw" / name, images, a.cases)
     rows: list[dict[str, Any]] = []
     pre_cache: dict[str, float | None] = {}
+    record: dict[str, Any] = {"command": " ".join(["python", *sys.argv]), "parity": rows}
     for m in models:
         for folds in a.folds:
             for tta in a.tta:
                 rows.append(parity_row(t, m, folds, tta == "on", images, cases,
                                        a.preprocessed_cases, pre_cache))
                 print(parity_table(rows[-1:]).splitlines()[-1], file=sys.stderr)
-    record: dict[str, Any] = {"command": " ".join(["python", *sys.argv]), "parity": rows}
+                _write(work / "v2_parity.json", record)  # a stopped run keeps its rows
     print(parity_table(rows))
     if a.speed_repeats > 0 and models:
         timings = time_both(t, models[0], a.folds[0], images, a.speed_repeats,
@@ -495,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nspeed: {models[0].folder.name}, folds {a.folds[0]}, {len(cases)} cases, "
               f"{a.threads} threads, CPU fp32\n")
         print(speed_table(srows))
-    (work / "v2_parity.json").write_text(json.dumps(record, indent=2, default=str))
+    _write(work / "v2_parity.json", record)
     print(f"\nrecord: {work / 'v2_parity.json'}")
     return 0 if all(r["gate"] for r in rows) else 1
 
