@@ -20,7 +20,7 @@ other comparisons with v2 do. On any dataset in MSD or v2 raw layout::
    same images, v2's probabilities against nnpipe's (both through nnpipe's v2 Python
    functions, ``nnpipe.v2.predict``, run by ``probe`` below in nnpipe's interpreter), then
    the written label maps: Dice per class, voxel agreement, the gate
-   (``benchmarks/v2_compare.py``); a markdown table and ``WORK/v2_parity.json``;
+   (``benchmarks/v2_compare.py``); a markdown table and ``WORK/v2_parity_<dataset>.json``;
 5. ``--speed-repeats N``: the same predict commands without probabilities, ABBA-alternated,
    N times each, on CPU fp32 with TTA on and off, the same thread count (v2 sets
    ``torch.set_num_threads(cpu_count)`` on the CPU; nnpipe gets ``--threads`` = cpu count,
@@ -424,7 +424,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", type=Path, required=True,
                    help="dataset folder (dataset.json; MSD or nnU-Net v2 raw layout)")
     p.add_argument("--work", type=Path, required=True, help="working folder (v2's folders, "
-                   "predictions, logs, v2_parity.json); kept between runs")
+                   "predictions, logs, v2_parity_<dataset>.json); kept between runs")
     p.add_argument("--nnunet-venv", type=Path, default=Path("/tmp/nnunetv2-venv"))
     p.add_argument("--configurations", nargs="+", default=["3d_fullres"],
                    help="v2 configurations (2d, 3d_fullres, 3d_lowres)")
@@ -479,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     all_folds = sorted({f for s in a.folds for f in FOLD_SETS[s]})
     models = [Model(name, net, cfg, folder) for net, cfg, folder in
               plan_and_train(t, name, a.network, a.configurations, all_folds, trainer)]
-    images = work / "test_images"
+    images = work / "test_images" / name
     cases = test_images(work / "nnUNet_raw" / name, images, a.cases)
     rows: list[dict[str, Any]] = []
     pre_cache: dict[str, float | None] = {}
@@ -490,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(parity_row(t, m, folds, tta == "on", images, cases,
                                        a.preprocessed_cases, pre_cache))
                 print(parity_table(rows[-1:]).splitlines()[-1], file=sys.stderr)
-                _write(work / "v2_parity.json", record)  # a stopped run keeps its rows
+                _write(work / f"v2_parity_{name}.json", record)  # a stopped run keeps its rows
     print(parity_table(rows))
     if a.speed_repeats > 0 and models:
         timings = time_both(t, models[0], a.folds[0], images, a.speed_repeats,
@@ -502,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nspeed: {models[0].folder.name}, folds {a.folds[0]}, {len(cases)} cases, "
               f"{a.threads} threads, CPU fp32\n")
         print(speed_table(srows))
-    _write(work / "v2_parity.json", record)
+    _write(work / f"v2_parity_{name}.json", record)
     print(f"\nrecord: {work / 'v2_parity.json'}")
     return 0 if all(r["gate"] for r in rows) else 1
 
