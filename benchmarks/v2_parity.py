@@ -384,7 +384,7 @@ def time_both(t: Tools, m: Model, folds: str, images: Path, repeats: int,
     fl = FOLD_SETS[folds]
     plans = json.loads((m.folder / "plans.json").read_text())["plans_name"]
     trainer = m.folder.name.split("__")[0]
-    out = t.work / "speed"
+    out = t.work / "speed" / m.dataset
     timings = []
     for tta in ttas:
         for i in range(repeats):
