@@ -251,14 +251,16 @@ def probe(model: str, configuration: str, folds: list[str], images: Path, cases:
     out.mkdir(parents=True, exist_ok=True)
     for case in cases:
         files = sorted(images.glob(f"{case}_[0-9][0-9][0-9][0-9].*"))
-        prepared = preprocess(read_v2_image(files, case), sem)
+        # nnpipe.v2's reader takes the plans' image reader where it has one (SimpleITKIO, ...)
+        reader = {"reader": sem.reader} if hasattr(sem, "reader") else {}
+        prepared = preprocess(read_v2_image(files, case_id=case, **reader), sem)
         if what == "preprocessed":
             np.save(out / f"{case}.npy", prepared.data)
             continue
         logits = sliding_window_logits(nets, prepared.data, sem, torch.device("cpu"), tta)
         back = torch.from_numpy(resample(logits, prepared.cropped_shape,
                                          prepared.target_spacing, prepared.spacing,
-                                         sem.probabilities_resampling))
+                                         sem.probabilities_resampling)).float()
         probs = (torch.sigmoid(back) if sem.regions is not None else
                  torch.softmax(back, 0)).numpy()
         full = np.zeros((probs.shape[0], *prepared.shape_before_crop), np.float32)
