@@ -507,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{a.threads} threads, CPU fp32\n")
         print(speed_table(srows))
     _write(work / f"v2_parity_{name}.json", record)
-    print(f"\nrecord: {work / 'v2_parity.json'}")
+    print(f"\nrecord: {work / f'v2_parity_{name}.json'}")
     return 0 if all(r["gate"] for r in rows) else 1  # no rows (--speed-only): 0
 
 
