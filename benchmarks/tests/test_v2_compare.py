@@ -106,3 +106,19 @@ def test_generator_writes_v2_raw_layout(tmp_path) -> None:
     first = sorted((root / "imagesTr").iterdir())[0]
     assert np.array_equal(nib.load(first).get_fdata(),
                           nib.load(again / "imagesTr" / first.name).get_fdata())
+
+
+def test_parity_harness_imports_a_v2_dataset_and_picks_test_images(tmp_path) -> None:
+    from benchmarks.v2_parity import import_dataset, test_images
+
+    raw = write_dataset(SPECS[902], tmp_path / "raw", seed=1)
+    name = import_dataset(raw, tmp_path / "nnUNet_raw", 950)
+    assert name == "Dataset902_CTSepZ"  # a v2 folder keeps its name and id
+    assert (tmp_path / "nnUNet_raw" / name / "imagesTs").is_dir()
+    ids = test_images(tmp_path / "nnUNet_raw" / name, tmp_path / "test", 1)
+    assert ids == ["ctsepz_005"]  # imagesTs first, in order
+    assert sorted(p.name for p in (tmp_path / "test").iterdir()) == ["ctsepz_005_0000.nii.gz"]
+    for p in (tmp_path / "nnUNet_raw" / name / "imagesTs").iterdir():
+        p.unlink()
+    ids = test_images(tmp_path / "nnUNet_raw" / name, tmp_path / "test2", 2)
+    assert ids == ["ctsepz_003", "ctsepz_004"]  # else the last training cases
