@@ -241,6 +241,7 @@ def probe(model: str, configuration: str, folds: list[str], images: Path, cases:
     1 and the rest 0, regions all 0: v2's ``revert_cropping_on_probabilities``).
     """
     import torch
+
     from nnpipe.v2.model import load_v2_model, to_device
     from nnpipe.v2.predict import preprocess, read_v2_image, sliding_window_logits
     from nnpipe.v2.semantics import resample
