@@ -78,7 +78,7 @@ def test_three_parts_a_killed_part_resumed_and_gathered(tiny_study, tmp_path):
     leftover.write_bytes(b"half a file")
     res = snakemake(tmp_path, TARGET, "--cores", "3", config=config)
     assert res.returncode == 0, res.stderr[-4000:]
-    log = (tmp_path / "logs/wftest/predictions/scans/part1-of-3.log").read_text()
+    log = (tmp_path / "results/wftest/logs/predictions/scans/part1-of-3.log").read_text()
     assert f"{finished}: exists, skipped" in log and f"-> {TARGET}.parts/{killed}.nii.gz" in log
     assert not leftover.exists()
     jobs = re.findall(r"^(?:local)?rule (\w+):", res.stdout + res.stderr, re.M)
