@@ -67,7 +67,8 @@ def test_the_user_guide_example_runs_and_matches_the_cli(tiny_study, checkpoints
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(guide_example(), str(GUIDE), "exec"), namespace)  # noqa: S102
-    assert main(["predict", "-m", "model.zip", "-i", "new_scans", "-o", "cli"]) == 0
+    # the example turns TTA off (tta=False), as --no-tta does for the command
+    assert main(["predict", "-m", "model.zip", "-i", "new_scans", "-o", "cli", "--no-tta"]) == 0
     cli = sorted(Path("cli").iterdir())
     assert [p.name for p in cli] == ["case_001.nii.gz", "case_002.nii.gz"]
     assert [p.name for p in namespace["written"]] == [p.name for p in cli]
@@ -115,7 +116,7 @@ def test_path_array_spacing_and_simpleitk_give_one_answer(checkpoints, image_pat
 
 
 def test_two_predictors_coexist(checkpoints, image_path):
-    a = Predictor(checkpoints["3d"], device="cpu")
+    a = Predictor(checkpoints["3d"], device="cpu", tta=False)
     b = Predictor(checkpoints["3d-b"], device="cpu", tta=True)
     la, pa = a.predict(image_path, probabilities=True)
     _, pb = b.predict(image_path, probabilities=True)
