@@ -37,7 +37,7 @@ demo: $(STAMP)
 	@cat results/tables.md
 
 lint: $(STAMP) typecheck
-	$(BIN)/ruff check src tests workflow
+	$(BIN)/ruff check src tests workflow benchmarks
 	$(BIN)/snakemake --lint
 
 # mypy on src/nnpipe, configured in pyproject.toml ([tool.mypy]); about 20-30 s from a clean
@@ -50,5 +50,7 @@ typecheck: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -rs --durations=25
 
+# benchmarks/: only Snakemake's benchmark: files go (the folder also holds the measuring tools)
 clean:
-	rm -rf results logs benchmarks .snakemake
+	rm -rf results logs .snakemake
+	find benchmarks -name '*.tsv' -delete

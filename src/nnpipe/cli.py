@@ -241,9 +241,9 @@ def _benchmark_cell(args: argparse.Namespace) -> tuple[Plan, BenchmarkSpec]:
     """The plan (``--plan``, else the reference's Task01 network) and the spec the
     arguments ask for; the seed's spellings (``--batch_size``, ``--amp``) mean the same as
     ours (``--batch-size``, ``--precision amp``)."""
-    from nnpipe.benchmark.synthetic import task01_plan
     from nnpipe.benchmark.throughput import BenchmarkSpec
     from nnpipe.planning.plan import Plan
+    from nnpipe.planning.task01 import task01_plan
 
     cfg = _cfg(args).benchmark
     if args.plan:

@@ -11,9 +11,9 @@ import pytest
 import nnpipe.benchmark.launch as launch
 import nnpipe.benchmark.throughput as T
 from nnpipe.benchmark.steady import step_stats
-from nnpipe.benchmark.synthetic import task01_plan
 from nnpipe.cli import main
 from nnpipe.planning.plan import ChannelNorm, Plan
+from nnpipe.planning.task01 import task01_plan
 
 
 def fake_record(plan: Plan, spec: T.BenchmarkSpec, gpus: int = 1) -> dict[str, Any]:
@@ -190,10 +190,10 @@ def test_plan_for_patch_keeps_a_resenc_network_buildable():
     (a ResEnc plan kept its old block counts and the build refused it)."""
     import dataclasses
 
-    from nnpipe.benchmark.synthetic import task01_plan
     from nnpipe.benchmark.throughput import plan_for_patch
     from nnpipe.model import build_unet
     from nnpipe.planning.network import encoder_blocks
+    from nnpipe.planning.task01 import task01_plan
 
     plan = task01_plan(3)
     plan = dataclasses.replace(plan, network="resenc_m",

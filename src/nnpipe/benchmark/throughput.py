@@ -156,9 +156,7 @@ def run_benchmark(plan: Plan, spec: BenchmarkSpec, preprocessed_dir: Path | None
     info = D.init_distributed(force_cpu=force_cpu)
     try:
         if spec.bind:
-            from nnpipe.benchmark.launch import bind_cpus
-
-            threads = bind_cpus(threads)
+            threads = D.bind_cpus(threads)
         if threads:
             torch.set_num_threads(threads)
         torch.backends.cudnn.benchmark = True

@@ -1,4 +1,4 @@
-"""What limits each GPU figure of :mod:`nnpipe.benchmark.gpu_suite`.
+"""What limits each GPU figure of :mod:`benchmarks.gpu_suite`.
 
 * :func:`step_profile`: the measured step again on synthetic inputs, under ``torch.profiler``:
   the share of the measured step time the GPU is busy (low: data loading or host overhead
