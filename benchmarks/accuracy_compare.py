@@ -52,8 +52,8 @@ import yaml
 from benchmarks.preprocess_compare import plan_differences, run_measured, to_nnunetv2
 from nnpipe.config import TrainingSettings, study_config
 from nnpipe.data.augment import AugmentSettings
-from nnpipe.evaluation.metrics import nanmean
 from nnpipe.io import read_json, write_json
+from nnpipe.metrics import nanmean
 from nnpipe.planning.plan import Plan
 
 DATASET_ID = 998

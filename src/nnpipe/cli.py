@@ -112,7 +112,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     _threads(args.threads)
     common = dict(plan=args.plan, postprocess=args.postprocess, skip_existing=args.continue_,
                   device=args.device, previous=args.previous)
-    from nnpipe.inference.model_spec import resolve_model
+    from nnpipe.inference.resolve import resolve_model
 
     spec = resolve_model(args.model)  # read once: settings and networks come from it
     settings = _inference_settings(args, spec)
@@ -167,7 +167,7 @@ def cmd_best(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     from nnpipe.inference.archive import export_model
-    from nnpipe.inference.model_spec import resolve_model
+    from nnpipe.inference.resolve import resolve_model
 
     spec = resolve_model(args.model)
     if args.postprocess:

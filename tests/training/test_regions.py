@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from nnpipe.evaluation.metrics import ScoredClass
+from nnpipe.metrics import ScoredClass
 from nnpipe.training.loss import DeepSupervisionLoss
 from nnpipe.training.regions import (
     RegionLoss,

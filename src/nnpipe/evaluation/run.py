@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from nnpipe.datasets.layout import load_dataset, prediction_path
-from nnpipe.evaluation.metrics import ScoredClass, evaluate_folder, label_classes
+from nnpipe.metrics import ScoredClass, evaluate_folder, label_classes
 from nnpipe.training.regions import nested_regions
 from nnpipe.training.splits import load_fold
 

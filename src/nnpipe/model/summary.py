@@ -1,6 +1,6 @@
 """Size and cost of each ``planning.network`` preset: parameters and forward FLOPs per sample.
 
-``nnpipe network`` (and ``python -m nnpipe.model.resenc``) prints them for the MSD Task01
+``nnpipe network`` (and ``python -m nnpipe.model.summary``) prints them for the MSD Task01
 topology the reference benchmarks (4 channels in, 4 classes out; 3D 128^3 and 2D 192x160,
 :func:`nnpipe.planning.task01.task01_plan`), with the residual presets' block counts
 put on the same topology, and then for each preset's own automatic plan of a Task01-sized
@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from nnpipe.model.unet import build_unet, count_parameters
+from nnpipe.model.registry import build_unet
+from nnpipe.model.unet import count_parameters
 from nnpipe.planning.network import NETWORKS, encoder_blocks
 from nnpipe.planning.plan import Plan
 
@@ -125,8 +126,12 @@ def report(dims: Sequence[int] = (3, 2)) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m nnpipe.model.resenc", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m nnpipe.model.summary", description=__doc__)
     p.add_argument("--dim", type=int, choices=(2, 3), nargs="*", default=[3, 2])
     args = p.parse_args(argv)
     print(report(args.dim))
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -24,7 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from nnpipe.evaluation.metrics import ScoredClass
+from nnpipe.metrics import ScoredClass
 
 BRATS_REGION_NAMES = ("WT", "TC", "ET")
 THRESHOLD = 0.5

@@ -31,7 +31,6 @@ from nnpipe.io import read_json, write_json, write_text
 from nnpipe.model import build_unet
 from nnpipe.planning.plan import Plan
 from nnpipe.progress import log
-from nnpipe.report.tensorboard import TensorBoardLog
 from nnpipe.training import distributed as D
 from nnpipe.training import regions as R
 from nnpipe.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -45,6 +44,7 @@ from nnpipe.training.precision import (
     make_scaler,
 )
 from nnpipe.training.splits import load_fold
+from nnpipe.training.tensorboard import TensorBoardLog
 from nnpipe.training.validation import ValidationPatches, validate
 
 # Exit status after a SIGTERM checkpoint: 128 + SIGTERM, what shells and SLURM expect.
