@@ -245,7 +245,8 @@ def _benchmark_cell(args: argparse.Namespace) -> tuple[Plan, BenchmarkSpec]:
     from nnpipe.planning.plan import Plan
     from nnpipe.planning.task01 import task01_plan
 
-    cfg = _cfg(args).benchmark
+    study = _cfg(args)
+    cfg = study.benchmark
     if args.plan:
         plan = Plan.load(args.plan)
         if plan.dim != args.dim:
@@ -262,10 +263,10 @@ def _benchmark_cell(args: argparse.Namespace) -> tuple[Plan, BenchmarkSpec]:
         cfg.timed_steps if args.steps is None else args.steps,
         tuple(args.patch_size or cfg.patch_size(args.dim)),
         args.synthetic or cfg.synthetic or not args.plan, args.compile, args.channels_last,
-        args.loader,
+        args.loader or "",
         cfg.max_warmup_s if args.max_warmup_s is None else args.max_warmup_s,
         cfg.max_timing_s if args.max_timing_s is None else args.max_timing_s,
-        args.bind, not args.plain_conv3d)
+        args.bind, not args.plain_conv3d, study.training)
     return plan, spec
 
 
@@ -460,8 +461,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--synthetic", action="store_true", help="random tensors instead of data")
     sp.add_argument("--compile", action="store_true", help="torch.compile the network")
     sp.add_argument("--channels-last", action="store_true", help="channels-last memory format")
-    sp.add_argument("--loader", choices=("torch", "dali"), default="torch",
-                    help="data pipeline backend for train/loader modes")
+    sp.add_argument("--loader", choices=("torch", "dali"),
+                    help="data pipeline backend for train/loader modes (default: the config's "
+                         "training.loader)")
     sp.add_argument("--plain-conv3d", action="store_true", help="train with plain nn.Conv3d "
                     "(PyTorch's kernel choice: its reference kernel for single samples on "
                     "CPUs) instead of the oneDNN path, to compare")
