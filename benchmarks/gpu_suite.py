@@ -157,9 +157,9 @@ def measure_cell(cell: Cell, plan: Any, pre: Path, device: str, steps: int) -> d
         limit = prof.step_profile(plan, cell.mode, cell.batch, precision, cell.channels_last,
                                   device, rec["throughput"])
     spread = rec.get("spread")
-    if rec.get("steady") is False and spread:  # a figure whose steps disagree is no result
-        limit = (f"UNSTEADY (CV {spread['cv']:.2f}, p99/median "
-                 f"{spread['p99_over_median']:.2f}) · {limit}")
+    if rec.get("steady") is False and spread:  # a failed measurement is no result
+        limit = (f"NOT A RESULT (mean/median {spread.get('mean_over_median', float('nan')):.2f}, "
+                 f"{rec.get('timed_steps')} steps) · {limit}")
     out["limit"] = limit
     return out
 

@@ -5,10 +5,11 @@ agree, at most ``warmup_cap_s`` seconds (cuDNN autotuning, allocator growth, one
 primitive caches); timing runs at least ``timed_steps`` steps and on to 368, the fewest for
 which p99 is bounded by an observed step, at most ``timing_cap_s`` seconds
 (:mod:`nnpipe.benchmark.steady` says why 368). Throughput = global batch / mean step time
-(samples/s), as the reference; the median-based figure and the spread (CV, p99/median) are
-recorded beside it, and a cell whose spread is large is marked unsteady. Latency statistics
-are per step (per batch), in ms. A training step is the trainer's own
-(:mod:`nnpipe.training.step`): the study's optimizer and schedule, loss, precision and
+(samples/s), as the reference; the median-based figure and the spread (CV, p99/median,
+mean/median) are recorded beside it, and a cell is marked only when the measurement failed
+(:func:`nnpipe.benchmark.steady.measurement_failure`: too few steps, or mean and median
+apart). Latency statistics are per step (per batch), in ms. A training step is the
+trainer's own (:mod:`nnpipe.training.step`): the study's optimizer and schedule, loss, precision and
 loader, fetching the batch (sampling and augmentation), forward, loss, backward and the
 optimizer step; inference steps are one forward pass over a batch of patches.
 """
@@ -28,10 +29,10 @@ from nnpipe.allocator import TRAINING_TRIM_BYTES, keep_freed_memory
 from nnpipe.benchmark.steady import (
     TIMING_CAP_S,
     WARMUP_CAP_S,
+    measurement_failure,
     step_stats,
     steps_for_quantile,
     time_steps,
-    unsteady_reason,
     warm_up,
 )
 from nnpipe.config import TrainingSettings, study_config
@@ -210,6 +211,8 @@ def run_benchmark(plan: Plan, spec: BenchmarkSpec, preprocessed_dir: Path | None
             "network": plan.dataset, "device": _device_name(info.device),
             "torch": torch.__version__, "bind": spec.bind,
             "conv3d": "onednn" if spec.onednn else "plain",
+            # this rank's step times, so that a table rule can be judged again on the run
+            "step_ms": [round(t * 1000.0, 3) for t in times],
         }
         return record
     finally:
@@ -218,9 +221,9 @@ def run_benchmark(plan: Plan, spec: BenchmarkSpec, preprocessed_dir: Path | None
 
 def result_line(record: dict[str, Any]) -> str:
     """One line: the figure, mean and median, p99 and how many steps stand behind it, the
-    spread and whether the cell is steady, the warm-up."""
+    spread and whether the figure is a result, the warm-up."""
     lat, spread, warm = record["latency_ms"], record["spread"], record["warmup"]
-    why = unsteady_reason(spread)
+    why = measurement_failure(lat, record["timed_steps"])
     p99 = (f"p99 {lat['p99']:.1f} ms" if record["p99_resolved"] else
            f"p99 {lat['p99']:.1f} ms unresolved ({record['timed_steps']} < "
            f"{record['p99_min_steps']} steps)")
@@ -231,7 +234,8 @@ def result_line(record: dict[str, Any]) -> str:
             f"samples/s (median-based {record['throughput_median']:.2f}; step mean "
             f"{lat['mean']:.1f} ms, median {lat['median']:.1f} ms, {p99}, "
             f"{record['timed_steps']} steps; CV {spread['cv']:.2f}, p99/median "
-            f"{spread['p99_over_median']:.2f}: {'steady' if why is None else 'UNSTEADY, ' + why}"
+            f"{spread['p99_over_median']:.2f}: "
+            f"{'a result' if why is None else 'NOT A RESULT, ' + why}"
             f"; warm-up {warm['steps']} steps in {warm['seconds']:.1f} s, "
             f"{'converged' if warm['converged'] else 'capped'}){scaling} "
             f"[{record['network']}, {record['device']}]")
