@@ -20,7 +20,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck env clean
+.PHONY: demo test check lint typecheck env clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,13 @@ typecheck: $(STAMP)
 # runs as root with apt-get, through scripts/slurm/start-local-slurm.sh; skipped otherwise)
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -rs --durations=25
+
+# The fast tier for the edit-test loop: ruff, then every test but the Snakemake runs
+# (tests/workflow) and the local SLURM cluster (tests/slurm); under 3 minutes on 2 cores.
+# `make test` stays the full suite (CI).
+check: $(STAMP)
+	$(BIN)/ruff check src tests workflow benchmarks
+	$(BIN)/python -m pytest -q -m "not workflow and not slurm" --durations=10
 
 # benchmarks/: only Snakemake's benchmark: files go (the folder also holds the measuring tools)
 clean:

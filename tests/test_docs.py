@@ -266,7 +266,7 @@ def test_measuring_tool_runs_from_the_project_root(module: str):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(ROOT / "src")  # this checkout's nnpipe, never ROOT itself
     done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"python -m {module} --help:\n{done.stderr[-2000:]}"
     assert "usage:" in done.stdout
 
