@@ -51,11 +51,11 @@ test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -rs --durations=25
 
 # The fast tier for the edit-test loop: ruff, then every test but the Snakemake runs
-# (tests/workflow) and the local SLURM cluster (tests/slurm); under 3 minutes on 2 cores.
-# `make test` stays the full suite (CI).
+# (tests/workflow), the local SLURM cluster (tests/slurm) and the few that start training
+# processes (marker slow: torchrun ranks, SIGTERM/SIGKILL). `make test` stays the full suite.
 check: $(STAMP)
 	$(BIN)/ruff check src tests workflow benchmarks
-	$(BIN)/python -m pytest -q -m "not workflow and not slurm" --durations=10
+	$(BIN)/python -m pytest -q -m "not workflow and not slurm and not slow" --durations=10
 
 # benchmarks/: only Snakemake's benchmark: files go (the folder also holds the measuring tools)
 clean:

@@ -12,6 +12,7 @@ from nnpipe.cli import main
 from nnpipe.planning.task01 import task01_plan
 
 
+@pytest.mark.slow  # starts processes (torchrun, signals): make test, not make check
 def test_two_cpu_ranks_report_throughput_and_weak_scaling(tmp_path, monkeypatch, capsys):
     """The seed's form with --gpus 2 on CPUs: a 1-rank baseline and 2 gloo ranks of the
     Task01 network at a 16³ patch; the record is rank 0's with the scaling added."""

@@ -72,6 +72,7 @@ def test_outputs_of_a_finished_run(uninterrupted):
     assert not (uninterrupted / "last.pt").exists()  # a forced rerun must start afresh
 
 
+@pytest.mark.slow  # starts processes (torchrun, signals): make test, not make check
 def test_sigkill_then_rerun_ends_with_identical_weights(tiny_study, uninterrupted, tmp_path):
     proc = _interrupt(tiny_study, tmp_path, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
@@ -84,6 +85,7 @@ def test_sigkill_then_rerun_ends_with_identical_weights(tiny_study, uninterrupte
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow  # starts processes (torchrun, signals): make test, not make check
 def test_sigterm_checkpoints_and_exits_143(tiny_study, uninterrupted, tmp_path):
     proc = _interrupt(tiny_study, tmp_path, signal.SIGTERM)
     err = proc.stderr.read()
@@ -109,6 +111,7 @@ def test_more_epochs_extend_a_finished_run(tiny_study, uninterrupted, tmp_path):
     assert json.loads((tmp_path / "train.json").read_text())["epochs"] == 5
 
 
+@pytest.mark.slow  # starts processes (torchrun, signals): make test, not make check
 def test_two_cpu_ranks_under_torchrun(tiny_study, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", *_command(tiny_study,
