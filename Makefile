@@ -22,7 +22,7 @@ BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck env clean
+.PHONY: demo test check lint typecheck env clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,7 @@ demo: $(STAMP)
 	@cat results/tables.md
 
 lint: $(STAMP) typecheck
-	$(BIN)/ruff check src tests workflow
+	$(BIN)/ruff check src tests workflow benchmarks
 	$(BIN)/snakemake --lint
 
 # mypy on src/nnpipe, configured in pyproject.toml ([tool.mypy]); about 20-30 s from a clean
@@ -51,6 +51,13 @@ typecheck: $(STAMP)
 # runs as root with apt-get, through scripts/slurm/start-local-slurm.sh; skipped otherwise)
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -rs --durations=25
+
+# The fast tier for the edit-test loop: ruff, then every test but the Snakemake runs
+# (tests/workflow), the local SLURM cluster (tests/slurm) and the few that start training
+# processes (marker slow: torchrun ranks, SIGTERM/SIGKILL). `make test` stays the full suite.
+check: $(STAMP)
+	$(BIN)/ruff check src tests workflow benchmarks
+	$(BIN)/python -m pytest -q -m "not workflow and not slurm and not slow" --durations=10
 
 # results/ holds every study (outputs, logs, Snakemake timings); logs/ is where studies
 # before per-dataset folders wrote their logs

@@ -152,7 +152,7 @@ def import_dataset(raw: Path, nnunet_raw: Path, dataset_id: int) -> str:
     if "channel_names" in meta or "modality" not in meta:
         shutil.copytree(raw, dest)
     else:  # MSD: 4D images and labels by value; nnpipe's converter writes v2's layout
-        from nnpipe.benchmark.preprocess_compare import to_nnunetv2
+        from benchmarks.preprocess_compare import to_nnunetv2
 
         to_nnunetv2(raw, dest)
     return name

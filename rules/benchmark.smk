@@ -1,6 +1,7 @@
 # Throughput cells like the reference's tables: warm-up steps, then timed steps. A benchmark
 # claims every core Snakemake has (local runs scale threads down to --cores), so no other job
-# shares the machine while it is timed.
+# shares the machine while it is timed. The training section goes along: a train cell times
+# the trainer's own step (its optimizer, schedule, loss and loader).
 
 # BENCH_NAME: {mode}-{dim}d-{precision}-bs{bs}-{gpus}gpu (nnpipe.study, via common.smk)
 
@@ -14,7 +15,7 @@ rule benchmark:
     params:
         preprocessed=subpath(input.manifest, parent=True),
         launch=get_launcher,
-        settings=section_json("benchmark"),
+        settings=section_json("benchmark", "training"),
     threads: get_all_cores
     resources:
         gpu=get_gpus,

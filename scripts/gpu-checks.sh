@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Every GPU check of issue 12 in ONE call of at most 9 minutes, and ONE table at the end:
 #   study          the tiny study on the GPU: train amp and bf16 (2 epochs, deterministic),
-#                  SIGTERM mid-run, resume, predict, evaluate (nnpipe.benchmark.gpu_study)
+#                  SIGTERM mid-run, resume, predict, evaluate (benchmarks.gpu_study)
 #   anchor         the MONAI anchor (the reference network), same machine state
 #   anchor-window  its whole-case sliding window (BraTS size, 8-flip TTA)
-#   bench          nnpipe's figures and what limits each (nnpipe.benchmark.gpu_suite bench)
+#   bench          nnpipe's figures and what limits each (benchmarks.gpu_suite bench)
 #   table          the figures beside the anchor and the targets, the study's checks, and
 #                  every failed step (gpu_suite table)
 # Each step runs under the smaller of its own cap and what is left of the budget, writes its
@@ -91,27 +91,27 @@ if [[ $MODE == gpu ]]; then
     || echo "FAIL: nvidia-smi does not answer (the imports step says whether torch sees a GPU)"
 fi
 step imports 60 "$PY" -c "import sys, torch, nibabel, nilearn, monai, jsonschema, yaml, pandas
-import nnpipe.cli, nnpipe.benchmark.gpu_suite, nnpipe.benchmark.gpu_study
+import nnpipe.cli, benchmarks.gpu_suite, benchmarks.gpu_study
 cuda = torch.cuda.is_available()
 print('ok: imports: torch', torch.__version__, '· cuda', cuda)
 sys.exit('FAIL: imports: torch sees no CUDA GPU' if '$MODE' == 'gpu' and not cuda else 0)"
-step study "$STUDY_CAP" "$PY" -m nnpipe.benchmark.gpu_study --work "$WORK" --out "$OUT" "${DEVICE[@]}"
+step study "$STUDY_CAP" "$PY" -m benchmarks.gpu_study --work "$WORK" --out "$OUT" "${DEVICE[@]}"
 ANCHOR_ARGS=()
 [[ ${NNPIPE_ANCHOR_COMPILE:-0} == 1 ]] && ANCHOR_ARGS=(--compile)
 ANCHORS=.whl  # fetch-gpu-wheels.sh copies them there; here they are also in ../shared/bench
 [[ -f $ANCHORS/monai_anchor.py || ! -d ../shared/bench ]] || ANCHORS=../shared/bench
-step anchor 110 "$PY" -m nnpipe.benchmark.gpu_suite anchor --script $ANCHORS/monai_anchor.py \
+step anchor 110 "$PY" -m benchmarks.gpu_suite anchor --script $ANCHORS/monai_anchor.py \
   --out "$OUT" --timeout 100 "${ANCHOR_ARGS[@]}"
-step anchor-window 50 "$PY" -m nnpipe.benchmark.gpu_suite anchor \
+step anchor-window 50 "$PY" -m benchmarks.gpu_suite anchor \
   --script $ANCHORS/monai_anchor_sliding_window.py --out "$OUT" --timeout 40
 left=$((DEADLINE - SECONDS - RESERVE))
 # shellcheck disable=SC2206  # NNPIPE_BENCH_ARGS is split on purpose
-step bench "$left" "$PY" -m nnpipe.benchmark.gpu_suite bench --work "$WORK" --out "$OUT" \
+step bench "$left" "$PY" -m benchmarks.gpu_suite bench --work "$WORK" --out "$OUT" \
   "${DEVICE[@]}" "${BENCH[@]}" --budget-s $((left - 10)) ${NNPIPE_BENCH_ARGS:-}
 
 for f in "$LOGS"/*.log; do echo "===== $f"; cat "$f"; done > "$OUT/gpu-checks.log" 2>&1
 echo
-"$PY" -m nnpipe.benchmark.gpu_suite table --out "$OUT" --logs "$LOGS" \
+"$PY" -m benchmarks.gpu_suite table --out "$OUT" --logs "$LOGS" \
   || { echo "FAIL: table: the steps' records follow"; cat "$OUT/steps.tsv"; FAILED+=(table); }
 if ((${#FAILED[@]})); then
   echo "FAILED steps: ${FAILED[*]} (logs: $OUT/gpu-checks.log)"

@@ -4,8 +4,10 @@ configuration reference is the one nnpipe.docs renders from the schema.
 
 Commands are parsed, never run: `nnpipe` with the CLI's own argparse parser, `snakemake` with
 Snakemake's (plus: profiles and config files exist, targets are outputs of a rule), `make`
-against the Makefile's targets, `python -m nnpipe.X` by importing X and parsing its
-arguments with its own parser, `bash scripts/...` by the script's existence.
+against the Makefile's targets, `python -m nnpipe.X` and `python -m benchmarks.X` by importing
+X and parsing its arguments with its own parser, `bash scripts/...` by the script's existence.
+Each documented `benchmarks.X` module also runs, from the project root as the docs say, with
+`--help` in a fresh interpreter (the measuring tools live outside the installed package).
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ import argparse
 import contextlib
 import importlib
 import io
+import os
 import re
 import shlex
+import subprocess
+import sys
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -225,7 +230,7 @@ class _Parsed(Exception):
 @pytest.mark.parametrize("cmd", PYTHON, ids=_ids(PYTHON))
 def test_python_module_imports_and_parses(cmd: Command, monkeypatch: pytest.MonkeyPatch):
     name, args = cmd.words[2], list(cmd.words[3:])
-    assert name.startswith("nnpipe."), cmd.where()
+    assert name.startswith(("nnpipe.", "benchmarks.")), cmd.where()
     module = importlib.import_module(name)
     main = getattr(module, "main", None)
     if main is None:
@@ -235,15 +240,38 @@ def test_python_module_imports_and_parses(cmd: Command, monkeypatch: pytest.Monk
     def parse_only(self, argv=None, namespace=None):
         err = io.StringIO()
         try:
-            with contextlib.redirect_stderr(err):
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
                 original(self, argv, namespace)
-        except SystemExit:
+        except SystemExit as exit_:
+            if exit_.code == 0:  # --help printed the usage
+                raise _Parsed from None
             pytest.fail(f"{cmd.where()}\n{err.getvalue().strip()}")
         raise _Parsed
 
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_only)
     with pytest.raises(_Parsed):
         main(args)
+
+
+# `python -m benchmarks.X` runs from the project root (``-m`` puts it on sys.path); one
+# fresh interpreter per documented module, so a tool that imports only in the test session
+# (pytest's pythonpath) fails here
+TOOLS = sorted({c.words[2] for c in PYTHON if c.words[2].startswith("benchmarks.")})
+
+
+def test_the_docs_show_the_measuring_tools():
+    assert {"benchmarks.accuracy_compare", "benchmarks.predict_compare",
+            "benchmarks.preprocess_compare"} <= set(TOOLS)
+
+
+@pytest.mark.parametrize("module", TOOLS)
+def test_measuring_tool_runs_from_the_project_root(module: str):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(ROOT / "src")  # this checkout's nnpipe, never ROOT itself
+    done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"python -m {module} --help:\n{done.stderr[-2000:]}"
+    assert "usage:" in done.stdout
 
 
 BASH = _by("bash")

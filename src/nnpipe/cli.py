@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from nnpipe import __version__
 from nnpipe.config import PRECISIONS, InferenceSettings, StudyConfig, load_config, study_config
 from nnpipe.errors import DataError
+from nnpipe.version import __version__
 
 # inference.runtime's options (nnpipe.inference.runtime.Runtime, which imports torch)
 RUNTIMES = ("eager", "compile", "onnxruntime", "openvino")
@@ -129,7 +129,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         return
     common = dict(plan=args.plan, postprocess=args.postprocess, skip_existing=args.continue_,
                   device=args.device, previous=args.previous)
-    from nnpipe.inference.model_spec import resolve_model
+    from nnpipe.inference.resolve import resolve_model
 
     spec = resolve_model(args.model)  # read once: settings and networks come from it
     settings = _inference_settings(args, spec)
@@ -239,7 +239,7 @@ def cmd_best(args: argparse.Namespace) -> None:
 
 def cmd_export(args: argparse.Namespace) -> None:
     from nnpipe.inference.archive import export_model
-    from nnpipe.inference.model_spec import resolve_model
+    from nnpipe.inference.resolve import resolve_model
     from nnpipe.v2.model import is_v2_model
 
     if len(args.model) == 1 and is_v2_model(args.model[0]):
@@ -317,11 +317,12 @@ def _benchmark_cell(args: argparse.Namespace) -> tuple[Plan, BenchmarkSpec]:
     """The plan (``--plan``, else the reference's Task01 network) and the spec the
     arguments ask for; the seed's spellings (``--batch_size``, ``--amp``) mean the same as
     ours (``--batch-size``, ``--precision amp``)."""
-    from nnpipe.benchmark.synthetic import task01_plan
     from nnpipe.benchmark.throughput import BenchmarkSpec
     from nnpipe.planning.plan import Plan
+    from nnpipe.planning.task01 import task01_plan
 
-    cfg = _cfg(args).benchmark
+    study = _cfg(args)
+    cfg = study.benchmark
     if args.plan:
         plan = Plan.load(args.plan)
         if plan.dim != args.dim:
@@ -338,10 +339,10 @@ def _benchmark_cell(args: argparse.Namespace) -> tuple[Plan, BenchmarkSpec]:
         cfg.timed_steps if args.steps is None else args.steps,
         tuple(args.patch_size or cfg.patch_size(args.dim)),
         args.synthetic or cfg.synthetic or not args.plan, args.compile, args.channels_last,
-        args.loader,
+        args.loader or "",
         cfg.max_warmup_s if args.max_warmup_s is None else args.max_warmup_s,
         cfg.max_timing_s if args.max_timing_s is None else args.max_timing_s,
-        args.bind, not args.plain_conv3d)
+        args.bind, not args.plain_conv3d, study.training)
     return plan, spec
 
 
@@ -567,8 +568,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--synthetic", action="store_true", help="random tensors instead of data")
     sp.add_argument("--compile", action="store_true", help="torch.compile the network")
     sp.add_argument("--channels-last", action="store_true", help="channels-last memory format")
-    sp.add_argument("--loader", choices=("torch", "dali"), default="torch",
-                    help="data pipeline backend for train/loader modes")
+    sp.add_argument("--loader", choices=("torch", "dali"),
+                    help="data pipeline backend for train/loader modes (default: the config's "
+                         "training.loader)")
     sp.add_argument("--plain-conv3d", action="store_true", help="train with plain nn.Conv3d "
                     "(PyTorch's kernel choice: its reference kernel for single samples on "
                     "CPUs) instead of the oneDNN path, to compare")

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from nnpipe.inference.model_spec import Member, ModelSpec, resolve_model
+from nnpipe.inference.model_spec import Member, ModelSpec
+from nnpipe.inference.resolve import resolve_model
 from nnpipe.planning.plan import Plan
 
 # Configurations a pretrained model's plan may be carried to (the cascade plans its two

@@ -38,12 +38,13 @@ from nnpipe.datasets.layout import LAYOUTS, Case, find_cases, read_case_image
 from nnpipe.errors import DataError
 from nnpipe.geometry import Orientation, orientation_of
 from nnpipe.imageio import strip_ending
-from nnpipe.inference.model_spec import ModelSpec, resolve_model
+from nnpipe.inference.model_spec import ModelSpec
 from nnpipe.inference.predict import (
     load_configuration,
     predict_cases,
     predict_members_image,
 )
+from nnpipe.inference.resolve import resolve_model
 
 if TYPE_CHECKING:
     import torch

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
 import nnpipe.benchmark.launch as L
-from nnpipe.benchmark.synthetic import task01_plan
 from nnpipe.benchmark.throughput import BenchmarkSpec
 from nnpipe.cli import main
+from nnpipe.planning.task01 import task01_plan
 
 
+@pytest.mark.slow  # starts processes (torchrun, signals): make test, not make check
 def test_two_cpu_ranks_report_throughput_and_weak_scaling(tmp_path, monkeypatch, capsys):
     """The seed's form with --gpus 2 on CPUs: a 1-rank baseline and 2 gloo ranks of the
     Task01 network at a 16³ patch; the record is rank 0's with the scaling added."""
@@ -47,28 +47,3 @@ def test_rank_job_round_trips_through_json():
     job = L.RankJob(BenchmarkSpec("predict", 4, "bf16", 1, 2, patch_size=(16, 16, 16)),
                     task01_plan(2), "pre", 3, True)
     assert L.RankJob.from_dict(json.loads(json.dumps(job.to_dict()))) == job
-
-
-@pytest.mark.parametrize(("local_rank", "local_world", "cpus", "mine"), [
-    (0, 2, [0, 1, 2, 3], [0, 1]),
-    (1, 2, [0, 1, 2, 3], [2, 3]),
-    (2, 3, [4, 5, 6, 7, 8, 9, 10], [8, 9]),  # 7 CPUs for 3 ranks: 2 each, one left idle
-    (0, 1, [0, 1], [0, 1]),
-])
-def test_bind_gives_each_rank_its_own_share(monkeypatch, local_rank, local_world, cpus, mine):
-    pinned = {}
-    monkeypatch.setenv("LOCAL_RANK", str(local_rank))
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_world))
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(cpus))
-    monkeypatch.setattr(os, "sched_setaffinity", lambda pid, c: pinned.update(cpus=list(c)))
-    assert L.bind_cpus(None) == len(mine)
-    assert pinned["cpus"] == mine
-    assert L.bind_cpus(7) == 7  # --threads wins over the share's size
-
-
-def test_bind_needs_a_cpu_per_rank(monkeypatch):
-    monkeypatch.setenv("LOCAL_RANK", "0")
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
-    with pytest.raises(ValueError, match="a CPU per rank"):
-        L.bind_cpus(None)

@@ -11,9 +11,9 @@ import pytest
 import nnpipe.benchmark.launch as launch
 import nnpipe.benchmark.throughput as T
 from nnpipe.benchmark.steady import step_stats
-from nnpipe.benchmark.synthetic import task01_plan
 from nnpipe.cli import main
 from nnpipe.planning.plan import ChannelNorm, Plan
+from nnpipe.planning.task01 import task01_plan
 
 
 def fake_record(plan: Plan, spec: T.BenchmarkSpec, gpus: int = 1) -> dict[str, Any]:
@@ -84,7 +84,7 @@ def test_without_out_prints_the_line_and_writes_nothing(captured, capsys, tmp_pa
     captured("--mode predict --dim 3 --amp --batch_size 4")
     out = capsys.readouterr().out
     assert out.startswith("predict 3D bs 4 amp 1 rank(s): 10.00 samples/s")
-    assert "median" in out and "steady" in out
+    assert "median" in out and "NOT A RESULT, 3 timed steps < 4" in out
     assert list(tmp_path.iterdir()) == []
 
 
@@ -153,7 +153,7 @@ def test_run_benchmark_record(mode):
     assert lat["mean"] > 0 and set(lat) == {"mean", "median", "p90", "p95", "p99"}
     assert record["throughput"] == pytest.approx(1000.0 / lat["mean"])
     assert record["throughput_median"] == pytest.approx(1000.0 / lat["median"])
-    assert set(record["spread"]) == {"cv", "p99_over_median"}
+    assert set(record["spread"]) == {"cv", "p99_over_median", "mean_over_median"}
     assert record["steady"] in (True, False)
     assert record["conv3d"] == "onednn"
     assert "4 steps" in T.result_line(record)
@@ -190,10 +190,10 @@ def test_plan_for_patch_keeps_a_resenc_network_buildable():
     (a ResEnc plan kept its old block counts and the build refused it)."""
     import dataclasses
 
-    from nnpipe.benchmark.synthetic import task01_plan
     from nnpipe.benchmark.throughput import plan_for_patch
     from nnpipe.model import build_unet
     from nnpipe.planning.network import encoder_blocks
+    from nnpipe.planning.task01 import task01_plan
 
     plan = task01_plan(3)
     plan = dataclasses.replace(plan, network="resenc_m",
@@ -202,3 +202,48 @@ def test_plan_for_patch_keeps_a_resenc_network_buildable():
     assert len(small.strides) < len(plan.strides)
     assert small.encoder_blocks == encoder_blocks("resenc_m", len(small.strides))
     build_unet(small, deep_supervision=True)
+
+
+def test_spec_with_training_settings_round_trips_through_json():
+    from nnpipe.config import study_config
+
+    training = study_config({"training": {"optimizer": "sgd", "extra_augmentations": ["gamma"]}}
+                            ).training
+    spec = T.BenchmarkSpec("train", 2, "fp32", 1, 2, training=training)
+    assert T.BenchmarkSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+
+
+def test_the_cli_hands_the_study_training_section_to_the_benchmark(captured, tmp_path):
+    (tmp_path / "s.yaml").write_text("training: {optimizer: sgd, learning_rate: 0.01}\n")
+    spec = captured("--mode train --dim 3 --batch-size 1 --config s.yaml")["spec"]
+    assert spec.training.optimizer == "sgd" and spec.training.learning_rate == 0.01
+    assert spec.training_settings().loader == "torch"  # the config's loader, no --loader
+    assert captured("--mode train --dim 3 --batch-size 1")["spec"].training.optimizer == "adam"
+
+
+@pytest.mark.parametrize(("optimizer", "opt_class", "lr_after_4"), [
+    ("sgd", "SGD", 0.01 * (1 - 4 / 10) ** 0.9),  # nnU-Net's poly decay over epochs x steps
+    ("adam", "Adam", 0.01),  # the reference's constant lr
+])
+def test_benchmark_trains_with_the_trainers_step(monkeypatch, optimizer, opt_class, lr_after_4):
+    """The train cell is the trainer's step (training.step): the study's optimizer and its
+    schedule, stepped once per timed or warm-up step; not a fixed Adam 8e-4."""
+    from nnpipe.config import study_config
+    from nnpipe.training import step as S
+
+    built: list[S.TrainingStep] = []
+    build = S.build_step
+
+    def spy(*args, **kwargs):
+        built.append(build(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(T, "build_step", spy)
+    training = study_config({"training": {"optimizer": optimizer, "learning_rate": 0.01,
+                                          "epochs": 2, "steps_per_epoch": 5}}).training
+    spec = T.BenchmarkSpec("train", 1, "fp32", warmup_steps=1, timed_steps=3, synthetic=True,
+                           warmup_cap_s=0.0, timing_cap_s=0.0, training=training)
+    T.run_benchmark(tiny_plan(), spec, force_cpu=True)
+    parts = built[0]
+    assert type(parts.optimizer).__name__ == opt_class
+    assert parts.optimizer.param_groups[0]["lr"] == pytest.approx(lr_after_4)

@@ -18,17 +18,17 @@ from nnpipe.config import InferenceSettings
 from nnpipe.datasets.layout import load_dataset, read_case_image
 from nnpipe.errors import DataError
 from nnpipe.evaluation.best import candidates, find_best, previous_run, run_configuration
-from nnpipe.evaluation.metrics import dice, nanmean
 from nnpipe.evaluation.run import scored_classes
 from nnpipe.imageio import read_file, write_like
 from nnpipe.inference.ensemble import load_models
-from nnpipe.inference.model_spec import resolve_model
 from nnpipe.inference.postprocess import (
     decide_to_file,
     keep_largest_component,
     load_decision,
 )
 from nnpipe.inference.predict import predict_folder, predict_image, write_probabilities
+from nnpipe.inference.resolve import resolve_model
+from nnpipe.metrics import dice, nanmean
 from nnpipe.model import build_unet
 from nnpipe.training.checkpoint import save_checkpoint
 from nnpipe.training.splits import load_fold

@@ -18,7 +18,7 @@ import torch
 from nnpipe.cli import main
 from nnpipe.datasets.layout import load_dataset
 from nnpipe.inference.archive import ArchiveError, export_model, load_archive
-from nnpipe.inference.model_spec import resolve_model
+from nnpipe.inference.resolve import resolve_model
 from nnpipe.io import write_json
 
 from .conftest import labels_of, two_images

@@ -12,8 +12,8 @@ import pytest
 
 from nnpipe.config import InferenceSettings
 from nnpipe.inference.archive import export_model
-from nnpipe.inference.model_spec import resolve_model
 from nnpipe.inference.predict import predict_folder
+from nnpipe.inference.resolve import resolve_model
 
 from .conftest import labels_of, save_model, two_images
 

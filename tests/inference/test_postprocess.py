@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from nnpipe.evaluation.metrics import ScoredClass
 from nnpipe.inference.postprocess import decide_to_file, keep_largest_component, load_decision
 from nnpipe.io import save_nifti
+from nnpipe.metrics import ScoredClass
 
 ONE = ScoredClass("1", (1,))
 TWO = ScoredClass("2", (2,))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from nnpipe.benchmark.predict_compare import split_channels
+from benchmarks.predict_compare import split_channels
 from nnpipe.cli import main
 from nnpipe.config import InferenceSettings
 from nnpipe.errors import DataError

@@ -7,7 +7,6 @@ import dataclasses
 import pytest
 import torch
 
-from nnpipe.benchmark.synthetic import task01_plan
 from nnpipe.inference.ensemble import load_weights
 from nnpipe.model import build_unet, count_parameters
 from nnpipe.model.resenc import BasicBlock, ResEncUNet, build_resenc
@@ -20,6 +19,7 @@ from nnpipe.model.summary import (
 )
 from nnpipe.model.unet import UNet, deep_supervision_heads
 from nnpipe.planning.plan import ChannelNorm, Plan
+from nnpipe.planning.task01 import task01_plan
 
 
 def make_plan(dim: int, patch, strides, filters, network: str = "resenc_m",

@@ -5,15 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from nnpipe.planning.channels import channel_name_warnings, near_miss, scheme_for_channel
 from nnpipe.planning.plan import ChannelNorm
 from nnpipe.preprocessing.normalize import (
-    channel_name_warnings,
     check_value_ranges,
     clip_to_value_ranges,
-    near_miss,
     nonzero_mask,
     normalize,
-    scheme_for_channel,
 )
 
 

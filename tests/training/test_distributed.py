@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -53,3 +55,28 @@ def test_a_single_process_calls_no_collective(recorded):
 @pytest.mark.parametrize(("device", "gpus"), [("cpu", 0), ("cuda", 4)])
 def test_gpus_of_a_run(device, gpus):
     assert D.DistInfo(0, 4, 0, torch.device(device)).gpus == gpus
+
+
+@pytest.mark.parametrize(("local_rank", "local_world", "cpus", "mine"), [
+    (0, 2, [0, 1, 2, 3], [0, 1]),
+    (1, 2, [0, 1, 2, 3], [2, 3]),
+    (2, 3, [4, 5, 6, 7, 8, 9, 10], [8, 9]),  # 7 CPUs for 3 ranks: 2 each, one left idle
+    (0, 1, [0, 1], [0, 1]),
+])
+def test_bind_gives_each_rank_its_own_share(monkeypatch, local_rank, local_world, cpus, mine):
+    pinned = {}
+    monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(local_world))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(cpus))
+    monkeypatch.setattr(os, "sched_setaffinity", lambda pid, c: pinned.update(cpus=list(c)))
+    assert D.bind_cpus(None) == len(mine)
+    assert pinned["cpus"] == mine
+    assert D.bind_cpus(7) == 7  # --threads wins over the share's size
+
+
+def test_bind_needs_a_cpu_per_rank(monkeypatch):
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    with pytest.raises(ValueError, match="a CPU per rank"):
+        D.bind_cpus(None)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from nnpipe.evaluation.metrics import ScoredClass
 from nnpipe.labels import LabelScheme, outputs_to_labels
+from nnpipe.metrics import ScoredClass
 from nnpipe.training.loss import DeepSupervisionLoss
 from nnpipe.training.regions import (
     RegionLoss,

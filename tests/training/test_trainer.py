@@ -72,6 +72,7 @@ def test_outputs_of_a_finished_run(uninterrupted):
     assert not (uninterrupted / "last.pt").exists()  # a forced rerun must start afresh
 
 
+@pytest.mark.slow  # starts processes (torchrun, signals): make test, not make check
 def test_sigkill_then_rerun_ends_with_identical_weights(tiny_study, uninterrupted, tmp_path):
     proc = _interrupt(tiny_study, tmp_path, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
@@ -84,6 +85,7 @@ def test_sigkill_then_rerun_ends_with_identical_weights(tiny_study, uninterrupte
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow  # starts processes (torchrun, signals): make test, not make check
 def test_sigterm_checkpoints_and_exits_143(tiny_study, uninterrupted, tmp_path):
     proc = _interrupt(tiny_study, tmp_path, signal.SIGTERM)
     err = proc.stderr.read()
@@ -109,6 +111,7 @@ def test_more_epochs_extend_a_finished_run(tiny_study, uninterrupted, tmp_path):
     assert json.loads((tmp_path / "train.json").read_text())["epochs"] == 5
 
 
+@pytest.mark.slow  # starts processes (torchrun, signals): make test, not make check
 def test_two_cpu_ranks_under_torchrun(tiny_study, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", *_command(tiny_study,
@@ -139,7 +142,7 @@ def test_two_cpu_ranks_under_torchrun(tiny_study, tmp_path):
 
 def test_sgd_poly_decay():
     from nnpipe.config import study_config
-    from nnpipe.training.trainer import make_optimizer
+    from nnpipe.training.step import make_optimizer
 
     s = study_config({"training": {"optimizer": "sgd", "learning_rate": 0.01}}).training
     model = torch.nn.Linear(2, 2)
@@ -317,14 +320,14 @@ def test_training_step_never_waits_for_the_device(tiny_study, meta_loader):
     from nnpipe.model import build_unet
     from nnpipe.training.loss import DeepSupervisionLoss
     from nnpipe.training.precision import get_precision, make_scaler
-    from nnpipe.training.trainer import _Parts, make_optimizer, train_step
+    from nnpipe.training.step import TrainingStep, make_optimizer, train_step
 
     meta, plan = torch.device("meta"), tiny_study.plans[3]
     model = build_unet(plan).to(meta)
     optimizer, scheduler = make_optimizer(model, study_config({}).training, 10, meta)
     precision = get_precision("fp32", torch.device("cpu"))
-    parts = _Parts(plan, model, model, optimizer, scheduler, make_scaler(precision, meta),
-                   meta_loader, DeepSupervisionLoss(), precision, torch.contiguous_format, 2, 1)
+    parts = TrainingStep(plan, model, model, optimizer, scheduler, make_scaler(precision, meta),
+                         DeepSupervisionLoss(), precision, torch.contiguous_format)
     image, seg = next(meta_loader)
     with _DeviceSyncs() as rec:
         loss = train_step(parts, image, seg, meta)

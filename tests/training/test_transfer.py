@@ -10,7 +10,7 @@ import torch
 from nnpipe.config import study_config
 from nnpipe.model import build_unet
 from nnpipe.planning.plan import ChannelNorm, Plan
-from nnpipe.training.trainer import make_optimizer, warmup_steps
+from nnpipe.training.step import make_optimizer, warmup_steps
 from nnpipe.training.transfer import transfer_weights, warmup_factor
 
 PLAN = Plan(dataset="a", dim=3, spacing=(1.0, 1.0, 1.0), full_spacing=(1.0, 1.0, 1.0),

@@ -123,6 +123,7 @@ def test_the_multinode_line_is_the_agent_line_behind_srun():
     assert "--node-rank" not in agent_command(NODES, NODES)
 
 
+@pytest.mark.slow  # starts processes (torchrun, signals): make test, not make check
 def test_two_agents_train_one_fold_as_two_nodes(tiny_study, tmp_path):
     out = tmp_path / "fold0"
     logs = [tmp_path / f"node{i}.log" for i in range(NODES)]

@@ -70,25 +70,6 @@ def torchrun_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def bind_cpus(threads: int | None) -> int:
-    """Pin this rank to its share of the allowed CPUs; returns the threads to use (``threads``
-    if given, else the share's size).
-
-    Raises:
-        ValueError: if there are fewer CPUs than ranks on this node.
-    """
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < local_world:
-        raise ValueError(f"--bind needs a CPU per rank: {local_world} ranks on this node, "
-                         f"{len(cpus)} CPUs allowed ({cpus})")
-    share = len(cpus) // local_world
-    mine = cpus[local_rank * share:(local_rank + 1) * share]
-    os.sched_setaffinity(0, mine)
-    return threads or len(mine)
-
-
 def _per_rank_threads(job: RankJob, n: int) -> int | None:
     """Threads per rank: the given number, else on CPUs ``cores / n`` (the baseline's one
     rank gets as many as each of the n ranks), else (GPUs) torch's default."""

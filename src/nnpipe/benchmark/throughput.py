@@ -5,11 +5,13 @@ agree, at most ``warmup_cap_s`` seconds (cuDNN autotuning, allocator growth, one
 primitive caches); timing runs at least ``timed_steps`` steps and on to 368, the fewest for
 which p99 is bounded by an observed step, at most ``timing_cap_s`` seconds
 (:mod:`nnpipe.benchmark.steady` says why 368). Throughput = global batch / mean step time
-(samples/s), as the reference; the median-based figure and the spread (CV, p99/median) are
-recorded beside it, and a cell whose spread is large is marked unsteady. Latency statistics
-are per step (per batch), in ms. Training steps include fetching the batch from the loader
-(sampling and augmentation), forward, loss, backward and the optimizer step; inference steps
-are one forward pass over a batch of patches.
+(samples/s), as the reference; the median-based figure and the spread (CV, p99/median,
+mean/median) are recorded beside it, and a cell is marked only when the measurement failed
+(:func:`nnpipe.benchmark.steady.measurement_failure`: too few steps, or mean and median
+apart). Latency statistics are per step (per batch), in ms. A training step is the
+trainer's own (:mod:`nnpipe.training.step`): the study's optimizer and schedule, loss, precision and
+loader, fetching the batch (sampling and augmentation), forward, loss, backward and the
+optimizer step; inference steps are one forward pass over a batch of patches.
 """
 
 from __future__ import annotations
@@ -19,19 +21,21 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 
+from nnpipe.allocator import TRAINING_TRIM_BYTES, keep_freed_memory
 from nnpipe.benchmark.steady import (
     TIMING_CAP_S,
     WARMUP_CAP_S,
+    measurement_failure,
     step_stats,
     steps_for_quantile,
     time_steps,
-    unsteady_reason,
     warm_up,
 )
+from nnpipe.config import TrainingSettings, study_config
 from nnpipe.data.augment import AugmentSettings
 from nnpipe.data.loader import make_loader
 from nnpipe.data.sampling import SamplerSettings
@@ -43,14 +47,8 @@ from nnpipe.planning.plan import Plan
 from nnpipe.planning.topology import unet_filters, unet_topology
 from nnpipe.progress import log
 from nnpipe.training import distributed as D
-from nnpipe.training.loss import DeepSupervisionLoss
-from nnpipe.training.precision import (
-    Precision,
-    autocast,
-    configure_backend,
-    get_precision,
-    make_scaler,
-)
+from nnpipe.training.precision import Precision, autocast, configure_backend, get_precision
+from nnpipe.training.step import build_step, train_step, training_loader
 
 MODES = ("train", "predict", "loader")
 # An endless source of (image, seg) batches on the device.
@@ -68,11 +66,14 @@ class BenchmarkSpec:
     synthetic: bool = False  # random tensors instead of real patches with augmentation
     compile: bool = False  # torch.compile the network
     channels_last: bool = False  # channels-last memory format for network and inputs
-    loader: str = "torch"  # data pipeline backend (torch | dali)
+    loader: str = ""  # data pipeline backend (torch | dali); empty: the training settings'
     warmup_cap_s: float = WARMUP_CAP_S  # warm-up stops here if step times still disagree
     timing_cap_s: float = TIMING_CAP_S  # timing stops here (after timed_steps) short of 368
     bind: bool = False  # pin each rank to its share of the CPUs (nnpipe.benchmark.launch)
     onednn: bool = True  # False: plain nn.Conv3d in training (the slow path, to compare)
+    # the study's training section: the train step is the trainer's with these settings
+    # (optimizer, schedule, loss, loader, augmentation); None: the schema's defaults
+    training: TrainingSettings | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -93,7 +94,19 @@ class BenchmarkSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> BenchmarkSpec:
-        return cls(**{**d, "patch_size": tuple(d.get("patch_size", ()))})
+        training = d.get("training")
+        if training is not None:
+            training = TrainingSettings(**{
+                **training, "extra_augmentations": tuple(training["extra_augmentations"])})
+        return cls(**{**d, "patch_size": tuple(d.get("patch_size", ())), "training": training})
+
+    def training_settings(self) -> TrainingSettings:
+        """The trainer's settings this cell trains with: the study's (else the schema's
+        defaults), with the benchmark's own switches (compile, channels-last, loader) on top."""
+        s = self.training or study_config({}).training
+        return dataclasses.replace(s, compile=s.compile or self.compile,
+                                   channels_last=s.channels_last or self.channels_last,
+                                   loader=self.loader or s.loader)
 
 
 def plan_for_patch(plan: Plan, patch_size: tuple[int, ...]) -> Plan:
@@ -131,7 +144,9 @@ def _consensus(info: D.DistInfo) -> Callable[[bool], bool]:
 
 def _batches(plan: Plan, spec: BenchmarkSpec, preprocessed_dir: Path | None,
              device: torch.device, rank: int) -> Batches:
-    """An endless batch source: the real loader (sampling + augmentation) or random tensors."""
+    """An endless batch source: random tensors, or real patches: the trainer's loader
+    (:func:`~nnpipe.training.step.training_loader`: its sampling and augmentation) for the
+    train and loader modes, un-augmented patches for predict."""
     shape = (spec.batch_size, plan.num_channels, *plan.patch_size)
     if spec.synthetic or preprocessed_dir is None:
         image = torch.randn(shape, device=device)
@@ -140,12 +155,16 @@ def _batches(plan: Plan, spec: BenchmarkSpec, preprocessed_dir: Path | None,
         while True:
             yield image, seg
     cases = sorted(read_json(preprocessed_dir / "manifest.json")["cases"])
-    loader = make_loader(spec.loader, preprocessed_dir, cases,
-                         SamplerSettings(patch_size=tuple(plan.patch_size), foreground_prob=0.4,
-                                         dim=plan.dim, slice_axis=plan.slice_axis),
-                         AugmentSettings(enabled=spec.mode != "predict"),
-                         batch_size=spec.batch_size, seed=rank, device=device)
-    yield from loader
+    s = spec.training_settings()
+    sampler = SamplerSettings(patch_size=tuple(plan.patch_size), foreground_prob=s.foreground_prob,
+                              dim=plan.dim, slice_axis=plan.slice_axis)
+    if spec.mode == "predict":
+        yield from make_loader(s.loader, preprocessed_dir, cases, sampler,
+                               AugmentSettings(enabled=False), batch_size=spec.batch_size,
+                               seed=rank, device=device)
+        return
+    yield from training_loader(s, plan, preprocessed_dir, cases, sampler, spec.batch_size,
+                               s.seed + 7919 * rank, device)
 
 
 def run_benchmark(plan: Plan, spec: BenchmarkSpec, preprocessed_dir: Path | None = None,
@@ -156,11 +175,11 @@ def run_benchmark(plan: Plan, spec: BenchmarkSpec, preprocessed_dir: Path | None
     info = D.init_distributed(force_cpu=force_cpu)
     try:
         if spec.bind:
-            from nnpipe.benchmark.launch import bind_cpus
-
-            threads = bind_cpus(threads)
+            threads = D.bind_cpus(threads)
         if threads:
             torch.set_num_threads(threads)
+        if info.device.type == "cpu" and spec.mode != "predict":
+            keep_freed_memory(TRAINING_TRIM_BYTES)  # as the trainer's process does
         torch.backends.cudnn.benchmark = True
         plan = plan_for_patch(plan, spec.patch_size)
         precision = get_precision(spec.precision, info.device)
@@ -192,6 +211,8 @@ def run_benchmark(plan: Plan, spec: BenchmarkSpec, preprocessed_dir: Path | None
             "network": plan.dataset, "device": _device_name(info.device),
             "torch": torch.__version__, "bind": spec.bind,
             "conv3d": "onednn" if spec.onednn else "plain",
+            # this rank's step times, so that a table rule can be judged again on the run
+            "step_ms": [round(t * 1000.0, 3) for t in times],
         }
         return record
     finally:
@@ -200,9 +221,9 @@ def run_benchmark(plan: Plan, spec: BenchmarkSpec, preprocessed_dir: Path | None
 
 def result_line(record: dict[str, Any]) -> str:
     """One line: the figure, mean and median, p99 and how many steps stand behind it, the
-    spread and whether the cell is steady, the warm-up."""
+    spread and whether the figure is a result, the warm-up."""
     lat, spread, warm = record["latency_ms"], record["spread"], record["warmup"]
-    why = unsteady_reason(spread)
+    why = measurement_failure(lat, record["timed_steps"])
     p99 = (f"p99 {lat['p99']:.1f} ms" if record["p99_resolved"] else
            f"p99 {lat['p99']:.1f} ms unresolved ({record['timed_steps']} < "
            f"{record['p99_min_steps']} steps)")
@@ -213,7 +234,8 @@ def result_line(record: dict[str, Any]) -> str:
             f"samples/s (median-based {record['throughput_median']:.2f}; step mean "
             f"{lat['mean']:.1f} ms, median {lat['median']:.1f} ms, {p99}, "
             f"{record['timed_steps']} steps; CV {spread['cv']:.2f}, p99/median "
-            f"{spread['p99_over_median']:.2f}: {'steady' if why is None else 'UNSTEADY, ' + why}"
+            f"{spread['p99_over_median']:.2f}: "
+            f"{'a result' if why is None else 'NOT A RESULT, ' + why}"
             f"; warm-up {warm['steps']} steps in {warm['seconds']:.1f} s, "
             f"{'converged' if warm['converged'] else 'capped'}){scaling} "
             f"[{record['network']}, {record['device']}]")
@@ -223,7 +245,7 @@ def _network(plan: Plan, spec: BenchmarkSpec, info: D.DistInfo) -> tuple[torch.n
     fmt = torch.contiguous_format
     if spec.channels_last:
         fmt = torch.channels_last_3d if plan.dim == 3 else torch.channels_last
-    model = build_unet(plan, deep_supervision=spec.mode == "train", onednn=spec.onednn)
+    model = build_unet(plan, deep_supervision=False, onednn=spec.onednn)
     # the ignore: torch's stub of Module.to lacks memory_format, which it accepts at runtime
     model = model.to(info.device, memory_format=fmt)  # type: ignore[call-overload]
     return model, fmt
@@ -231,26 +253,17 @@ def _network(plan: Plan, spec: BenchmarkSpec, info: D.DistInfo) -> tuple[torch.n
 
 def _train_step(plan: Plan, spec: BenchmarkSpec, precision: Precision, info: D.DistInfo,
                 batches: Batches) -> Callable[[], None]:
-    """One optimizer step as the trainer takes it, batch fetching (sampling, augmentation)
-    included."""
-    model, fmt = _network(plan, spec, info)
-    net = (torch.nn.parallel.DistributedDataParallel(model) if info.world_size > 1 else model)
-    if spec.compile:  # an OptimizedModule, a Module; torch.compile's stub only says Callable
-        net = cast(torch.nn.Module, torch.compile(net))
-    net.train()
-    fused = True if info.device.type == "cuda" else None  # None: torch's default (not fused)
-    optimizer = torch.optim.Adam(model.parameters(), lr=8e-4, fused=fused)
-    scaler = make_scaler(precision, info.device)
-    loss_fn = DeepSupervisionLoss()
+    """One optimizer step as the trainer takes it (:func:`nnpipe.training.step.train_step`,
+    parts from :func:`~nnpipe.training.step.build_step` with the study's training settings),
+    batch fetching (sampling, augmentation) included."""
+    s = spec.training_settings()
+    parts = build_step(plan, s, spec.precision, info.device, info.world_size,
+                       s.epochs * s.steps_per_epoch, onednn=spec.onednn)
+    parts.net.train()
 
     def step() -> None:
         image, seg = next(batches)
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(precision, info.device):
-            loss = loss_fn(net(image.contiguous(memory_format=fmt)), seg)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        train_step(parts, image, seg, info.device)
 
     return step
 

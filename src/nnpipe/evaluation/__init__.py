@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from nnpipe.evaluation.metrics import (
+from nnpipe.metrics import (
     ScoredClass,
     dice_per_class,
     evaluate_case,

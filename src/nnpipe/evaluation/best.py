@@ -5,7 +5,7 @@ Candidates: every run (``{configuration}-{precision}-{gpus}gpu``, the cascade's 
 every pair of one 2D and one full-resolution 3D run (``3d`` or ``3d_cascade``), averaged.
 A candidate's score is its cross-validation Dice *after its postprocessing*: for every
 validation case of every fold, the mean Dice over the classes scored in that case (a class
-absent from reference and prediction is not scored, :mod:`nnpipe.evaluation.metrics`), then
+absent from reference and prediction is not scored, :mod:`nnpipe.metrics`), then
 the mean over all those cases (pooled over folds, so every case weighs the same).
 
 * A run's predictions are the fold models' validation predictions (``predict/RUN/foldF``)
@@ -38,7 +38,6 @@ import numpy as np
 
 from nnpipe.datasets.layout import load_dataset, prediction_path
 from nnpipe.errors import DataError
-from nnpipe.evaluation.metrics import ScoredClass, dice, nanmean
 from nnpipe.imageio import read_file, write_like
 from nnpipe.inference.model_spec import BEST_FORMAT, BEST_FORMAT_VERSION
 from nnpipe.inference.postprocess import (
@@ -50,6 +49,7 @@ from nnpipe.inference.postprocess import (
 )
 from nnpipe.io import read_json, write_json
 from nnpipe.labels import outputs_to_labels
+from nnpipe.metrics import ScoredClass, dice, nanmean
 from nnpipe.planning.plan import Plan
 from nnpipe.progress import log
 from nnpipe.training.splits import load_fold

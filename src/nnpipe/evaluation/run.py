@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 
 from nnpipe.datasets.layout import Dataset, load_dataset, prediction_path
-from nnpipe.evaluation.metrics import ScoredClass, evaluate_folder
 from nnpipe.labels import LabelScheme
+from nnpipe.metrics import ScoredClass, evaluate_folder
 from nnpipe.training.splits import load_fold
 
 

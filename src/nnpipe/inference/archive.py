@@ -29,10 +29,10 @@ from typing import Any
 
 import torch
 
-from nnpipe import __version__
 from nnpipe.inference.model_spec import FoldWeights, Member, ModelSpec
 from nnpipe.io import atomic_path
 from nnpipe.planning.plan import Plan
+from nnpipe.version import __version__
 
 FORMAT = "nnpipe-model"
 FORMAT_VERSION = 1

@@ -22,10 +22,10 @@ import torch
 
 from nnpipe.allocator import PREDICTION_TRIM_BYTES, keep_freed_memory
 from nnpipe.config import InferenceSettings
-from nnpipe.evaluation.metrics import ScoredClass
 from nnpipe.inference.runtime import Forward, build_forward
 from nnpipe.inference.sliding_window import predict_volume_2d, sliding_window
 from nnpipe.labels import LabelScheme
+from nnpipe.metrics import ScoredClass
 from nnpipe.model import build_unet
 from nnpipe.model.onednn import OneDnnConv3d  # also re-exported: one class for predict and train
 from nnpipe.model.unet import DYNUNET_ALIAS_PREFIX

@@ -1,8 +1,9 @@
 """What ``--model`` names, in one in-memory description: :class:`ModelSpec`.
 
-``nnpipe predict --model`` and ``nnpipe export --model`` accept four things, and each is
-resolved here to the same description (members, each a plan with its fold weights; the
-postprocessing decision; the label table and channel names):
+``nnpipe predict --model`` and ``nnpipe export --model`` accept four things, and
+:func:`nnpipe.inference.resolve.resolve_model` reads each into the same description (members,
+each a plan with its fold weights; the postprocessing decision; the label table and channel
+names):
 
 ========================================  ============================================
 ``--model``                               members
@@ -39,10 +40,10 @@ from typing import Any
 
 import torch
 
-from nnpipe.evaluation.metrics import ScoredClass
 from nnpipe.inference.ensemble import LoadedModel, build_model, checkpoint_path
 from nnpipe.inference.postprocess import decision_classes
 from nnpipe.io import read_json
+from nnpipe.metrics import ScoredClass
 from nnpipe.planning.plan import Plan
 from nnpipe.progress import log
 from nnpipe.training.checkpoint import load_checkpoint
@@ -139,32 +140,7 @@ class ModelSpec:
         return out
 
 
-# ---------------------------------------------------------------- resolution
-
-
-def resolve_model(paths: Sequence[Path | str]) -> ModelSpec:
-    """The :class:`ModelSpec` of ``--model`` (see the module docstring for what it accepts).
-
-    Raises:
-        ValueError / FileNotFoundError: naming the path and what is wrong with it.
-    """
-    if not paths:
-        raise ValueError("no model given")
-    if len(paths) == 1:
-        path = Path(paths[0])
-        if path.suffix == ".zip":
-            from nnpipe.inference.archive import load_archive
-
-            return load_archive(path)
-        if path.suffix == ".json":
-            return from_best_json(path)
-        if path.is_dir() and not _has_checkpoint(path) and _fold_dirs(path):
-            return from_run_folder(path)
-    for p in paths:
-        if Path(p).suffix in (".zip", ".json"):
-            raise ValueError(f"model {str(p)!r}: an archive or best.json is a whole model; "
-                             "give it alone to --model")
-    return from_checkpoints(paths)
+# ---------------------------------------------------------------- readers
 
 
 def from_checkpoints(paths: Sequence[Path | str], name: str | None = None,
@@ -225,7 +201,7 @@ def _sibling_previous(checkpoints: Sequence[Path], run: str, plan: Plan) -> Memb
         if not _FOLD_DIR.fullmatch(fold_dir.name):
             return None
         sibling = fold_dir.parent.parent / previous_run_name(run, plan) / fold_dir.name
-        if not _has_checkpoint(sibling):
+        if not has_checkpoint(sibling):
             return None
         found.append(sibling)
     spec = from_checkpoints(found, name=previous_run_name(run, plan))
@@ -239,7 +215,7 @@ def _sibling_previous(checkpoints: Sequence[Path], run: str, plan: Plan) -> Memb
 def from_run_folder(run_dir: Path | str) -> ModelSpec:
     """Every fold of ``train/RUN``, with the study's ``postprocess/RUN.json`` if it exists."""
     run_dir = Path(run_dir)
-    folds = _fold_dirs(run_dir)
+    folds = fold_dirs(run_dir)
     spec = from_checkpoints(folds, name=run_dir.name)
     decision = run_dir.parent.parent / "postprocess" / f"{run_dir.name}.json"
     record = None
@@ -285,14 +261,14 @@ def from_best_json(path: Path | str) -> ModelSpec:
 # ---------------------------------------------------------------- helpers
 
 
-def _has_checkpoint(folder: Path) -> bool:
+def has_checkpoint(folder: Path) -> bool:
     return any((folder / n).is_file() for n in ("final.pt", "last.pt"))
 
 
-def _fold_dirs(run_dir: Path) -> list[Path]:
+def fold_dirs(run_dir: Path) -> list[Path]:
     """``fold<N>/`` folders holding a checkpoint, by fold number."""
     found = [(int(m.group(1)), p) for p in run_dir.iterdir()
-             if p.is_dir() and (m := _FOLD_DIR.fullmatch(p.name)) and _has_checkpoint(p)]
+             if p.is_dir() and (m := _FOLD_DIR.fullmatch(p.name)) and has_checkpoint(p)]
     return [p for _, p in sorted(found)]
 
 

@@ -7,7 +7,7 @@ class from the cross-validation predictions, as nnU-Net does: for each scored cl
 label, or a region in region mode) the mean Dice over every validation case of every fold
 is computed with and without the removal, and the removal is applied to that class only if
 it raises the mean Dice by more than ``MIN_GAIN``. A case where the class is absent from
-both reference and prediction is not scored (NaN, :mod:`nnpipe.evaluation.metrics`) and
+both reference and prediction is not scored (NaN, :mod:`nnpipe.metrics`) and
 left out of both means; removal never changes that (an empty mask stays empty). A class
 scored in no case has no means (``null``) and gets no postprocessing. The decision, with
 both means, is recorded in a JSON file that the ensemble rule applies to the test
@@ -28,8 +28,8 @@ from scipy import ndimage
 
 from nnpipe.datasets.layout import read_label_file
 from nnpipe.errors import DataError
-from nnpipe.evaluation.metrics import ScoredClass, dice, nanmean
 from nnpipe.io import read_json, write_json
+from nnpipe.metrics import ScoredClass, dice, nanmean
 from nnpipe.progress import log
 
 # Smallest mean-Dice gain for which the removal is switched on (ties keep the raw output).

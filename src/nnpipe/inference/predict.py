@@ -53,13 +53,13 @@ from nnpipe.datasets.layout import (
     write_prediction,
 )
 from nnpipe.errors import DataError
-from nnpipe.evaluation.metrics import ScoredClass
 from nnpipe.imageio import ENDINGS, ending_of, read_header
 from nnpipe.inference.ensemble import LoadedModel, average_probabilities
 from nnpipe.inference.postprocess import keep_largest_component, load_decision
 from nnpipe.inference.shards import Shard, select_part, write_part_record
 from nnpipe.io import atomic_path
 from nnpipe.labels import REGION_THRESHOLD, outputs_to_labels
+from nnpipe.metrics import ScoredClass
 from nnpipe.planning.plan import Plan
 from nnpipe.preprocessing.pipeline import (
     CaseMeta,
@@ -455,13 +455,14 @@ def load_configuration(models: Sequence[Path | str] | ModelSpec, device: str = "
                        ) -> tuple[list[list[LoadedModel]], list[ScoredClass], str,
                                   list[PreviousStage | None]]:
     """``--model`` (checkpoints, a run folder, best.json or model.zip;
-    :func:`nnpipe.inference.model_spec.resolve_model`) as networks on ``device``, one list
+    :func:`nnpipe.inference.resolve.resolve_model`) as networks on ``device``, one list
     per member, with the postprocessing to apply (``postprocess``, a decision JSON, replaces
     the model's own), a name for messages, and per member its :class:`PreviousStage` (a
     cascade member's low-resolution models, or the folder ``previous`` of their
     predictions; None for other members). ``models`` may be resolved already (a
     :class:`~nnpipe.inference.model_spec.ModelSpec`), so the CLI reads it once."""
-    from nnpipe.inference.model_spec import ModelSpec, resolve_model
+    from nnpipe.inference.model_spec import ModelSpec
+    from nnpipe.inference.resolve import resolve_model
 
     spec = models if isinstance(models, ModelSpec) else resolve_model(models)
     if plan is not None:

@@ -19,8 +19,8 @@ sliding window and checkpoint loading need no change: ``(B, C, *patch)`` -> ``(B
 (nearest) to the patch size; the heads are the module list ``deep_supervision_heads`` (which
 prediction drops by name), the full-resolution head is ``output_block``.
 
-``python -m nnpipe.model.resenc`` prints parameters and forward FLOPs per sample for
-plain/resenc_m/resenc_l on MSD Task01 (see :mod:`nnpipe.model.summary`).
+``nnpipe network`` (:mod:`nnpipe.model.summary`) prints parameters and forward FLOPs per
+sample for plain/resenc_m/resenc_l on MSD Task01.
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ class ResEncUNet(nn.Module):
 def build_resenc(plan: Plan, *, deep_supervision: bool = True, out_channels: int | None = None,
                  onednn: bool = True) -> ResEncUNet:
     """The ResEnc network of ``plan`` (``plan.network`` resenc_m or resenc_l); arguments and
-    output as :func:`nnpipe.model.unet.build_unet`."""
+    output as :func:`nnpipe.model.build_unet`."""
     if not network_preset(plan.network).residual:
         raise ValueError(f"plan for {plan.dataset} {plan.dim}D has network {plan.network!r}, "
                          "not a residual-encoder preset")
@@ -175,9 +175,3 @@ def build_resenc(plan: Plan, *, deep_supervision: bool = True, out_channels: int
     net = ResEncUNet(plan.dim, plan.input_channels, out_channels or plan.num_classes,
                      plan.kernels, plan.strides, plan.filters, plan.encoder_blocks, heads)
     return use_onednn(net) if onednn and plan.dim == 3 else net
-
-
-if __name__ == "__main__":
-    from nnpipe.model.summary import main
-
-    raise SystemExit(main())

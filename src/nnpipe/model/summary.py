@@ -1,8 +1,8 @@
 """Size and cost of each ``planning.network`` preset: parameters and forward FLOPs per sample.
 
-``nnpipe network`` (and ``python -m nnpipe.model.resenc``) prints them for the MSD Task01
+``nnpipe network`` (and ``python -m nnpipe.model.summary``) prints them for the MSD Task01
 topology the reference benchmarks (4 channels in, 4 classes out; 3D 128^3 and 2D 192x160,
-:func:`nnpipe.benchmark.synthetic.task01_plan`), with the residual presets' block counts
+:func:`nnpipe.planning.task01.task01_plan`), with the residual presets' block counts
 put on the same topology, and then for each preset's own automatic plan of a Task01-sized
 dataset (484 cases of 240x240x155 at 1 mm), where M and L differ. FLOPs are counted by
 ``torch.utils.flop_counter.FlopCounterMode`` (2 per multiply-add; convolutions and
@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from nnpipe.model.unet import build_unet, count_parameters
+from nnpipe.model.registry import build_unet
+from nnpipe.model.unet import count_parameters
 from nnpipe.planning.network import NETWORKS, encoder_blocks
 from nnpipe.planning.plan import Plan
 
@@ -65,7 +66,7 @@ def network_cost(plan: Plan) -> NetworkCost:
 def task01_costs(networks: Sequence[str] = tuple(NETWORKS), dims: Sequence[int] = (3, 2)
                  ) -> list[NetworkCost]:
     """One row per dimension and network on the reference's Task01 topology."""
-    from nnpipe.benchmark.synthetic import task01_plan
+    from nnpipe.planning.task01 import task01_plan
 
     return [network_cost(with_network(task01_plan(dim), name))
             for dim in dims for name in networks]
@@ -76,10 +77,10 @@ def planned_task01_costs(networks: Sequence[str] = tuple(NETWORKS),
     """One row per dimension and network for the network's own plan of a Task01-sized
     dataset (the schema's default ``planning`` settings, as a study without planning keys
     gets them): patch, batch, estimated memory, size and cost."""
-    from nnpipe.benchmark.synthetic import task01_fingerprint
     from nnpipe.config import load_config
     from nnpipe.planning import network as N
     from nnpipe.planning.planner import make_plan, settings_from_config
+    from nnpipe.planning.task01 import task01_fingerprint
 
     one = task01_fingerprint()
     fp = dataclasses.replace(one, case_ids=tuple(f"case{i}" for i in range(TASK01_CASES)),
@@ -125,8 +126,12 @@ def report(dims: Sequence[int] = (3, 2)) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m nnpipe.model.resenc", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m nnpipe.model.summary", description=__doc__)
     p.add_argument("--dim", type=int, choices=(2, 3), nargs="*", default=[3, 2])
     args = p.parse_args(argv)
     print(report(args.dim))
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -183,31 +183,13 @@ def _drop_dynunet_aliases(module: nn.Module, state_dict: dict[str, Any], prefix:
         del state_dict[key]
 
 
-def build_unet(plan: Plan, *, deep_supervision: bool = True,
-               out_channels: int | None = None, onednn: bool = True) -> nn.Module:
-    """Build the network for ``plan``: :class:`UNet` for ``plan.network == "plain"``, the
-    residual-encoder :class:`~nnpipe.model.resenc.ResEncUNet` for ``resenc_m``/``resenc_l``.
-
-    Input ``(B, C, *patch)`` with ``C = plan.input_channels``; output logits
-    ``(B, K, *patch)`` with ``K = plan.num_classes`` (or ``out_channels``). In training mode
-    with deep supervision the output is ``(B, 1 + heads, K, *patch)``: the full-resolution
-    output first, then the heads upsampled to the patch size.
-
-    ``onednn``: 3D convolutions are :class:`~nnpipe.model.onednn.OneDnnConv3d`, so that
-    float32 training and prediction on CPUs stay in oneDNN at batch 1 (forward and
-    backward); on GPUs and under autocast they are plain ``nn.Conv3d`` calls. ``False``
-    builds plain ``nn.Conv3d`` modules (the reference the tests compare against). Both
-    have the same parameters, state-dict keys and seeded weights.
-    """
-    if len(plan.kernels) != len(plan.strides) or len(plan.filters) != len(plan.strides):
-        raise ValueError(f"plan for {plan.dataset} {plan.dim}D has {len(plan.kernels)} kernels, "
-                         f"{len(plan.strides)} strides and {len(plan.filters)} filter counts; "
-                         "they must match (one per level)")
+def build_plain_unet(plan: Plan, *, deep_supervision: bool = True,
+                     out_channels: int | None = None, onednn: bool = True) -> nn.Module:
+    """The plain :class:`UNet` of ``plan`` (``plan.network == "plain"``); arguments and output
+    as :func:`nnpipe.model.build_unet`, which picks this builder or the residual one."""
     if N.network_preset(plan.network).residual:
-        from nnpipe.model.resenc import build_resenc  # resenc builds on this module's parts
-
-        return build_resenc(plan, deep_supervision=deep_supervision,
-                            out_channels=out_channels, onednn=onednn)
+        raise ValueError(f"plan for {plan.dataset} {plan.dim}D has network {plan.network!r}, "
+                         "not the plain U-Net")
     heads = deep_supervision_heads(plan) if deep_supervision else 0
     net = UNet(plan.dim, plan.input_channels, out_channels or plan.num_classes,
                plan.kernels, plan.strides, plan.filters, heads)

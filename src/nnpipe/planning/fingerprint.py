@@ -22,7 +22,7 @@ from nnpipe.datasets.layout import Case, Dataset, read_image, read_label
 from nnpipe.errors import DataError
 from nnpipe.geometry import axis_codes, spacing_of
 from nnpipe.labels import INTEGER_TOLERANCE, LabelScheme
-from nnpipe.preprocessing.normalize import (
+from nnpipe.planning.channels import (
     DEFAULT_SCHEME,
     channel_name_warnings,
     scheme_for_channel,
@@ -68,7 +68,7 @@ class Fingerprint:
     # label value -> number of training cases whose label map contains it
     class_cases: dict[int, int] = field(default_factory=dict)
     # per channel, its name in dataset.json (selects the normalization scheme,
-    # nnpipe.preprocessing.normalize.scheme_for_channel); () in fingerprints older than it
+    # nnpipe.planning.channels.scheme_for_channel); () in fingerprints older than it
     channel_names: tuple[str, ...] = ()
     # case id -> labelled voxels outside the image's nonzero box (kept: the crop box grows to
     # hold them; nnpipe.planning.fingerprint.crop_to_nonzero); cases with none are left out

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from nnpipe.planning import network as N
+from nnpipe.planning.channels import DEFAULT_SCHEME, scheme_for_channel
 from nnpipe.planning.fingerprint import Fingerprint
 from nnpipe.planning.plan import ChannelNorm, Plan
 from nnpipe.planning.topology import Kernels, Strides, total_strides, unet_filters, unet_topology
-from nnpipe.preprocessing.normalize import DEFAULT_SCHEME, scheme_for_channel
 
 if TYPE_CHECKING:
     from nnpipe.config import PlanningSettings
@@ -244,7 +244,7 @@ def fit_vram(fp: Fingerprint, dim: int, shape: Sequence[int], spacing: Sequence[
 
 def channel_norms(fp: Fingerprint) -> tuple[ChannelNorm, ...]:
     """Per channel, the scheme its name in dataset.json selects
-    (:func:`nnpipe.preprocessing.normalize.scheme_for_channel`, nnU-Net v2's names): CT is
+    (:func:`nnpipe.planning.channels.scheme_for_channel`, nnU-Net v2's names): CT is
     clipped to the foreground 0.5/99.5 percentiles and standardized with the foreground
     mean/std of the whole training set; ``noNorm``, ``rescale_to_0_1`` and ``rgb_to_0_1``
     select ``none``, ``rescale_0_1`` and ``rgb_0_1``; anything else (MRI) is z-scored inside

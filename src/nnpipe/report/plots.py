@@ -12,7 +12,7 @@ Figures are built with ``matplotlib.figure.Figure`` (no pyplot), so nothing depe
 display or on global pyplot state, saved atomically, and returned (tests read their data).
 
 An empty cell of an evaluation CSV (NaN) is a class absent from both reference and
-prediction in that case, not scored (:mod:`nnpipe.evaluation.metrics`): it is not drawn,
+prediction in that case, not scored (:mod:`nnpipe.metrics`): it is not drawn,
 not averaged, and shown as "n/a" where a number would be written.
 """
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pandas as pd
 
-from nnpipe.benchmark.steady import record_unsteady_reason, steps_for_quantile
+from nnpipe.benchmark.steady import record_failure, steps_for_quantile
 from nnpipe.errors import DataError
 from nnpipe.io import read_json, write_text
 from nnpipe.machine import machine_info
@@ -372,45 +372,63 @@ def _train_bench_table(grid: TableGrid, index: BenchIndex, machine: Mapping[str,
                 rows.append([str(dim), str(g), str(bs), *cells,
                              *_bench_ratio_cells(ps, found), *scaling])
     return ("\n## Training throughput\n\n" + _machine_line(machine, devices) + "\n"
-            "samples/s = global batch / mean step time after warm-up steps. Speedup: throughput\n"
-            "of a precision / throughput of the first. Weak scaling: throughput at N GPUs /\n"
-            "throughput at 1 GPU with the same batch per GPU (ideal: N), as in the reference.\n\n"
+            "samples/s = global batch / mean step time after warm-up steps, as in the reference;\n"
+            "in brackets the same from the median, p90 and p99 step time (p99 from 368 steps).\n"
+            + _FAILED_NOTE +
+            "Speedup: throughput of a precision / throughput of the first. Weak scaling:\n"
+            "throughput at N GPUs / throughput at 1 GPU with the same batch per GPU (ideal: N),\n"
+            "as in the reference.\n\n"
             + _md_table(header, rows))
 
 
 _NOT_BENCHMARKED = ("Not measured in this study: `benchmark.enabled` is false or"
                     " `benchmark.precisions` is empty.\n")
+_FAILED_NOTE = ("A cell says \"not a result\" only when the measurement failed (fewer than 4\n"
+                "timed steps, or mean and median step time more than 30 % apart) and says\n"
+                "what to do.\n")
 
 
-def _unsteady(record: Mapping[str, Any] | None) -> str | None:
-    """Why a benchmark record's figure is not a result (its step times spread too widely,
-    :mod:`nnpipe.benchmark.steady`), or ``None``."""
-    return None if record is None else record_unsteady_reason(record)
+def _failed(record: Mapping[str, Any] | None) -> str | None:
+    """Why a benchmark record's figure is not a result (the measurement failed:
+    :func:`nnpipe.benchmark.steady.record_failure`), or ``None``."""
+    return None if record is None else record_failure(record)
 
 
-def _throughput_cell(record: Mapping[str, Any] | None, path: str) -> str:
-    """samples/s; a missing record names its file, an unsteady one says why without the
-    number (the record keeps it)."""
+def _throughput_cell(record: Mapping[str, Any] | None, path: str, beside: bool = True) -> str:
+    """samples/s from the mean step time, as the reference; ``beside``: the median-based
+    figure and the figures at the p90 and p99 step times after it (p99 only once enough
+    steps bound it). A missing record names its file; a failed measurement says why and
+    what to do, without the number (the record keeps it)."""
     if record is None:
         return f"missing: {path}"
-    why = _unsteady(record)
+    why = _failed(record)
     if why is not None:
         steps = record.get("timed_steps")
-        return f"unsteady ({why}{f'; {steps} steps' if steps else ''}): not a result"
-    return f"{float(record['throughput']):.2f}"
+        return (f"not a result: {why}{f' ({steps} steps)' if steps else ''}; "
+                f"snakemake --forcerun {path}")
+    thr = float(record["throughput"])
+    lat = record["latency_ms"]
+    if not beside or "median" not in lat:
+        return f"{thr:.2f}"
+    # global batch / step time: the mean-based figure scaled by mean / that step time
+    at = {k: thr * float(lat["mean"]) / float(lat[k]) for k in ("median", "p90", "p99")}
+    extra = [f"median {at['median']:.2f}", f"p90 {at['p90']:.2f}"]
+    if record.get("p99_resolved") is not False:
+        extra.append(f"p99 {at['p99']:.2f}")
+    return f"{thr:.2f} ({', '.join(extra)})"
 
 
 def _bench_ratio_cells(ps: Sequence[str], found: Sequence[Mapping[str, Any] | None]
                        ) -> list[str]:
-    """Speedups over the first precision; none computed from an unsteady cell."""
+    """Speedups over the first precision; none computed from a failed measurement."""
     thr = [float(b["throughput"]) if b else None for b in found]
     cells = _ratio_cells(ps, thr, "throughput", invert=False)
     if len(ps) == 1 or found[0] is None:
         return cells
     for i, b in enumerate(found[1:]):
-        shaky = [p for p, r in ((ps[0], found[0]), (ps[i + 1], b)) if _unsteady(r)]
+        shaky = [p for p, r in ((ps[0], found[0]), (ps[i + 1], b)) if _failed(r)]
         if shaky and b is not None:
-            cells[i] = f"— (unsteady {' and '.join(shaky)})"
+            cells[i] = f"— ({' and '.join(shaky)} not a result)"
     return cells
 
 
@@ -424,9 +442,9 @@ def _weak_scaling(grid: TableGrid, index: BenchIndex, dim: int, p: str, bs: int,
     if thr is None or one is None:
         return f"— (no {'1-GPU' if one is None else f'{g}-GPU'} measurement)"
     shaky = [f"{n}-GPU" for n, r in ((1, one), (g, index.get(("train", dim, p, bs, g))))
-             if _unsteady(r)]
+             if _failed(r)]
     if shaky:
-        return f"— (unsteady {' and '.join(shaky)} measurement)"
+        return f"— ({' and '.join(shaky)} measurement not a result)"
     return f"{thr / float(one['throughput']):.2f}"
 
 
@@ -448,17 +466,19 @@ def _predict_bench_table(grid: TableGrid, index: BenchIndex, machine: Mapping[st
                           else "unknown (no benchmark file)")
             row = [str(dim), str(bs), resolution]
             for p, b in zip(ps, found, strict=True):
-                cell = _throughput_cell(b, paths.bench("predict", dim, p, bs, 1))
+                cell = _throughput_cell(b, paths.bench("predict", dim, p, bs, 1),
+                                        beside=False)  # the latency column has them
                 if b is None:
                     row += [cell, "— (no benchmark file)"]
-                elif _unsteady(b):
-                    row += [cell, "— (unsteady)"]
+                elif _failed(b):
+                    row += [cell, "— (not a result)"]
                 else:
                     row += [cell, _latency_cell(b)]
             rows.append(row)
     return ("\n## Inference throughput\n\n" + _machine_line(machine, devices) + "\n"
-            "Patch inference on 1 process (no sliding window), as in the reference; latency is\n"
-            "per batch.\n\n" + _md_table(header, rows))
+            "Patch inference on 1 process (no sliding window), as in the reference; samples/s\n"
+            "from the mean step time, latency per batch.\n" + _FAILED_NOTE + "\n"
+            + _md_table(header, rows))
 
 
 def _latency_cell(record: Mapping[str, Any]) -> str:

@@ -69,6 +69,25 @@ def init_distributed(force_cpu: bool = False) -> DistInfo:
     return DistInfo(rank, world, local, device, cpu_group, node)
 
 
+def bind_cpus(threads: int | None) -> int:
+    """Pin this rank to its share of the allowed CPUs; returns the threads to use (``threads``
+    if given, else the share's size).
+
+    Raises:
+        ValueError: if there are fewer CPUs than ranks on this node.
+    """
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < local_world:
+        raise ValueError(f"--bind needs a CPU per rank: {local_world} ranks on this node, "
+                         f"{len(cpus)} CPUs allowed ({cpus})")
+    share = len(cpus) // local_world
+    mine = cpus[local_rank * share:(local_rank + 1) * share]
+    os.sched_setaffinity(0, mine)
+    return threads or len(mine)
+
+
 def _host() -> str:
     """This machine's name, and its SLURM node name where that differs (several slurmd on
     one host, as in tests/slurm)."""

@@ -17,36 +17,23 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
 
 from nnpipe.allocator import TRAINING_TRIM_BYTES, keep_freed_memory
 from nnpipe.config import TrainingSettings
-from nnpipe.data.augment import AugmentSettings
-from nnpipe.data.loader import make_loader
 from nnpipe.data.sampling import PatchSampler, SamplerSettings
 from nnpipe.io import read_json, write_json, write_text
-from nnpipe.labels import LabelScheme
-from nnpipe.model import build_unet
 from nnpipe.planning.plan import Plan
 from nnpipe.progress import log
-from nnpipe.report.tensorboard import TensorBoardLog
 from nnpipe.training import distributed as D
-from nnpipe.training import regions as R
 from nnpipe.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from nnpipe.training.determinism import configure_determinism
-from nnpipe.training.loss import DeepSupervisionLoss
-from nnpipe.training.precision import (
-    Precision,
-    autocast,
-    configure_backend,
-    get_precision,
-    make_scaler,
-)
 from nnpipe.training.splits import load_fold
-from nnpipe.training.transfer import transfer_weights, warmup_factor
+from nnpipe.training.step import TrainingStep, build_step, train_step, training_loader
+from nnpipe.training.tensorboard import TensorBoardLog
 from nnpipe.training.validation import ValidationPatches, validate
 
 # Exit status after a SIGTERM checkpoint: 128 + SIGTERM, what shells and SLURM expect.
@@ -87,61 +74,12 @@ class Preempted(Exception):
 
 
 @dataclass
-class _Parts:
-    """Everything one training process holds."""
+class _Parts(TrainingStep):
+    """Everything one training process holds: the step's parts and the batches."""
 
-    plan: Plan
-    model: torch.nn.Module  # the bare network (state_dict keys without DDP/compile prefixes)
-    net: torch.nn.Module  # what is called: DDP- and/or compile-wrapped model
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
     loader: Any
-    loss_fn: torch.nn.Module
-    precision: Precision
-    memory_format: torch.memory_format
     batch_size: int
     epochs: int
-
-
-def warmup_steps(s: TrainingSettings, total_steps: int) -> int:
-    """Learning-rate warm-up steps: ``training.warmup_steps``, or with -1 (the default) 5 %
-    of the run's steps when fine-tuning (``training.init_weights``) and none otherwise."""
-    if s.warmup_steps >= 0:
-        return s.warmup_steps
-    return max(1, total_steps // 20) if s.init_weights else 0
-
-
-def make_optimizer(model: torch.nn.Module, s: TrainingSettings, total_steps: int,
-                   device: torch.device
-                   ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """Adam at a constant lr (the reference) or SGD Nesterov with poly decay (nnU-Net),
-    times a linear warm-up over :func:`warmup_steps` steps (fine-tuning).
-
-    Fused kernels on CUDA: one launch per step for all parameters instead of one per tensor.
-    """
-    fused = True if device.type == "cuda" else None  # None: torch's default (not fused)
-    opt: torch.optim.Optimizer
-    if s.optimizer == "adam":
-        opt = torch.optim.Adam(model.parameters(), lr=s.learning_rate,
-                               weight_decay=s.weight_decay, fused=fused)
-        schedule = lambda step: 1.0  # noqa: E731  the reference keeps Adam's lr constant
-    else:
-        opt = torch.optim.SGD(model.parameters(), lr=s.learning_rate, momentum=0.99,
-                              nesterov=True, weight_decay=s.weight_decay, fused=fused)
-        # nnU-Net's poly decay, (1 - t/T)^0.9, stepped per optimizer step
-        schedule = lambda step: (1 - min(step, total_steps - 1) / total_steps) ** 0.9  # noqa: E731
-    warm = warmup_steps(s, total_steps)
-    if warm:
-        decay = schedule
-        schedule = lambda step: warmup_factor(step, warm) * decay(step)  # noqa: E731
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-
-
-def _memory_format(plan: Plan, s: TrainingSettings) -> torch.memory_format:
-    if not s.channels_last:
-        return torch.contiguous_format
-    return torch.channels_last_3d if plan.dim == 3 else torch.channels_last
 
 
 def sampler_settings(run: TrainRun, plan: Plan, foreground_prob: float,
@@ -183,56 +121,19 @@ def _build(run: TrainRun, info: D.DistInfo, plan: Plan, train_ids: list[str]) ->
     s = run.settings
     epochs = run.epochs or s.epochs
     batch_size = s.batch_size or plan.batch_size
-    precision = get_precision(run.precision, info.device)
-    configure_backend(precision)
-    fmt = _memory_format(plan, s)
-    # the ignore: torch's stub of Module.to lacks memory_format, which it accepts at runtime
-    scheme = label_scheme(plan, s)
-    model = build_unet(plan, deep_supervision=s.deep_supervision,
-                       out_channels=scheme.output_channels
-                       ).to(info.device, memory_format=fmt)  # type: ignore[call-overload]
-    if run.pretrained is not None:
-        report = transfer_weights(model, run.pretrained[0], run.pretrained[1])
-        if info.rank == 0:
-            for line in report.lines():
-                log(line)
-    net: torch.nn.Module = model
-    if info.world_size > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model)
-    if s.compile:  # an OptimizedModule, a Module; torch.compile's stub only says Callable
-        net = cast(torch.nn.Module, torch.compile(net))
-    optimizer, scheduler = make_optimizer(model, s, epochs * s.steps_per_epoch, info.device)
+    step = build_step(plan, s, run.precision, info.device, info.world_size,
+                      epochs * s.steps_per_epoch, pretrained=run.pretrained,
+                      log_transfer=info.rank == 0)
     # each rank samples from its own shard of the training cases (all of them if too few)
     shard = train_ids[info.rank::info.world_size] if len(train_ids) >= info.world_size \
         else train_ids
     if info.world_size > 1:  # every rank: which node's rank trains on which cases
         log(f"rank {info.rank} on node {info.node}: {len(shard)} of {len(train_ids)} "
             f"training cases ({', '.join(shard)})")
-    # a cascade stage's previous-stage channels get no intensity augmentation
-    augment = replace(AugmentSettings.from_names(s.augment, s.extra_augmentations),
-                      intensity_channels=plan.num_channels if plan.previous_channels else 0)
-    loader = make_loader(
-        s.loader, run.preprocessed_dir, shard, sampler_settings(run, plan, s.foreground_prob),
-        augment, batch_size=batch_size,
-        seed=s.seed + 1000 * run.fold + 7919 * info.rank, device=info.device,
-        # on CPU, sampler threads would compete with the training threads for the cores
-        workers=None if info.device.type == "cuda" else 1)
-    # the preprocessed label maps hold class indices (nnpipe.labels.LabelTable)
-    loss = DeepSupervisionLoss(R.head_loss(scheme))
-    return _Parts(plan, model, net, optimizer, scheduler, make_scaler(precision, info.device),
-                  loader, loss, precision, fmt, batch_size, epochs)
-
-
-def label_scheme(plan: Plan, settings: TrainingSettings) -> LabelScheme:
-    """The plan's label concept (regions, ignore). Only a plan older than the recorded
-    concept takes region mode from ``training.regions``; a recorded plan that is not in
-    region mode refuses ``training.regions: true`` (the setting moved to planning)."""
-    scheme = plan.scheme(legacy_regions=settings.regions)
-    if plan.label_scheme is not None and settings.regions and not scheme.region_mode:
-        raise ValueError("training.regions is true but the plan was made without region mode; "
-                         "region mode is recorded in the plan now: set planning.regions: true "
-                         "and plan again")
-    return scheme
+    loader = training_loader(s, plan, run.preprocessed_dir, shard,
+                             sampler_settings(run, plan, s.foreground_prob), batch_size,
+                             s.seed + 1000 * run.fold + 7919 * info.rank, info.device)
+    return _Parts(**vars(step), loader=loader, batch_size=batch_size, epochs=epochs)
 
 
 def _fresh_state() -> dict[str, Any]:
@@ -403,25 +304,6 @@ def _should_stop(stop: dict[str, Any], step: int, info: D.DistInfo) -> bool:
     if step % STOP_CHECK_EVERY:
         return False
     return D.any_rank(bool(stop["flag"]), info)
-
-
-def train_step(parts: _Parts, image: torch.Tensor, seg: torch.Tensor,
-               device: torch.device) -> torch.Tensor:
-    """One optimizer step on a batch ``(B, C, *patch)`` / ``(B, 1, *patch)`` on ``device``.
-
-    Returns the detached loss, still on the device: nothing here reads a device value on the
-    host (fused optimizers take the scaler's inf check on the device), so the host runs ahead
-    and queues the next step while the GPU works.
-    """
-    image = image.contiguous(memory_format=parts.memory_format)
-    parts.optimizer.zero_grad(set_to_none=True)
-    with autocast(parts.precision, device):
-        loss = parts.loss_fn(parts.net(image), seg)
-    parts.scaler.scale(loss).backward()
-    parts.scaler.step(parts.optimizer)
-    parts.scaler.update()
-    parts.scheduler.step()
-    return loss.detach().float()
 
 
 def _train_steps(parts: _Parts, state: dict[str, Any],

@@ -21,8 +21,8 @@ run in nnU-Net's virtual environment.
 synthetic 512×512×400 int16 CT volume with a 3-class plan at the volume's own spacing (the
 worst case: no downsampling before the sliding window).
 
-    python -m nnpipe.benchmark.predict_compare compare --work /tmp/cmp --nnunet-venv VENV
-    python -m nnpipe.benchmark.predict_compare memory --work /tmp/mem
+    python -m benchmarks.predict_compare compare --work /tmp/cmp --nnunet-venv VENV
+    python -m benchmarks.predict_compare memory --work /tmp/mem
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from nnpipe.benchmark.predict_compare import run_timed
+from benchmarks.predict_compare import run_timed
 
 TOUCH_300_MIB = "b = bytearray(300 * 2**20)\nfor i in range(0, len(b), 4096): b[i] = 1"
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from nnpipe.benchmark import gpu_study as S
+from benchmarks import gpu_study as S
 
 
 def test_checks_are_printed_and_kept_as_they_come(tmp_path, capsys):

@@ -12,12 +12,12 @@ time limit costs the least informative figures; ``bench.json`` is rewritten afte
 
 ``table`` prints the one table of ``scripts/gpu-checks.sh``: these figures beside the MONAI
 anchor of the same call (``monai_anchor.py``, ``monai_anchor_sliding_window.py``), the
-targets, and the tiny study's checks (:mod:`nnpipe.benchmark.gpu_study`), from whatever
+targets, and the tiny study's checks (:mod:`benchmarks.gpu_study`), from whatever
 results exist: a failed step leaves its rows marked, not the table missing.
 
-    python -m nnpipe.benchmark.gpu_suite bench --work /tmp/gpu --out $OUT [--compile]
-    python -m nnpipe.benchmark.gpu_suite bench --work /tmp/cpu --out $OUT --device cpu --tiny
-    python -m nnpipe.benchmark.gpu_suite table --out $OUT [--logs DIR]
+    python -m benchmarks.gpu_suite bench --work /tmp/gpu --out $OUT [--compile]
+    python -m benchmarks.gpu_suite bench --work /tmp/cpu --out $OUT --device cpu --tiny
+    python -m benchmarks.gpu_suite table --out $OUT [--logs DIR]
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nnpipe.benchmark import gpu_profile as prof
-from nnpipe.benchmark.gpu_anchor import ANCHOR_CELLS, anchor_figures, run_anchor
+from benchmarks import gpu_profile as prof
+from benchmarks.gpu_anchor import ANCHOR_CELLS, anchor_figures, run_anchor
 
 # What the issue asks of each figure: (row key, label, target, unit, higher is better).
 TARGETS: dict[str, tuple[str, float, str, bool]] = {
@@ -94,7 +94,7 @@ def prepare(work: Path, tiny: bool) -> dict[int, tuple[Any, Path]]:
     """The embedded dataset (8 mm, as the tiny study) planned for 2D and 3D and preprocessed:
     with the reference's Task01 preset (1 mm: volumes of about 160×200×170, real-sized
     patches), or with ``tiny`` the tiny study's 16³ plans (to check this code on a CPU)."""
-    from nnpipe.benchmark.gpu_study import tiny_raw
+    from benchmarks.gpu_study import tiny_raw
     from nnpipe.datasets.layout import load_dataset
     from nnpipe.planning.fingerprint import compute_fingerprint
     from nnpipe.planning.planner import PlannerSettings
@@ -157,9 +157,9 @@ def measure_cell(cell: Cell, plan: Any, pre: Path, device: str, steps: int) -> d
         limit = prof.step_profile(plan, cell.mode, cell.batch, precision, cell.channels_last,
                                   device, rec["throughput"])
     spread = rec.get("spread")
-    if rec.get("steady") is False and spread:  # a figure whose steps disagree is no result
-        limit = (f"UNSTEADY (CV {spread['cv']:.2f}, p99/median "
-                 f"{spread['p99_over_median']:.2f}) · {limit}")
+    if rec.get("steady") is False and spread:  # a failed measurement is no result
+        limit = (f"NOT A RESULT (mean/median {spread.get('mean_over_median', float('nan')):.2f}, "
+                 f"{rec.get('timed_steps')} steps) · {limit}")
     out["limit"] = limit
     return out
 

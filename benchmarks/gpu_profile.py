@@ -1,4 +1,4 @@
-"""What limits each GPU figure of :mod:`nnpipe.benchmark.gpu_suite`.
+"""What limits each GPU figure of :mod:`benchmarks.gpu_suite`.
 
 * :func:`step_profile`: the measured step again on synthetic inputs, under ``torch.profiler``:
   the share of the measured step time the GPU is busy (low: data loading or host overhead
@@ -102,50 +102,41 @@ def _step_profile(plan: Any, mode: str, batch: int, precision: str, channels_las
 
 def _synthetic_step(plan: Any, mode: str, batch: int, precision: str, channels_last: bool,
                     device: torch.device) -> Callable[[], None]:
-    """The benchmark's train or predict step on random inputs already on ``device``."""
-    from nnpipe.model import build_unet
-    from nnpipe.training.loss import DeepSupervisionLoss
-    from nnpipe.training.precision import (
-        autocast,
-        configure_backend,
-        get_precision,
-        make_scaler,
-    )
+    """The benchmark's train or predict step on random inputs already on ``device``; the
+    train step is the trainer's (:mod:`nnpipe.training.step`, the schema's default settings)."""
+    import dataclasses
 
+    from nnpipe.config import study_config
+    from nnpipe.model import build_unet
+    from nnpipe.training.precision import autocast, configure_backend, get_precision
+    from nnpipe.training.step import build_step, train_step
+
+    x = torch.randn((batch, plan.num_channels, *plan.patch_size), device=device)
+    y = torch.randint(0, plan.num_classes, (batch, 1, *plan.patch_size), device=device)
+    if mode == "train":
+        s = dataclasses.replace(study_config({}).training, channels_last=channels_last)
+        parts = build_step(plan, s, precision, device, 1, s.epochs * s.steps_per_epoch)
+        parts.net.train()
+
+        def train() -> None:
+            train_step(parts, x, y, device)
+
+        return train
     prec = get_precision(precision, device)
     configure_backend(prec)
     fmt = torch.contiguous_format
     if channels_last:
         fmt = torch.channels_last_3d if plan.dim == 3 else torch.channels_last
-    train = mode == "train"
     # the ignore: torch's stub of Module.to lacks memory_format, which it accepts at runtime
-    model = build_unet(plan, deep_supervision=train).to(device, memory_format=fmt)  # type: ignore[call-overload]
-    x = torch.randn((batch, plan.num_channels, *plan.patch_size), device=device)
+    model = build_unet(plan, deep_supervision=False).to(device, memory_format=fmt)  # type: ignore[call-overload]
+    model.eval()
     x = x.contiguous(memory_format=fmt)
-    y = torch.randint(0, plan.num_classes, (batch, 1, *plan.patch_size), device=device)
-    if not train:
-        model.eval()
 
-        def predict() -> None:
-            with torch.inference_mode(), autocast(prec, device):
-                model(x)
+    def predict() -> None:
+        with torch.inference_mode(), autocast(prec, device):
+            model(x)
 
-        return predict
-    # fused=None: torch's default (not fused)
-    opt = torch.optim.Adam(model.parameters(), lr=8e-4,
-                           fused=True if device.type == "cuda" else None)
-    scaler = make_scaler(prec, device)
-    loss_fn = DeepSupervisionLoss()
-
-    def train_step() -> None:
-        opt.zero_grad(set_to_none=True)
-        with autocast(prec, device):
-            loss = loss_fn(model(x), y)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-
-    return train_step
+    return predict
 
 
 # ---------------------------------------------------------------- the whole case

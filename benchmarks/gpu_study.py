@@ -15,7 +15,7 @@ Each check prints one line, ``ok: ...`` or ``FAIL: ...`` (with the log lines tha
 and ``study.json`` keeps them; the exit status is 1 if any check failed. Every stage runs
 through the ``nnpipe`` command, as a user runs it.
 
-    python -m nnpipe.benchmark.gpu_study --work /tmp/study --out $OUT [--device cpu]
+    python -m benchmarks.gpu_study --work /tmp/study --out $OUT [--device cpu]
 """
 
 from __future__ import annotations

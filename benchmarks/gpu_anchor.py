@@ -1,7 +1,7 @@
 """The MONAI anchor beside nnpipe's GPU figures: run the shared anchor scripts
 (``monai_anchor.py``: the reference network's training and patch inference;
 ``monai_anchor_sliding_window.py``: its whole-case sliding window) in the same call, stop
-each once it has printed the figures the table of :mod:`nnpipe.benchmark.gpu_suite` needs, and
+each once it has printed the figures the table of :mod:`benchmarks.gpu_suite` needs, and
 read those figures back.
 """
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from nnpipe.config import study_config
-from nnpipe.report.tensorboard import EVENT_PREFIX, TensorBoardLog, tag_of
+from nnpipe.training.tensorboard import EVENT_PREFIX, TensorBoardLog, tag_of
 
 event_accumulator = pytest.importorskip(
     "tensorboard.backend.event_processing.event_accumulator")

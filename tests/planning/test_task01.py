@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from nnpipe.benchmark.synthetic import SYNTHETIC_DATASET, TASK01_LABELS, task01_plan
 from nnpipe.model import build_unet, count_parameters
+from nnpipe.planning.task01 import SYNTHETIC_DATASET, TASK01_LABELS, task01_plan
 
 # (dim, patch (X, Y[, Z]), levels, filters, parameters without / with deep supervision)
 TASK01 = [

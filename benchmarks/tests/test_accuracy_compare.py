@@ -13,12 +13,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from nnpipe.benchmark.accuracy_compare import (
+from benchmarks.accuracy_compare import (
     NNPIPE_PLANS,
+    V2_RECIPE,
     convert_dataset,
     from_v2_axes,
     main,
     plan_from_v2,
+    recipe_rows,
     score_fold,
     step_seconds,
     steps_for_budget,
@@ -31,7 +33,6 @@ from nnpipe.benchmark.accuracy_compare import (
     v2_transpose,
     write_v2_splits,
 )
-from nnpipe.benchmark.accuracy_run import V2_RECIPE, recipe_rows
 from nnpipe.config import load_config
 from nnpipe.planning.plan import ChannelNorm, Plan
 

@@ -7,7 +7,7 @@ import json
 import textwrap
 from pathlib import Path
 
-from nnpipe.benchmark import gpu_anchor as A
+from benchmarks import gpu_anchor as A
 
 ANCHOR_LINE = 'print(json.dumps({{"name": {name!r}, {value}}}), flush=True)'
 

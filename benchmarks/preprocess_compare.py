@@ -5,7 +5,7 @@ Not part of CI (it needs nnU-Net v2 in its own virtual environment and takes min
     python3 -m venv /tmp/nnunetv2-venv
     /tmp/nnunetv2-venv/bin/pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
     /tmp/nnunetv2-venv/bin/pip install -c <(echo torch==2.13.0+cpu) nnunetv2   # keeps CPU torch
-    python -m nnpipe.benchmark.preprocess_compare --cases 30 --resolution-mm 2 --workers 2
+    python -m benchmarks.preprocess_compare --cases 30 --resolution-mm 2 --workers 2
 
 The dataset (the embedded generator's, or ``--raw`` in MSD layout) is converted to nnU-Net
 v2's raw layout once, untimed. Then each tool runs its whole chain as its users run it, as

@@ -17,7 +17,8 @@ from monai.metrics import (
 )
 
 from nnpipe.errors import DataError
-from nnpipe.evaluation.metrics import (
+from nnpipe.io import save_nifti
+from nnpipe.metrics import (
     ScoredClass,
     dice_per_class,
     evaluate_case,
@@ -32,7 +33,6 @@ from nnpipe.evaluation.metrics import (
     score_masks,
     summarize,
 )
-from nnpipe.io import save_nifti
 
 
 def label_map(voxels: dict[int, list[int]], shape: tuple[int, int, int] = (4, 3, 2)) -> np.ndarray:

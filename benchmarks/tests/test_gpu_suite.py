@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnpipe.benchmark import gpu_profile as prof
-from nnpipe.benchmark import gpu_suite as G
+from benchmarks import gpu_profile as prof
+from benchmarks import gpu_suite as G
 
 # ---------------------------------------------------------------- the table
 
