@@ -207,4 +207,4 @@ def test_the_study_inference_settings_travel_with_the_model(results, tmp_path,
     assert cli.main([*args, "--config-json", '{"inference": {"tta": false}}']) == 0
     assert seen[1].tta is False and seen[1].overlap == 0.5  # --config wins, schema defaults
     assert cli.main(["predict", "--model", str(tmp_path / "a.zip"), "-i", "in", "-o", "o"]) == 0
-    assert seen[2].tta is False  # nothing stored: the schema's defaults
+    assert seen[2].tta is True  # nothing stored: the schema's defaults (TTA on, as nnU-Net)
