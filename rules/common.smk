@@ -13,9 +13,12 @@ from nnpipe.training.launch import launcher, nodes_for
 
 # config/schema.yaml's defaults filled in; a config error (with "did you mean") or what this
 # machine cannot run (amp without a GPU, ...) stops here in one paragraph, before any job.
-# The machine is checked only where Snakemake runs the jobs itself (not under SLURM, and
-# not again inside each job).
-STUDY = workflow_study(config, check_machine=workflow.is_main_process and workflow.local_exec)
+# The machine is checked only where Snakemake runs the jobs itself: not inside each job, and
+# not under a cluster profile. Snakemake does not know its executor yet when it reads this
+# file (workflow.local_exec is still True under --executor slurm), so a cluster profile says
+# so by passing the cluster fact gpus_per_node (profiles/slurm, tests/slurm/profile).
+STUDY = workflow_study(config, check_machine=workflow.is_main_process and workflow.local_exec
+                       and not config.get("gpus_per_node"))
 GRID = STUDY.grid
 BENCH = STUDY.benchmark
 DATASET = STUDY.dataset.name
