@@ -121,8 +121,9 @@ def test_predict_chains_the_stages_for_new_images(study, tmp_path):
     out = tmp_path / "pred"
     res = subprocess.run([str(NNPIPE), "predict", "--model", str(data / "train" / CASC),
                           "--input", str(data / "raw" / "imagesTs"), "--out", str(out),
-                          "--device", "cpu"], capture_output=True, text=True, env=_env(),
-                         timeout=600)
+                          # the study's inference settings (cascade.yaml: no TTA)
+                          "--device", "cpu", "--no-tta"], capture_output=True, text=True,
+                         env=_env(), timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     ensemble = sorted((data / "ensemble" / CASC).glob("*.nii.gz"))
     assert ensemble
