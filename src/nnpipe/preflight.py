@@ -53,8 +53,16 @@ class Machine:
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         memory = torch.cuda.get_device_properties(0).total_memory / N.GB if gpus else 0.0
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / N.GB
-        return cls(gpus=gpus, gpu_memory_gb=memory, ram_gb=ram,
-                   dali=importlib.util.find_spec("nvidia.dali") is not None)
+        return cls(gpus=gpus, gpu_memory_gb=memory, ram_gb=ram, dali=_installed("nvidia.dali"))
+
+
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported; False also when its parent package is missing
+    (``find_spec("nvidia.dali")`` raises without any ``nvidia`` package)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
 
 
 def largest_step_gb(study: StudyConfig, dim: int, fp32: bool) -> tuple[float, str]:
