@@ -26,7 +26,6 @@ import hashlib
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import Any
 from nnpipe.datasets.layout import LAYOUTS, Case, is_hidden
 from nnpipe.errors import DataError
 from nnpipe.imageio import ending_of, strip_ending
-from nnpipe.io import read_json, write_json
+from nnpipe.io import atomic_dir, read_json, write_json
 from nnpipe.progress import log
 
 RECORD_FORMAT = "nnpipe-predict-part"
@@ -218,9 +217,7 @@ def gather(records: Sequence[Path | str], parts_dir: Path | str, out_dir: Path |
 
 def _link_all(loaded: Sequence[tuple[Path, Mapping[str, Any]]], parts_dir: Path,
               out_dir: Path) -> None:
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".part", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         for _, rec in loaded:
             for case, names in rec["files"].items():
                 for name in names:
@@ -229,13 +226,6 @@ def _link_all(loaded: Sequence[tuple[Path, Mapping[str, Any]]], parts_dir: Path,
                         raise DataError("file named by its part record is missing",
                                         case=case, path=src)
                     _link_or_copy(src, tmp / name)
-        os.chmod(tmp, 0o777 & ~_umask())
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -243,12 +233,6 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _glob_escape(text: str) -> str:

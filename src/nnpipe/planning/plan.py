@@ -9,7 +9,7 @@ in-plane axes, in increasing axis order.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -98,8 +98,6 @@ class Plan:
 
     def with_scheme(self, scheme: LabelScheme) -> Plan:
         """This plan with ``scheme`` recorded, and the class fields that follow from it."""
-        from dataclasses import replace
-
         return replace(self, label_scheme=scheme, labels=dict(scheme.names),
                        num_classes=scheme.num_classes, label_values=scheme.values)
 
