@@ -19,6 +19,11 @@ MODEL is anything ``nnpipe predict --model`` takes: a checkpoint ``final.pt``, a
 ``train/RUN`` (the same fold is taken if it has it, else its first fold), ``best.json`` or
 a ``model.zip``; of several members the one with the plan's dimensionality is used.
 
+MODEL may also be an nnU-Net v2 model (trained-model folder, dataset folder, v2 zip) whose
+network is nnpipe's plain U-Net (v2's default ``PlainConvUNet``): its plan maps to nnpipe's
+and its weights to nnpipe's key layout (:mod:`nnpipe.v2.transfer`, which says what maps,
+what is refused naming the plans' field, and the axis convention).
+
 This module sits above ``planning``, ``training`` and ``inference`` (it resolves models
 with :func:`nnpipe.inference.model_spec.resolve_model`); only the CLI imports it.
 """
@@ -41,6 +46,8 @@ from nnpipe.inference.model_spec import (
 from nnpipe.inference.resolve import resolve_model
 from nnpipe.io import read_json
 from nnpipe.planning.plan import Plan
+from nnpipe.progress import log
+from nnpipe.v2.model import is_v2_model
 
 # Configurations a pretrained model's plan may be carried to (the cascade plans its two
 # stages from the fingerprint, which a moved plan would contradict).
@@ -94,6 +101,11 @@ def plan_like(own: Plan, model: str | Path, channel_names: tuple[str, ...] = ())
     if configuration not in LIKE_CONFIGURATIONS:
         raise ValueError(f"{key} plans the {' and '.join(LIKE_CONFIGURATIONS)} configurations, "
                          f"not {configuration!r}: set planning.cascade: off")
+    if is_v2_model(Path(model)):
+        from nnpipe.v2.transfer import open_v2, plan_from_v2
+
+        with open_v2(model, own.dim) as source:
+            return plan_from_v2(own, source, channel_names)
     spec = resolve_model([model])
     member = _member(spec, own, key)
     src = member.plan
@@ -139,6 +151,15 @@ def pretrained_weights(model: str | Path, plan: Plan, fold: int
     """
     key = "training.init_weights"
     path = Path(model)
+    if is_v2_model(path):
+        from nnpipe.v2.transfer import load_v2_fold
+
+        weights, where, unplaced = load_v2_fold(path, plan, fold)
+        log(f"fine-tuning from nnU-Net v2 weights {where}: mapped to nnpipe's U-Net "
+            f"(nnpipe.v2.transfer); {len(unplaced)} bias tensor(s) have no place in it (the "
+            "convolutions' biases are cancelled by the instance norm after each; the "
+            "transposed convolutions' biases are dropped)")
+        return weights, where
     if path.suffix == ".zip":
         return _archive_fold(path, plan, fold, key)
     if path.suffix == ".json":
