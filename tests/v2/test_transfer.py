@@ -94,16 +94,19 @@ def test_plan_like_maps_v2s_axes_network_and_batch(tmp_path: Path) -> None:
         assert plan_like(own, other, ("CT",)).patch_size == liked.patch_size
 
 
-def test_v2_weights_in_nnpipes_unet_compute_v2s_function(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kwargs", [ISO, KWARGS], ids=["isotropic", "1x3x3-on-top"])
+def test_v2_weights_in_nnpipes_unet_compute_v2s_function(tmp_path: Path,
+                                                        kwargs: dict[str, Any]) -> None:
     """With the transposed convolutions' biases zero, nnpipe's U-Net holding the mapped
     weights gives v2's logits on the same (axis-permuted) patch; the conv biases it drops
-    are cancelled by the instance norm. With those biases, the outputs part."""
-    folder = v2_model(tmp_path, ISO, folds=(0,))
+    are cancelled by the instance norm, and a [1, 3, 3] decoder kernel embedded in nnpipe's
+    [3, 3, 3] computes the same. With those biases, the outputs part."""
+    folder = v2_model(tmp_path, kwargs, folds=(0,))
     plan = plan_like(own_plan(), folder, ("CT",))
     ckpt = folder / "fold_0" / "checkpoint_final.pth"
     with open_v2(folder, 3) as src:
         perm, _ = axis_map(src.configuration)
-    v2_net = build_network("PlainConvUNet", ISO, 1, 3).eval()
+    v2_net = build_network("PlainConvUNet", kwargs, 1, 3).eval()
     state = torch.load(ckpt, weights_only=False)
     weights = state["network_weights"]
     x = torch.randn(1, 1, 8, 16, 24)
@@ -188,13 +191,13 @@ def test_refused_naming_the_field(tmp_path: Path, kwargs: dict[str, Any], archit
             pretrained_weights(folder, own_plan(), fold=0)
 
 
-def test_weights_of_an_anisotropic_decoder_refused_naming_kernel_sizes(tmp_path: Path
-                                                                      ) -> None:
-    folder = v2_model(tmp_path, KWARGS, folds=(0,))
+def test_a_decoder_kernel_larger_than_the_deeper_levels_refused(tmp_path: Path) -> None:
+    kwargs = {**KWARGS, "kernel_sizes": [[3, 3, 3], [1, 3, 3], [1, 3, 3]]}
+    folder = v2_model(tmp_path, kwargs, folds=(0,))
     plan = plan_like(own_plan(), folder, ("CT",))  # planning alone maps
-    assert plan.kernels[0] == (1, 3, 3)
-    with pytest.raises(ValueError, match=r"kernel_sizes\[0\] \[1, 3, 3\] differs from "
-                                         r"kernel_sizes\[1\]"):
+    assert plan.kernels[0] == (3, 3, 3)
+    with pytest.raises(ValueError, match=r"kernel_sizes\[0\] \[3, 3, 3\] is larger than "
+                                         r"kernel_sizes\[1\] \[1, 3, 3\]"):
         pretrained_weights(folder, plan, fold=0)
 
 

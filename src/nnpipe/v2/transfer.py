@@ -8,11 +8,7 @@ non-linearity and v2's "same" padding (what v2's default planner writes). Then
 
 * **plan** (:func:`plan_from_v2`): kernels, strides, ``features_per_stage`` -> filters,
   patch, target spacing, batch size, and the normalisation schemes map one to one;
-* **weights** (:func:`nnpipe_weights`), when also the kernel sizes of neighbouring
-  stages agree (v2's decoder convolves a level with that level's kernel, nnpipe's U-Net
-  with the deeper level's, as MONAI's DynUNet does; an anisotropic v2 plan such as
-  ``[1, 3, 3]`` above ``[3, 3, 3]`` is refused naming ``kernel_sizes``): every
-  convolution, transposed convolution, norm
+* **weights** (:func:`nnpipe_weights`): every convolution, transposed convolution, norm
   and segmentation head maps to the tensor of the same role (the table in
   :func:`weight_name`), so nnpipe's network computes v2's function except for the biases
   it has no place for: the convolution biases, which the instance norm right after each
@@ -20,7 +16,12 @@ non-linearity and v2's "same" padding (what v2's default planner writes). Then
   convolutions' biases, which are not cancelled near the patch border (the next
   convolution pads with zeros). With those biases zero the two networks agree to float
   rounding (``tests/v2/test_transfer.py``). The biases are returned under their v2 names,
-  so :func:`nnpipe.training.transfer.transfer_weights` logs them as not used.
+  so :func:`nnpipe.training.transfer.transfer_weights` logs them as not used. One
+  difference of convention: v2's decoder convolves level ``s`` with that level's kernel,
+  nnpipe's U-Net (after MONAI's DynUNet) with the deeper level's. Where v2's is smaller (an
+  anisotropic plan: ``[1, 3, 3]`` above ``[3, 3, 3]``) it is embedded in the larger kernel
+  with zeros around it, which computes the same ("same" padding, stride 1); where it is
+  larger, the weights are refused naming ``kernel_sizes``.
 
 v2's ``ResidualEncoderUNet`` is refused: nnpipe's ``resenc_*`` networks are written from
 the paper and differ from v2's (stem, pool-only skips, block counts per stage), so the
@@ -195,9 +196,10 @@ def _permuted(values: Sequence[Any], perm: Sequence[int]) -> tuple[Any, ...]:
 
 def _check_plain(config: V2Configuration, where: str, weights: bool = False) -> None:
     """Refuse, naming the field, a v2 network nnpipe's plain U-Net is not; with
-    ``weights`` also one whose decoder kernels differ from it (v2's decoder stage that
-    ends at level ``s`` convolves with ``kernel_sizes[s]``, nnpipe's, after MONAI's
-    DynUNet, with the deeper level's ``kernel_sizes[s+1]``: the same where they agree)."""
+    ``weights`` also one whose decoder kernels nnpipe's cannot hold (v2's decoder stage
+    that ends at level ``s`` convolves with ``kernel_sizes[s]``, nnpipe's, after MONAI's
+    DynUNet, with the deeper level's ``kernel_sizes[s+1]``; a smaller v2 kernel is
+    embedded in the larger one, :func:`nnpipe_weights`)."""
     kw = config.arch_kwargs
     dim = config.semantics.dim
     if config.architecture != PLAIN:
@@ -246,12 +248,13 @@ def _check_plain(config: V2Configuration, where: str, weights: bool = False) -> 
                             "differently in nnpipe's U-Net")
     if weights:
         for s in range(n - 1):
-            if _per_axis_list(kernels[s], dim) != _per_axis_list(kernels[s + 1], dim):
+            own, deeper = _per_axis_list(kernels[s], dim), _per_axis_list(kernels[s + 1], dim)
+            if any(a > b or (b - a) % 2 for a, b in zip(own, deeper, strict=True)):
                 problems.append(
-                    f"arch_kwargs.kernel_sizes[{s}] {kernels[s]} differs from kernel_sizes"
-                    f"[{s + 1}] {kernels[s + 1]}: v2's decoder convolves level {s} with "
-                    f"kernel_sizes[{s}], nnpipe's U-Net with kernel_sizes[{s + 1}], so those "
-                    "weights have other shapes")
+                    f"arch_kwargs.kernel_sizes[{s}] {kernels[s]} is larger than kernel_sizes"
+                    f"[{s + 1}] {kernels[s + 1]} along an axis: v2's decoder convolves level "
+                    f"{s} with kernel_sizes[{s}], nnpipe's U-Net with kernel_sizes[{s + 1}], "
+                    "which cannot hold it")
     if problems:
         raise ValueError(f"{where}: nnpipe's U-Net cannot be this network: "
                          + "; ".join(problems))
@@ -396,6 +399,7 @@ def nnpipe_weights(weights: Mapping[str, torch.Tensor], config: V2Configuration,
     perm, _ = axis_map(config)
     dim = config.semantics.dim
     n = int(config.arch_kwargs["n_stages"])
+    kernels = [_per_axis_list(k, dim) for k in config.arch_kwargs["kernel_sizes"]]
     out: dict[str, torch.Tensor] = {}
     unplaced = []
     for key, tensor in canonical_state_dict(weights, source).items():
@@ -404,10 +408,23 @@ def nnpipe_weights(weights: Mapping[str, torch.Tensor], config: V2Configuration,
             out[key] = tensor
             unplaced.append(key)
             continue
+        if (m := _DECODER.fullmatch(key)) and m[3] == "conv":
+            # nnpipe's decoder stage j convolves with the deeper level's kernel
+            tensor = _embed(tensor, kernels[n - 1 - int(m[1])])
         if tensor.ndim == dim + 2:  # a kernel: (out, in, *spatial) or (in, out, *spatial)
             tensor = tensor.permute(0, 1, *[2 + p for p in perm]).contiguous()
         out[name] = tensor
     return out, unplaced
+
+
+def _embed(kernel: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """``kernel`` ``(out, in, *k)`` zero-padded symmetrically to spatial ``size``: with
+    stride 1 and "same" padding (``(k - 1) // 2``) the larger convolution computes the
+    same output (its extra taps are zero; :func:`_check_plain` allows odd growth only)."""
+    pads: list[int] = []
+    for have, want in reversed(list(zip(kernel.shape[2:], size, strict=True))):
+        pads += [(want - have) // 2] * 2
+    return torch.nn.functional.pad(kernel, pads) if any(pads) else kernel
 
 
 def load_v2_fold(path: Path | str, plan: Plan, fold: int) -> tuple[dict[str, torch.Tensor], str,
