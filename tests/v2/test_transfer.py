@@ -261,3 +261,34 @@ def test_nnpipe_train_starts_from_a_v2_model(tiny_study, tmp_path: Path) -> None
     w = "input_block.conv1.conv.weight"
     assert not torch.equal(trained[w], v2)
     assert torch.allclose(trained[w], v2, atol=0.05)
+
+
+def test_a_2d_configuration_slices_along_v2s_first_axis(tmp_path: Path) -> None:
+    """v2's 2d configuration slices along its first transposed axis: with the identity
+    transpose that is the file's last axis (Z); the in-plane patch and spacing come in
+    nnpipe's (X, Y) order, the slice axis keeps the dataset's own target spacing."""
+    kwargs = {**ISO, "conv_op": "torch.nn.modules.conv.Conv2d",
+              "norm_op": "torch.nn.modules.instancenorm.InstanceNorm2d",
+              "kernel_sizes": [[3, 3]] * 3, "strides": [[1, 1], [2, 2], [2, 2]]}
+    folder = tmp_path / "Dataset901_Test" / "nnUNetTrainer__nnUNetPlans__2d"
+    folder.mkdir(parents=True)
+    plans = plans_json(kwargs, "PlainConvUNet", [16, 24], [1.0, 1.5], [0, 1, 2],
+                       ["CTNormalization"], [False])
+    plans["configurations"] = {"2d": plans["configurations"]["3d_fullres"]}
+    (folder / "plans.json").write_text(json.dumps(plans))
+    (folder / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "CT"}, "labels": {"background": 0, "liver": 1, "tumour": 2},
+        "numTraining": 2, "file_ending": ".nii.gz"}))
+    torch.manual_seed(0)
+    state = build_network("PlainConvUNet", kwargs, 1, 3).state_dict()
+    write_checkpoint(folder / "fold_0" / "checkpoint_final.pth", v2_aliases(dict(state)), "2d")
+    own = own_plan(dim=2)
+    liked = plan_like(own, folder.parent, ("CT",))  # the dataset folder: its 2d model
+    assert liked.slice_axis == 2 and liked.patch_size == (24, 16)
+    assert liked.spacing == (1.5, 1.0)
+    assert liked.full_spacing == (1.5, 1.0, own.full_spacing[2])
+    mapped, where = pretrained_weights(folder.parent, liked, fold=0)
+    report = transfer_weights(build_unet(liked, deep_supervision=True), mapped, where)
+    assert not report.reinitialised and len(report.carried) > 20
+    with pytest.raises(ValueError, match="is a 2D configuration"):
+        plan_like(own_plan(), folder, ("CT",))
