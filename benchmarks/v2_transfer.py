@@ -10,7 +10,7 @@ biases nnpipe's U-Net has no place for (the transposed convolutions'; the other 
 biases are cancelled by the instance norm after each), which the second row of each model
 zeroes to show the rest maps exactly::
 
-    python -m benchmarks.v2_transfer nnUNet_results/Dataset001_X/nnUNetTrainer__nnUNetPlans__3d_fullres
+    python -m benchmarks.v2_transfer results/Dataset001_X/nnUNetTrainer__nnUNetPlans__2d
 """
 
 from __future__ import annotations
