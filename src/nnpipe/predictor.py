@@ -247,8 +247,8 @@ class Predictor:
                 elif isinstance(image, Sequence) and image and all(
                         isinstance(p, str | os.PathLike) for p in image):
                     paths = [Path(p) for p in image]
-                else:
-                    paths = [_to_file(image, Path(tmp))]
+                else:  # NIfTI: every v2 reader reads it (nibabel's do not read .mha)
+                    paths = [_to_file(image, Path(tmp), sitk_ending=".nii")]
                 v2_image = v2.read(paths, strip_ending(paths[0]))
         labels, probs = v2.predict(v2_image, probabilities)
         labels = v2.input_order(labels, v2_image, channel_first=False)
@@ -371,8 +371,9 @@ def stored_settings(spec: ModelSpec) -> InferenceSettings:
                          f"for this nnpipe ({exc}); pass settings=") from None
 
 
-def _to_file(image: Any, folder: Path) -> Path:
-    """A nibabel or SimpleITK image written uncompressed into ``folder`` for the one reader.
+def _to_file(image: Any, folder: Path, sitk_ending: str = ".mha") -> Path:
+    """A nibabel or SimpleITK image written uncompressed into ``folder`` for the one reader
+    (a SimpleITK image as ``sitk_ending``).
 
     Raises:
         TypeError: anything else.
@@ -387,7 +388,7 @@ def _to_file(image: Any, folder: Path) -> Path:
     if kind == "SimpleITK":
         import SimpleITK as sitk
 
-        path = folder / "image.mha"
+        path = folder / f"image{sitk_ending}"
         sitk.WriteImage(image, str(path), False)  # False: no compression
         return path
     raise TypeError(f"cannot predict a {type(image).__name__}: give an array (C, X, Y, Z) with "

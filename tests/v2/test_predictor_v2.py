@@ -161,6 +161,9 @@ def test_a_reorienting_reader_takes_arrays_by_their_affine(v2_folder: V2Folder,
     np.testing.assert_array_equal(predictor.predict(image, affine=affine), expected)
     np.testing.assert_array_equal(predictor.predict(tmp_path / "in" / "n_0000.nii.gz"),
                                   expected)
+    # a SimpleITK image goes to nibabel's reader as NIfTI (nibabel reads no .mha)
+    np.testing.assert_array_equal(
+        predictor.predict(sitk.ReadImage(str(tmp_path / "in" / "n_0000.nii.gz"))), expected)
     labels, probabilities = predictor.predict(image, affine=affine, probabilities=True)
     np.testing.assert_array_equal(probabilities.argmax(0), labels)
     with pytest.raises(ValueError, match="give affine="):
