@@ -1,4 +1,5 @@
-"""The `predict:` config section with an nnU-Net v2 model folder as `model`: 3 parts through
+"""The `predict:` config section with an nnU-Net v2 model as `model` (a dataset folder of two
+configurations, `configuration` picking one): 3 parts through
 Snakemake give the files of one `nnpipe predict --model <v2 folder>` over the whole folder,
 byte for byte; a part that lost its record and a case is redone alone."""
 
@@ -52,7 +53,9 @@ def study(work: Path, model: Path, parts: int = 3) -> Path:
         write_image(work / "scans" / f"case_{k:03d}_0000.nii.gz", image,
                     spacing=(1.1, 0.9, 3.0))
     config = yaml.safe_load(CONFIG.read_text())
-    config["predict"] = {"v2scans": {"input": "scans", "model": str(model), "parts": parts,
+    # the dataset folder (it holds a 2d model too): the configuration picks the 3d one
+    config["predict"] = {"v2scans": {"input": "scans", "model": str(model.parent),
+                                     "configuration": "3d_fullres", "parts": parts,
                                      "layout": "nnunetv2"}}  # v2's own: accepted
     path = work / "study.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -66,6 +69,7 @@ def raw(folder: Path) -> dict[str, bytes]:
 
 def test_a_v2_model_folder_in_three_parts(tmp_path: Path) -> None:
     model = v2_model(tmp_path / "v2")
+    shutil.copytree(model, model.parent / "nnUNetTrainer__nnUNetPlans__2d")  # never loaded
     config = study(tmp_path, model)
     res = snakemake(tmp_path, TARGET, "--cores", "2", config=config)
     assert res.returncode == 0, res.stderr[-4000:]
