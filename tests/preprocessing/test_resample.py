@@ -34,10 +34,35 @@ def test_target_shape_rejects_bad_spacing():
     ("old", "new", "axis"),
     [((1.0, 1.0, 1.0), (2.0, 2.0, 2.0), None), ((0.7, 0.7, 5.0), (1.0, 1.0, 1.0), 2),
      ((1.0, 1.0, 1.0), (4.0, 1.0, 1.0), 0), ((3.0, 1.0, 3.0), (1.0, 1.0, 1.0), None),
-     ((4.0, 1.0, 4.0), (1.0, 1.0, 1.0), 2)],
+     ((4.0, 1.0, 4.0), (1.0, 1.0, 1.0), None)],
 )
 def test_separate_axis(old, new, axis):
+    """Two axes tied for the coarsest: none is separate (nnU-Net v2's rule; nnpipe used to
+    pick the last of them, so the last case's expected value changed from 2 to None)."""
     assert separate_axis(old, new) == axis
+
+
+def test_separate_axis_takes_slices_half_up():
+    """Downsampling 8 -> 4 slices samples coordinates 2j + 0.5: v2's map_coordinates(order=0)
+    rounds them up (slices 1, 3, 5, 7), not half to even."""
+    vol = np.broadcast_to(np.arange(8, dtype=np.float32), (3, 3, 8)).copy()
+    out = resample_volume(vol, (3, 3, 4), order=3, axis=2)
+    assert out[0, 0].tolist() == [1.0, 3.0, 5.0, 7.0]
+
+
+@pytest.mark.parametrize("axis", [None, 2])
+def test_cubic_overshoot_is_clipped(axis):
+    """A step edge: cubic splines overshoot; the result stays inside the input's range
+    (3D: the volume's, separate axis: each slice's)."""
+    vol = np.zeros((6, 6, 4), dtype=np.float32)
+    vol[3:] = 100.0
+    vol[0, 0, 3] = -5.0  # only slice z=3 reaches below 0
+    out = resample_volume(vol, (13, 11, 4), order=3, axis=axis)
+    assert out.max() == 100.0
+    if axis is None:
+        assert out.min() == -5.0
+    else:
+        assert out[..., :3].min() == 0.0 and out[..., 3].min() == -5.0
 
 
 def test_image_shapes_and_constant_preserved():
