@@ -8,7 +8,6 @@ import pytest
 from nnpipe.preprocessing.resample import (
     resample_image,
     resample_labels,
-    resample_mask,
     resample_volume,
     separate_axis,
     target_shape,
@@ -129,13 +128,6 @@ def test_labels_same_shape_is_copy():
     assert np.array_equal(out, label) and out is not label
 
 
-def test_mask_nearest():
-    mask = np.zeros((4, 4, 4), dtype=bool)
-    mask[:2] = True
-    out = resample_mask(mask, (8, 4, 4))
-    assert out.dtype == bool and out[:4].all() and not out[4:].any()
-
-
 @pytest.mark.parametrize("order", [1, 3])
 @pytest.mark.parametrize(("shape", "new_shape"),
                          [((17, 23, 9), (30, 11, 9)), ((40, 41, 12), (25, 60, 30)),
@@ -191,15 +183,16 @@ def test_torch_path_equals_numpy_path(order, shape, new_shape, axis, chunk_bytes
 @pytest.mark.parametrize(("shape", "new_shape"),
                          [((8, 9, 10), (16, 4, 10)), ((5, 5, 5), (13, 2, 7)),
                           ((4, 4, 4), (4, 4, 4))])
-def test_torch_mask_is_exactly_the_numpy_mask(shape, new_shape):
+def test_torch_nearest_is_exactly_the_numpy_nearest(shape, new_shape):
+    """Order 0 on the device takes scipy's nearest voxel on every axis (the one-hot rows of
+    the order-0 matrix), so the result is exactly the numpy path's."""
     import torch
 
-    from nnpipe.preprocessing.resample import resample_mask_torch
+    from nnpipe.preprocessing.resample import resample_volume_torch
 
-    mask = np.random.default_rng(0).random(shape) > 0.5
-    got = resample_mask_torch(torch.from_numpy(mask), new_shape)
-    assert got.dtype == torch.bool
-    np.testing.assert_array_equal(got.numpy(), resample_mask(mask, new_shape))
+    vol = np.random.default_rng(0).random(shape).astype(np.float32)
+    got = resample_volume_torch(torch.from_numpy(vol), new_shape, 0)
+    np.testing.assert_array_equal(got.numpy(), resample_volume(vol, new_shape, 0))
 
 
 def test_torch_volume_writes_into_out_and_checks_it():

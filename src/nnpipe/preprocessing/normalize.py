@@ -119,8 +119,8 @@ def check_value_ranges(image: np.ndarray, norms: Sequence[ChannelNorm]) -> None:
     """Raise ``ValueError`` naming the channel if a channel of ``image`` ``(C, X, Y, Z)`` holds
     values its scheme refuses (:data:`VALUE_RANGES`; ``rgb_0_1``: outside ``[0, 255]``).
 
-    The pipeline checks the image as read, before resampling: spline resampling may overshoot
-    the range by a little, which :func:`clip_to_value_ranges` then removes.
+    The pipeline checks the image as read; resampling then stays inside each channel's range
+    (cubic clipped, :mod:`nnpipe.preprocessing.resample`).
     """
     for c, norm in enumerate(norms):
         if norm.scheme in VALUE_RANGES:
@@ -131,17 +131,6 @@ def check_value_ranges(image: np.ndarray, norms: Sequence[ChannelNorm]) -> None:
                 raise ValueError(f"channel {c}{name} is normalized with {norm.scheme!r}, which "
                                  f"needs values in [{lo:g}, {hi:g}]; it holds values in "
                                  f"[{cmin:g}, {cmax:g}]")
-
-
-def clip_to_value_ranges(image: np.ndarray, norms: Sequence[ChannelNorm]) -> np.ndarray:
-    """Clip, in place, each channel of ``image`` ``(C, X, Y, Z)`` whose scheme has a value range
-    (:data:`VALUE_RANGES`) to it: resampling overshoot of an input already checked with
-    :func:`check_value_ranges`. Returns ``image``."""
-    for c, norm in enumerate(norms):
-        if norm.scheme in VALUE_RANGES:
-            lo, hi = VALUE_RANGES[norm.scheme]
-            np.clip(image[c], lo, hi, out=image[c])
-    return image
 
 
 def normalize(image: np.ndarray, norms: Sequence[ChannelNorm],

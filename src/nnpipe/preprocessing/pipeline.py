@@ -250,7 +250,8 @@ def _preprocess(image: np.ndarray, label: np.ndarray | None, affine: np.ndarray,
 
 def preprocess_image(image: np.ndarray, affine: np.ndarray, plan: Plan, case_id: str
                      ) -> tuple[np.ndarray, CaseMeta]:
-    """Crop, resample and normalize ``image`` ``(C, X, Y, Z)`` for inference.
+    """Crop, normalize and resample ``image`` ``(C, X, Y, Z)`` for inference
+    (:func:`crop_normalize_resample` with the plan's norms, target spacing and crop).
 
     Returns the float32 ``(C, X', Y', Z')`` array at the case's target spacing and its meta
     (without class locations).
@@ -303,12 +304,13 @@ def preprocess_image_torch(image: np.ndarray, affine: np.ndarray, plan: Plan, ca
                            device: torch.device | str, *,
                            chunk_bytes: int = DEVICE_CHUNK_BYTES
                            ) -> tuple[torch.Tensor, CaseMeta]:
-    """:func:`preprocess_image` on ``device``: crop, resample and normalize ``image``
-    ``(C, X, Y, Z)`` (host array) there; returns ``(C, X', Y', Z')`` float32 on ``device``
-    and the same meta.
+    """:func:`preprocess_image` on ``device``: crop, normalize and resample ``image``
+    ``(C, X, Y, Z)`` (host array) there (:func:`crop_normalize_resample_torch`); returns
+    ``(C, X', Y', Z')`` float32 on ``device`` and the same meta.
 
-    Device memory: the float32 image and the result, plus one channel's intermediate and
-    slabs (:func:`~nnpipe.preprocessing.resample.resample_volume_torch`).
+    Device memory: the float32 image, then the cropped copy and the result, plus one
+    channel's intermediate and slabs
+    (:func:`~nnpipe.preprocessing.resample.resample_volume_torch`).
     """
     _check_image(image, plan, case_id)
     _check_values(image, plan, case_id)

@@ -252,11 +252,6 @@ def resample_labels(label: np.ndarray, new_shape: Sequence[int],
     return out
 
 
-def resample_mask(mask: np.ndarray, new_shape: Sequence[int]) -> np.ndarray:
-    """Nearest-neighbour resampling of a boolean mask ``(X, Y, Z)``."""
-    return resample_volume(mask.astype(np.float32), new_shape, 0) > 0.5
-
-
 # ---------------------------------------------------------------- the same, on a torch device
 #
 # The functions below apply the very matrices of :func:`_axis_matrix` (and scipy's own
@@ -284,8 +279,8 @@ def _device_indices(n_in: int, n_out: int, kind: str, device: torch.device) -> t
     """Source index of every output voxel along one axis, on ``device``.
 
     ``kind="spline0"``: scipy's order-0 choice (the one-hot rows of ``_axis_matrix(.., 0)``,
-    so exactly what :func:`resample_mask` picks); ``kind="nearest"``: :func:`_nearest_indices`
-    (the separately resampled anisotropic axis).
+    so exactly what :func:`resample_volume` with ``order=0`` picks); ``kind="nearest"``:
+    :func:`_nearest_indices` (the separately resampled anisotropic axis).
     """
     import torch
 
@@ -423,15 +418,3 @@ def resample_image_torch(image: torch.Tensor, new_shape: Sequence[int],
         resample_volume_torch(image[c], new_shape, order, axis, order_z=order_z, out=out[c],
                               chunk_bytes=chunk_bytes)
     return out
-
-
-def resample_mask_torch(mask: torch.Tensor, new_shape: Sequence[int]) -> torch.Tensor:
-    """:func:`resample_mask` for a boolean tensor ``(X, Y, Z)`` on any device: scipy's
-    nearest-neighbour choice per axis (separable, so exactly the numpy result)."""
-    new_shape = tuple(int(s) for s in new_shape)
-    if mask.ndim != 3 or len(new_shape) != 3:
-        raise ValueError(f"expected a 3D mask and shape, got {tuple(mask.shape)} -> {new_shape}")
-    out = mask
-    for d, n in enumerate(new_shape):
-        out = _along(out, d, n, 0)
-    return out.contiguous() if out is not mask else mask.clone()
