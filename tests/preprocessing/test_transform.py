@@ -81,3 +81,12 @@ def test_transpose_and_v2_rules_are_data():
 def test_bad_channel_count_is_named():
     with pytest.raises(DataError, match="case 'x'.*1 channel"):
         CaseTransform.from_plan(_plan()).forward(_image()[:1], np.eye(4), case_id="x")
+
+
+def test_inverse_refuses_a_rule_the_restore_functions_do_not_apply():
+    transform = CaseTransform(norms=NORMS, target_spacing=(1.0, 1.0, 1.0),
+                              restore_resampling=Resampling(order=3))
+    image, affine = _image(3), np.eye(4)
+    data, meta = transform.forward(image, affine, case_id="r")
+    with pytest.raises(NotImplementedError, match="order=3"):
+        transform.inverse(np.zeros((2, *meta.resampled_shape), np.float32), meta)

@@ -56,7 +56,9 @@ class CaseTransform:
     configuration's slice axis), None for none. ``transpose``: the permutation applied to
     the image's axes first (v2's ``transpose_forward``). ``crop``: crop to the nonzero box.
     ``resampling`` / ``restore_resampling``: the rules forward (image) and back
-    (probabilities). ``min_size``: the resampled shape's lower bound per axis (v2: none).
+    (probabilities; the restore functions apply nnpipe's, linear with the nearest slice on a
+    separate axis, which is also v2's default, so :meth:`inverse` reads this field only to
+    refuse another). ``min_size``: the resampled shape's lower bound per axis (v2: none).
     """
 
     norms: tuple[ChannelNorm, ...]
@@ -143,7 +145,9 @@ class CaseTransform:
         """Probabilities ``(K, *meta.resampled_shape)`` -> ``(K, A0, A1, A2)`` in the image's
         own grid and axis order: :func:`~nnpipe.preprocessing.pipeline.restore_probabilities`
         (linear, pasted into the crop box, background 1 outside), then the permutation
-        undone. A thin delegate: the restore functions own the rules."""
+        undone. A thin delegate: the restore functions own the rules. Raises
+        ``NotImplementedError`` for a ``restore_resampling`` they do not apply."""
+        self._check_restore_rule()
         full = restore_probabilities(probs, meta)
         return self._unpermute(full)
 
@@ -151,7 +155,13 @@ class CaseTransform:
         """One channel ``(X', Y', Z')`` on a device back to the cropped grid
         (:func:`~nnpipe.preprocessing.pipeline.restore_channel_torch`); the caller pastes
         it at ``meta.bbox``."""
+        self._check_restore_rule()
         return restore_channel_torch(channel, meta)
+
+    def _check_restore_rule(self) -> None:
+        if self.restore_resampling != PROBABILITY_RESAMPLING:
+            raise NotImplementedError(f"restoring with {self.restore_resampling} (the restore "
+                                      f"functions apply {PROBABILITY_RESAMPLING})")
 
     def _unpermute(self, full: np.ndarray) -> np.ndarray:
         if self.transpose == (0, 1, 2):
