@@ -1,3 +1,6 @@
+from nnpipe.planning.plan import PREPROCESSING_VERSION
+
+
 rule preprocess:
     input:
         dataset=rules.download.output.dataset,
@@ -8,6 +11,8 @@ rule preprocess:
         raw=subpath(input.dataset, parent=True),
         out=subpath(output.manifest, parent=True),
         settings=section_json("preprocess"),
+        # a new version of the preprocessing rules rebuilds the folder (params trigger)
+        rules_version=PREPROCESSING_VERSION,
     threads: 2
     conda:
         "../envs/nnpipe.yaml"

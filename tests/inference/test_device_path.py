@@ -16,6 +16,7 @@ from nnpipe.inference import predict as P
 from nnpipe.inference.ensemble import load_models
 from nnpipe.labels import LabelScheme
 from nnpipe.planning.plan import ChannelNorm
+from nnpipe.preprocessing import transform as T
 from nnpipe.preprocessing.pipeline import (
     preprocess_image,
     preprocess_image_torch,
@@ -196,11 +197,12 @@ def test_models_off_the_cpu_take_the_device_path_by_default(tiny_study, models, 
     class Taken(Exception):
         pass
 
-    def spy(image, affine, plan, case_id, device, **kw):
+    def spy(image, spacing, target, norms, device, **kw):
         seen.append(torch.device(device))
         raise Taken
 
-    monkeypatch.setattr(P, "preprocess_image_torch", spy)
+    # the case transform's device step (nnpipe.preprocessing.transform.CaseTransform.forward)
+    monkeypatch.setattr(T, "crop_normalize_resample_torch", spy)
     image, affine = _case(tiny_study, 0)
     P.predict_image([lm], image, affine, SETTINGS, "c")  # CPU models: the numpy path
     assert seen == []
@@ -219,7 +221,7 @@ def test_device_out_of_memory_falls_back_to_the_host_and_says_so(tiny_study, mod
     def out_of_memory(*args, **kw):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(P, "preprocess_image_torch", out_of_memory)
+    monkeypatch.setattr(T, "crop_normalize_resample_torch", out_of_memory)
     monkeypatch.setattr(P, "restore_channel_torch", out_of_memory)
     got = P.predict_image(lms, image, affine, SETTINGS, "c", device_path=True)
     np.testing.assert_array_equal(got.labels, host.labels)

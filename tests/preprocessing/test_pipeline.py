@@ -13,7 +13,7 @@ from nnpipe.datasets.layout import load_dataset
 from nnpipe.errors import DataError
 from nnpipe.planning.fingerprint import crop_to_nonzero
 from nnpipe.planning.plan import ChannelNorm, Plan
-from nnpipe.preprocessing.normalize import nonzero_mask
+from nnpipe.preprocessing.normalize import nonzero_mask, normalize
 from nnpipe.preprocessing.pipeline import (
     CaseMeta,
     case_target_spacing,
@@ -23,7 +23,7 @@ from nnpipe.preprocessing.pipeline import (
     restore_labels,
     restore_probabilities,
 )
-from nnpipe.preprocessing.resample import resample_mask, target_shape
+from nnpipe.preprocessing.resample import resample_image, separate_axis, target_shape
 
 SPACING = (0.9, 1.1, 3.5)  # anisotropic: z resampled separately
 
@@ -96,14 +96,41 @@ def test_round_trip_labels_and_probabilities():
 
 
 def test_zscore_values_inside_and_outside_mask():
+    """Normalized on the cropped grid (no resampling here): mean 0 / std 1 inside the filled
+    nonzero mask, 0 outside. (Rule changed to nnU-Net v2's: normalization before resampling,
+    so the mask is the image's own, not a nearest-resampled one.)"""
     image, label = _case(seed=1)
-    data, _, meta = preprocess_case(image, label, _affine(), _plan(), "c")
+    image[0, 20, 18, 6] = 0.0  # a zero inside the body: a hole, filled, so tissue
+    data, _, meta = preprocess_case(image, label, _affine(), _plan(spacing=SPACING), "c")
     _, cropped, _ = crop_to_nonzero(image)
-    mask = resample_mask(nonzero_mask(cropped), meta.resampled_shape)
+    assert meta.resampled_shape == cropped.shape[1:]
+    mask = nonzero_mask(cropped)
     assert not mask.all()  # the zero corner is outside
+    assert mask[20 - 4, 18 - 3, 6 - 1]  # the hole is inside
+    inside = cropped[0][mask].astype(np.float64)
     assert data[0][mask].mean() == pytest.approx(0.0, abs=1e-4)
     assert data[0][mask].std() == pytest.approx(1.0, abs=1e-4)
+    assert data[0][20 - 4, 18 - 3, 6 - 1] == pytest.approx(-inside.mean() / inside.std(),
+                                                           rel=1e-5)
     assert np.all(data[0][~mask] == 0.0)
+
+
+def test_normalize_then_resample_clipped():
+    """nnU-Net v2's order: normalize on the cropped grid, then cubic resampling clipped to
+    the normalized channel's range (per slice here: z is the separate axis)."""
+    image, label = _case(seed=4)
+    plan = _plan()
+    data, meta = preprocess_image(image, _affine(), plan, "order")
+    _, cropped, _ = crop_to_nonzero(image)
+    normalized = normalize(cropped, plan.channel_norms)
+    axis = separate_axis(SPACING, plan.full_spacing)
+    assert axis == 2
+    expected = resample_image(normalized, meta.resampled_shape, axis)
+    np.testing.assert_allclose(data, expected, rtol=0, atol=1e-6)
+    per_slice = [(normalized[0, ..., k].min(), normalized[0, ..., k].max())
+                 for k in range(normalized.shape[3])]
+    assert data.min() >= min(lo for lo, _ in per_slice)
+    assert data.max() <= max(hi for _, hi in per_slice)
 
 
 def test_ct_clipping_without_resampling():

@@ -8,7 +8,6 @@ import pytest
 from nnpipe.preprocessing.resample import (
     resample_image,
     resample_labels,
-    resample_mask,
     resample_volume,
     separate_axis,
     target_shape,
@@ -34,10 +33,35 @@ def test_target_shape_rejects_bad_spacing():
     ("old", "new", "axis"),
     [((1.0, 1.0, 1.0), (2.0, 2.0, 2.0), None), ((0.7, 0.7, 5.0), (1.0, 1.0, 1.0), 2),
      ((1.0, 1.0, 1.0), (4.0, 1.0, 1.0), 0), ((3.0, 1.0, 3.0), (1.0, 1.0, 1.0), None),
-     ((4.0, 1.0, 4.0), (1.0, 1.0, 1.0), 2)],
+     ((4.0, 1.0, 4.0), (1.0, 1.0, 1.0), None)],
 )
 def test_separate_axis(old, new, axis):
+    """Two axes tied for the coarsest: none is separate (nnU-Net v2's rule; nnpipe used to
+    pick the last of them, so the last case's expected value changed from 2 to None)."""
     assert separate_axis(old, new) == axis
+
+
+def test_separate_axis_takes_slices_half_up():
+    """Downsampling 8 -> 4 slices samples coordinates 2j + 0.5: v2's map_coordinates(order=0)
+    rounds them up (slices 1, 3, 5, 7), not half to even."""
+    vol = np.broadcast_to(np.arange(8, dtype=np.float32), (3, 3, 8)).copy()
+    out = resample_volume(vol, (3, 3, 4), order=3, axis=2)
+    assert out[0, 0].tolist() == [1.0, 3.0, 5.0, 7.0]
+
+
+@pytest.mark.parametrize("axis", [None, 2])
+def test_cubic_overshoot_is_clipped(axis):
+    """A step edge: cubic splines overshoot; the result stays inside the input's range
+    (3D: the volume's, separate axis: each slice's)."""
+    vol = np.zeros((6, 6, 4), dtype=np.float32)
+    vol[3:] = 100.0
+    vol[0, 0, 3] = -5.0  # only slice z=3 reaches below 0
+    out = resample_volume(vol, (13, 11, 4), order=3, axis=axis)
+    assert out.max() == 100.0
+    if axis is None:
+        assert out.min() == -5.0
+    else:
+        assert out[..., :3].min() == 0.0 and out[..., 3].min() == -5.0
 
 
 def test_image_shapes_and_constant_preserved():
@@ -104,13 +128,6 @@ def test_labels_same_shape_is_copy():
     assert np.array_equal(out, label) and out is not label
 
 
-def test_mask_nearest():
-    mask = np.zeros((4, 4, 4), dtype=bool)
-    mask[:2] = True
-    out = resample_mask(mask, (8, 4, 4))
-    assert out.dtype == bool and out[:4].all() and not out[4:].any()
-
-
 @pytest.mark.parametrize("order", [1, 3])
 @pytest.mark.parametrize(("shape", "new_shape"),
                          [((17, 23, 9), (30, 11, 9)), ((40, 41, 12), (25, 60, 30)),
@@ -166,15 +183,16 @@ def test_torch_path_equals_numpy_path(order, shape, new_shape, axis, chunk_bytes
 @pytest.mark.parametrize(("shape", "new_shape"),
                          [((8, 9, 10), (16, 4, 10)), ((5, 5, 5), (13, 2, 7)),
                           ((4, 4, 4), (4, 4, 4))])
-def test_torch_mask_is_exactly_the_numpy_mask(shape, new_shape):
+def test_torch_nearest_is_exactly_the_numpy_nearest(shape, new_shape):
+    """Order 0 on the device takes scipy's nearest voxel on every axis (the one-hot rows of
+    the order-0 matrix), so the result is exactly the numpy path's."""
     import torch
 
-    from nnpipe.preprocessing.resample import resample_mask_torch
+    from nnpipe.preprocessing.resample import resample_volume_torch
 
-    mask = np.random.default_rng(0).random(shape) > 0.5
-    got = resample_mask_torch(torch.from_numpy(mask), new_shape)
-    assert got.dtype == torch.bool
-    np.testing.assert_array_equal(got.numpy(), resample_mask(mask, new_shape))
+    vol = np.random.default_rng(0).random(shape).astype(np.float32)
+    got = resample_volume_torch(torch.from_numpy(vol), new_shape, 0)
+    np.testing.assert_array_equal(got.numpy(), resample_volume(vol, new_shape, 0))
 
 
 def test_torch_volume_writes_into_out_and_checks_it():

@@ -30,7 +30,7 @@ import numpy as np
 
 from nnpipe.data.previous import perturb_previous
 from nnpipe.errors import DataError
-from nnpipe.planning.plan import Plan
+from nnpipe.planning.plan import PREPROCESSING_VERSION, Plan
 
 MANIFEST = "manifest.json"
 
@@ -120,6 +120,11 @@ def read_manifest(preprocessed_dir: Path | str) -> dict[str, Any]:
         raise DataError(f"manifest is not valid JSON ({exc})", path=path) from exc
     if not isinstance(manifest, dict) or not isinstance(manifest.get("cases"), dict):
         raise DataError('manifest has no "cases" object', path=path)
+    version = manifest.get("preprocessing_version")
+    if version is not None and version != PREPROCESSING_VERSION:
+        raise DataError(f"was preprocessed with rules version {version}; this nnpipe's are "
+                        f"version {PREPROCESSING_VERSION}: preprocess again (delete the folder; "
+                        "Snakemake reruns the preprocess rule by itself)", path=path)
     return manifest
 
 

@@ -64,12 +64,11 @@ from nnpipe.planning.plan import Plan
 from nnpipe.preprocessing.pipeline import (
     CaseMeta,
     case_target_spacing,
-    preprocess_image,
-    preprocess_image_torch,
     restore_channel_torch,
     restore_probabilities,
 )
 from nnpipe.preprocessing.previous import previous_channels
+from nnpipe.preprocessing.transform import CaseTransform
 from nnpipe.progress import log
 
 if TYPE_CHECKING:  # imported where used (load_configuration), as before
@@ -190,17 +189,16 @@ def predict_image(models: Sequence[LoadedModel], image: np.ndarray, affine: np.n
         raise DataError("affine is not invertible (zero or non-finite voxel size)", case=case_id)
     device = models[0].device
     on_device = device.type != "cpu" if device_path is None else device_path
-    data, meta = None, None
-    if on_device:
-        try:
-            data_t, meta = preprocess_image_torch(image, affine, plan, case_id, device)
-            data = data_t.cpu().numpy()  # average_probabilities takes host arrays
-            del data_t
-        except torch.OutOfMemoryError:
-            _out_of_device_memory(device, case_id, "preprocessing")
-    if data is None or meta is None:
-        data, meta = preprocess_image(image, affine, plan, case_id)
-    del image
+    transform = CaseTransform.from_plan(plan)
+    try:
+        prepared, meta = transform.forward(image, affine, device if on_device else None,
+                                           case_id=case_id)
+    except torch.OutOfMemoryError:
+        _out_of_device_memory(device, case_id, "preprocessing")
+        prepared, meta = transform.forward(image, affine, case_id=case_id)
+    # average_probabilities takes host arrays
+    data = prepared if isinstance(prepared, np.ndarray) else prepared.cpu().numpy()
+    del image, prepared
     if plan.previous_channels:
         if previous is None:
             raise DataError(f"the {plan.configuration or 'cascade'} stage needs the "

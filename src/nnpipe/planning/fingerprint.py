@@ -147,13 +147,27 @@ class Fingerprint:
         )
 
 
-def _box(mask: np.ndarray) -> Bbox:
-    """The half-open bounding box of a non-empty boolean ``(X, Y, Z)`` mask."""
+def bounding_box(mask: np.ndarray) -> tuple[tuple[int, int], ...]:
+    """The half-open box ``((lo, hi), ...)`` (voxels) of the True voxels of a boolean mask of
+    any number of axes; an empty mask gives the whole array (nothing to crop to; nnU-Net v2
+    would fail there).
+
+    Source: nnU-Net v2 2.8.1 ``preprocessing/cropping/cropping.py`` (``get_bbox_from_mask``
+    of the nonzero mask; filling its holes does not move the box).
+    """
+    if not mask.any():
+        return tuple((0, int(n)) for n in mask.shape)
     box = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
         hits = np.flatnonzero(np.any(mask, axis=other))
         box.append((int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)
+
+
+def _box(mask: np.ndarray) -> Bbox:
+    """The half-open bounding box of a boolean ``(X, Y, Z)`` mask (:func:`bounding_box`)."""
+    box = bounding_box(mask)
     return (box[0], box[1], box[2])
 
 
@@ -163,7 +177,8 @@ def crop_to_nonzero(image: np.ndarray, label: np.ndarray | None = None,
     to hold every labelled voxel (label > 0, other than the ``ignore`` value of sparse
     annotations: unannotated voxels are no structure to keep).
 
-    A voxel counts as nonzero if it is nonzero in any channel. The box is half-open,
+    A voxel counts as nonzero if it is nonzero in any channel (the box of nnU-Net v2's filled
+    nonzero mask is the same: a filled hole touches no face of it). The box is half-open,
     ``((x0, x1), (y0, y1), (z0, z1))`` in voxels. Labelled voxels where the image is 0 (a
     structure reaching beyond a mask or the field of view; nnU-Net issues #1425, #2796) stay
     inside the box, so nothing a user labelled is dropped. An all-zero image keeps its full

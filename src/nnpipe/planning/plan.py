@@ -16,6 +16,13 @@ from typing import Any
 from nnpipe.io import write_json
 from nnpipe.labels import LabelScheme, LabelTable
 
+# The version of the preprocessing rules (nnpipe.preprocessing.pipeline), recorded in every
+# preprocessed folder's manifest and given to Snakemake's preprocess rule as a param, so
+# folders made by older rules are rebuilt rather than mixed with new ones. 2: nnU-Net v2's
+# order and rules (normalize on the cropped grid with the filled nonzero mask, then
+# resample; cubic clipped to the input's range; separate-axis ties -> none; order-0 slices
+# half up; v2's shape rounding). Folders without the field are version 1.
+PREPROCESSING_VERSION = 2
 
 @dataclass(frozen=True)
 class ChannelNorm:

@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from scipy import ndimage
 
 from nnpipe.planning.plan import ChannelNorm
 
@@ -40,9 +41,24 @@ RGB_MAX = 255.0
 VALUE_RANGES: dict[str, tuple[float, float]] = {"rgb_0_1": (0.0, RGB_MAX)}
 
 
+# Schemes that standardize inside the nonzero mask (the others never read it).
+MASKED_SCHEMES = frozenset({"zscore_nonzero"})
+
+
 def nonzero_mask(image: np.ndarray) -> np.ndarray:
-    """Voxels nonzero in any channel of ``image`` ``(C, X, Y, Z)``: bool ``(X, Y, Z)``."""
-    return np.any(image != 0, axis=0)
+    """Voxels nonzero in any channel of ``image`` ``(C, *spatial)``, holes filled: bool
+    ``spatial``. A zero inside the body (dark CSF, clipped values) is not background.
+
+    Source: nnU-Net v2 2.8.1 ``preprocessing/cropping/cropping.py`` ``create_nonzero_mask``
+    (``scipy.ndimage.binary_fill_holes`` of the union). Filling never moves the bounding box
+    (a hole touches no face of it), so the crop box is the box of the unfilled union.
+    """
+    return ndimage.binary_fill_holes(np.any(image != 0, axis=0))
+
+
+def needs_mask(norms: Sequence[ChannelNorm]) -> bool:
+    """Whether any channel's scheme reads the nonzero mask (:data:`MASKED_SCHEMES`)."""
+    return any(n.scheme in MASKED_SCHEMES for n in norms)
 
 
 def _zscore_nonzero(channel: np.ndarray, norm: ChannelNorm, mask: np.ndarray) -> np.ndarray:
@@ -103,8 +119,8 @@ def check_value_ranges(image: np.ndarray, norms: Sequence[ChannelNorm]) -> None:
     """Raise ``ValueError`` naming the channel if a channel of ``image`` ``(C, X, Y, Z)`` holds
     values its scheme refuses (:data:`VALUE_RANGES`; ``rgb_0_1``: outside ``[0, 255]``).
 
-    The pipeline checks the image as read, before resampling: spline resampling may overshoot
-    the range by a little, which :func:`clip_to_value_ranges` then removes.
+    The pipeline checks the image as read; resampling then stays inside each channel's range
+    (cubic clipped, :mod:`nnpipe.preprocessing.resample`).
     """
     for c, norm in enumerate(norms):
         if norm.scheme in VALUE_RANGES:
@@ -117,32 +133,22 @@ def check_value_ranges(image: np.ndarray, norms: Sequence[ChannelNorm]) -> None:
                                  f"[{cmin:g}, {cmax:g}]")
 
 
-def clip_to_value_ranges(image: np.ndarray, norms: Sequence[ChannelNorm]) -> np.ndarray:
-    """Clip, in place, each channel of ``image`` ``(C, X, Y, Z)`` whose scheme has a value range
-    (:data:`VALUE_RANGES`) to it: resampling overshoot of an input already checked with
-    :func:`check_value_ranges`. Returns ``image``."""
-    for c, norm in enumerate(norms):
-        if norm.scheme in VALUE_RANGES:
-            lo, hi = VALUE_RANGES[norm.scheme]
-            np.clip(image[c], lo, hi, out=image[c])
-    return image
-
-
 def normalize(image: np.ndarray, norms: Sequence[ChannelNorm],
               mask: np.ndarray | None = None) -> np.ndarray:
     """Normalize ``image`` ``(C, X, Y, Z)`` channel by channel; float32 out.
 
     ``mask`` (bool ``(X, Y, Z)``) is the nonzero mask for ``zscore_nonzero``; by default it is
-    computed from ``image`` itself. The pipeline passes the mask of the image before
-    resampling, resampled with nearest neighbour, since spline overshoot makes "nonzero"
-    meaningless after resampling. Raises ``ValueError`` for an unknown scheme or values a
-    scheme refuses (``rgb_0_1``).
+    computed from ``image`` itself (:func:`nonzero_mask`, holes filled) when a channel needs
+    it. The pipeline normalizes the cropped image on its original grid, then resamples (nnU-Net
+    v2 2.8.1 ``default_preprocessor.run_case_npy``: "normalization MUST happen before
+    resampling"), so the mask always fits the image it standardizes. Raises ``ValueError``
+    for an unknown scheme or values a scheme refuses (``rgb_0_1``).
     """
     if image.ndim != 4 or image.shape[0] != len(norms):
         raise ValueError(f"image of shape {image.shape} does not match {len(norms)} channel "
                          f"norm(s)")
     if mask is None:
-        mask = nonzero_mask(image)
+        mask = nonzero_mask(image) if needs_mask(norms) else np.ones(image.shape[1:], bool)
     if mask.shape != image.shape[1:]:
         raise ValueError(f"mask shape {mask.shape} differs from image shape {image.shape[1:]}")
     out = np.empty(image.shape, dtype=np.float32)

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from nnpipe.datasets.layout import Case
 from nnpipe.imageio import read_header
+from nnpipe.preprocessing.resample import target_shape
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -31,10 +32,11 @@ def estimate_case_bytes(case: Case, target_spacing: Callable[[Sequence[float]], 
     """Peak bytes one case needs while it is preprocessed, from its headers (no voxel read).
 
     With ``n`` input and ``m`` output voxels per channel and ``C`` channels: the float32 image
-    (``4Cn``), the float64 spline coefficients of the channel being resampled (``8n``), the
-    resampled channels and their stacked copy (``8Cm``), the normalized output (``4Cm``), and
-    for the label one float32 class map in and two out (``4n + 8m``) plus the uint8 maps.
-    Measured peaks stay below this (tests/preprocessing/test_parallel.py).
+    and its normalized copy, normalized before resampling (``8Cn``), the filled nonzero mask
+    and scipy's temporaries while filling it (``2n``), the float64 spline coefficients of the
+    channel being resampled (``8n``), the resampled channels and their stacked copy
+    (``8Cm``), and for the label one float32 class map in and two out (``4n + 8m``) plus the
+    uint8 maps. Measured peaks stay below this (tests/preprocessing/test_parallel.py).
     """
     headers = [read_header(p, case=case.case_id) for p in case.images]
     spatial = headers[0].shape
@@ -42,9 +44,8 @@ def estimate_case_bytes(case: Case, target_spacing: Callable[[Sequence[float]], 
     channels = sum(h.channels for h in headers)
     n = math.prod(spatial)
     target = target_spacing(spacing)
-    m = math.prod(max(1, round(s * o / t)) for s, o, t in zip(spatial, spacing, target,
-                                                               strict=True))
-    return 4 * channels * n + 8 * n + 12 * channels * m + 5 * n + 10 * m
+    m = math.prod(target_shape(spatial, spacing, target))
+    return 8 * channels * n + 8 * n + 8 * channels * m + 7 * n + 10 * m
 
 
 def _finished(done: queue.Queue[tuple[int, bool, Any]], index: int, ok: bool,

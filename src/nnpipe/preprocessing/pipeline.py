@@ -2,8 +2,10 @@
 
 Per case: crop to the box of nonzero voxels (air around the body carries no information),
 grown to hold every labelled voxel, or no crop where the plan says so (training labels beyond
-the nonzero box: :attr:`nnpipe.planning.plan.Plan.crop_to_nonzero`), resample to the plan's
-target spacing, normalize. :class:`CaseMeta` records every step so
+the nonzero box: :attr:`nnpipe.planning.plan.Plan.crop_to_nonzero`), normalize on that grid
+(the mask: the filled nonzero mask), then resample to the plan's target spacing (cubic,
+clipped to the input's range) -- nnU-Net v2's order and rules
+(:func:`crop_normalize_resample`). :class:`CaseMeta` records every step so
 that :func:`restore_probabilities` and :func:`restore_labels` can undo them exactly: the
 prediction ends in the original voxel grid and keeps the original affine.
 
@@ -11,7 +13,8 @@ Arrays are in the canonical voxel order the reader (:mod:`nnpipe.datasets.layout
 affine in :class:`CaseMeta` is that canonical grid's. On disk (``preprocess_dataset``):
 ``<case>.npy`` (float32 ``(C, X', Y', Z')``), ``<case>_seg.npy`` (uint8 class indices
 ``(X', Y', Z')``, :class:`nnpipe.labels.LabelTable`), both uncompressed so the loader can memory-map
-them, and last ``manifest.json``, whose presence means the folder is complete.
+them, and last ``manifest.json``, whose presence means the folder is complete; it records
+:data:`PREPROCESSING_VERSION`, the version of these rules.
 """
 
 from __future__ import annotations
@@ -31,25 +34,26 @@ from nnpipe.errors import DataError
 from nnpipe.geometry import spacing_of
 from nnpipe.io import save_npy, write_json
 from nnpipe.planning.fingerprint import Bbox, crop_to_nonzero
-from nnpipe.planning.plan import ChannelNorm, Plan
+from nnpipe.planning.plan import PREPROCESSING_VERSION, ChannelNorm, Plan
 from nnpipe.preprocessing.normalize import (
     MIN_STD,
     VALUE_RANGES,
     check_value_ranges,
-    clip_to_value_ranges,
+    needs_mask,
     nonzero_mask,
     normalize,
 )
 from nnpipe.preprocessing.parallel import GB, estimate_case_bytes, imap_bounded
 from nnpipe.preprocessing.resample import (
     DEVICE_CHUNK_BYTES,
+    IMAGE_RESAMPLING,
+    Resampling,
     resample_image,
     resample_image_torch,
     resample_labels,
-    resample_mask,
-    resample_mask_torch,
     resample_volume,
     resample_volume_torch,
+    resample_with,
     separate_axis,
     target_shape,
 )
@@ -167,6 +171,61 @@ def _check_values(image: np.ndarray, plan: Plan, case_id: str) -> None:
         raise DataError(str(exc), case=case_id) from exc
 
 
+@dataclass(frozen=True)
+class Cropped:
+    """What :func:`crop_normalize_resample` gives: the normalized, resampled image
+    ``(C, *shape)`` float32, the resampled label map (or None), the crop box in the input
+    grid (half-open, voxels) and the shapes before and after resampling."""
+
+    data: np.ndarray
+    label: np.ndarray | None
+    bbox: Bbox
+    cropped_shape: Shape3
+    shape: Shape3
+
+
+def crop_normalize_resample(image: np.ndarray, spacing: Sequence[float],
+                            target_spacing: Sequence[float], norms: Sequence[ChannelNorm], *,
+                            label: np.ndarray | None = None, crop: bool = True,
+                            ignore: int | None = None,
+                            resampling: Resampling = IMAGE_RESAMPLING,
+                            min_size: int = 1) -> Cropped:
+    """The one preprocessing of a case ``image`` ``(C, X, Y, Z)`` (host arrays, spacings in
+    mm in the array's axis order), for nnpipe's own models and nnU-Net v2 models alike:
+
+    1. crop to the box of voxels nonzero in any channel (``crop``), grown to hold every
+       labelled voxel of ``label`` (class indices, ``ignore`` left out);
+    2. normalize each channel by its :class:`ChannelNorm` on that grid, the mask being the
+       filled nonzero mask (:func:`~nnpipe.preprocessing.normalize.nonzero_mask`);
+    3. resample to ``target_spacing`` with ``resampling`` (cubic, clipped to each channel's
+       or slice's range; separate coarse axis by nearest slice), the new shape by
+       :func:`~nnpipe.preprocessing.resample.target_shape` (at least ``min_size``);
+       ``label`` by linear one-hot resampling (:func:`resample_labels`).
+
+    What differs between models is data: the norms (which channels use the mask, CT
+    percentiles), the resampling rule, ``crop`` and ``min_size``; a v2 model's voxel order
+    is applied by its caller. Source of the order of steps: nnU-Net v2 2.8.1
+    ``preprocessing/preprocessors/default_preprocessor.py`` ``run_case_npy`` (crop,
+    normalize, then resample). Raises ``ValueError`` for mismatched shapes or an unknown
+    scheme.
+    """
+    if crop:
+        bbox, cropped, cropped_label = crop_to_nonzero(image, label, ignore=ignore)
+    else:
+        bbox, cropped, cropped_label = _full_box(image.shape[1:]), image, label
+    mask = nonzero_mask(cropped) if needs_mask(norms) else None
+    data = normalize(cropped, norms, mask)
+    new_shape = _int3(target_shape(cropped.shape[1:], spacing, target_spacing,
+                                   at_least=min_size))
+    data = resample_with(data, new_shape, spacing, target_spacing, resampling)
+    seg = None
+    if cropped_label is not None:
+        axis = separate_axis(spacing, target_spacing, resampling.threshold,
+                             resampling.force_separate_z)
+        seg = resample_labels(cropped_label, new_shape, axis)
+    return Cropped(data, seg, bbox, _int3(cropped.shape[1:]), new_shape)
+
+
 def _preprocess(image: np.ndarray, label: np.ndarray | None, affine: np.ndarray, plan: Plan,
                 case_id: str) -> tuple[np.ndarray, np.ndarray | None, CaseMeta]:
     _check_image(image, plan, case_id)
@@ -175,33 +234,24 @@ def _preprocess(image: np.ndarray, label: np.ndarray | None, affine: np.ndarray,
                         f"{image.shape[1:]}", case=case_id)
     spacing = _float3(spacing_of(affine))
     _check_values(image, plan, case_id)
-    if plan.crop_to_nonzero:
-        # label holds class indices here: the ignore value is the scheme's ignore index
-        bbox, cropped, cropped_label = crop_to_nonzero(image, label,
-                                                       ignore=plan.label_table.ignore_index)
-    else:
-        bbox, cropped, cropped_label = _full_box(image.shape[1:]), image, label
-    # The mask is taken before resampling: spline overshoot makes zeros nonzero afterwards.
-    mask = nonzero_mask(cropped)
     target = case_target_spacing(plan, spacing)
-    new_shape = _int3(target_shape(cropped.shape[1:], spacing, target))
-    axis = separate_axis(spacing, target)
-    resampled = clip_to_value_ranges(resample_image(cropped, new_shape, axis),
-                                     plan.channel_norms)
-    data = normalize(resampled, plan.channel_norms, resample_mask(mask, new_shape))
-    seg = None if cropped_label is None else resample_labels(cropped_label, new_shape, axis)
+    # label holds class indices here: the ignore value is the scheme's ignore index
+    out = crop_normalize_resample(image, spacing, target, plan.channel_norms, label=label,
+                                  crop=plan.crop_to_nonzero,
+                                  ignore=plan.label_table.ignore_index)
     meta = CaseMeta(
         case_id=case_id, original_shape=_int3(image.shape[1:]),
         affine=tuple(tuple(float(v) for v in row) for row in np.asarray(affine)),
-        original_spacing=spacing, bbox=bbox, cropped_shape=_int3(cropped.shape[1:]),
-        target_spacing=target, resampled_shape=new_shape,
+        original_spacing=spacing, bbox=out.bbox, cropped_shape=out.cropped_shape,
+        target_spacing=target, resampled_shape=out.shape,
     )
-    return data, seg, meta
+    return out.data, out.label, meta
 
 
 def preprocess_image(image: np.ndarray, affine: np.ndarray, plan: Plan, case_id: str
                      ) -> tuple[np.ndarray, CaseMeta]:
-    """Crop, resample and normalize ``image`` ``(C, X, Y, Z)`` for inference.
+    """Crop, normalize and resample ``image`` ``(C, X, Y, Z)`` for inference
+    (:func:`crop_normalize_resample` with the plan's norms, target spacing and crop).
 
     Returns the float32 ``(C, X', Y', Z')`` array at the case's target spacing and its meta
     (without class locations).
@@ -254,38 +304,68 @@ def preprocess_image_torch(image: np.ndarray, affine: np.ndarray, plan: Plan, ca
                            device: torch.device | str, *,
                            chunk_bytes: int = DEVICE_CHUNK_BYTES
                            ) -> tuple[torch.Tensor, CaseMeta]:
-    """:func:`preprocess_image` on ``device``: crop, resample and normalize ``image``
-    ``(C, X, Y, Z)`` (host array) there; returns ``(C, X', Y', Z')`` float32 on ``device``
-    and the same meta.
+    """:func:`preprocess_image` on ``device``: crop, normalize and resample ``image``
+    ``(C, X, Y, Z)`` (host array) there (:func:`crop_normalize_resample_torch`); returns
+    ``(C, X', Y', Z')`` float32 on ``device`` and the same meta.
 
-    Device memory: the float32 image and the result, plus one channel's intermediate and
-    slabs (:func:`~nnpipe.preprocessing.resample.resample_volume_torch`).
+    Device memory: the float32 image, then the cropped copy and the result, plus one
+    channel's intermediate and slabs
+    (:func:`~nnpipe.preprocessing.resample.resample_volume_torch`).
     """
-    import torch
-
     _check_image(image, plan, case_id)
     _check_values(image, plan, case_id)
     spacing = _float3(spacing_of(affine))
-    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device)
-    nonzero = (x != 0).any(0)
-    bbox = _nonzero_box_torch(nonzero) if plan.crop_to_nonzero else _full_box(image.shape[1:])
-    sl = tuple(slice(lo, hi) for lo, hi in bbox)
-    cropped, mask = x[(slice(None), *sl)], nonzero[sl]
     target = case_target_spacing(plan, spacing)
-    new_shape = _int3(target_shape(cropped.shape[1:], spacing, target))
-    axis = separate_axis(spacing, target)
-    data = resample_image_torch(cropped, new_shape, axis, chunk_bytes=chunk_bytes)
-    del x, cropped, nonzero
-    # the mask of the image before resampling, as the numpy path takes it
-    normalize_torch_(data, plan.channel_norms, resample_mask_torch(mask, new_shape),
-                     chunk_bytes=chunk_bytes)
+    data, bbox, cropped_shape, new_shape = crop_normalize_resample_torch(
+        image, spacing, target, plan.channel_norms, device, crop=plan.crop_to_nonzero,
+        chunk_bytes=chunk_bytes)
     meta = CaseMeta(
         case_id=case_id, original_shape=_int3(image.shape[1:]),
         affine=tuple(tuple(float(v) for v in row) for row in np.asarray(affine)),
-        original_spacing=spacing, bbox=bbox, cropped_shape=_int3(tuple(mask.shape)),
+        original_spacing=spacing, bbox=bbox, cropped_shape=cropped_shape,
         target_spacing=target, resampled_shape=new_shape,
     )
     return data, meta
+
+
+def crop_normalize_resample_torch(image: np.ndarray, spacing: Sequence[float],
+                                  target_spacing: Sequence[float],
+                                  norms: Sequence[ChannelNorm], device: torch.device | str, *,
+                                  crop: bool = True,
+                                  resampling: Resampling = IMAGE_RESAMPLING,
+                                  min_size: int = 1, chunk_bytes: int = DEVICE_CHUNK_BYTES
+                                  ) -> tuple[torch.Tensor, Bbox, Shape3, Shape3]:
+    """:func:`crop_normalize_resample` of a host ``image`` ``(C, X, Y, Z)`` (no label) on
+    ``device``: the float32 ``(C, *shape)`` tensor there, the crop box, the cropped and the
+    resampled shape; the host path's numbers to float32 rounding.
+
+    The filled nonzero mask (only when a channel's scheme reads it) is computed on the host
+    with scipy (there is no hole filling in torch) and copied over as booleans.
+    """
+    import torch
+
+    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(device)
+    bbox = _nonzero_box_torch((x != 0).any(0)) if crop else _full_box(image.shape[1:])
+    sl = tuple(slice(lo, hi) for lo, hi in bbox)
+    # a copy: normalized in place, and on the CPU x may share the caller's memory
+    cropped = x[(slice(None), *sl)].clone(memory_format=torch.contiguous_format)
+    del x
+    cropped_shape = _int3(tuple(cropped.shape[1:]))
+    mask = None
+    if needs_mask(norms):
+        host_mask = nonzero_mask(image[(slice(None), *sl)])
+        mask = torch.from_numpy(host_mask).to(cropped.device)
+    else:
+        mask = torch.ones((1, 1, 1), dtype=torch.bool, device=cropped.device).expand(
+            cropped_shape)
+    normalize_torch_(cropped, norms, mask, chunk_bytes=chunk_bytes)
+    del mask
+    new_shape = _int3(target_shape(cropped_shape, spacing, target_spacing, at_least=min_size))
+    axis = separate_axis(spacing, target_spacing, resampling.threshold,
+                         resampling.force_separate_z)
+    data = resample_image_torch(cropped, new_shape, axis, resampling.order,
+                                order_z=resampling.order_z, chunk_bytes=chunk_bytes)
+    return data, bbox, cropped_shape, new_shape
 
 
 def _full_box(shape: Sequence[int]) -> Bbox:
@@ -419,7 +499,8 @@ def preprocess_dataset(ds: Dataset, plan: Plan, out_dir: Path, workers: int = 1,
     Up to ``workers`` cases run in parallel, and with ``memory_gb > 0`` only as many as their
     estimated peak RAM (:func:`~nnpipe.preprocessing.parallel.estimate_case_bytes`) allows.
 
-    ``manifest.json`` (``{"plan": ..., "cases": {case_id: CaseMeta}}``) is written last and
+    ``manifest.json`` (``{"plan": ..., "preprocessing_version": ..., "cases": {case_id:
+    CaseMeta}}``) is written last and
     atomically, and removed first, so it exists only when every case succeeded. Bad input
     raises :class:`DataError` naming the case.
     """
@@ -446,5 +527,6 @@ def preprocess_dataset(ds: Dataset, plan: Plan, out_dir: Path, workers: int = 1,
                 f"{meta.cropped_shape} -> {meta.resampled_shape}")
     # Cases finish in any order; the manifest lists them in dataset order.
     metas = {c.case_id: metas[c.case_id] for c in ds.training}
-    write_json(manifest, {"plan": plan.to_dict(), "cases": metas})
+    write_json(manifest, {"plan": plan.to_dict(), "preprocessing_version": PREPROCESSING_VERSION,
+                          "cases": metas})
     return manifest

@@ -33,16 +33,13 @@ from nnpipe.errors import DataError
 from nnpipe.inference.predict import PredictionFailed
 from nnpipe.inference.shards import Shard, select_part, write_part_record
 from nnpipe.planning.plan import ChannelNorm
-from nnpipe.preprocessing.normalize import normalize
+from nnpipe.preprocessing.transform import CaseTransform
 from nnpipe.progress import log
 from nnpipe.v2.imageio import V2Image, read_v2_image, write_v2_segmentation
 from nnpipe.v2.model import V2Model, to_device
 from nnpipe.v2.semantics import (
     V2Semantics,
-    bounding_box,
     gaussian_importance,
-    new_shape,
-    nonzero_mask,
     pad_to_patch,
     resample,
     tile_starts,
@@ -75,22 +72,37 @@ def channel_norms(sem: V2Semantics) -> list[ChannelNorm]:
     return norms
 
 
-def preprocess(image: V2Image, sem: V2Semantics) -> Prepared:
-    """Steps 2-3 of the module docstring: ``(C, *resampled)`` float32 and the crop facts."""
-    data = image.data.transpose(0, *[a + 1 for a in sem.transpose_forward])
-    spacing = tuple(image.spacing[a] for a in sem.transpose_forward)
-    shape_before = tuple(data.shape[1:])
-    mask = nonzero_mask(data)
-    bbox = bounding_box(mask)
-    box = tuple(slice(lo, hi) for lo, hi in bbox)
-    data = data[(slice(None), *box)]
-    mask = mask[box]
-    target = sem.spacing if sem.dim == 3 else (spacing[0], *sem.spacing)
-    shape = new_shape(data.shape[1:], spacing, target)
-    data = normalize(np.ascontiguousarray(data), channel_norms(sem), mask)
-    cropped = tuple(data.shape[1:])
-    data = resample(data, shape, spacing, target, sem.data_resampling)
-    return Prepared(data, bbox, shape_before, cropped, spacing, tuple(target))
+def case_transform(sem: V2Semantics) -> CaseTransform:
+    """The v2 model's :class:`~nnpipe.preprocessing.transform.CaseTransform`: its plans'
+    voxel order (``transpose_forward``), per-channel schemes and CT statistics
+    (:func:`channel_norms`), target spacing (2D: the first permuted axis keeps the case's
+    own), data and probabilities resampling rules; always cropped; no lower bound on the
+    new shape (v2's ``compute_new_shape``)."""
+    if sem.dim == 3:
+        target = (float(sem.spacing[0]), float(sem.spacing[1]), float(sem.spacing[2]))
+        keep = None
+    else:  # the first axis' entry is a placeholder: each case keeps its own
+        target = (1.0, float(sem.spacing[0]), float(sem.spacing[1]))
+        keep = 0
+    fwd = sem.transpose_forward
+    return CaseTransform(norms=tuple(channel_norms(sem)), target_spacing=target,
+                         keep_axis=keep, transpose=(int(fwd[0]), int(fwd[1]), int(fwd[2])),
+                         crop=True, resampling=sem.data_resampling,
+                         restore_resampling=sem.probabilities_resampling, min_size=0)
+
+
+def preprocess(image: V2Image, sem: V2Semantics, device: torch.device | None = None,
+               case_id: str = "case") -> Prepared:
+    """Steps 2-3 of the module docstring: ``(C, *resampled)`` float32 and the crop facts.
+
+    The one preprocessing of every model (:meth:`CaseTransform.forward
+    <nnpipe.preprocessing.transform.CaseTransform.forward>`, on the host or ``device``)
+    with v2's facts as data (:func:`case_transform`). The result is a host array."""
+    affine = np.diag([*(float(s) for s in image.spacing), 1.0])
+    data, meta = case_transform(sem).forward(image.data, affine, device, case_id=case_id)
+    host = data if isinstance(data, np.ndarray) else data.cpu().numpy()
+    return Prepared(host, meta.bbox, meta.original_shape, meta.cropped_shape,
+                    meta.original_spacing, meta.target_spacing)
 
 
 # ---------------------------------------------------------------- sliding window

@@ -6,7 +6,11 @@ own rules differ (issue 19 lists fourteen places), a v2 model needs v2's. The ru
 re-derived from nnU-Net v2 2.x (``nnunetv2/preprocessing/resampling/default_resampling.py``,
 ``preprocessing/cropping/cropping.py``, ``inference/sliding_window_prediction.py``) and
 pinned by golden numbers computed once with nnU-Net itself (``tests/v2/test_semantics.py``);
-nnU-Net is never imported.
+nnU-Net is never imported. The preprocessing rules are nnpipe's own, which follow v2
+(:mod:`nnpipe.preprocessing.resample`, :func:`nnpipe.preprocessing.normalize.nonzero_mask`,
+:func:`nnpipe.planning.fingerprint.bounding_box`): the names here are thin views of them with
+v2's facts (a separate axis forced or not, no lower bound on a shape, the logits' dtype)
+passed as data, so the golden numbers pin the one implementation.
 
 Axis convention: arrays are in v2's order, the file's voxel order reversed (SimpleITK's
 ``(z, y, x)``), then permuted by the plans' ``transpose_forward``; spacings in mm follow the
@@ -21,9 +25,19 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-# nnunetv2.configuration.ANISO_THRESHOLD: an axis more than 3x coarser than the finest is
-# resampled on its own (order 0), since interpolating across thick slices invents anatomy.
-ANISO_THRESHOLD = 3.0
+from nnpipe.planning.fingerprint import bounding_box as _bounding_box
+from nnpipe.preprocessing.normalize import nonzero_mask as _nonzero_mask
+from nnpipe.preprocessing.resample import (
+    ANISOTROPY_THRESHOLD,
+    IMAGE_RESAMPLING,
+    Resampling,
+    resample_with,
+)
+from nnpipe.preprocessing.resample import separate_axis as _separate_axis
+from nnpipe.preprocessing.resample import target_shape as _target_shape
+
+# nnunetv2.configuration.ANISO_THRESHOLD (nnpipe's own threshold is the same)
+ANISO_THRESHOLD = ANISOTROPY_THRESHOLD
 
 # v2 normalisation class names -> nnpipe scheme names (nnpipe.preprocessing.normalize);
 # ZScoreNormalization is ``zscore_nonzero`` when the plans set use_mask_for_norm for the
@@ -35,18 +49,6 @@ NORMALIZATION_SCHEMES: dict[str, str] = {
     "RGBTo01Normalization": "rgb_0_1",
 }
 ZSCORE = "ZScoreNormalization"
-
-
-@dataclass(frozen=True)
-class Resampling:
-    """One of v2's resampling calls: spline ``order`` in-plane (and everywhere when no axis
-    is separate), ``order_z`` along a separate axis; ``force_separate_z`` None lets
-    :func:`separate_axis` decide, True/False forces it."""
-
-    order: int = 3
-    order_z: int = 0
-    force_separate_z: bool | None = None
-    threshold: float = ANISO_THRESHOLD
 
 
 @dataclass(frozen=True)
@@ -98,114 +100,48 @@ class V2Semantics:
 
 
 def separate_axis(spacing: Sequence[float], new_spacing: Sequence[float],
-                  rule: Resampling = Resampling()) -> int | None:
-    """The axis v2 resamples on its own (order ``rule.order_z``), or None.
-
-    The current spacing decides first, then the target spacing: anisotropic when
-    ``max / min > threshold``; the axis is the one with the maximum spacing, and when two or
-    three axes tie for the maximum there is no separate axis (v2's
-    ``determine_do_sep_z_and_axis``; nnpipe's own rule picks the last of them).
-    ``force_separate_z=True`` takes the coarsest axis of the current spacing.
-    """
-    if rule.force_separate_z is False:
-        return None
-    if rule.force_separate_z:
-        chosen: Sequence[float] | None = spacing
-    elif max(spacing) / min(spacing) > rule.threshold:
-        chosen = spacing
-    elif max(new_spacing) / min(new_spacing) > rule.threshold:
-        chosen = new_spacing
-    else:
-        chosen = None
-    if chosen is None:
-        return None
-    top = max(chosen)
-    axes = [i for i, s in enumerate(chosen) if top / s == 1]
-    return axes[0] if len(axes) == 1 else None
+                  rule: Resampling = IMAGE_RESAMPLING) -> int | None:
+    """The axis v2 resamples on its own (order ``rule.order_z``), or None:
+    :func:`nnpipe.preprocessing.resample.separate_axis` with the rule's threshold and
+    ``force_separate_z`` (v2's ``determine_do_sep_z_and_axis``)."""
+    return _separate_axis(spacing, new_spacing, rule.threshold, rule.force_separate_z)
 
 
 def new_shape(shape: Sequence[int], spacing: Sequence[float],
               new_spacing: Sequence[float]) -> tuple[int, ...]:
-    """``int(round(spacing / new_spacing * shape))`` per axis (Python's round: halves to
-    even), v2's ``compute_new_shape``; no lower bound of 1, as in v2."""
-    if not len(shape) == len(spacing) == len(new_spacing):
-        raise ValueError(f"shape {tuple(shape)}, spacing {tuple(spacing)} and new spacing "
-                         f"{tuple(new_spacing)} must have the same length")
-    return tuple(int(round(s / t * n)) for s, t, n in zip(spacing, new_spacing, shape,
-                                                          strict=True))
-
-
-def _resize(image: np.ndarray, shape: Sequence[int], order: int) -> np.ndarray:
-    """A spline resize with edge replication and grid-aligned edges, the result clipped to
-    the input's range (what v2 gets from ``skimage.transform.resize(mode='edge',
-    anti_aliasing=False)``): cubic overshoot never leaves ``[min, max]`` of the input."""
-    zoom = np.asarray(shape, dtype=float) / np.asarray(image.shape, dtype=float)
-    out = ndimage.zoom(image, zoom, order=order, mode="nearest", grid_mode=True)
-    if tuple(out.shape) != tuple(shape):  # zoom rounds in*factor; never observed
-        raise ValueError(f"resize to {tuple(shape)} gave {out.shape}")
-    if order > 0:
-        np.clip(out, image.min(), image.max(), out=out)
-    return out
+    """v2's ``compute_new_shape``: :func:`nnpipe.preprocessing.resample.target_shape`
+    without a lower bound (``at_least=0``, as in v2)."""
+    return _target_shape(shape, spacing, new_spacing, at_least=0)
 
 
 def resample(data: np.ndarray, shape: Sequence[int], spacing: Sequence[float],
-             new_spacing: Sequence[float], rule: Resampling = Resampling()) -> np.ndarray:
-    """``data`` ``(C, *spatial)`` resampled to ``shape``, as v2 does, in ``data``'s float
-    dtype (v2 resamples its float16 logits into float16; other dtypes give float32).
-
-    Without a separate axis (:func:`separate_axis`) each channel is resized in 3D with
-    spline ``rule.order``, clipped to the channel's range. With one, every slice across it
-    is resized in 2D (clipped to the slice's range), then the separate axis is resampled
-    with ``rule.order_z`` (order 0: nearest slice, sampled at ``(j + 0.5) * n_in / n_out -
-    0.5``, v2's map_coordinates grid). Computed in float64, as v2 does. Same shape: the
-    input is returned as it is.
-    """
+             new_spacing: Sequence[float], rule: Resampling = IMAGE_RESAMPLING) -> np.ndarray:
+    """``data`` ``(C, X, Y, Z)`` resampled to ``shape`` as v2 does
+    (:func:`nnpipe.preprocessing.resample.resample_with`: cubic or ``rule.order`` clipped to
+    each channel's or slice's range, separate axis by ``rule.order_z``), returned in
+    ``data``'s float dtype (v2 resamples its float16 logits into float16; other dtypes give
+    float32). Same shape: the input is returned as it is."""
     if data.ndim != len(shape) + 1:
         raise ValueError(f"data {data.shape} must be (C, *spatial) for shape {tuple(shape)}")
     dtype = data.dtype if data.dtype in (np.float16, np.float32) else np.dtype(np.float32)
     if tuple(data.shape[1:]) == tuple(shape):
         return data.astype(dtype, copy=False)
-    axis = separate_axis(spacing, new_spacing, rule)
-    out = np.zeros((data.shape[0], *shape), dtype=dtype)
-    for c in range(data.shape[0]):
-        channel = data[c].astype(np.float64)
-        if axis is None:
-            out[c] = _resize(channel, shape, rule.order)
-            continue
-        inplane = [s for i, s in enumerate(shape) if i != axis]
-        moved = np.moveaxis(channel, axis, 0)
-        slices = np.stack([_resize(s, inplane, rule.order) for s in moved])
-        slices = np.moveaxis(slices, 0, axis)
-        if slices.shape[axis] == shape[axis]:
-            out[c] = slices
-            continue
-        coords = np.meshgrid(*[(np.arange(n) + 0.5) * (m / n) - 0.5
-                               for n, m in zip(shape, slices.shape, strict=True)],
-                             indexing="ij", sparse=False)
-        out[c] = ndimage.map_coordinates(slices, np.stack(coords), order=rule.order_z,
-                                         mode="nearest")
-    return out
+    return resample_with(data, shape, spacing, new_spacing, rule).astype(dtype, copy=False)
 
 
 # ---------------------------------------------------------------- crop
 
 
 def nonzero_mask(data: np.ndarray) -> np.ndarray:
-    """Voxels nonzero in any channel of ``data`` ``(C, *spatial)``, holes filled (v2's
-    ``create_nonzero_mask``: ``binary_fill_holes``)."""
-    return ndimage.binary_fill_holes(np.any(data != 0, axis=0))
+    """v2's ``create_nonzero_mask``: :func:`nnpipe.preprocessing.normalize.nonzero_mask`
+    (voxels nonzero in any channel of ``(C, *spatial)``, holes filled)."""
+    return _nonzero_mask(data)
 
 
 def bounding_box(mask: np.ndarray) -> tuple[tuple[int, int], ...]:
-    """``(lo, hi)`` per axis of the True voxels (half-open); the whole array if none."""
-    if not mask.any():  # v2 would fail here; an empty image is predicted uncropped
-        return tuple((0, n) for n in mask.shape)
-    box = []
-    for axis in range(mask.ndim):
-        others = tuple(a for a in range(mask.ndim) if a != axis)
-        hits = np.flatnonzero(mask.any(axis=others))
-        box.append((int(hits[0]), int(hits[-1]) + 1))
-    return tuple(box)
+    """``(lo, hi)`` per axis of the True voxels (half-open); the whole array if none
+    (:func:`nnpipe.planning.fingerprint.bounding_box`)."""
+    return _bounding_box(mask)
 
 
 # ---------------------------------------------------------------- sliding window
