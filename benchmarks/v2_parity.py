@@ -77,9 +77,13 @@ for src, dst in zip(sys.argv[1::2], sys.argv[2::2]):
 
 
 def run_measured(cmd: list[str], env: dict[str, str], log: Path,
-                 loads: list[float] | None = None) -> tuple[float, int]:
+                 loads: list[float] | None = None, cpu: list[float] | None = None
+                 ) -> tuple[float, int]:
     """Run ``cmd``; return (wall seconds, peak RSS in bytes of its process tree).
-    ``loads``: the machine's 1-minute load average, sampled with the RSS, is appended here.
+    ``loads``: the machine's 1-minute load average, sampled with the RSS, is appended here;
+    ``cpu``: the user + system CPU seconds of the whole process tree (every descendant that
+    its parent waited for, ``RUSAGE_CHILDREN``), appended here: on a busy machine the wall
+    time is mostly waiting for a core, the CPU time much less so.
 
     Raises:
         RuntimeError: the command failed (naming its log).
@@ -87,6 +91,9 @@ def run_measured(cmd: list[str], env: dict[str, str], log: Path,
     import psutil
 
     log.parent.mkdir(parents=True, exist_ok=True)
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     peak, t0 = 0, time.perf_counter()
     with open(log, "a") as f:
         f.write("$ " + " ".join(cmd) + "\n")
@@ -105,6 +112,9 @@ def run_measured(cmd: list[str], env: dict[str, str], log: Path,
                 loads.append(os.getloadavg()[0])
             time.sleep(SAMPLE_S)
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if cpu is not None:
+        cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise RuntimeError(f"{Path(cmd[0]).name} failed (exit {proc.returncode}); see {log}")
     return wall, peak
@@ -131,15 +141,15 @@ class Tools:
     def env(self) -> dict[str, str]:
         return {**os.environ, "OMP_NUM_THREADS": str(self.threads)}
 
-    def v2(self, tool: str, *args: str, log: str, loads: list[float] | None = None
-           ) -> tuple[float, int]:
+    def v2(self, tool: str, *args: str, log: str, loads: list[float] | None = None,
+           cpu: list[float] | None = None) -> tuple[float, int]:
         return run_measured([str(self.venv / "bin" / tool), *args], self.v2_env,
-                            self.work / "logs" / f"{log}.log", loads)
+                            self.work / "logs" / f"{log}.log", loads, cpu)
 
-    def nnpipe(self, *args: str, log: str, loads: list[float] | None = None
-               ) -> tuple[float, int]:
+    def nnpipe(self, *args: str, log: str, loads: list[float] | None = None,
+               cpu: list[float] | None = None) -> tuple[float, int]:
         return run_measured([self.nnpipe_python, "-m", "nnpipe", *args], self.env,
-                            self.work / "logs" / f"{log}.log", loads)
+                            self.work / "logs" / f"{log}.log", loads, cpu)
 
 
 # ---------------------------------------------------------------- dataset and v2 models
@@ -426,23 +436,26 @@ def time_both(t: Tools, m: Model, folds: str, images: Path, repeats: int,
                 dest = out / f"{tool}-{int(tta)}-{i}"
                 shutil.rmtree(dest, ignore_errors=True)
                 loads: list[float] = []
+                cpu: list[float] = []
                 if tool == "nnunetv2":
                     wall, rss = t.v2("nnUNetv2_predict", "-i", str(images), "-o", str(dest),
                                      "-d", m.dataset[7:10], "-c", m.configuration, "-tr",
                                      trainer, "-p", plans, "-f", *fl, "-device", "cpu",
                                      "-npp", "1", "-nps", "1",
                                      *([] if tta else ["--disable_tta"]), log="speed-v2",
-                                     loads=loads)
+                                     loads=loads, cpu=cpu)
                 else:
                     wall, rss = t.nnpipe("predict", "--model", str(m.folder), "-i", str(images),
                                          "-o", str(dest), "--folds", *fl, "--device", "cpu",
                                          "--threads", str(t.threads), "--config-json",
                                          json.dumps({"inference": {"tta": tta}}),
-                                         log="speed-nnpipe", loads=loads)
+                                         log="speed-nnpipe", loads=loads,
+                                         cpu=cpu)
                 load = float(np.mean(loads)) if loads else float(os.getloadavg()[0])
-                timings.append(Timing(tool, tta, wall, rss, load))
+                timings.append(Timing(tool, tta, wall, rss, load, cpu[0]))
                 print(f"speed {tool} TTA {'on' if tta else 'off'} run {i}: {wall:.1f} s, "
-                      f"{rss / 2**30:.2f} GiB, load average {load:.1f}", file=sys.stderr)
+                      f"{rss / 2**30:.2f} GiB, load average {load:.1f}, CPU {cpu[0]:.1f} s",
+                      file=sys.stderr)
     return timings
 
 
