@@ -4,6 +4,7 @@ imports, and a loaded model that holds the checkpoint's weights and nothing else
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,19 +24,22 @@ NOT_IMPORTED = ("pandas", "sympy", "scipy.spatial", "monai", "snakemake", "matpl
                 "symbolic_shapes")
 
 _RUN = """
-import json, sys
+import json, os, sys
 from nnpipe.cli import main
 code = main(sys.argv[1:])
-print(json.dumps({"code": code, "modules": sorted(sys.modules)}))
+print(json.dumps({"code": code, "modules": sorted(sys.modules),
+                  "omp": os.environ.get("OMP_WAIT_POLICY")}))
 """
 
 
-def _imported(args: list[str]) -> tuple[int, set[str]]:
-    """Run ``nnpipe <args>`` in a fresh interpreter; its exit code and ``sys.modules``."""
+def _imported(args: list[str], env: dict[str, str] | None = None
+              ) -> tuple[int, set[str], str | None]:
+    """Run ``nnpipe <args>`` in a fresh interpreter; its exit code, ``sys.modules`` and
+    ``OMP_WAIT_POLICY`` at its end."""
     done = subprocess.run([sys.executable, "-c", _RUN, *args], capture_output=True,
-                          text=True, check=True)
+                          text=True, check=True, env=env)
     record = json.loads(done.stdout.strip().splitlines()[-1])
-    return record["code"], set(record["modules"])
+    return record["code"], set(record["modules"]), record["omp"]
 
 
 def _heavy(modules: set[str]) -> list[str]:
@@ -47,12 +51,17 @@ def test_v2_predict_imports_only_what_it_uses(v2_folder: V2Folder, tmp_path: Pat
     image = np.zeros((10, 20, 18), np.float32)
     image[2:9, 3:17, 1:15] = np.random.default_rng(0).uniform(-100, 300, (7, 14, 14))
     write_image(tmp_path / "in" / "case_a_0000.nii.gz", image)
-    code, modules = _imported(["predict", "--model", str(model), "-i", str(tmp_path / "in"),
-                               "-o", str(tmp_path / "out"), "--device", "cpu",
-                               "--threads", "1"])
+    args = ["predict", "--model", str(model), "-i", str(tmp_path / "in"), "-o",
+            str(tmp_path / "out"), "--device", "cpu", "--threads", "1"]
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    code, modules, omp = _imported(args, env)
     assert code == 0 and (tmp_path / "out" / "case_a.nii.gz").is_file()
     assert "torch" in modules and "nnpipe.v2.predict" in modules  # it did predict
     assert _heavy(modules) == []
+    assert omp == "PASSIVE"  # set before torch started OpenMP
+    # a user's own setting is kept
+    _, _, omp = _imported([*args, "--continue"], {**env, "OMP_WAIT_POLICY": "ACTIVE"})
+    assert omp == "ACTIVE"
 
 
 def test_cli_help_and_import_nnpipe_need_no_torch() -> None:
