@@ -574,8 +574,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nspeed: {models[0].folder.name}, folds {a.folds[0]}, {n_speed} case(s) of "
               f"{shapes}, {a.threads} threads, CPU fp32\n")
         print(speed_table(srows))
-    _write(work / f"v2_parity_{name}.json", record)
-    print(f"\nrecord: {work / f'v2_parity_{name}.json'}")
+    # a speed-only rerun writes its own record: it must not replace the parity rows
+    out = work / f"v2_{'speed' if a.speed_only else 'parity'}_{name}.json"
+    _write(out, record)
+    print(f"\nrecord: {out}")
     return 0 if all(r["gate"] for r in rows) else 1  # no rows (--speed-only): 0
 
 
