@@ -24,8 +24,11 @@ other comparisons with v2 do. On any dataset in MSD or v2 raw layout::
 5. ``--speed-repeats N``: the same predict commands without probabilities, ABBA-alternated,
    N times each, on CPU fp32 with TTA on and off, the same thread count (v2 sets
    ``torch.set_num_threads(cpu_count)`` on the CPU; nnpipe gets ``--threads`` = cpu count,
-   both ``OMP_NUM_THREADS``), wall time from start to exit and the peak RSS of each
-   command's process tree (psutil, every 20 ms).
+   both ``OMP_NUM_THREADS``), wall time from start to exit, the peak RSS of each
+   command's process tree (psutil, every 20 ms), its CPU seconds (``RUSAGE_CHILDREN``) and
+   the machine's load average meanwhile; ``--speed-scale S`` times on the test images
+   zoomed S times per axis (a CT-sized case), ``--speed-cases N`` on the first N; a
+   ``--speed-only`` run writes ``WORK/v2_speed_<dataset>.json``.
 
 nnU-Net is only ever run as a program in its own environment; nothing of it is imported here.
 """

@@ -492,7 +492,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--allow-empty", action="store_true",
                     help="no input cases (a missing --input folder, no test cases) is no error")
     sp.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda, cuda:1")
-    sp.add_argument("--threads", type=int)
+    sp.add_argument("--threads", type=int, help="CPU threads for torch (OpenMP threads "
+                    "sleep between parallel regions: OMP_WAIT_POLICY=PASSIVE unless set)")
     sp.add_argument("--configuration", help="an nnU-Net v2 dataset folder or zip with several "
                     "trained models: which (3d_fullres, 2d, ... or the folder name)")
     sp.add_argument("--folds", nargs="+", help="an nnU-Net v2 model: the folds to average "
