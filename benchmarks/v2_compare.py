@@ -137,12 +137,16 @@ def parity_table(rows: Sequence[Mapping[str, object]]) -> str:
 
 @dataclass(frozen=True)
 class Timing:
-    """One timed run of a predict command: wall seconds, peak RSS of its process tree."""
+    """One timed run of a predict command: wall seconds, peak RSS of its process tree and
+    the machine's mean 1-minute load average while it ran and the user + system CPU
+    seconds of the process tree (NaN: not sampled)."""
 
     tool: str
     tta: bool
     wall_s: float
     peak_rss_bytes: int
+    load: float = float("nan")
+    cpu_s: float = float("nan")
 
 
 def speed_rows(timings: Sequence[Timing]) -> list[dict[str, object]]:
@@ -165,17 +169,26 @@ def speed_rows(timings: Sequence[Timing]) -> list[dict[str, object]]:
                      "speedup": wall["nnunetv2"] / wall["nnpipe"],
                      "v2_rss_gib": rss["nnunetv2"] / 2**30,
                      "nnpipe_rss_gib": rss["nnpipe"] / 2**30,
-                     "rss_ratio": rss["nnpipe"] / max(rss["nnunetv2"], 1)})
+                     "rss_ratio": rss["nnpipe"] / max(rss["nnunetv2"], 1),
+                     "load": float(np.mean([t.load for v in by.values() for t in v])),
+                     "v2_cpu_s": float(np.median([t.cpu_s for t in by["nnunetv2"]])),
+                     "nnpipe_cpu_s": float(np.median([t.cpu_s for t in by["nnpipe"]]))})
     return rows
 
 
 def speed_table(rows: Sequence[Mapping[str, object]]) -> str:
     """Markdown table of :func:`speed_rows`."""
     lines = ["| TTA | runs each | nnU-Net v2 s | nnpipe s | speed-up (v2 / nnpipe) | "
-             "v2 peak RSS GiB | nnpipe peak RSS GiB | RSS nnpipe / v2 |",
-             "|---|---|---|---|---|---|---|---|"]
+             "v2 peak RSS GiB | nnpipe peak RSS GiB | RSS nnpipe / v2 | load average | "
+             "v2 CPU s | nnpipe CPU s | CPU v2 / nnpipe |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    nan = float("nan")
     for r in rows:
+        v2_cpu = float(r.get("v2_cpu_s", nan))  # type: ignore[arg-type]
+        np_cpu = float(r.get("nnpipe_cpu_s", nan))  # type: ignore[arg-type]
         lines.append(f"| {'on' if r['tta'] else 'off'} | {r['runs']} | {r['v2_s']:.1f} | "
                      f"{r['nnpipe_s']:.1f} | {r['speedup']:.2f}x | {r['v2_rss_gib']:.2f} | "
-                     f"{r['nnpipe_rss_gib']:.2f} | {r['rss_ratio']:.2f} |")
+                     f"{r['nnpipe_rss_gib']:.2f} | {r['rss_ratio']:.2f} | "
+                     f"{float(r.get('load', nan)):.1f} | "  # type: ignore[arg-type]
+                     f"{v2_cpu:.1f} | {np_cpu:.1f} | {v2_cpu / np_cpu:.2f}x |")
     return "\n".join(lines)

@@ -24,8 +24,11 @@ other comparisons with v2 do. On any dataset in MSD or v2 raw layout::
 5. ``--speed-repeats N``: the same predict commands without probabilities, ABBA-alternated,
    N times each, on CPU fp32 with TTA on and off, the same thread count (v2 sets
    ``torch.set_num_threads(cpu_count)`` on the CPU; nnpipe gets ``--threads`` = cpu count,
-   both ``OMP_NUM_THREADS``), wall time from start to exit and the peak RSS of each
-   command's process tree (psutil, every 20 ms).
+   both ``OMP_NUM_THREADS``), wall time from start to exit, the peak RSS of each
+   command's process tree (psutil, every 20 ms), its CPU seconds (``RUSAGE_CHILDREN``) and
+   the machine's load average meanwhile; ``--speed-scale S`` times on the test images
+   zoomed S times per axis (a CT-sized case), ``--speed-cases N`` on the first N; a
+   ``--speed-only`` run writes ``WORK/v2_speed_<dataset>.json``.
 
 nnU-Net is only ever run as a program in its own environment; nothing of it is imported here.
 """
@@ -76,8 +79,14 @@ for src, dst in zip(sys.argv[1::2], sys.argv[2::2]):
 # ---------------------------------------------------------------- running commands
 
 
-def run_measured(cmd: list[str], env: dict[str, str], log: Path) -> tuple[float, int]:
+def run_measured(cmd: list[str], env: dict[str, str], log: Path,
+                 loads: list[float] | None = None, cpu: list[float] | None = None
+                 ) -> tuple[float, int]:
     """Run ``cmd``; return (wall seconds, peak RSS in bytes of its process tree).
+    ``loads``: the machine's 1-minute load average, sampled with the RSS, is appended here;
+    ``cpu``: the user + system CPU seconds of the whole process tree (every descendant that
+    its parent waited for, ``RUSAGE_CHILDREN``), appended here: on a busy machine the wall
+    time is mostly waiting for a core, the CPU time much less so.
 
     Raises:
         RuntimeError: the command failed (naming its log).
@@ -85,6 +94,9 @@ def run_measured(cmd: list[str], env: dict[str, str], log: Path) -> tuple[float,
     import psutil
 
     log.parent.mkdir(parents=True, exist_ok=True)
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     peak, t0 = 0, time.perf_counter()
     with open(log, "a") as f:
         f.write("$ " + " ".join(cmd) + "\n")
@@ -99,8 +111,13 @@ def run_measured(cmd: list[str], env: dict[str, str], log: Path) -> tuple[float,
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
             peak = max(peak, rss)
+            if loads is not None:
+                loads.append(os.getloadavg()[0])
             time.sleep(SAMPLE_S)
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if cpu is not None:
+        cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         raise RuntimeError(f"{Path(cmd[0]).name} failed (exit {proc.returncode}); see {log}")
     return wall, peak
@@ -127,13 +144,15 @@ class Tools:
     def env(self) -> dict[str, str]:
         return {**os.environ, "OMP_NUM_THREADS": str(self.threads)}
 
-    def v2(self, tool: str, *args: str, log: str) -> tuple[float, int]:
+    def v2(self, tool: str, *args: str, log: str, loads: list[float] | None = None,
+           cpu: list[float] | None = None) -> tuple[float, int]:
         return run_measured([str(self.venv / "bin" / tool), *args], self.v2_env,
-                            self.work / "logs" / f"{log}.log")
+                            self.work / "logs" / f"{log}.log", loads, cpu)
 
-    def nnpipe(self, *args: str, log: str) -> tuple[float, int]:
+    def nnpipe(self, *args: str, log: str, loads: list[float] | None = None,
+               cpu: list[float] | None = None) -> tuple[float, int]:
         return run_measured([self.nnpipe_python, "-m", "nnpipe", *args], self.env,
-                            self.work / "logs" / f"{log}.log")
+                            self.work / "logs" / f"{log}.log", loads, cpu)
 
 
 # ---------------------------------------------------------------- dataset and v2 models
@@ -225,6 +244,30 @@ def test_images(raw_v2: Path, dest: Path, n_cases: int) -> list[str]:
         if re.sub(r"_\d{4}\..*$", "", p.name) in ids and not (dest / p.name).exists():
             shutil.copy2(p, dest / p.name)
     return ids
+
+
+def scaled_images(images: Path, dest: Path, scale: float, n_cases: int) -> Path:
+    """The first ``n_cases`` cases of ``images`` with every axis zoomed by ``scale`` (linear
+    interpolation, ``scipy.ndimage.zoom``) and the same voxel spacing, so the body is
+    ``scale`` times larger and the case has ``scale**3`` times the voxels: a CT-sized case
+    made from a test image, for timing only (its labels are no one's). Written once into
+    ``dest`` (kept between runs); returns ``dest``."""
+    from scipy import ndimage
+
+    files = sorted(p for p in images.iterdir() if re.search(r"_\d{4}\.", p.name))
+    ids = sorted({re.sub(r"_\d{4}\..*$", "", p.name) for p in files})[:n_cases]
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in files:
+        if re.sub(r"_\d{4}\..*$", "", p.name) not in ids or (dest / p.name).exists():
+            continue
+        img: Any = nib.load(p)
+        data = np.asarray(img.dataobj)
+        big = ndimage.zoom(data.astype(np.float32), scale, order=1).astype(data.dtype)
+        out = nib.Nifti1Image(big, img.affine, img.header)
+        tmp = dest / f".{p.name}"
+        nib.save(out, tmp)
+        tmp.replace(dest / p.name)
+    return dest
 
 
 # ---------------------------------------------------------------- nnpipe's stages (probe)
@@ -387,7 +430,7 @@ def time_both(t: Tools, m: Model, folds: str, images: Path, repeats: int,
     fl = FOLD_SETS[folds]
     plans = json.loads((m.folder / "plans.json").read_text())["plans_name"]
     trainer = m.folder.name.split("__")[0]
-    out = t.work / "speed" / m.dataset
+    out = t.work / "speed" / m.dataset / images.name
     timings = []
     for tta in ttas:
         for i in range(repeats):
@@ -395,21 +438,27 @@ def time_both(t: Tools, m: Model, folds: str, images: Path, repeats: int,
             for tool in order:
                 dest = out / f"{tool}-{int(tta)}-{i}"
                 shutil.rmtree(dest, ignore_errors=True)
+                loads: list[float] = []
+                cpu: list[float] = []
                 if tool == "nnunetv2":
                     wall, rss = t.v2("nnUNetv2_predict", "-i", str(images), "-o", str(dest),
                                      "-d", m.dataset[7:10], "-c", m.configuration, "-tr",
                                      trainer, "-p", plans, "-f", *fl, "-device", "cpu",
                                      "-npp", "1", "-nps", "1",
-                                     *([] if tta else ["--disable_tta"]), log="speed-v2")
+                                     *([] if tta else ["--disable_tta"]), log="speed-v2",
+                                     loads=loads, cpu=cpu)
                 else:
                     wall, rss = t.nnpipe("predict", "--model", str(m.folder), "-i", str(images),
                                          "-o", str(dest), "--folds", *fl, "--device", "cpu",
                                          "--threads", str(t.threads), "--config-json",
                                          json.dumps({"inference": {"tta": tta}}),
-                                         log="speed-nnpipe")
-                timings.append(Timing(tool, tta, wall, rss))
+                                         log="speed-nnpipe", loads=loads,
+                                         cpu=cpu)
+                load = float(np.mean(loads)) if loads else float(os.getloadavg()[0])
+                timings.append(Timing(tool, tta, wall, rss, load, cpu[0]))
                 print(f"speed {tool} TTA {'on' if tta else 'off'} run {i}: {wall:.1f} s, "
-                      f"{rss / 2**30:.2f} GiB", file=sys.stderr)
+                      f"{rss / 2**30:.2f} GiB, load average {load:.1f}, CPU {cpu[0]:.1f} s",
+                      file=sys.stderr)
     return timings
 
 
@@ -451,7 +500,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="timed runs of each tool per TTA setting (0: no timing)")
     p.add_argument("--speed-only", action="store_true",
                    help="skip the parity rows (a rerun that only times)")
+    p.add_argument("--speed-scale", type=float, default=1.0,
+                   help="time on the test images zoomed by this factor per axis at the same "
+                        "spacing (a larger body, scale^3 the voxels; e.g. 4 makes the "
+                        "44 x 40 x 12 CT test case 176 x 160 x 48), written once to "
+                        "WORK/speed_images/")
+    p.add_argument("--speed-cases", type=int, default=None,
+                   help="time on the first N test cases only (default: every one)")
     return p
+
+
+def _shape(path: Path) -> tuple[int, ...]:
+    img: Any = nib.load(path)
+    return tuple(int(n) for n in img.shape)
 
 
 def _write(path: Path, record: dict[str, Any]) -> None:
@@ -498,17 +559,28 @@ def main(argv: list[str] | None = None) -> int:
                 _write(work / f"v2_parity_{name}.json", record)  # a stopped run keeps its rows
     print(parity_table(rows))
     if a.speed_repeats > 0 and models:
-        timings = time_both(t, models[0], a.folds[0], images, a.speed_repeats,
+        n_speed = a.speed_cases or len(cases)
+        speed_images = images
+        if a.speed_scale != 1.0 or n_speed < len(cases):
+            speed_images = scaled_images(images, work / "speed_images" / (
+                f"{name}_x{a.speed_scale:g}_{n_speed}cases"), a.speed_scale, n_speed)
+        shapes = sorted({_shape(p) for p in speed_images.iterdir()
+                         if p.name.endswith((".nii.gz", ".nii"))})
+        print(f"speed images {speed_images}: shapes {shapes}", file=sys.stderr)
+        timings = time_both(t, models[0], a.folds[0], speed_images, a.speed_repeats,
                             [x == "on" for x in a.tta])
         srows = speed_rows(timings)
         record["speed"] = {"model": str(models[0].folder), "folds": a.folds[0],
-                           "threads": a.threads, "cases": len(cases), "rows": srows,
+                           "threads": a.threads, "cases": n_speed, "rows": srows,
+                           "images": str(speed_images), "shapes": shapes,
                            "runs": [vars(x) for x in timings]}
-        print(f"\nspeed: {models[0].folder.name}, folds {a.folds[0]}, {len(cases)} cases, "
-              f"{a.threads} threads, CPU fp32\n")
+        print(f"\nspeed: {models[0].folder.name}, folds {a.folds[0]}, {n_speed} case(s) of "
+              f"{shapes}, {a.threads} threads, CPU fp32\n")
         print(speed_table(srows))
-    _write(work / f"v2_parity_{name}.json", record)
-    print(f"\nrecord: {work / f'v2_parity_{name}.json'}")
+    # a speed-only rerun writes its own record: it must not replace the parity rows
+    out = work / f"v2_{'speed' if a.speed_only else 'parity'}_{name}.json"
+    _write(out, record)
+    print(f"\nrecord: {out}")
     return 0 if all(r["gate"] for r in rows) else 1  # no rows (--speed-only): 0
 
 

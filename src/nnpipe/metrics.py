@@ -41,18 +41,20 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 from scipy import ndimage
-from scipy.spatial import cKDTree
 
 from nnpipe.datasets.layout import prediction_path, read_label_file
 from nnpipe.errors import DataError
 from nnpipe.geometry import grid_difference, spacing_of
 from nnpipe.io import atomic_path, write_json
 from nnpipe.labels import ScoredClass
+
+if TYPE_CHECKING:  # pandas and scipy.spatial load where a table or distance is made, so
+    # `nnpipe predict` (which imports ScoredClass through this module) starts without them
+    import pandas as pd
 
 __all__ = ["ScoredClass"]  # re-exported: the label concept lives in nnpipe.labels
 
@@ -127,6 +129,8 @@ def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float
     connectivity), computed on the union's bounding box plus one voxel, as MONAI does; a
     mask touching the image border has its border voxels on the surface.
     """
+    from scipy.spatial import cKDTree
+
     box = _union_box(pred, ref)
     p, r = pred[box], ref[box]
     edge_p = p ^ ndimage.binary_erosion(p)
@@ -291,6 +295,8 @@ def evaluate_folder(pred_dir: Path | str, refs: Path | str | Mapping[str, Path |
                                                    case=case, classes=classes,
                                                    tolerance_mm=tolerance_mm,
                                                    ignore=ignore)})
+    import pandas as pd
+
     table = pd.DataFrame(rows, columns=columns(classes, sparse=ignore is not None))
     if summary_json is not None:
         write_json(summary_json, summarize(table, classes, tolerance_mm, ignore))

@@ -32,7 +32,7 @@ samples/s); with this module 128 ms and 245 ms (0.95).
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -128,12 +128,15 @@ def use_onednn(net: _M, enabled: bool = True) -> _M:
 
 
 def _sharing(cls: type[_C], conv: nn.Conv3d) -> _C:
-    """A ``cls`` with ``conv``'s arguments and its very parameters; ``skip_init`` makes the
-    new module without initialising (drawing random numbers for) weights it then drops."""
-    new = torch.nn.utils.skip_init(
-        cls, conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-        conv.padding, conv.dilation, conv.groups, bias=conv.bias is not None,
-        padding_mode=conv.padding_mode, device=conv.weight.device, dtype=conv.weight.dtype)
+    """A ``cls`` with ``conv``'s arguments and its very parameters. The new module is made
+    on the meta device (no memory, no random draws) and then takes ``conv``'s parameters;
+    ``torch.nn.utils.skip_init`` would do the same but its ``to_empty`` imports sympy and
+    torch.fx's symbolic shapes, 0.6 s of ``nnpipe predict``'s start-up (issue 19 item 4)."""
+    # conv's own arguments (Any: Conv3d stores tuples of any length, takes 3-tuples)
+    same: dict[str, Any] = {name: getattr(conv, name) for name in (
+        "in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
+        "groups", "padding_mode")}
+    new = cls(**same, bias=conv.bias is not None, device="meta", dtype=conv.weight.dtype)
     new.weight = conv.weight
     new.bias = conv.bias
     new.train(conv.training)

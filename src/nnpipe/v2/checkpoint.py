@@ -13,6 +13,7 @@ naming anything else is refused with the file and the global it needs.
 from __future__ import annotations
 
 import pickle
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,8 +55,13 @@ class V2Checkpoint:
     source: str
 
 
-def load_v2_checkpoint(path: Path | str) -> V2Checkpoint:
+def load_v2_checkpoint(path: Path | str, mmap: bool = False) -> V2Checkpoint:
     """Read a v2 checkpoint with ``weights_only=True`` and the NumPy allowlist.
+
+    ``mmap``: the tensors are mapped from the file (``torch.load(mmap=True)``) instead of
+    read: what is never used (the optimizer's state, as large as the weights or twice as
+    large) is never read or held in memory. The file must then stay in place while the
+    weights are used (deleting it is fine on POSIX systems, where the mapping stays valid).
 
     Raises:
         ValueError: the file needs a global outside the allowlist (named), is not a v2
@@ -64,7 +70,9 @@ def load_v2_checkpoint(path: Path | str) -> V2Checkpoint:
     path = Path(path)
     try:
         with torch.serialization.safe_globals(NUMPY_GLOBALS):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            # torch maps only its zip format (every v2 checkpoint); an older file is read
+            ckpt = torch.load(path, map_location="cpu", weights_only=True,
+                              mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ValueError(f"checkpoint {str(path)!r} holds objects nnpipe does not unpickle "

@@ -15,10 +15,16 @@ Accepted, as v2 lays them out (``nnUNet_results``):
 Every checkpoint is read with :func:`nnpipe.v2.checkpoint.load_v2_checkpoint` (no code is
 unpickled) and the network is built and loaded strictly, so a mismatch fails before the
 first case.
+
+Loading costs what reading the weights costs (issue 19 item 4): each checkpoint is mapped
+from its file, so the optimizer's state in it is never read; the network is built on the
+meta device (no memory, no random initialisation of weights about to be replaced) and takes
+the checkpoint's tensors as its parameters instead of copying them.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import tempfile
 import zipfile
@@ -152,8 +158,9 @@ def load_v2_model(path: Path | str, configuration: str | None = None,
     if path.suffix == ".zip":
         with tempfile.TemporaryDirectory(prefix="nnpipe-v2-") as tmp:
             _safe_extract(path, Path(tmp))
+            # a mapped file outlives its deletion on POSIX systems only
             model = _load_dir(find_model_dir(Path(tmp), configuration), fold_names, checkpoint,
-                              display=str(path))
+                              display=str(path), mmap=os.name == "posix")
         return model
     return _load_dir(find_model_dir(path, configuration), fold_names, checkpoint,
                      display=str(path))
@@ -172,10 +179,10 @@ def _safe_extract(archive: Path, dest: Path) -> None:
 
 
 def _load_dir(model_dir: Path, folds: Sequence[str] | None, checkpoint: str,
-              display: str) -> V2Model:
+              display: str, mmap: bool = True) -> V2Model:
     plans_path, dataset_path = model_dir / "plans.json", model_dir / "dataset.json"
     plans, dataset = read_json(plans_path), read_json(dataset_path)
-    loaded = [load_v2_checkpoint(d / CHECKPOINTS[checkpoint])
+    loaded = [load_v2_checkpoint(d / CHECKPOINTS[checkpoint], mmap=mmap)
               for d in fold_dirs(model_dir, folds, checkpoint)]
     first = loaded[0]
     m = _MODEL_DIR.match(model_dir.name)
@@ -192,14 +199,26 @@ def _load_dir(model_dir: Path, folds: Sequence[str] | None, checkpoint: str,
     where = f"{str(plans_path)!r} configuration {name!r}"
     nets = []
     for ck in loaded:
-        net = build_network(config.architecture, config.arch_kwargs, config.input_channels,
-                            config.semantics.num_outputs, where)
-        load_weights(net, ck.weights, ck.source)
+        with torch.device("meta"):  # parameters without memory; the checkpoint's replace them
+            net = build_network(config.architecture, config.arch_kwargs,
+                                config.input_channels, config.semantics.num_outputs, where)
+        load_weights(net, ck.weights, ck.source, assign=True)
+        _check_materialised(net, ck.source)
         net.eval()
         fold = Path(ck.source).parent.name.removeprefix("fold_")
         nets.append(V2Fold(fold, net, ck.source if not display.endswith(".zip")
                            else f"{display}:{Path(ck.source).relative_to(model_dir.parent)}"))
     return V2Model(display, model_dir.name, config, tuple(nets), first.trainer_name)
+
+
+def _check_materialised(net: torch.nn.Module, source: str) -> None:
+    """Raise ``ValueError`` naming ``source`` if a parameter or buffer of ``net`` is still on
+    the meta device (one the strict load did not give a value: a non-persistent buffer)."""
+    empty = [name for name, t in (*net.named_parameters(), *net.named_buffers())
+             if t.is_meta]
+    if empty:
+        raise ValueError(f"checkpoint {source!r}: the network built from its plans has "
+                         f"tensors the checkpoint does not fill: {', '.join(empty[:8])}")
 
 
 def to_device(model: V2Model, device: torch.device) -> list[torch.nn.Module]:
