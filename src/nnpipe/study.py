@@ -45,6 +45,7 @@ __all__ = ["BENCH_NAME", "CASCADE_STAGES", "CONFIGURATIONS", "CONFIGURATION_DIMS
            "configuration_dim", "parse_path", "parse_run_name", "previous_run", "run_name"]
 
 RUN = "{config}-{precision}-{gpus}gpu"
+FOLD = "fold{fold}"  # a fold's folder (or file stem) in a run's folder
 BENCH_NAME = "{mode}-{dim}d-{precision}-bs{bs}-{gpus}gpu"
 
 
@@ -65,6 +66,7 @@ WILDCARDS: Mapping[str, str] = {
     "bs": r"\d+",
     "mode": _alternatives(MODES),
     "name": r"[^/]+",  # a prediction set (config `predict:`)
+    "ensemble": r"[^/]+\+[^/]+",  # a 2D + 3D candidate of the best configuration: RUN+RUN
     "part": r"\d+",
     "parts": r"\d+",
     "job": r".+",  # a log's job: the output it logs, relative to the dataset folder
@@ -78,18 +80,22 @@ FILES: Mapping[str, str] = {
     "plan": "plans/{config}.json",
     "splits": "splits.json",
     "manifest": "preprocessed/{config}/manifest.json",
-    "model": f"train/{RUN}/fold{{fold}}/final.pt",
-    "train_json": f"train/{RUN}/fold{{fold}}/train.json",
-    "metrics": f"train/{RUN}/fold{{fold}}/metrics.csv",
-    "predictions": f"predict/{RUN}/fold{{fold}}",
-    "scores": f"evaluate/{RUN}/fold{{fold}}.csv",
-    "summary": f"evaluate/{RUN}/fold{{fold}}.json",
+    "run_folder": f"train/{RUN}",
+    "fold_folder": f"train/{RUN}/{FOLD}",
+    "model": f"train/{RUN}/{FOLD}/final.pt",
+    "train_json": f"train/{RUN}/{FOLD}/train.json",
+    "metrics": f"train/{RUN}/{FOLD}/metrics.csv",
+    "predictions": f"predict/{RUN}/{FOLD}",
+    "scores": f"evaluate/{RUN}/{FOLD}.csv",
+    "summary": f"evaluate/{RUN}/{FOLD}.json",
     "decision": f"postprocess/{RUN}.json",
     "ensemble": f"ensemble/{RUN}",
     "previous": f"previous/{RUN}",
     "benchmark": f"benchmark/{BENCH_NAME}.json",
     "best": "best.json",
     "crossval": "crossval",
+    "crossval_predictions": f"crossval/{{ensemble}}/{FOLD}",
+    "crossval_decision": "crossval/{ensemble}/postprocess.json",
     "prediction_set": "predictions/{name}",
     "prediction_part": "predictions/{name}.parts/part{part}-of-{parts}.json",
     "tables": "tables.md",
@@ -100,6 +106,10 @@ FILES: Mapping[str, str] = {
     "log": "logs/{job}.log",
     "timing": "logs/{job}.tsv",
 }
+# kinds inside a rule's output folder (the rules declare the folder): run and fold folders
+# of train/, the ensembles' cross-validation predictions inside crossval/
+INNER_FILES = frozenset({"run_folder", "fold_folder", "crossval_predictions",
+                         "crossval_decision"})
 _WILDCARD = re.compile(r"\{(\w+)\}")
 
 
@@ -125,6 +135,7 @@ _FILE_RES = {kind: re.compile(rf"^(?P<_root>.+?/)??(?P<dataset>{WILDCARDS['datas
                               rf"{_pattern(t)}$")
              for kind, t in FILES.items()}
 _RUN_RE = re.compile(f"^{_pattern(RUN)}$")
+_FOLD_RE = re.compile(_pattern(FOLD))
 
 
 def configuration(dim: int | str) -> str:
@@ -167,6 +178,21 @@ def previous_run(run: str) -> str | None:
     stage = PREVIOUS_STAGE.get(str(fields["config"]))
     return None if stage is None else run_name(stage, str(fields["precision"]),
                                                int(fields["gpus"]))
+
+
+def fold_number(name: str) -> int | None:
+    """3 for a fold folder's name ``fold3`` (:data:`FOLD`); None for any other name."""
+    m = _FOLD_RE.fullmatch(name)
+    return None if m is None else int(m["fold"])
+
+
+def study_file(path: str | Path) -> StudyFile | None:
+    """:func:`parse_path` of ``path`` made absolute (so ``train/RUN`` given inside a study
+    folder reads too); None for a path outside any study's results tree."""
+    try:
+        return parse_path(Path(path).absolute())
+    except ValueError:
+        return None
 
 
 def bench_name(mode: str, dim: int, precision: str, batch_size: int, gpus: int) -> str:
@@ -215,7 +241,7 @@ def parse_path(path: str | Path) -> StudyFile:
         m = pattern.match(text)
         if m is None:
             continue
-        root = (m["_root"] or "").rstrip("/") or "."
+        root = "." if m["_root"] is None else m["_root"].rstrip("/") or "/"
         fields = {k: int(v) if k in _INT_FIELDS else v for k, v in m.groupdict().items()
                   if k not in ("_root", "dataset")}
         return StudyFile(root, m["dataset"], kind, fields)
@@ -236,7 +262,7 @@ class StudyPaths:
     @property
     def root(self) -> str:
         """``<results_dir>/<dataset>``: the folder that holds everything of the study."""
-        return f"{self.results_dir}/{self.dataset}"
+        return f"{self.results_dir.rstrip('/')}/{self.dataset}"
 
     def template(self, kind: str) -> str:
         """The file ``kind`` (a key of :data:`FILES`) under :attr:`root`, its wildcards
