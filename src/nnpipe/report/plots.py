@@ -39,6 +39,7 @@ from nnpipe.errors import DataError
 from nnpipe.geometry import grid_difference, spacing_of
 from nnpipe.io import atomic_path, read_json
 from nnpipe.planning.plan import Plan
+from nnpipe.study import PRECISIONS
 
 DPI = 110
 # Label colours: 1 edema (gold), 2 non-enhancing core (blue), 3 enhancing rim (red) in
@@ -46,7 +47,7 @@ DPI = 110
 LABEL_COLOURS = ("#e6ab02", "#1f78b4", "#e31a1c", "#33a02c", "#cc79a7", "#56b4e9")
 FOLD_COLOURS = ("#0072b2", "#d55e00", "#009e73", "#cc79a7", "#e69f00", "#56b4e9", "#000000")
 # Precisions in a fixed order and colour, so every panel and plot shows fp32 the same way.
-PRECISION_ORDER = ("fp32", "tf32", "amp", "bf16")
+PRECISION_ORDER = PRECISIONS
 PRECISION_COLOURS = {"fp32": "#0072b2", "tf32": "#009e73", "amp": "#d55e00", "bf16": "#cc79a7"}
 
 
