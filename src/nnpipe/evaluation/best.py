@@ -27,6 +27,7 @@ best.json`` and ``nnpipe export --model best.json`` need nothing else.
 
 from __future__ import annotations
 
+import glob
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -54,12 +55,12 @@ from nnpipe.planning.plan import Plan
 from nnpipe.progress import log
 from nnpipe.study import (
     CASCADE,
-    RUN,
     StudyPaths,
     configuration,
     configuration_dim,
     parse_run_name,
     previous_run,
+    study_file,
 )
 from nnpipe.training.splits import load_fold
 
@@ -123,23 +124,16 @@ def run_dim(run: str) -> int:
 
 
 def run_names_in(study_dir: Path | str) -> list[str]:
-    """The runs with predictions in ``study_dir/predict/``, 2D first (for ``nnpipe best``
-    without ``--runs``)."""
-    folder = Path(study_dir) / "predict"
-    runs = sorted(p.name for p in folder.glob(RUN.format(config="*", precision="*", gpus="*"))
-                  if p.is_dir() and _is_run(p.name)) if folder.is_dir() else []
+    """The runs with fold predictions in ``study_dir`` (``predict/RUN/foldF``), 2D first (for
+    ``nnpipe best`` without ``--runs``)."""
+    pattern = Study(Path(study_dir)).paths.path("predictions", config="*", precision="*",
+                                                 gpus="*", fold="*")
+    runs = sorted({f.run for p in glob.glob(pattern)
+                   if (f := study_file(p)) is not None and f.kind == "predictions"})
     if not runs:
-        raise ValueError(f"no run predictions under {str(folder)!r}; give --runs or run the "
+        raise ValueError(f"no run predictions {pattern!r}; give --runs or run the "
                          "study's predict jobs first")
     return runs
-
-
-def _is_run(name: str) -> bool:
-    try:
-        parse_run_name(name)
-    except ValueError:
-        return False
-    return True
 
 
 def candidates(runs: Sequence[str]) -> list[tuple[str, ...]]:
