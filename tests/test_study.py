@@ -220,3 +220,21 @@ def test_the_declared_tables_are_the_study_paths(declared):
     assert declared["latest_tables"]["output"] == [paths.latest_tables]
     assert _constraints(declared["tables"]["output"][0])[0] == \
         StudyPaths("results", "{dataset}").tables
+
+
+def test_every_list_of_precisions_and_configurations_is_the_grammar_set():
+    """The sets are written once (nnpipe.study); the config schema's enums, the training
+    precisions and the plots' colours are tables over the same set."""
+    import yaml
+
+    from nnpipe.planning.cascade import CONFIGURATIONS as PLANNED
+    from nnpipe.report.plots import PRECISION_COLOURS, PRECISION_ORDER
+    from nnpipe.training.precision import _PRECISIONS
+
+    schema = yaml.safe_load((ROOT / "config" / "schema.yaml").read_text())
+    props = schema["properties"]
+    for section in ("grid", "benchmark"):
+        assert props[section]["properties"]["precisions"]["items"]["enum"] == list(PRECISIONS)
+    assert tuple(_PRECISIONS) == PRECISIONS
+    assert tuple(PRECISION_COLOURS) == PRECISION_ORDER == PRECISIONS
+    assert PLANNED == CONFIGURATION_DIMS
