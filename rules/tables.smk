@@ -132,6 +132,9 @@ rule latest_tables:
         unpack(get_table_inputs),
         plots=get_plot_files,
         tables=STUDY_PATHS.tables,
+        # a plain input: Snakemake does not expand the checkpoint-dependent input functions
+        # of a job whose output exists (results/tables.md of another study) without it
+        fingerprint=STUDY_PATHS.path("fingerprint"),
     output:
         tables=TABLES,
     params:
