@@ -255,6 +255,12 @@ def get_benchmarks(wildcards):
     return get_table_inputs(wildcards)["benchmarks"]
 
 
+def get_table_files(wildcards):
+    """The tables rule's inputs (get_table_inputs, get_plot_files) as one dict: what
+    latest_tables renders results/tables.md from (a params function)."""
+    return {**get_table_inputs(wildcards), "plots": get_plot_files(wildcards)}
+
+
 def get_plot_files(wildcards):
     """Every PNG that tables.md links (the list nnpipe.report.tables.study_plots names)."""
     from dataclasses import replace

@@ -124,20 +124,20 @@ rule tables:
         "../workflow/scripts/tables.py"
 
 
-# results/tables.md: the configured study's tables again, rendered from the same inputs, its
-# plot links relative to results/. It also reads the configured dataset's tables.md, so
-# another dataset (or a results/<dataset>/tables.md rerun by a config change) makes it again.
+# results/tables.md: the configured study's tables again, its plot links relative to
+# results/, rendered from the files the tables rule declares (params.files, the same input
+# functions). Its inputs are the configured dataset's tables.md and fingerprint (plain
+# files: Snakemake does not expand checkpoint-dependent input functions of a job whose
+# output exists), so another dataset, or a results/<dataset>/tables.md rerun by a config
+# change, makes it again.
 rule latest_tables:
     input:
-        unpack(get_table_inputs),
-        plots=get_plot_files,
         tables=STUDY_PATHS.tables,
-        # a plain input: Snakemake does not expand the checkpoint-dependent input functions
-        # of a job whose output exists (results/tables.md of another study) without it
-        fingerprint=STUDY_PATHS.path("fingerprint"),
+        fingerprint=STUDY_PATHS.path("fingerprint"),  # the params read it
     output:
         tables=TABLES,
     params:
+        files=get_table_files,
         left_out=get_left_out,
         cascade=get_cascade,
     conda:

@@ -13,4 +13,5 @@ with open(snakemake.log[0], "w") as log:  # noqa: F821 (snakemake is injected)
     # params.cascade: whether the study runs the low-resolution cascade, and why (common.smk)
     render_study(study_config(sm.config), Path(sm.output.tables), left_out=sm.params.left_out,
                  cascade=sm.params.cascade["planned"], cascade_why=sm.params.cascade["why"],
-                 inputs=TableInputs.from_rule(sm.input))
+                 # the tables rule's declared inputs; latest_tables: the same, as params
+                 inputs=TableInputs.from_rule(getattr(sm.params, "files", None) or sm.input))

@@ -541,16 +541,19 @@ class TableInputs:
 
     @classmethod
     def from_rule(cls, inputs: Any) -> TableInputs:
-        """A Snakemake job's ``input`` (named ``evaluations``, ``train``, ``benchmarks``,
-        ``best``, ``dataset``, ``plots``; ``best`` and ``dataset`` optional)."""
-        def one(name: str) -> str | None:
-            value = getattr(inputs, name, None)
-            return str(value) if value else None
+        """A Snakemake job's named ``input`` (or a mapping of the same names): lists
+        ``evaluations``, ``train``, ``benchmarks``, ``plots``; files ``best`` and
+        ``dataset`` (optional)."""
+        def get(name: str) -> Any:
+            return inputs.get(name) if isinstance(inputs, Mapping) else getattr(
+                inputs, name, None)
 
-        return cls(evaluations=[str(p) for p in inputs.evaluations],
-                   train=[str(p) for p in inputs.train],
-                   benchmarks=[str(p) for p in inputs.benchmarks], best=one("best"),
-                   dataset=one("dataset"), plots=[str(p) for p in inputs.plots])
+        def many(name: str) -> list[str]:
+            return [str(p) for p in get(name) or ()]
+
+        return cls(evaluations=many("evaluations"), train=many("train"),
+                   benchmarks=many("benchmarks"), best=str(get("best") or "") or None,
+                   dataset=str(get("dataset") or "") or None, plots=many("plots"))
 
 
 def bench_cells(grid: TableGrid) -> list[dict[str, Any]]:
