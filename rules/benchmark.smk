@@ -8,10 +8,10 @@
 
 rule benchmark:
     input:
-        plan=f"{DS}/plans/{{dim}}d.json",
-        manifest=f"{DS}/preprocessed/{{dim}}d/manifest.json",
+        plan=PATHS.path("plan", config="{dim}d"),
+        manifest=PATHS.path("manifest", config="{dim}d"),
     output:
-        record=f"{DS}/benchmark/{BENCH_NAME}.json",
+        record=FILE("benchmark"),
     params:
         preprocessed=subpath(input.manifest, parent=True),
         launch=get_launcher,

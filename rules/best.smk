@@ -12,8 +12,8 @@ rule best:
         splits=rules.split.output.splits,
         dataset=rules.download.output.dataset,
     output:
-        best=f"{DS}/best.json",
-        crossval=directory(f"{DS}/crossval"),
+        best=FILE("best"),
+        crossval=directory(FILE("crossval")),
     params:
         study=subpath(input.splits, parent=True),
         runs=get_run_names,

@@ -6,10 +6,11 @@
 
 rule previous:
     input:
-        manifest=f"{DS}/preprocessed/3d/manifest.json",
+        manifest=PATHS.path("manifest", config="3d"),
         predictions=get_lowres_predictions,
     output:
-        previous=directory(f"{DS}/previous/3d_cascade-{{precision}}-{{gpus}}gpu"),
+        previous=directory(PATHS.path("previous", config="3d_cascade", precision="{precision}",
+                                      gpus="{gpus}")),
     params:
         preprocessed=subpath(input.manifest, parent=True),
     conda:

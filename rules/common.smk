@@ -7,7 +7,7 @@ import json
 import os
 
 from nnpipe.preflight import workflow_study
-from nnpipe.study import BENCH_NAME, RUN, StudyPaths
+from nnpipe.study import BENCH_NAME, CASCADE_STAGES, RUN, WILDCARDS, StudyPaths, previous_run, run_name
 from nnpipe.training.launch import launcher, nodes_for
 
 
@@ -27,20 +27,16 @@ RESULTS = STUDY.results_dir
 # {config} in RUN: 2d, 3d, or a stage of the low-resolution cascade (3d_lowres, 3d_cascade)
 PATHS = StudyPaths(RESULTS, "{dataset}")
 DS = PATHS.root
+FILE = PATHS.template  # FILE("model"): a rule's output, with the grammar's wildcards
 LOGS = PATHS.logs  # each job's log (.log) and Snakemake timing (.tsv), under the dataset
 STUDY_PATHS = StudyPaths(RESULTS, DATASET)  # the configured study's files
 TABLES = STUDY_PATHS.latest_tables
 
 
+# what each wildcard may hold (configurations, precisions, ...): nnpipe.study.WILDCARDS
 wildcard_constraints:
     dataset=DATASET,
-    dim="2|3",
-    config="2d|3d|3d_lowres|3d_cascade",
-    precision="fp32|tf32|amp|bf16",
-    gpus=r"\d+",
-    fold=r"\d",
-    bs=r"\d+",
-    mode="train|predict",
+    **{k: WILDCARDS[k] for k in ("dim", "config", "precision", "gpus", "fold", "bs", "mode")},
 
 
 def section_json(*names):
@@ -121,7 +117,7 @@ def planned_configs():
     """The configurations whose runs are in the DAG: 2d/3d of planned_dims(), then the
     cascade's two stages where cascade_decision() plans them."""
     configs = [f"{d}d" for d in planned_dims()]
-    return configs + (["3d_lowres", "3d_cascade"] if cascade_decision()[0] else [])
+    return configs + (list(CASCADE_STAGES) if cascade_decision()[0] else [])
 
 
 def get_cascade(wildcards):
@@ -162,18 +158,15 @@ def benchmark_keys():
 
 
 def get_table_inputs(wildcards):
-    """Everything tables.md reads, for the configurations planned_configs() keeps."""
-    ds = DS.format(dataset=DATASET)
-    run = f"{ds}/{{stage}}/{RUN}"
+    """Everything tables.md reads, for the configurations planned_configs() keeps (the
+    tables script reads these files, nothing else: nnpipe.report.tables.TableInputs)."""
     return {
-        "evaluations": [f"{run}/fold{{fold}}.csv".format(stage="evaluate", **k) for k in run_keys()],
-        "train": [f"{run}/fold{{fold}}/train.json".format(stage="train", **k) for k in run_keys()],
-        "benchmarks": [
-            f"{ds}/benchmark/{BENCH_NAME}.json".format(**k)
-            for k in benchmark_keys()
-        ],
+        "evaluations": [STUDY_PATHS.path("scores", **k) for k in run_keys()],
+        "train": [STUDY_PATHS.path("train_json", **k) for k in run_keys()],
+        "benchmarks": [STUDY_PATHS.path("benchmark", **k) for k in benchmark_keys()],
         "ensembles": get_ensembles(wildcards),
-        "best": f"{ds}/best.json",
+        "best": STUDY_PATHS.best,
+        "dataset": STUDY_PATHS.path("dataset_json"),
     }
 
 
@@ -185,13 +178,12 @@ SAVE_PROBABILITIES = "--save-probabilities" if {2, 3} <= set(GRID.dims) else ""
 def get_best_inputs(wildcards):
     """Inputs of rules/best.smk, i.e. every run's fold predictions (with probabilities),
     postprocessing decision, fold models and plan (best.json names the last two)."""
-    ds = DS.format(dataset=DATASET)
-    runs = {RUN.format(**k) for k in run_keys()}
+    runs = sorted({run_name(k["config"], k["precision"], k["gpus"]) for k in run_keys()})
     return {
-        "predictions": [f"{ds}/predict/{RUN}/fold{{fold}}".format(**k) for k in run_keys()],
-        "decisions": [f"{ds}/postprocess/{r}.json" for r in sorted(runs)],
-        "models": [f"{ds}/train/{RUN}/fold{{fold}}/final.pt".format(**k) for k in run_keys()],
-        "plans": [f"{ds}/plans/{c}.json" for c in planned_configs()],
+        "predictions": [STUDY_PATHS.path("predictions", **k) for k in run_keys()],
+        "decisions": [STUDY_PATHS.run_file("decision", r) for r in runs],
+        "models": [STUDY_PATHS.path("model", **k) for k in run_keys()],
+        "plans": [STUDY_PATHS.path("plan", config=c) for c in planned_configs()],
     }
 
 
@@ -199,8 +191,7 @@ def get_ensembles(wildcards):
     """imagesTs predictions of each run's fold ensemble (rules/ensemble.smk), if enabled."""
     if not STUDY.inference.ensemble:
         return []
-    ds = DS.format(dataset=DATASET)
-    return [f"{ds}/ensemble/{RUN}".format(config=c, precision=p, gpus=g)
+    return [STUDY_PATHS.path("ensemble", config=c, precision=p, gpus=g)
             for c in planned_configs() for p in GRID.precisions for g in GRID.gpus]
 
 
@@ -250,12 +241,24 @@ def get_launcher(wildcards):
 
 def get_all_evaluations(wildcards):
     """Evaluation CSVs of every run, run by run, folds in GRID.folds order."""
-    return [rules.evaluate.output.scores.format(dataset=DATASET, **k) for k in run_keys()]
+    return [STUDY_PATHS.path("scores", **k) for k in run_keys()]
+
+
+def get_all_plans(wildcards):
+    """The plan of every configuration in the DAG (planned_configs); the plots name the
+    classes from their label scheme, one for the whole dataset."""
+    return [STUDY_PATHS.path("plan", config=c) for c in planned_configs()]
 
 
 def get_benchmarks(wildcards):
     """Every benchmark JSON of the grid (the same list the tables read)."""
     return get_table_inputs(wildcards)["benchmarks"]
+
+
+def get_table_files(wildcards):
+    """The tables rule's inputs (get_table_inputs, get_plot_files) as one dict: what
+    latest_tables renders results/tables.md from (a params function)."""
+    return {**get_table_inputs(wildcards), "plots": get_plot_files(wildcards)}
 
 
 def get_plot_files(wildcards):
@@ -266,30 +269,34 @@ def get_plot_files(wildcards):
 
     grid = replace(TableGrid.from_study(STUDY), dims=tuple(planned_dims()),
                    cascade=cascade_decision()[0])
-    return [f"{STUDY_PATHS.root}/{path}" for *_, path in study_plots(grid)]
+    return [path for *_, path in study_plots(grid, STUDY_PATHS)]
 
 
 def get_run_names(wildcards):
     """Run names in get_all_evaluations order (a params function: it waits for the
     fingerprint through that input function)."""
-    return [RUN.format(config=c, precision=p, gpus=g)
+    return [run_name(c, p, g)
             for c in planned_configs() for p in GRID.precisions for g in GRID.gpus]
 
 
 # ---- the cascade's inputs (rules/train.smk, predict.smk, cascade.smk, ensemble.smk)
 
-LOWRES_RUN = "3d_lowres-{precision}-{gpus}gpu"
+def lowres_run(wildcards):
+    """3d_lowres-<precision>-<gpus>gpu: the previous stage of the run 3d_cascade-<precision>-
+    <gpus>gpu (nnpipe.study.previous_run) named by the wildcards."""
+    return previous_run(run_name("3d_cascade", wildcards.precision, wildcards.gpus))
 
 
 def get_train_inputs(wildcards):
     """The preprocessed folder's manifest (3d_cascade trains on the 3D folder) and, for
     3d_cascade, its plan and the low-resolution segmentations (rules/cascade.smk)."""
-    ds = DS.format(dataset=wildcards.dataset)
+    paths = StudyPaths(RESULTS, wildcards.dataset)
     if wildcards.config != "3d_cascade":
-        return {"manifest": f"{ds}/preprocessed/{wildcards.config}/manifest.json"}
-    return {"manifest": f"{ds}/preprocessed/3d/manifest.json",
-            "plan": f"{ds}/plans/3d_cascade.json",
-            "previous": f"{ds}/previous/{RUN}".format(**wildcards)}
+        return {"manifest": paths.path("manifest", config=wildcards.config)}
+    return {"manifest": paths.path("manifest", config="3d"),
+            "plan": paths.path("plan", config="3d_cascade"),
+            "previous": paths.path("previous", config=wildcards.config,
+                                   precision=wildcards.precision, gpus=wildcards.gpus)}
 
 
 def get_train_cascade_args(wildcards, input):
@@ -304,9 +311,9 @@ def get_lowres_predictions(wildcards):
     predicted by the fold model that did not train on it."""
     from nnpipe.training.splits import NUM_FOLDS
 
-    ds = DS.format(dataset=wildcards.dataset)
-    run = LOWRES_RUN.format(**wildcards)
-    return [f"{ds}/predict/{run}/fold{f}" for f in range(NUM_FOLDS)]
+    paths = StudyPaths(RESULTS, wildcards.dataset)
+    run = lowres_run(wildcards)
+    return [paths.run_file("predictions", run, fold=f) for f in range(NUM_FOLDS)]
 
 
 def get_predict_previous(wildcards):
@@ -314,8 +321,8 @@ def get_predict_previous(wildcards):
     otherwise."""
     if wildcards.config != "3d_cascade":
         return []
-    ds = DS.format(dataset=wildcards.dataset)
-    return f"{ds}/predict/{LOWRES_RUN.format(**wildcards)}/fold{wildcards.fold}"
+    paths = StudyPaths(RESULTS, wildcards.dataset)
+    return paths.run_file("predictions", lowres_run(wildcards), fold=wildcards.fold)
 
 
 def get_predict_previous_args(wildcards, input):
@@ -328,6 +335,5 @@ def get_previous_models(wildcards):
     image (found beside the cascade's fold models); none otherwise."""
     if wildcards.config != "3d_cascade":
         return []
-    ds = DS.format(dataset=wildcards.dataset)
-    run = LOWRES_RUN.format(**wildcards)
-    return [f"{ds}/train/{run}/fold{f}/final.pt" for f in GRID.folds]
+    paths = StudyPaths(RESULTS, wildcards.dataset)
+    return [paths.run_file("model", lowres_run(wildcards), fold=f) for f in GRID.folds]

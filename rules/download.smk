@@ -1,6 +1,6 @@
 rule download:
     output:
-        dataset=f"{DS}/raw/dataset.json",
+        dataset=FILE("dataset_json"),
     params:
         raw=subpath(output.dataset, parent=True),
         settings=section_json("dataset"),

@@ -10,7 +10,7 @@ rule postprocess:
         splits=rules.split.output.splits,
         dataset=rules.download.output.dataset,
     output:
-        decision=f"{DS}/postprocess/{RUN}.json",
+        decision=FILE("decision"),
     params:
         raw=subpath(input.dataset, parent=True),
         folds=" ".join(str(f) for f in GRID.folds),
@@ -33,7 +33,7 @@ rule ensemble:
         decision=rules.postprocess.output.decision,
         dataset=rules.download.output.dataset,
     output:
-        predictions=directory(f"{DS}/ensemble/{RUN}"),
+        predictions=directory(FILE("ensemble")),
     params:
         raw=subpath(input.dataset, parent=True),
         settings=section_json("inference"),

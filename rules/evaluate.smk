@@ -10,8 +10,8 @@ rule evaluate:
         splits=rules.split.output.splits,
         dataset=rules.download.output.dataset,
     output:
-        scores=f"{DS}/evaluate/{RUN}/fold{{fold}}.csv",
-        summary=f"{DS}/evaluate/{RUN}/fold{{fold}}.json",
+        scores=FILE("scores"),
+        summary=FILE("summary"),
     params:
         raw=subpath(input.dataset, parent=True),
         settings=section_json("evaluation", "training"),

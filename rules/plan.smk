@@ -5,7 +5,7 @@ checkpoint fingerprint:
     input:
         dataset=rules.download.output.dataset,
     output:
-        fingerprint=f"{DS}/plans/fingerprint.json",
+        fingerprint=FILE("fingerprint"),
     params:
         raw=subpath(input.dataset, parent=True),
     threads: 2
@@ -24,7 +24,7 @@ rule plan:
     input:
         fingerprint=rules.fingerprint.output.fingerprint,
     output:
-        plan=f"{DS}/plans/{{config}}.json",
+        plan=FILE("plan"),
     params:
         settings=section_json("dataset", "planning"),
     conda:
@@ -40,7 +40,7 @@ rule split:
     input:
         dataset=rules.download.output.dataset,
     output:
-        splits=f"{DS}/splits.json",
+        splits=FILE("splits"),
     params:
         raw=subpath(input.dataset, parent=True),
     conda:

@@ -11,7 +11,7 @@ rule predict:
         dataset=rules.download.output.dataset,
         previous=get_predict_previous,
     output:
-        predictions=directory(f"{DS}/predict/{RUN}/fold{{fold}}"),
+        predictions=directory(FILE("predictions")),
     params:
         raw=subpath(input.dataset, parent=True),
         settings=section_json("inference"),

@@ -6,7 +6,7 @@ rule preprocess:
         dataset=rules.download.output.dataset,
         plan=rules.plan.output.plan,
     output:
-        manifest=f"{DS}/preprocessed/{{config}}/manifest.json",
+        manifest=FILE("manifest"),
     params:
         raw=subpath(input.dataset, parent=True),
         out=subpath(output.manifest, parent=True),

@@ -17,17 +17,16 @@ localrules:
     plot_throughput,
 
 
-PLOTS = PATHS.plots
 RAW_JSON = rules.download.output.dataset
 
 
 rule plot_curves:
     input:
         metrics=get_fold_files(rules.train.output.metrics),
-        dataset=RAW_JSON,
+        plan=rules.plan.output.plan,  # its label scheme names the classes (regions or labels)
     output:
         png=report(
-            f"{PLOTS}/curves-{RUN}.png",
+            FILE("curves_plot"),
             caption="../report/curves.rst",
             category="Training curves",
             labels={"run": RUN},
@@ -35,7 +34,7 @@ rule plot_curves:
     params:
         folds=list(GRID.folds),
         run=RUN,
-        regions=STUDY.planning.regions or STUDY.training.regions,
+        legacy_regions=STUDY.training.regions,  # only for a plan without its label scheme
     conda:
         "../envs/nnpipe.yaml"
     log:
@@ -51,7 +50,7 @@ rule plot_overlays:
         dataset=RAW_JSON,
     output:
         png=report(
-            f"{PLOTS}/overlays-{RUN}.png",
+            FILE("overlays_plot"),
             caption="../report/overlays.rst",
             category="Segmentations",
             labels={"run": RUN},
@@ -70,10 +69,10 @@ rule plot_overlays:
 rule plot_dice:
     input:
         scores=get_all_evaluations,
-        dataset=RAW_JSON,
+        plans=get_all_plans,  # their label scheme names the classes (regions or labels)
     output:
         png=report(
-            f"{PLOTS}/dice-per-class.png",
+            FILE("dice_plot"),
             caption="../report/dice.rst",
             category="Accuracy",
             labels={"plot": "Dice per class"},
@@ -81,7 +80,7 @@ rule plot_dice:
     params:
         folds=list(GRID.folds),
         runs=get_run_names,
-        regions=STUDY.planning.regions or STUDY.training.regions,
+        legacy_regions=STUDY.training.regions,  # only for plans without their label scheme
     conda:
         "../envs/nnpipe.yaml"
     log:
@@ -95,7 +94,7 @@ rule plot_throughput:
         benchmarks=get_benchmarks,
     output:
         png=report(
-            f"{PLOTS}/throughput.png",
+            FILE("throughput_plot"),
             caption="../report/throughput.rst",
             category="Throughput",
             labels={"plot": "samples/s against batch size"},
@@ -126,15 +125,19 @@ rule tables:
 
 
 # results/tables.md: the configured study's tables again, its plot links relative to
-# results/. Its input is the configured dataset's tables.md, so another dataset (or a
-# results/<dataset>/tables.md rerun by a config change) makes it again.
+# results/, rendered from the files the tables rule declares (params.files, the same input
+# functions). Its inputs are the configured dataset's tables.md and fingerprint (plain
+# files: Snakemake does not expand checkpoint-dependent input functions of a job whose
+# output exists), so another dataset, or a results/<dataset>/tables.md rerun by a config
+# change, makes it again.
 rule latest_tables:
     input:
         tables=STUDY_PATHS.tables,
-        fingerprint=f"{STUDY_PATHS.root}/plans/fingerprint.json",  # read by the params
+        fingerprint=STUDY_PATHS.path("fingerprint"),  # the params read it
     output:
         tables=TABLES,
     params:
+        files=get_table_files,
         left_out=get_left_out,
         cascade=get_cascade,
     conda:

@@ -16,9 +16,9 @@ rule train:
         unpack(get_train_inputs),
         splits=rules.split.output.splits,
     output:
-        model=f"{DS}/train/{RUN}/fold{{fold}}/final.pt",
-        summary=f"{DS}/train/{RUN}/fold{{fold}}/train.json",
-        metrics=f"{DS}/train/{RUN}/fold{{fold}}/metrics.csv",
+        model=FILE("model"),
+        summary=FILE("train_json"),
+        metrics=FILE("metrics"),
     params:
         preprocessed=subpath(input.manifest, parent=True),
         out=subpath(output.model, parent=True),

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from nnpipe.config import PRECISIONS, InferenceSettings, StudyConfig, load_config, study_config
+from nnpipe.config import InferenceSettings, StudyConfig, load_config, study_config
 from nnpipe.errors import DataError
+from nnpipe.study import CONFIGURATIONS, PRECISIONS
 from nnpipe.version import __version__
 
 # inference.runtime's options (nnpipe.inference.runtime.Runtime, which imports torch)
@@ -226,15 +227,15 @@ def cmd_previous(args: argparse.Namespace) -> None:
 
 
 def cmd_best(args: argparse.Namespace) -> None:
-    from nnpipe.evaluation.best import find_best, run_names_in
+    from nnpipe.evaluation.best import Study, find_best, run_names_in
     from nnpipe.io import read_json
 
-    study = Path(args.study)
-    runs = args.runs or run_names_in(study)
+    study = Study(Path(args.study))
+    runs = args.runs or run_names_in(study.root)
     folds = args.folds if args.folds is not None else list(range(len(read_json(
-        study / "splits.json"))))
+        study.splits))))
     cfg = _cfg(args)
-    find_best(study, runs, folds, args.out or study / "best.json",
+    find_best(study.root, runs, folds, args.out or study.paths.best,
               regions=cfg.training.regions, inference=asdict(cfg.inference))
 
 
@@ -413,7 +414,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--fingerprint", required=True, help="fingerprint JSON")
     which = sp.add_mutually_exclusive_group(required=True)
     which.add_argument("--dim", type=int, choices=(2, 3))
-    which.add_argument("--configuration", choices=("2d", "3d", "3d_lowres", "3d_cascade"),
+    which.add_argument("--configuration", choices=CONFIGURATIONS,
                        help="a configuration: 2d, 3d, or a stage of the low-resolution cascade")
     sp.add_argument("--out", required=True, help="plan JSON to write")
     sp = stage("split", cmd_split, "Make the 5-fold cross-validation split (splits.json).")

@@ -17,7 +17,13 @@ from nnpipe.cli import main
 from nnpipe.config import InferenceSettings
 from nnpipe.datasets.layout import load_dataset, read_case_image
 from nnpipe.errors import DataError
-from nnpipe.evaluation.best import candidates, find_best, previous_run, run_configuration
+from nnpipe.evaluation.best import (
+    candidates,
+    find_best,
+    previous_run,
+    run_configuration,
+    run_names_in,
+)
 from nnpipe.evaluation.run import scored_classes
 from nnpipe.imageio import read_file, write_like
 from nnpipe.inference.ensemble import load_models
@@ -237,3 +243,13 @@ def test_predict_with_best_json_averages_two_plans_in_the_original_grid(tiny_stu
                               device="cpu")
     np.testing.assert_array_equal(np.asarray(nib.load(again).dataobj),
                                   np.asarray(nib.load(out).dataobj))
+
+
+def test_run_names_are_the_runs_with_fold_predictions(tmp_path) -> None:
+    study = tmp_path / "results" / "d"
+    with pytest.raises(ValueError, match="no run predictions"):
+        run_names_in(study)
+    for folder in ("3d_cascade-bf16-2gpu/fold1", "2d-fp32-1gpu/fold0", "notarun/fold0",
+                   "3d-fp32-1gpu", "3d-fp16-1gpu/fold0"):
+        (study / "predict" / folder).mkdir(parents=True)
+    assert run_names_in(study) == ["2d-fp32-1gpu", "3d_cascade-bf16-2gpu"]

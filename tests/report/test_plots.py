@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -111,9 +112,19 @@ def test_dice_boxes_of_regions(tiny_study, tmp_path: Path) -> None:
     table = pd.DataFrame({"case": ["a", "b"], "dice_WT": m + 0.2, "hd95_WT": 3.0,
                           "dice_TC": m, "dice_ET": m - 0.2, "dice_mean": m, "hd95_mean": 3.0})
     table.to_csv(tmp_path / "f0.csv", index=False)
-    names = class_names(tiny_study.raw, regions=True)
+    plan = tiny_study.plans[3]
+    assert class_names(plan) == {"1": "1: edema", "2": "2: non-enhancing tumor",
+                                 "3": "3: enhancing tumour"}
+    # region mode comes from the plan's label scheme (planning.regions recorded it) ...
+    regions = plan.with_scheme(plan.scheme().with_nested_regions())
+    regions.save(tmp_path / "3d.json")
+    names = class_names(tmp_path / "3d.json")
     assert names["WT"] == names["1"] == "WT (labels 1, 2, 3)"
     assert names["ET"] == "ET (labels 3)"
+    # ... and from config training.regions only for a plan older than the recorded scheme
+    old = replace(plan, label_scheme=None)
+    assert class_names(old, legacy_regions=True) == names
+    assert class_names(regions, legacy_regions=False) == names
     fig = plot_dice_per_class({"3d-fp32-1gpu": {0: tmp_path / "f0.csv"}}, tmp_path / "d.png",
                               class_names=names)
     assert [ax.get_title() for ax in fig.axes] == [
@@ -183,7 +194,7 @@ def test_overlays_show_the_slice_with_the_most_labelled_voxels(tiny_study, tmp_p
     assert fig.axes[1].get_title() == f"reference ({voxels} labelled voxels)"
     assert "tumour" not in fig.get_suptitle() and "labelled reference voxels" in fig.get_suptitle()
     assert fig.axes[2].get_title() == "prediction, Dice mean 20.0"
-    assert class_names(tiny_study.raw) == {str(v): f"{v}: {n}" for v, n in ds.labels.items()
+    assert class_names(tiny_study.plans[3]) == {str(v): f"{v}: {n}" for v, n in ds.labels.items()
                                            if v}
 
 

@@ -27,6 +27,7 @@ best.json`` and ``nnpipe export --model best.json`` need nothing else.
 
 from __future__ import annotations
 
+import glob
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -52,6 +53,15 @@ from nnpipe.labels import outputs_to_labels
 from nnpipe.metrics import ScoredClass, dice, nanmean
 from nnpipe.planning.plan import Plan
 from nnpipe.progress import log
+from nnpipe.study import (
+    CASCADE,
+    StudyPaths,
+    configuration,
+    configuration_dim,
+    parse_run_name,
+    previous_run,
+    study_file,
+)
 from nnpipe.training.splits import load_fold
 
 METRIC = ("mean over all cross-validation cases of the mean Dice over the classes scored in "
@@ -60,70 +70,68 @@ METRIC = ("mean over all cross-validation cases of the mean Dice over the classe
 
 @dataclass(frozen=True)
 class Study:
-    """The files of one study folder ``results/<dataset>`` that the comparison reads."""
+    """The files of one study folder ``results/<dataset>`` that the comparison reads, named
+    by the study grammar (:class:`nnpipe.study.StudyPaths`)."""
 
     root: Path
 
+    @property
+    def paths(self) -> StudyPaths:
+        return StudyPaths(str(self.root.parent), self.root.name)
+
     def predictions(self, run: str, fold: int) -> Path:
-        return self.root / "predict" / run / f"fold{fold}"
+        return Path(self.paths.run_file("predictions", run, fold=fold))
 
     def decision(self, run: str) -> Path:
-        return self.root / "postprocess" / f"{run}.json"
+        return Path(self.paths.run_file("decision", run))
 
     def model(self, run: str, fold: int) -> Path:
-        return self.root / "train" / run / f"fold{fold}" / "final.pt"
+        return Path(self.paths.run_file("model", run, fold=fold))
 
     def plan(self, run: str) -> Path:
-        return self.root / "plans" / f"{run_configuration(run)}.json"
+        return Path(self.paths.path("plan", config=run_configuration(run)))
 
-    def crossval(self, name: str) -> Path:
-        return self.root / "crossval" / name
+    @property
+    def crossval(self) -> Path:
+        return Path(self.paths.path("crossval"))
+
+    def crossval_predictions(self, ensemble: str, fold: int) -> Path:
+        return Path(self.paths.path("crossval_predictions", ensemble=ensemble, fold=fold))
+
+    def crossval_decision(self, ensemble: str) -> Path:
+        return Path(self.paths.path("crossval_decision", ensemble=ensemble))
 
     @property
     def raw(self) -> Path:
-        return self.root / "raw"
+        return Path(self.paths.raw)
 
     @property
     def splits(self) -> Path:
-        return self.root / "splits.json"
-
-
-# configuration -> dimensionality (nnpipe.planning.cascade.CONFIGURATIONS)
-CONFIGURATIONS = {"2d": 2, "3d": 3, "3d_lowres": 3, "3d_cascade": 3}
-# the stage a cascade configuration takes as input
-PREVIOUS = {"3d_cascade": "3d_lowres"}
+        return Path(self.paths.splits)
 
 
 def run_configuration(run: str) -> str:
-    """``3d_cascade`` from a run name ``{configuration}-{precision}-{gpus}gpu``."""
-    configuration = run.split("-", 1)[0]
-    if configuration not in CONFIGURATIONS or "-" not in run:
-        raise ValueError(f"run {run!r} is not named {{configuration}}-{{precision}}-{{gpus}}gpu "
-                         f"(configurations: {', '.join(CONFIGURATIONS)})")
-    return configuration
+    """``3d_cascade`` from a run name ``{configuration}-{precision}-{gpus}gpu``.
+
+    Raises ``ValueError`` naming the run and the known configurations.
+    """
+    return str(parse_run_name(run)["config"])
 
 
 def run_dim(run: str) -> int:
     """2 or 3 from a run name ``{configuration}-{precision}-{gpus}gpu``."""
-    return CONFIGURATIONS[run_configuration(run)]
-
-
-def previous_run(run: str) -> str | None:
-    """``3d_lowres-fp32-1gpu`` for ``3d_cascade-fp32-1gpu``; None for a run of one stage."""
-    configuration = run_configuration(run)
-    if configuration not in PREVIOUS:
-        return None
-    return PREVIOUS[configuration] + run[len(configuration):]
+    return configuration_dim(run_configuration(run))
 
 
 def run_names_in(study_dir: Path | str) -> list[str]:
-    """The runs with predictions in ``study_dir/predict/``, 2D first (for ``nnpipe best``
-    without ``--runs``)."""
-    folder = Path(study_dir) / "predict"
-    runs = sorted(p.name for p in folder.glob("[23]d*-*-*gpu") if p.is_dir()) \
-        if folder.is_dir() else []
+    """The runs with fold predictions in ``study_dir`` (``predict/RUN/foldF``), 2D first (for
+    ``nnpipe best`` without ``--runs``)."""
+    pattern = Study(Path(study_dir)).paths.path("predictions", config="*", precision="*",
+                                                 gpus="*", fold="*")
+    runs = sorted({f.run for p in glob.glob(pattern)
+                   if (f := study_file(p)) is not None and f.kind == "predictions"})
     if not runs:
-        raise ValueError(f"no run predictions under {str(folder)!r}; give --runs or run the "
+        raise ValueError(f"no run predictions {pattern!r}; give --runs or run the "
                          "study's predict jobs first")
     return runs
 
@@ -134,7 +142,7 @@ def candidates(runs: Sequence[str]) -> list[tuple[str, ...]]:
     found: list[tuple[str, ...]] = [(r,) for r in runs]
     if len(runs) > 1:
         found += [(a, b) for a in runs if run_dim(a) == 2 for b in runs
-                  if run_configuration(b) in ("3d", "3d_cascade")]
+                  if run_configuration(b) in (configuration(3), CASCADE)]
     return found
 
 
@@ -153,7 +161,7 @@ def find_best(study_dir: Path | str, runs: Sequence[str], folds: Sequence[int], 
     study = Study(Path(study_dir))
     if not runs:
         raise ValueError("no runs to compare")
-    study.crossval("").mkdir(parents=True, exist_ok=True)  # the rule's output, even if empty
+    study.crossval.mkdir(parents=True, exist_ok=True)  # the rule's output, even if empty
     ds = load_dataset(study.raw)
     # the label concept of the runs' plan (region mode from config only for older plans)
     scheme = Plan.load(study.plan(runs[0])).scheme(legacy_regions=regions)
@@ -172,11 +180,11 @@ def find_best(study_dir: Path | str, runs: Sequence[str], folds: Sequence[int], 
             pred_dir = {f: study.predictions(name, f) for f in folds}
             decision = study.decision(name)
         else:
-            pred_dir = {f: study.crossval(name) / f"fold{f}" for f in folds}
+            pred_dir = {f: study.crossval_predictions(name, f) for f in folds}
             _ensemble_folder(study, members, cases, pred_dir, regions)
         pairs = [(c, prediction_path(pred_dir[f], c), refs[c]) for f, c in cases]
         if len(members) > 1:
-            decision = study.crossval(name) / "postprocess.json"
+            decision = study.crossval_decision(name)
             decide_to_file(pairs, classes, decision, scheme.ignore)
         applied = load_decision(decision)
         raw_dice, post_dice = cv_dice(pairs, classes, applied, scheme.ignore)

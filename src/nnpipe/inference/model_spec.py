@@ -32,7 +32,6 @@ best.json and model.zip record it beside the member. Every weight file is read w
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -46,11 +45,11 @@ from nnpipe.io import read_json
 from nnpipe.metrics import ScoredClass
 from nnpipe.planning.plan import Plan
 from nnpipe.progress import log
+from nnpipe.study import StudyPaths, fold_number, previous_run, study_file
 from nnpipe.training.checkpoint import load_checkpoint
 
 BEST_FORMAT = "nnpipe-best"
 BEST_FORMAT_VERSION = 1
-_FOLD_DIR = re.compile(r"fold(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -157,9 +156,7 @@ def from_checkpoints(paths: Sequence[Path | str], name: str | None = None,
                              "(no plan or model weights)")
         plans.append((Plan.from_dict(ckpt["plan"]), bool(ckpt.get("settings", {}).get(
             "regions", False)), path))
-        match = _FOLD_DIR.search(path.parent.name)
-        folds.append(FoldWeights(int(match.group(1)) if match else None, ckpt["model"],
-                                 str(path)))
+        folds.append(FoldWeights(fold_number(path.parent.name), ckpt["model"], str(path)))
     reference, regions, first = plans[0]
     where = f"model {str(first)!r}"
     if plan is not None:
@@ -186,21 +183,31 @@ def from_checkpoints(paths: Sequence[Path | str], name: str | None = None,
 
 def previous_run_name(run: str, plan: Plan) -> str:
     """``3d_lowres-fp32-1gpu`` for the cascade run ``3d_cascade-fp32-1gpu``: a cascade stage
-    and its previous stage share precision and GPUs."""
+    and its previous stage share precision and GPUs (:func:`nnpipe.study.previous_run`); a
+    run named otherwise gets its plan's previous stage in front of or instead of its
+    configuration."""
+    try:
+        previous = previous_run(run)
+    except ValueError:  # not named by the study grammar (a renamed folder)
+        previous = None
+    if previous is not None:
+        return previous
     if plan.configuration and run.startswith(plan.configuration):
         return plan.previous_stage + run[len(plan.configuration):]
     return f"{plan.previous_stage}-{run}"
 
 
 def _sibling_previous(checkpoints: Sequence[Path], run: str, plan: Plan) -> Member | None:
-    """The previous stage of cascade fold checkpoints ``train/RUN/foldF/final.pt``: the same
-    folds of ``train/<previous run>/``, or None when any is missing."""
+    """The previous stage of cascade fold checkpoints ``train/RUN/foldF/final.pt`` of a study:
+    the same folds of ``train/<previous run>/``, or None when any is missing (or the
+    checkpoints are not in a study's results tree)."""
     found = []
     for path in checkpoints:
-        fold_dir = path.parent
-        if not _FOLD_DIR.fullmatch(fold_dir.name):
+        fold = study_file(path.parent)
+        if fold is None or fold.kind != "fold_folder":
             return None
-        sibling = fold_dir.parent.parent / previous_run_name(run, plan) / fold_dir.name
+        sibling = Path(StudyPaths(fold.results_dir, fold.dataset).run_file(
+            "fold_folder", previous_run_name(run, plan), fold=fold.fields["fold"]))
         if not has_checkpoint(sibling):
             return None
         found.append(sibling)
@@ -217,9 +224,11 @@ def from_run_folder(run_dir: Path | str) -> ModelSpec:
     run_dir = Path(run_dir)
     folds = fold_dirs(run_dir)
     spec = from_checkpoints(folds, name=run_dir.name)
-    decision = run_dir.parent.parent / "postprocess" / f"{run_dir.name}.json"
+    run = study_file(run_dir)
+    decision = Path(StudyPaths(run.results_dir, run.dataset).run_file("decision", run.run)) \
+        if run is not None and run.kind == "run_folder" else None
     record = None
-    if decision.is_file():
+    if decision is not None and decision.is_file():
         log(f"model {str(run_dir)!r}: applying the run's postprocessing {str(decision)!r}")
         record = read_json(decision)
     return ModelSpec(str(run_dir), spec.members, record, spec.channel_names,
@@ -267,25 +276,23 @@ def has_checkpoint(folder: Path) -> bool:
 
 def fold_dirs(run_dir: Path) -> list[Path]:
     """``fold<N>/`` folders holding a checkpoint, by fold number."""
-    found = [(int(m.group(1)), p) for p in run_dir.iterdir()
-             if p.is_dir() and (m := _FOLD_DIR.fullmatch(p.name)) and has_checkpoint(p)]
+    found = [(f, p) for p in run_dir.iterdir()
+             if p.is_dir() and (f := fold_number(p.name)) is not None and has_checkpoint(p)]
     return [p for _, p in sorted(found)]
 
 
 def _run_name(checkpoint: Path) -> str:
     """``3d-fp32-1gpu`` for ``.../train/3d-fp32-1gpu/fold0/final.pt``, else the folder name."""
     folder = checkpoint.parent
-    return folder.parent.name if _FOLD_DIR.fullmatch(folder.name) else folder.name
+    return folder.parent.name if fold_number(folder.name) is not None else folder.name
 
 
 def find_dataset_json(path: Path | str) -> Path | None:
-    """``<results>/<dataset>/raw/dataset.json`` for a path inside ``<results>/<dataset>/``
-    (a checkpoint, a run folder), found by walking up at most four folders."""
-    for parent in list(Path(path).resolve().parents)[:4]:
-        candidate = parent / "raw" / "dataset.json"
-        if candidate.is_file():
-            return candidate
-    return None
+    """``<results>/<dataset>/raw/dataset.json`` for a file of a study's results tree (a
+    checkpoint, a run folder: :func:`nnpipe.study.study_file`); None outside one."""
+    file = study_file(path)
+    return None if file is None else Path(
+        StudyPaths(file.results_dir, file.dataset).path("dataset_json"))
 
 
 def _dataset_facts(dataset_json: Path | None) -> dict[str, Any]:

@@ -25,6 +25,8 @@ import numpy as np
 from nnpipe.planning.fingerprint import Fingerprint
 from nnpipe.planning.plan import Plan
 from nnpipe.planning.planner import PlannerSettings, make_plan
+from nnpipe.study import CASCADE, CONFIGURATION_DIMS, LOWRES
+from nnpipe.study import configuration as configuration_name
 
 # A patch covering less than this fraction of the median image (voxels) asks for a cascade;
 # the low-resolution stage is coarse enough once its patch covers at least this fraction.
@@ -40,8 +42,6 @@ ANISOTROPY_RATIO = 2.0
 # Steps at most (1.03^400 is about 10^5: far beyond any image); reaching it is a bug.
 MAX_STEPS = 400
 
-LOWRES = "3d_lowres"
-CASCADE = "3d_cascade"
 
 
 class CascadeMode(str, Enum):
@@ -129,7 +129,7 @@ def cascade_plan(fp: Fingerprint, settings: PlannerSettings, dataset_name: str) 
 
 
 # nnU-Net's configuration names (the run names' first part) -> the plan's dimensionality
-CONFIGURATIONS = {"2d": 2, "3d": 3, LOWRES: 3, CASCADE: 3}
+CONFIGURATIONS = CONFIGURATION_DIMS
 
 
 def plan_configuration(fp: Fingerprint, configuration: str, settings: PlannerSettings,
@@ -141,7 +141,7 @@ def plan_configuration(fp: Fingerprint, configuration: str, settings: PlannerSet
     if configuration not in CONFIGURATIONS:
         raise ValueError(f"configuration {configuration!r} is unknown; known: "
                          f"{', '.join(CONFIGURATIONS)}")
-    if configuration in ("2d", "3d"):
+    if configuration in (configuration_name(2), configuration_name(3)):
         return plan_for(fp, CONFIGURATIONS[configuration], settings, dataset_name, preset, task)
     if preset != "auto":
         raise ValueError(f"planning.preset {preset!r} plans no cascade ({configuration}); "

@@ -38,6 +38,8 @@ from nnpipe.datasets.layout import (
 from nnpipe.errors import DataError
 from nnpipe.geometry import grid_difference, spacing_of
 from nnpipe.io import atomic_path, read_json
+from nnpipe.planning.plan import Plan
+from nnpipe.study import PRECISIONS
 
 DPI = 110
 # Label colours: 1 edema (gold), 2 non-enhancing core (blue), 3 enhancing rim (red) in
@@ -45,7 +47,7 @@ DPI = 110
 LABEL_COLOURS = ("#e6ab02", "#1f78b4", "#e31a1c", "#33a02c", "#cc79a7", "#56b4e9")
 FOLD_COLOURS = ("#0072b2", "#d55e00", "#009e73", "#cc79a7", "#e69f00", "#56b4e9", "#000000")
 # Precisions in a fixed order and colour, so every panel and plot shows fp32 the same way.
-PRECISION_ORDER = ("fp32", "tf32", "amp", "bf16")
+PRECISION_ORDER = PRECISIONS
 PRECISION_COLOURS = {"fp32": "#0072b2", "tf32": "#009e73", "amp": "#d55e00", "bf16": "#cc79a7"}
 
 
@@ -371,16 +373,17 @@ def plot_overlays(raw_dir: Path | str, fold_csvs: Mapping[int, Path | str],
     return fig
 
 
-def class_names(raw_dir: Path | str, regions: bool = False) -> dict[str, str]:
-    """Display names of the scored classes from the raw dataset's ``dataset.json``.
+def class_names(plan: Plan | Path | str, legacy_regions: bool = False) -> dict[str, str]:
+    """Display names of the scored classes from a plan's label scheme (the label concept
+    recorded at planning: labels, or regions, without the ignore value of sparse labels).
 
     Keyed by the column suffix: label value (``"2"`` -> ``"2: non-enhancing tumor"``); in
     region mode by region name (``"WT"``, evaluation CSVs) and by its position (``"1"``,
-    ``metrics.csv``), both -> ``"WT (labels 1, 2, 3)"``.
+    ``metrics.csv``), both -> ``"WT (labels 1, 2, 3)"``. ``legacy_regions``: region mode of a
+    plan older than the recorded scheme (config ``training.regions``, as training read it).
     """
-    scheme = load_dataset(raw_dir).scheme  # the ignore value of sparse labels is no class
-    if regions:
-        scheme = scheme.with_nested_regions()
+    plan = plan if isinstance(plan, Plan) else Plan.load(plan)
+    scheme = plan.scheme(legacy_regions=legacy_regions)
     if not scheme.region_mode:
         return {str(v): f"{v}: {n}" for v, n in scheme.names.items() if v > 0}
     names: dict[str, str] = {}

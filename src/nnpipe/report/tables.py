@@ -8,8 +8,11 @@
    first precision, weak scaling.
 3. Inference throughput: samples/s and latency per (dim, batch, resolution) and precision.
 
-:func:`render_tables` is pure (numbers in, markdown out); :func:`collect_and_render` reads the
-files the pipeline wrote and writes the markdown atomically. A cell without a measurement
+:func:`render_tables` is pure (numbers in, markdown out); :func:`render_inputs` reads the files
+it is given (:class:`TableInputs`: the tables rule's declared inputs, each read back into its
+run, fold or benchmark cell by the study grammar, :func:`nnpipe.study.parse_path`) and writes
+the markdown atomically; :func:`collect_and_render` (``nnpipe tables``) gives it the files of
+the grid that exist. A cell without a measurement
 says why in words ("missing: <path>", "— (1 GPU not in grid)"), never shows a number.
 Under each table, links to the PNG plots (:mod:`nnpipe.report.plots`) written beside it in
 ``plots/``; a plot that is not there is named as not rendered.
@@ -32,7 +35,7 @@ from nnpipe.errors import DataError
 from nnpipe.io import read_json, write_text
 from nnpipe.machine import machine_info
 from nnpipe.report.best_table import best_section
-from nnpipe.study import StudyPaths, run_name
+from nnpipe.study import CASCADE_STAGES, StudyFile, StudyPaths, parse_path, run_name
 
 if TYPE_CHECKING:
     from nnpipe.config import StudyConfig
@@ -40,7 +43,6 @@ if TYPE_CHECKING:
 BENCH_KEYS = ("mode", "dim", "precision", "batch_size", "gpus", "patch_size", "throughput",
               "latency_ms")
 LATENCY_KEYS = ("mean", "p90", "p95", "p99")
-CASCADE_STAGES = ("3d_lowres", "3d_cascade")
 
 
 class RunKey(NamedTuple):
@@ -89,7 +91,7 @@ class TableGrid:
                    predict_batch_sizes={d: bench.predict_batch_sizes(d) for d in grid.dims})
 
 
-# ---------------------------------------------------------------- the path grammar
+# ---------------------------------------------------------------- the path grammar (nnpipe.study)
 
 
 def best_json_path(results_dir: Path | str, dataset: str) -> str:
@@ -122,25 +124,30 @@ class PlotLink(NamedTuple):
     present: bool = True
 
 
-PLOTS_DIR = "plots"
-
-
-def study_plots(grid: TableGrid) -> list[tuple[str, str, str, str]]:
-    """``(section, family, label, path under the study's dataset folder)`` of every plot.
+def study_plots(grid: TableGrid, paths: StudyPaths | None = None
+                ) -> list[tuple[str, str, str, str]]:
+    """``(section, family, label, path)`` of every plot: the path of ``paths``'s study, or
+    relative to the study's dataset folder (``plots/...``) without ``paths``.
 
     The plot rules in ``rules/tables.smk`` write exactly these files.
     """
+    study = paths or StudyPaths(".", "_")
+
+    def where(kind: str, run: str | None = None) -> str:
+        path = study.run_file(kind, run) if run else study.path(kind)
+        return path if paths else study.relative(path)
+
     runs = [run_name(d, p, g) for d in grid.configurations for p in grid.precisions
             for g in grid.gpus]
     plots = [("accuracy", "Dice per class across cases and folds", "box plots",
-              f"{PLOTS_DIR}/dice-per-class.png")]
-    plots += [("accuracy", "training curves (loss, Dice, lr)", r, f"{PLOTS_DIR}/curves-{r}.png")
+              where("dice_plot"))]
+    plots += [("accuracy", "training curves (loss, Dice, lr)", r, where("curves_plot", r))
               for r in runs]
     plots += [("accuracy", "image, reference and prediction (worst, median, best case)", r,
-               f"{PLOTS_DIR}/overlays-{r}.png") for r in runs]
+               where("overlays_plot", r)) for r in runs]
     if grid.benchmarked:
         plots.append(("throughput", "throughput", "samples/s against batch size",
-                      f"{PLOTS_DIR}/throughput.png"))
+                      where("throughput_plot")))
     return plots
 
 
@@ -502,43 +509,134 @@ def _resolution(patch_size: Sequence[int]) -> str:
 # ---------------------------------------------------------------- reading the outputs
 
 
+@dataclass(frozen=True)
+class TableInputs:
+    """The files ``tables.md`` is rendered from: the tables rule's declared inputs
+    (``rules/common.smk`` ``get_table_inputs``), or for ``nnpipe tables`` the files of the
+    grid that exist. Each is read back into its run, fold or benchmark cell by its path
+    (:func:`nnpipe.study.parse_path`); a file of another kind is refused."""
+
+    evaluations: Sequence[str] = ()  # evaluate/RUN/foldF.csv
+    train: Sequence[str] = ()  # train/RUN/foldF/train.json
+    benchmarks: Sequence[str] = ()  # benchmark/<cell>.json
+    best: str | None = None  # best.json
+    dataset: str | None = None  # raw/dataset.json (the classes named under the header)
+    plots: Sequence[str] = ()  # the PNGs that exist (linked; the others named not rendered)
+
+    @classmethod
+    def existing(cls, paths: StudyPaths, grid: TableGrid) -> TableInputs:
+        """The files of ``grid`` in the study ``paths`` that exist (``nnpipe tables``)."""
+        def have(files: Sequence[str]) -> list[str]:
+            return [f for f in files if Path(f).is_file()]
+
+        keys = [dict(config=d, precision=p, gpus=g, fold=f) for d in grid.configurations
+                for p in grid.precisions for g in grid.gpus for f in grid.folds]
+        best, dataset = paths.best, paths.path("dataset_json")
+        return cls(evaluations=have([paths.path("scores", **k) for k in keys]),
+                   train=have([paths.path("train_json", **k) for k in keys]),
+                   benchmarks=have([paths.path("benchmark", **c) for c in bench_cells(grid)]),
+                   best=best if Path(best).is_file() else None,
+                   dataset=dataset if Path(dataset).is_file() else None,
+                   plots=have([path for *_, path in study_plots(grid, paths)]))
+
+    @classmethod
+    def from_rule(cls, inputs: Any) -> TableInputs:
+        """A Snakemake job's named ``input`` (or a mapping of the same names): lists
+        ``evaluations``, ``train``, ``benchmarks``, ``plots``; files ``best`` and
+        ``dataset`` (optional)."""
+        def get(name: str) -> Any:
+            return inputs.get(name) if isinstance(inputs, Mapping) else getattr(
+                inputs, name, None)
+
+        def many(name: str) -> list[str]:
+            return [str(p) for p in get(name) or ()]
+
+        return cls(evaluations=many("evaluations"), train=many("train"),
+                   benchmarks=many("benchmarks"), best=str(get("best") or "") or None,
+                   dataset=str(get("dataset") or "") or None, plots=many("plots"))
+
+
+def bench_cells(grid: TableGrid) -> list[dict[str, Any]]:
+    """The benchmark cells of ``grid`` as the fields of their file name (mode, dim, precision,
+    bs, gpus; rules/common.smk ``benchmark_keys`` names the same cells)."""
+    cells: list[dict[str, Any]] = []
+    for dim in grid.dims:
+        for p in grid.bench_precisions:
+            cells += [dict(mode="train", dim=dim, precision=p, bs=bs, gpus=g)
+                      for g in grid.bench_gpus for bs in grid.train_batch_sizes.get(dim, ())]
+            cells += [dict(mode="predict", dim=dim, precision=p, bs=bs, gpus=1)
+                      for bs in grid.predict_batch_sizes.get(dim, ())]
+    return cells
+
+
 def collect_and_render(results_dir: Path | str, dataset: str, grid: TableGrid,
                        out_path: Path | str, machine: Mapping[str, str] | None = None,
                        left_out: Mapping[int, str] | None = None,
                        cascade_why: str = "", demo: bool = False) -> str:
-    """Read every output the grid names that exists, render, write ``out_path`` atomically.
+    """Read every output the grid names that exists (:meth:`TableInputs.existing`), render,
+    write ``out_path`` atomically; returns the markdown (:func:`render_inputs`)."""
+    inputs = TableInputs.existing(StudyPaths(str(results_dir), dataset), grid)
+    return render_inputs(results_dir, dataset, grid, inputs, out_path, machine=machine,
+                         left_out=left_out, cascade_why=cascade_why, demo=demo)
+
+
+def _run_key(file: StudyFile) -> RunKey:
+    """The grid's key of a per-fold file: dim 2 or 3 for 2d/3d, else the configuration."""
+    config = str(file.fields["config"])
+    dim: int | str = int(config[0]) if config in ("2d", "3d") else config
+    return RunKey(dim, str(file.fields["precision"]), int(file.fields["gpus"]),
+                  int(file.fields["fold"]))
+
+
+def _read_as(path: str, kind: str, dataset: str) -> StudyFile:
+    """``path`` read back by the study grammar, refused unless a ``kind`` file of ``dataset``."""
+    try:
+        file = parse_path(path)
+    except ValueError as exc:
+        raise DataError(f"is no {kind} file of the study ({exc})", path=path) from None
+    if file.kind != kind or file.dataset != dataset:
+        raise DataError(f"is a {file.kind} file of dataset {file.dataset!r}, not a {kind} file "
+                        f"of {dataset!r}", path=path)
+    return file
+
+
+def render_inputs(results_dir: Path | str, dataset: str, grid: TableGrid, inputs: TableInputs,
+                  out_path: Path | str, *, machine: Mapping[str, str] | None = None,
+                  left_out: Mapping[int, str] | None = None, cascade_why: str = "",
+                  demo: bool = False) -> str:
+    """Render ``tables.md`` of ``grid`` from the files ``inputs`` names (and nothing else),
+    write ``out_path`` atomically; returns the markdown.
 
     ``machine`` defaults to :func:`nnpipe.machine.machine_info` of the machine running this.
     Plots of :func:`study_plots` are linked relative to ``out_path``, as not rendered where
-    their PNG does not exist. Returns the markdown. A file that exists but is unusable raises
-    ``DataError`` naming it.
+    ``inputs.plots`` does not hold their PNG; a cell without its file names the path it
+    would have under ``results_dir``. A file that is unusable, or whose name is not a file
+    of the kind it was given as, raises ``DataError`` naming it.
     """
     dice: dict[RunKey, float] = {}
     train_info: dict[RunKey, Mapping[str, Any]] = {}
-    for dim in grid.configurations:
-        for p in grid.precisions:
-            for g in grid.gpus:
-                for f in grid.folds:
-                    key = RunKey(dim, p, g, f)
-                    csv = eval_csv_path(results_dir, dataset, dim, p, g, f)
-                    if csv.is_file():
-                        dice[key] = read_fold_dice(csv)
-                    tj = train_json_path(results_dir, dataset, dim, p, g, f)
-                    if tj.is_file():
-                        train_info[key] = _read_checked(tj, ("time_to_train_s", "batch_size"))
-    bench = [_read_bench(path, want) for path, want in _bench_files(results_dir, dataset, grid)
-             if path.is_file()]
-    plots = [PlotLink(section, family, label,
-                      os.path.relpath(Path(results_dir, dataset, path), Path(out_path).parent),
-                      Path(results_dir, dataset, path).is_file())
-             for section, family, label, path in study_plots(grid)]
-    best_path = Path(best_json_path(results_dir, dataset))
-    best = _read_checked(best_path, ("best", "candidates", "folds")) \
-        if best_path.is_file() else None
+    for path in inputs.evaluations:
+        dice[_run_key(_read_as(path, "scores", dataset))] = read_fold_dice(Path(path))
+    for path in inputs.train:
+        train_info[_run_key(_read_as(path, "train_json", dataset))] = _read_checked(
+            Path(path), ("time_to_train_s", "batch_size"))
+    bench = []
+    for path in inputs.benchmarks:
+        f = _read_as(path, "benchmark", dataset).fields
+        bench.append(_read_bench(Path(path), (f["mode"], f["dim"], f["precision"], f["bs"],
+                                              f["gpus"])))
+    present = {os.path.normpath(p) for p in inputs.plots}
+    paths = StudyPaths(str(results_dir), dataset)
+    plots = [PlotLink(section, family, label, os.path.relpath(path, Path(out_path).parent),
+                      os.path.normpath(path) in present)
+             for section, family, label, path in study_plots(grid, paths)]
+    best = _read_checked(Path(inputs.best), ("best", "candidates", "folds")) \
+        if inputs.best else None
+    classes = _dataset_classes(Path(inputs.dataset).parent) if inputs.dataset else {}
     text = render_tables(grid, dice, train_info, bench, machine or machine_info(),
                          dataset=dataset, results_dir=results_dir, plots=plots,
                          left_out=left_out, best=best, cascade_why=cascade_why,
-                         classes=_dataset_classes(Path(results_dir, dataset, "raw")), demo=demo)
+                         classes=classes, demo=demo)
     write_text(out_path, text)
     return text
 
@@ -564,19 +662,6 @@ def read_fold_dice(path: Path) -> float:
     if "dice_mean" not in table.columns or len(table) == 0:
         raise DataError("evaluation CSV has no dice_mean column or no rows", path=path)
     return 100.0 * float(table["dice_mean"].mean(skipna=True))
-
-
-def _bench_files(results_dir: Path | str, dataset: str,
-                 grid: TableGrid) -> list[tuple[Path, tuple]]:
-    wanted = []
-    for dim in grid.dims:
-        for p in grid.bench_precisions:
-            for g in grid.bench_gpus:
-                for bs in grid.train_batch_sizes.get(dim, ()):
-                    wanted.append(("train", dim, p, bs, g))
-            for bs in grid.predict_batch_sizes.get(dim, ()):
-                wanted.append(("predict", dim, p, bs, 1))
-    return [(bench_json_path(results_dir, dataset, *w), w) for w in wanted]
 
 
 def _read_bench(path: Path, want: tuple) -> dict[str, Any]:
@@ -605,8 +690,11 @@ def _read_checked(path: Path, keys: Sequence[str]) -> dict[str, Any]:
 
 def render_study(cfg: StudyConfig, out_path: Path,
                  left_out: Mapping[int, str] | None = None, cascade: bool = False,
-                 cascade_why: str = "") -> str:
+                 cascade_why: str = "", inputs: TableInputs | None = None) -> str:
     """Render the tables of the study ``cfg`` describes into ``out_path``.
+
+    ``inputs``: the files to read (the tables rule's inputs); default: every file of the
+    grid that exists (``nnpipe tables``).
 
     ``left_out``: dims of ``cfg.grid.dims`` the study does not run, each with why (e.g. 3 for a
     2D dataset, see rules/common.smk ``left_out_dims``): no rows for them, a sentence instead.
@@ -617,6 +705,8 @@ def render_study(cfg: StudyConfig, out_path: Path,
     grid = TableGrid.from_study(cfg)
     grid = replace(grid, dims=tuple(d for d in grid.dims if d not in left_out),
                    cascade=cascade)
-    return collect_and_render(Path(cfg.results_dir), cfg.dataset.name, grid, out_path,
-                              left_out=left_out, cascade_why=cascade_why,
-                              demo=cfg.dataset.source == "embedded")
+    paths = StudyPaths(cfg.results_dir, cfg.dataset.name)
+    return render_inputs(cfg.results_dir, cfg.dataset.name, grid,
+                         inputs or TableInputs.existing(paths, grid), out_path,
+                         left_out=left_out, cascade_why=cascade_why,
+                         demo=cfg.dataset.source == "embedded")
