@@ -4,7 +4,7 @@ Per case: crop to the box of nonzero voxels (air around the body carries no info
 grown to hold every labelled voxel, or no crop where the plan says so (training labels beyond
 the nonzero box: :attr:`nnpipe.planning.plan.Plan.crop_to_nonzero`), resample to the plan's
 target spacing, normalize. :class:`CaseMeta` records every step so
-that :func:`restore_probabilities` and :func:`restore_labels` can undo them exactly: the
+that :func:`restore_logits` and :func:`restore_labels` can undo them exactly: the
 prediction ends in the original voxel grid and keeps the original affine.
 
 Arrays are in the canonical voxel order the reader (:mod:`nnpipe.datasets.layout`) gives; the
@@ -230,18 +230,50 @@ def _paste(cropped: np.ndarray, meta: CaseMeta, fill: np.ndarray) -> np.ndarray:
     return fill
 
 
-def restore_probabilities(probs: np.ndarray, meta: CaseMeta) -> np.ndarray:
-    """Class probabilities ``(K, X', Y', Z')`` at the target spacing -> ``(K, X, Y, Z)`` in the
-    original grid: linear resampling to the cropped shape, pasted into the bbox; outside it
-    the background (class 0) has probability 1."""
-    if probs.ndim != 4 or probs.shape[1:] != meta.resampled_shape:
-        raise ValueError(f"case {meta.case_id!r}: probabilities of shape {probs.shape} do not "
-                         f"match the preprocessed shape (K, {meta.resampled_shape})")
+def restore_logits(logits: np.ndarray, meta: CaseMeta) -> np.ndarray:
+    """Network outputs ``(K, X', Y', Z')`` at the target spacing -> ``(K, *meta.cropped_shape)``
+    float32 in the crop box of the original grid: linear resampling, the separate axis (if
+    any) nearest, as nnU-Net v2 2.8.1 resamples its logits back
+    (``inference/export_prediction.py``
+    ``convert_predicted_logits_to_segmentation_with_correct_shape``,
+    ``resampling_fn_probabilities``, order 1). Logits, not probabilities: softmax and argmax
+    come after (issue 19 row 11). :func:`restore_channel_torch` is the same, a channel at a
+    time on a torch device.
+
+    Raises:
+        ValueError: naming the case when ``logits`` do not have the preprocessed shape.
+    """
+    if logits.ndim != 4 or logits.shape[1:] != meta.resampled_shape:
+        raise ValueError(f"case {meta.case_id!r}: network outputs of shape {logits.shape} do "
+                         f"not match the preprocessed shape (K, {meta.resampled_shape})")
     axis = separate_axis(meta.original_spacing, meta.target_spacing)
-    cropped = resample_image(probs, meta.cropped_shape, axis, order=1)
+    return resample_image(logits, meta.cropped_shape, axis, order=1)
+
+
+def paste_probabilities(probs: np.ndarray, meta: CaseMeta, *, regions: bool = False
+                        ) -> np.ndarray:
+    """Probabilities ``(K, *meta.cropped_shape)`` -> ``(K, X, Y, Z)`` float32 in the original
+    grid, pasted at ``meta.bbox``. Outside the box: the background (class 0) has probability
+    1 and the other classes 0; in region mode every region has 0 (nnU-Net v2 2.8.1
+    ``LabelManager.revert_cropping_on_probabilities``)."""
+    if probs.ndim != 4 or probs.shape[1:] != meta.cropped_shape:
+        raise ValueError(f"case {meta.case_id!r}: probabilities of shape {probs.shape} do "
+                         f"not match the cropped shape (K, {meta.cropped_shape})")
     full = np.zeros((probs.shape[0], *meta.original_shape), dtype=np.float32)
-    full[0] = 1.0
-    return _paste(cropped, meta, full)
+    if not regions:
+        full[0] = 1.0
+    return _paste(probs, meta, full)
+
+
+def restore_probabilities(probs: np.ndarray, meta: CaseMeta, *, regions: bool = False
+                          ) -> np.ndarray:
+    """Probabilities ``(K, X', Y', Z')`` at the target spacing -> ``(K, X, Y, Z)`` in the
+    original grid: :func:`restore_logits`'s linear resampling to the cropped shape, then
+    :func:`paste_probabilities` (background 1 outside the bbox; regions 0).
+
+    Prediction restores logits instead (:func:`nnpipe.inference.predict.predict_image`);
+    this serves maps that are probabilities already."""
+    return paste_probabilities(restore_logits(probs, meta), meta, regions=regions)
 
 
 # ---------------------------------------------------------------- the same on a torch device
@@ -379,12 +411,11 @@ def _zscore_torch_(ch: torch.Tensor, mask: torch.Tensor | None, slabs: list[slic
 
 def restore_channel_torch(channel: torch.Tensor, meta: CaseMeta, *,
                           chunk_bytes: int = DEVICE_CHUNK_BYTES) -> torch.Tensor:
-    """One probability channel ``(X', Y', Z')`` at the target spacing -> the cropped grid
-    ``meta.cropped_shape`` on the same device, float32: :func:`restore_probabilities`'s
-    linear resampling, a channel at a time (the caller pastes it at ``meta.bbox``; outside it
-    the background has probability 1)."""
+    """One output channel ``(X', Y', Z')`` (logits) at the target spacing -> the cropped grid
+    ``meta.cropped_shape`` on the same device, float32: :func:`restore_logits`'s linear
+    resampling, a channel at a time (the caller pastes it at ``meta.bbox``)."""
     if tuple(channel.shape) != meta.resampled_shape:
-        raise ValueError(f"case {meta.case_id!r}: a probability channel of shape "
+        raise ValueError(f"case {meta.case_id!r}: an output channel of shape "
                          f"{tuple(channel.shape)} does not match the preprocessed shape "
                          f"{meta.resampled_shape}")
     axis = separate_axis(meta.original_spacing, meta.target_spacing)
