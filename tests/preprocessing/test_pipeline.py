@@ -112,13 +112,15 @@ def test_logits_restore_to_the_crop_box_and_probabilities_paste_by_kind():
     outside = np.ones(label.shape, dtype=bool)
     outside[4:36, 3:32, 1:11] = False
     inside = np.full((2, *meta.cropped_shape), 0.25, dtype=np.float32)
-    classes = paste_probabilities(inside, meta)
-    regions = paste_probabilities(inside, meta, regions=True)
+    classes = paste_probabilities(inside, meta.bbox, meta.original_shape)
+    regions = paste_probabilities(inside, meta.bbox, meta.original_shape, regions=True)
     assert np.all(classes[0][outside] == 1.0) and np.all(classes[1][outside] == 0.0)
     assert np.all(regions[:, outside] == 0.0)
     assert np.all(classes[:, ~outside] == 0.25) and np.all(regions[:, ~outside] == 0.25)
     with pytest.raises(ValueError, match="case7.*do not match the preprocessed shape"):
         restore_logits(logits[:, :-1], meta)
+    with pytest.raises(ValueError, match="do not fit the crop box"):
+        paste_probabilities(inside[:, 1:], meta.bbox, meta.original_shape)
 
 
 def test_zscore_values_inside_and_outside_mask():

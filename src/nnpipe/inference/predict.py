@@ -241,21 +241,42 @@ def _restore(logits: np.ndarray, meta: CaseMeta, scheme: LabelScheme,
              with_probabilities: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """Label values ``(X, Y, Z)`` (and, when asked for, probabilities ``(K, X, Y, Z)``) from
     logits ``(K, X', Y', Z')``: resampled back to the crop box (:func:`restore_logits`),
-    argmax there (regions: sigmoid > 0.5 in ``regions_class_order``), pasted into a grid of
-    background (label 0 outside the box, as nnU-Net v2 2.8.1's ``export_prediction``)."""
+    then :func:`decide_and_paste`."""
     cropped = torch.from_numpy(restore_logits(logits, meta))
+    return decide_and_paste(cropped, meta.bbox, meta.original_shape, scheme,
+                            with_probabilities)
+
+
+def decide_and_paste(cropped: torch.Tensor, bbox: Sequence[tuple[int, int]],
+                     original_shape: Sequence[int], scheme: LabelScheme,
+                     with_probabilities: bool, *, labels_from_probabilities: bool = False,
+                     dtype: np.dtype | type[np.integer] | None = None
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Logits ``(K, *box)`` already resampled back to the crop box -> label values
+    ``original_shape`` (``dtype``, default :attr:`LabelTable.value_dtype`) and, with
+    ``with_probabilities``, probabilities ``(K, *original_shape)`` float32.
+
+    Classes: argmax (the first maximum wins) of the logits, or of the softmax with
+    ``labels_from_probabilities`` (what nnU-Net v2 does when it saves probabilities); regions:
+    sigmoid > 0.5, each region's ``regions_class_order`` value written over the earlier
+    ones. Outside ``bbox`` the label is 0 and the probabilities those of
+    :func:`paste_probabilities`. The one decision for nnpipe's own models and nnU-Net v2's
+    (:func:`nnpipe.v2.predict.segmentation`): v2 2.8.1 ``inference/export_prediction.py``
+    ``convert_predicted_logits_to_segmentation_with_correct_shape``, ``LabelManager``.
+    """
     regions = bool(scheme.regions)
     probs = apply_activation(cropped, "sigmoid" if regions else "softmax") \
         if regions or with_probabilities else None
     # argmax of the logits is the argmax of the softmax (v2 skips the softmax too)
-    decided = probs if regions and probs is not None else cropped
+    decided = probs if probs is not None and (regions or labels_from_probabilities) \
+        else cropped
     labels = outputs_to_labels(decided.numpy(), scheme)
-    full = np.zeros(meta.original_shape, dtype=labels.dtype)
-    full[tuple(slice(lo, hi) for lo, hi in meta.bbox)] = labels
+    full = np.zeros(tuple(original_shape), dtype=dtype or labels.dtype)
+    full[tuple(slice(lo, hi) for lo, hi in bbox)] = labels
     if not with_probabilities:
         return full, None
     assert probs is not None  # computed above when asked for
-    return full, paste_probabilities(probs.numpy(), meta, regions=regions)
+    return full, paste_probabilities(probs.numpy(), bbox, original_shape, regions=regions)
 
 
 def _restore_on_device(logits: np.ndarray, meta: CaseMeta, lm: LoadedModel,
@@ -301,7 +322,8 @@ def _restore_on_device(logits: np.ndarray, meta: CaseMeta, lm: LoadedModel,
     if cropped is not None:
         probs = apply_activation(torch.from_numpy(cropped),
                                  "sigmoid" if regions else "softmax")
-        full = paste_probabilities(probs.numpy(), meta, regions=regions)
+        full = paste_probabilities(probs.numpy(), meta.bbox, meta.original_shape,
+                                   regions=regions)
     return host.astype(table.value_dtype, copy=False), full
 
 

@@ -250,19 +250,23 @@ def restore_logits(logits: np.ndarray, meta: CaseMeta) -> np.ndarray:
     return resample_image(logits, meta.cropped_shape, axis, order=1)
 
 
-def paste_probabilities(probs: np.ndarray, meta: CaseMeta, *, regions: bool = False
-                        ) -> np.ndarray:
-    """Probabilities ``(K, *meta.cropped_shape)`` -> ``(K, X, Y, Z)`` float32 in the original
-    grid, pasted at ``meta.bbox``. Outside the box: the background (class 0) has probability
-    1 and the other classes 0; in region mode every region has 0 (nnU-Net v2 2.8.1
-    ``LabelManager.revert_cropping_on_probabilities``)."""
-    if probs.ndim != 4 or probs.shape[1:] != meta.cropped_shape:
-        raise ValueError(f"case {meta.case_id!r}: probabilities of shape {probs.shape} do "
-                         f"not match the cropped shape (K, {meta.cropped_shape})")
-    full = np.zeros((probs.shape[0], *meta.original_shape), dtype=np.float32)
+def paste_probabilities(probs: np.ndarray, bbox: Sequence[tuple[int, int]],
+                        original_shape: Sequence[int], *, regions: bool = False) -> np.ndarray:
+    """Probabilities ``(K, *box)`` -> ``(K, *original_shape)`` float32, pasted at ``bbox``
+    (``(lo, hi)`` voxels per axis, half-open; :attr:`CaseMeta.bbox` and
+    :attr:`CaseMeta.original_shape` for nnpipe's own models). Outside the box: the
+    background (class 0) has probability 1 and the other classes 0; in region mode every
+    region has 0 (nnU-Net v2 2.8.1 ``LabelManager.revert_cropping_on_probabilities``)."""
+    box = tuple(slice(lo, hi) for lo, hi in bbox)
+    if probs.ndim != len(box) + 1 or tuple(probs.shape[1:]) != tuple(
+            hi - lo for lo, hi in bbox):
+        raise ValueError(f"probabilities of shape {probs.shape} do not fit the crop box "
+                         f"{tuple(bbox)}")
+    full = np.zeros((probs.shape[0], *original_shape), dtype=np.float32)
     if not regions:
         full[0] = 1.0
-    return _paste(probs, meta, full)
+    full[(slice(None), *box)] = probs
+    return full
 
 
 def restore_probabilities(probs: np.ndarray, meta: CaseMeta, *, regions: bool = False
@@ -273,7 +277,8 @@ def restore_probabilities(probs: np.ndarray, meta: CaseMeta, *, regions: bool = 
 
     Prediction restores logits instead (:func:`nnpipe.inference.predict.predict_image`);
     this serves maps that are probabilities already."""
-    return paste_probabilities(restore_logits(probs, meta), meta, regions=regions)
+    return paste_probabilities(restore_logits(probs, meta), meta.bbox, meta.original_shape,
+                               regions=regions)
 
 
 # ---------------------------------------------------------------- the same on a torch device
