@@ -95,7 +95,10 @@ def tile_grid(shape: Sequence[int], patch: Sequence[int],
 def gaussian_weight(patch: Sequence[int], sigma_scale: float = 0.125) -> torch.Tensor:
     """Gaussian blending weight of shape ``patch``: 1 at the centre, >= ``MIN_WEIGHT`` anywhere.
 
-    ``sigma = sigma_scale * patch`` per axis (nnU-Net's 1/8). Peak-normalized to 1.
+    ``sigma = sigma_scale * patch`` per axis (nnU-Net's 1/8). Peak-normalized to 1. nnpipe's
+    own models keep this analytic map, symmetric about ``(p - 1) / 2`` (issue 19 row 9);
+    nnU-Net v2 models pass v2's (:func:`nnpipe.v2.semantics.gaussian_importance`, centred at
+    ``p // 2``) as ``blend``.
     """
     if sigma_scale <= 0:
         raise ValueError(f"sigma_scale must be > 0, got {sigma_scale}")

@@ -8,11 +8,15 @@ Per case, in v2's order (every rule from :class:`~nnpipe.v2.semantics.V2Semantic
 3. normalise each channel by its scheme (:func:`nnpipe.preprocessing.normalize.normalize`,
    the mask being the filled nonzero mask), then resample to the target spacing
    (:func:`nnpipe.v2.semantics.resample`: cubic, clipped, v2's separate-axis rule);
-4. sliding window of logits: zero padding to the patch, v2's tile starts and Gaussian,
-   every flip of the checkpoint's mirror axes (TTA), logits averaged over flips, folds and
-   tiles; a 2D configuration slides over the slices of the first (transposed) axis;
+4. sliding window of logits through nnpipe's own
+   (:func:`nnpipe.inference.sliding_window.sliding_window`, whose tile starts and zero
+   padding are v2's) with v2's facts as data: its Gaussian importance map, every flip of
+   the checkpoint's mirror axes (TTA), float16 sums; logits averaged over flips and tiles,
+   then over folds; a 2D configuration slides over the slices of the first (transposed)
+   axis;
 5. logits resampled back to the cropped grid (linear, v2's probabilities rule), then
-   argmax (labels) or sigmoid > 0.5 written in ``regions_class_order`` (regions);
+   argmax (labels) or sigmoid > 0.5 written in ``regions_class_order`` (regions), by the
+   decision nnpipe's own models use (:func:`nnpipe.inference.predict.decide_and_paste`);
 6. pasted into the uncropped grid, ``transpose_backward``, written by the same reader as
    uint8 (uint16 from 255 foreground labels) with the input's geometry.
 """
