@@ -315,6 +315,7 @@ class Options:
     device: str
     threads: int
     workers: int
+    skip_v2: bool = False  # nnpipe's side only (a before/after of nnpipe's own changes)
 
 
 class Runner:
@@ -494,6 +495,9 @@ def _train_both(o: Options, run: Runner, s: dict[str, Any], plan: Path, v2_plans
     cfg: TrainingSettings = s["cfg"].training
     plan_obj = Plan.load(plan)
     val = max(1, math.ceil(cfg.val_patches / (cfg.batch_size or plan_obj.batch_size)))
+    if o.skip_v2:
+        return {"nnpipe_dir": out, "nnpipe_wall_s": t_nn, "v2_dir": None, "v2_wall_s": 0.0,
+                "v2_trainer": None}
     trainer = install_trainer(o.venv, steps["nnunetv2"] // spe, spe, val)
     config = V2_CONFIG[o.dim]
     t_v2 = run.v2(f"v2-train-{tag}-{fold}", "nnUNetv2_train", str(DATASET_ID), config,
@@ -514,9 +518,9 @@ def run_comparison(o: Options) -> dict[str, Any]:
                                   str(s["cfg_path"]), "--raw", str(s["raw"]), "--plan",
                                   str(plan), "--out", str(nn / f"pre-{o.plan}-{o.dim}d"),
                                   "--workers", str(o.workers)),
-           "nnunetv2_s": run.v2("v2-preprocess", "nnUNetv2_preprocess", "-d", str(DATASET_ID),
-                                "-plans_name", v2_plans, "-c", V2_CONFIG[o.dim], "-np",
-                                str(o.workers))}
+           "nnunetv2_s": None if o.skip_v2 else run.v2(
+               "v2-preprocess", "nnUNetv2_preprocess", "-d", str(DATASET_ID), "-plans_name",
+               v2_plans, "-c", V2_CONFIG[o.dim], "-np", str(o.workers))}
     steps = {"nnpipe": o.steps, "nnunetv2": o.steps}
     probe: dict[str, Any] = {}
     if o.budget_s > 0:
@@ -527,7 +531,8 @@ def run_comparison(o: Options) -> dict[str, Any]:
                   "nnunetv2": step_seconds(v2_epoch_times(r["v2_dir"]), o.steps_per_epoch)}
         steps = {k: steps_for_budget(o.budget_s, v, o.steps_per_epoch) for k, v in step_s.items()}
         probe = {"steps": probe_steps, "step_s": {k: round(v, 4) for k, v in step_s.items()}}
-    tables: dict[str, list[pd.DataFrame]] = {"nnpipe": [], "nnunetv2": []}
+    tools = ("nnpipe",) if o.skip_v2 else ("nnpipe", "nnunetv2")
+    tables: dict[str, list[pd.DataFrame]] = {tool: [] for tool in tools}
     folds, walls = [], {"nnpipe_train_s": 0.0, "nnpipe_predict_s": 0.0, "nnunetv2_train_s": 0.0}
     for fold in o.folds:
         r = _train_both(o, run, s, plan, v2_plans, fold, steps, "run")
@@ -537,7 +542,9 @@ def run_comparison(o: Options) -> dict[str, Any]:
                             str(s["splits"]), "--fold", str(fold), "--out", str(pred),
                             "--device", o.device, "--threads", str(o.threads))
         row: dict[str, Any] = {"fold": fold}
-        for tool, folder in (("nnpipe", pred), ("nnunetv2", r["v2_dir"] / "validation")):
+        folders = {"nnpipe": pred, "nnunetv2": r["v2_dir"] and r["v2_dir"] / "validation"}
+        for tool in tools:
+            folder = folders[tool]
             csv = o.work / "scores" / f"{tool}-fold{fold}.csv"
             row[tool] = score_fold(folder, s["raw"], s["splits"], fold, csv)
             tables[tool].append(pd.read_csv(csv))
@@ -581,7 +588,7 @@ def markdown(rec: dict[str, Any]) -> str:
     walls = rec["wall_s"]
     train = {"nnpipe": f"{walls['nnpipe_train_s']} (+{walls['nnpipe_predict_s']} predict)",
              "nnunetv2": f"{walls['nnunetv2_train_s']} (incl. its validation)"}
-    for tool in ("nnpipe", "nnunetv2"):
+    for tool in rec["dice"]:
         d = rec["dice"][tool]
         lines.append(f"| {tool} | {rec['steps'][tool]} | {train[tool]} | "
                      + " | ".join(str(d["per_class"][c]) for c in classes)
@@ -626,15 +633,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                    help="torch threads of nnpipe (v2 takes every core on CPUs: its "
                         "run_training sets torch.set_num_threads(cpu_count()))")
+    p.add_argument("--skip-v2", action="store_true",
+                   help="train and score nnpipe only (v2 still plans, for --plan nnunetv2): "
+                        "a before/after of a change to nnpipe's own path")
     p.add_argument("--workers", type=int, default=1,
                    help="preprocessing processes of both tools and v2's augmentation "
                         "workers (nnUNet_n_proc_DA)")
     a = p.parse_args(argv)
+    if a.skip_v2 and a.budget_s > 0:
+        p.error("--budget-s compares both tools; it cannot be used with --skip-v2")
     if a.budget_s <= 0 and a.steps % a.steps_per_epoch:
         p.error(f"--steps {a.steps} is not a multiple of --steps-per-epoch {a.steps_per_epoch}")
     o = Options(a.work, a.nnunet_venv, a.config, a.dim, tuple(a.folds),
                 "own" if a.budget_s > 0 else a.plan, a.steps, a.steps_per_epoch, a.budget_s,
-                a.probe_epochs, a.device, a.threads, a.workers)
+                a.probe_epochs, a.device, a.threads, a.workers, a.skip_v2)
     record = run_comparison(o)
     write_json(o.work / "accuracy.json", record)
     print(markdown(record))

@@ -310,6 +310,23 @@ def _study_row(study: dict[str, Any] | None, steps: list[dict[str, Any]]) -> lis
             "; ".join(notes)[:300] or "every check passed"]
 
 
+def _v2_rows(v2: dict[str, Any] | None, steps: list[dict[str, Any]]) -> list[list[str]]:
+    """The nnU-Net v2 model rows (:mod:`benchmarks.gpu_v2`): seconds per case, TTA off and
+    on; no target (nnU-Net v2 itself is not on the GPU machine), the stages beside it."""
+    label = "nnU-Net v2 model folder, CT case, NIfTI read → written, TTA {}"
+    if v2 is None:
+        return [[label.format("off/on"), "not measured", "", "", "", "",
+                 f"v2model: {_no_result('v2model', steps)}"]]
+    rows = []
+    for key, row in v2.get("rows", {}).items():
+        rows.append([label.format("on" if key == "tta_on" else "off"), f"{row['total_s']:.2f} s",
+                     f"{v2.get('case', '')}, patch {v2.get('patch')}, "
+                     + ("fp16 autocast" if v2.get("device") == "cuda" else "fp32"), "", "", "",
+                     f"read {row['read_s']} s, predict {row['predict_s']} s, "
+                     f"write {row['write_s']} s"])
+    return rows
+
+
 def table_rows(out: Path, logs: Path | None) -> tuple[list[list[str]], dict[str, Any]]:
     """The table's rows from what exists in ``out``: bench rows (a row for every target,
     measured or not), the anchor beside them, the study's checks; and the steps."""
@@ -317,6 +334,7 @@ def table_rows(out: Path, logs: Path | None) -> tuple[list[list[str]], dict[str,
     steps = _read_steps(out)
     rows = _bench_rows(bench_res, anchor_figures(out, logs), steps)
     rows.append(_study_row(_read_json(out / "study.json"), steps))
+    rows += _v2_rows(_read_json(out / "v2.json"), steps)
     meta = {"device": bench_res.get("device", "cuda"), "gpu": bench_res.get("gpu", ""),
             "torch": bench_res.get("torch", ""), "tiny": bool(bench_res.get("tiny")),
             "steps": steps}

@@ -41,11 +41,29 @@ def get_predict_set_input(wildcards):
 
 
 def get_predict_set_args(wildcards, input):
-    """`--postprocess` for a run's decision, `--layout` when the set gives one."""
+    """`--postprocess` for a run's decision, `--layout` when the set gives one (an nnU-Net
+    v2 model reads v2's layout only: `nnunetv2` is its own, `msd` is refused),
+    `--configuration` for a v2 dataset folder or zip of several."""
     decision = getattr(input, "decision", None)
     args = [f"--postprocess {decision}"] if decision else []
     layout = PREDICT_SETS[wildcards.name].layout
+    if layout and is_v2_set(wildcards.name):
+        if layout != "nnunetv2":
+            raise ValueError(f"config key predict/{wildcards.name}/layout: the model is an "
+                             f"nnU-Net v2 model, which reads the nnunetv2 layout, not {layout!r}")
+        layout = None
+    configuration = PREDICT_SETS[wildcards.name].configuration
+    if configuration:  # nnpipe predict refuses it for anything but a v2 model, naming it
+        args.append(f"--configuration {configuration}")
     return " ".join(args + ([f"--layout {layout}"] if layout else []))
+
+
+def is_v2_set(name):
+    """Whether the set's model is a path to an nnU-Net v2 model (folder or zip)."""
+    from nnpipe.v2.model import is_v2_model  # torch: only when a set asks
+
+    model = PREDICT_SETS[name].model
+    return model != "best" and RUN_NAME.fullmatch(model) is None and is_v2_model(model)
 
 
 def get_predict_set_records(wildcards):

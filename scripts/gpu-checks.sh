@@ -4,6 +4,8 @@
 #                  SIGTERM mid-run, resume, predict, evaluate (benchmarks.gpu_study)
 #   anchor         the MONAI anchor (the reference network), same machine state
 #   anchor-window  its whole-case sliding window (BraTS size, 8-flip TTA)
+#   v2model        an nnU-Net v2 model folder on a CT-sized case, TTA off and on, fp16
+#                  autocast, NIfTI read -> written (benchmarks.gpu_v2)
 #   bench          nnpipe's figures and what limits each (benchmarks.gpu_suite bench)
 #   table          the figures beside the anchor and the targets, the study's checks, and
 #                  every failed step (gpu_suite table)
@@ -104,6 +106,10 @@ step anchor 110 "$PY" -m benchmarks.gpu_suite anchor --script $ANCHORS/monai_anc
   --out "$OUT" --timeout 100 "${ANCHOR_ARGS[@]}"
 step anchor-window 50 "$PY" -m benchmarks.gpu_suite anchor \
   --script $ANCHORS/monai_anchor_sliding_window.py --out "$OUT" --timeout 40
+V2_ARGS=()
+[[ $MODE == cpu ]] && V2_ARGS=(--tiny)
+step v2model 100 "$PY" -m benchmarks.gpu_v2 --work "$WORK" --out "$OUT" "${DEVICE[@]}" \
+  "${V2_ARGS[@]}"
 left=$((DEADLINE - SECONDS - RESERVE))
 # shellcheck disable=SC2206  # NNPIPE_BENCH_ARGS is split on purpose
 step bench "$left" "$PY" -m benchmarks.gpu_suite bench --work "$WORK" --out "$OUT" \

@@ -97,6 +97,41 @@ def test_pretrained_weights_take_the_same_fold_else_the_first(source):
     assert where.endswith("fold0/final.pt")
 
 
+def test_pretrained_weights_read_only_the_fold_they_take(source, tmp_path, monkeypatch):
+    """A run folder, best.json and model.zip each give fold 1 without reading fold 0's
+    weights: fold 0's checkpoint is overwritten with garbage, and the archive unpickles one
+    fold."""
+    import nnpipe.inference.archive as archive
+    from nnpipe.inference.resolve import resolve_model
+
+    src, run = source
+    expected = torch.load(run / "fold1" / "final.pt", weights_only=True)["model"]
+    archive.export_model(resolve_model([run]), tmp_path / "model.zip")
+    calls: list[str] = []
+    load = archive._load_tensors
+    monkeypatch.setattr(archive, "_load_tensors",
+                        lambda raw, where: calls.append(where) or load(raw, where))
+    weights, where = pretrained_weights(tmp_path / "model.zip", src, fold=1)
+    assert calls == [where] and where.endswith("fold1.pt")
+    assert all(torch.equal(weights[k], expected[k]) for k in expected)
+
+    study = run.parent.parent
+    (study / "plan.json").write_text(json.dumps(src.to_dict()))
+    best = study / "best.json"
+    best.write_text(json.dumps({
+        "format": "nnpipe-best", "format_version": 1, "dataset_json": "raw/dataset.json",
+        "best": {"name": run.name, "postprocess": None, "members": [
+            {"run": run.name, "plan": "plan.json",
+             "models": [f"train/{run.name}/fold{f}/final.pt" for f in (0, 1)]}]}}))
+    (run / "fold0" / "final.pt").write_bytes(b"not a checkpoint")  # read it and fail
+    for model in (run, best):
+        weights, where = pretrained_weights(model, src, fold=1)
+        assert where.endswith("fold1/final.pt"), model
+        assert all(torch.equal(weights[k], expected[k]) for k in expected)
+    with pytest.raises(ValueError, match="fold0"):  # the garbage is read when asked for
+        pretrained_weights(run, src, fold=0)
+
+
 def test_nnpipe_train_starts_from_the_pretrained_weights(tiny_study, tmp_path):
     """``nnpipe train`` with training.init_weights: the log names what was re-initialised and
     the first checkpoint is the pretrained network after its first (warmed-up) steps."""

@@ -47,7 +47,8 @@ def image_path(tiny_study) -> Path:
 def guide_example() -> str:
     """The user guide's Python block that uses the Predictor."""
     found = re.findall(r"```python\n(.*?)```", GUIDE.read_text(), flags=re.S)
-    (code,) = [c for c in found if "from nnpipe import Predictor" in c]
+    (code,) = [c for c in found if "from nnpipe import Predictor" in c
+               and "nnUNetTrainer__" not in c]  # the v2 one: tests/v2/test_predictor_v2.py
     return code
 
 

@@ -236,3 +236,36 @@ def test_scripts_parse():
         res = subprocess.run(["bash", "-n", str(root / "scripts" / script)],
                              capture_output=True, text=True)
         assert res.returncode == 0, res.stderr
+
+
+def test_v2_model_rows_show_each_tta_setting_and_its_stages(tmp_path):
+    rows = _rows(G.table(tmp_path, None))
+    (missing,) = rows["nnU-Net v2 model folder, CT case, NIfTI read → written, TTA off/on"]
+    assert missing[1] == "not measured" and missing[6] == "v2model: not run"
+    _write(tmp_path / "v2.json", {"device": "cuda", "case": "512x512x160", "patch": [128] * 3,
+                                  "rows": {"tta_off": {"read_s": 1.5, "predict_s": 3.25,
+                                                       "write_s": 0.5, "total_s": 5.25},
+                                           "tta_on": {"read_s": 1.5, "predict_s": 20.0,
+                                                      "write_s": 0.5, "total_s": 22.0}}})
+    rows = _rows(G.table(tmp_path, None))
+    (off,) = rows["nnU-Net v2 model folder, CT case, NIfTI read → written, TTA off"]
+    (on,) = rows["nnU-Net v2 model folder, CT case, NIfTI read → written, TTA on"]
+    assert off[1] == "5.25 s" and on[1] == "22.00 s"
+    assert "fp16 autocast" in off[2] and off[6] == "read 1.5 s, predict 3.25 s, write 0.5 s"
+
+
+@pytest.mark.slow
+def test_v2_model_check_runs_a_v2_folder_on_the_cpu(tmp_path):
+    import nibabel as nib
+
+    from benchmarks import gpu_v2
+
+    assert gpu_v2.main(["--work", str(tmp_path), "--out", str(tmp_path / "out"), "--device",
+                        "cpu", "--tiny"]) == 0
+    record = json.loads((tmp_path / "out" / "v2.json").read_text())
+    assert set(record["rows"]) == {"tta_off", "tta_on"}
+    for key in ("tta_off", "tta_on"):
+        row = record["rows"][key]
+        assert row["total_s"] >= row["predict_s"] > 0
+    seg = nib.load(tmp_path / "v2out" / "tta1.nii.gz")
+    assert seg.shape == (32, 32, 20) and np.allclose(seg.affine, np.diag([0.8, 0.8, 2.5, 1]))

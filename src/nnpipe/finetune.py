@@ -19,38 +19,63 @@ MODEL is anything ``nnpipe predict --model`` takes: a checkpoint ``final.pt``, a
 ``train/RUN`` (the same fold is taken if it has it, else its first fold), ``best.json`` or
 a ``model.zip``; of several members the one with the plan's dimensionality is used.
 
+MODEL may also be an nnU-Net v2 model (trained-model folder, dataset folder, v2 zip) whose
+network is nnpipe's plain U-Net (v2's default ``PlainConvUNet``): its plan maps to nnpipe's
+and its weights to nnpipe's key layout (:mod:`nnpipe.v2.transfer`, which says what maps,
+what is refused naming the plans' field, and the axis convention).
+
 This module sits above ``planning``, ``training`` and ``inference`` (it resolves models
 with :func:`nnpipe.inference.model_spec.resolve_model`); only the CLI imports it.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from nnpipe.inference.model_spec import Member, ModelSpec
+from nnpipe.inference.model_spec import (
+    Member,
+    ModelSpec,
+    fold_dirs,
+    from_checkpoints,
+    has_checkpoint,
+)
 from nnpipe.inference.resolve import resolve_model
+from nnpipe.io import read_json
 from nnpipe.planning.plan import Plan
+from nnpipe.progress import log
+from nnpipe.v2.model import is_v2_model
 
 # Configurations a pretrained model's plan may be carried to (the cascade plans its two
 # stages from the fingerprint, which a moved plan would contradict).
 LIKE_CONFIGURATIONS = ("2d", "3d")
 
 
-def _member(spec: ModelSpec, plan: Plan, key: str) -> Member:
-    """The member of ``spec`` with ``plan``'s dimensionality (its configuration preferred)."""
-    same_dim = [m for m in spec.members if m.plan.dim == plan.dim]
+def _choose(plans: list[tuple[str, Plan]], plan: Plan, source: str, key: str) -> int:
+    """Index of the member (``(name, plan)``) with ``plan``'s dimensionality, its
+    configuration preferred.
+
+    Raises:
+        ValueError: naming the model, when none has this dimensionality.
+    """
+    same_dim = [i for i, (_, p) in enumerate(plans) if p.dim == plan.dim]
     if not same_dim:
-        have = ", ".join(f"{m.name} ({m.plan.dim}D)" for m in spec.members)
-        raise ValueError(f"{key}: model {spec.source!r} has no {plan.dim}D network (it has "
+        have = ", ".join(f"{n} ({p.dim}D)" for n, p in plans)
+        raise ValueError(f"{key}: model {source!r} has no {plan.dim}D network (it has "
                          f"{have}); give a {plan.dim}D model or leave {plan.dim}D out of "
                          "grid.dims")
-    exact = [m for m in same_dim
-             if (m.plan.configuration or f"{m.plan.dim}d") == (plan.configuration
-                                                              or f"{plan.dim}d")]
+    want = plan.configuration or f"{plan.dim}d"
+    exact = [i for i in same_dim if (plans[i][1].configuration or f"{plans[i][1].dim}d") == want]
     return (exact or same_dim)[0]
+
+
+def _member(spec: ModelSpec, plan: Plan, key: str) -> Member:
+    """The member of ``spec`` with ``plan``'s dimensionality (its configuration preferred)."""
+    return spec.members[_choose([(m.name, m.plan) for m in spec.members], plan, spec.source,
+                                key)]
 
 
 def _same_name(a: str, b: str) -> bool:
@@ -76,6 +101,11 @@ def plan_like(own: Plan, model: str | Path, channel_names: tuple[str, ...] = ())
     if configuration not in LIKE_CONFIGURATIONS:
         raise ValueError(f"{key} plans the {' and '.join(LIKE_CONFIGURATIONS)} configurations, "
                          f"not {configuration!r}: set planning.cascade: off")
+    if is_v2_model(Path(model)):
+        from nnpipe.v2.transfer import open_v2, plan_from_v2
+
+        with open_v2(model, own.dim) as source:
+            return plan_from_v2(own, source, channel_names)
     spec = resolve_model([model])
     member = _member(spec, own, key)
     src = member.plan
@@ -112,12 +142,78 @@ def pretrained_weights(model: str | Path, plan: Plan, fold: int
     """The state dict to start training ``plan``'s fold ``fold`` from, and its source.
 
     The member of ``model`` with the plan's dimensionality; of its folds the one numbered
-    ``fold`` if it has it, else the first.
+    ``fold`` if it has it, else the first. Only that fold's weights are read (a 5-fold run
+    folder or best.json loads one checkpoint, not five; a ``model.zip`` is hash-checked
+    whole, as every read of it is, and unpickles one fold).
 
     Raises:
         ValueError: naming the model, when it has no network of this dimensionality.
     """
-    spec = resolve_model([model])
-    member = _member(spec, plan, "training.init_weights")
+    key = "training.init_weights"
+    path = Path(model)
+    if is_v2_model(path):
+        from nnpipe.v2.transfer import load_v2_fold
+
+        weights, where, unplaced = load_v2_fold(path, plan, fold)
+        log(f"fine-tuning from nnU-Net v2 weights {where}: mapped to nnpipe's U-Net "
+            f"(nnpipe.v2.transfer); {len(unplaced)} bias tensor(s) have no place in it (the "
+            "convolutions' biases are cancelled by the instance norm after each; the "
+            "transposed convolutions' biases are dropped)")
+        return weights, where
+    if path.suffix == ".zip":
+        return _archive_fold(path, plan, fold, key)
+    if path.suffix == ".json":
+        return _best_fold(path, plan, fold, key)
+    if path.is_dir() and not has_checkpoint(path) and fold_dirs(path):
+        dirs = fold_dirs(path)  # a run folder: train/RUN/fold<N>/
+        chosen = next((d for d in dirs if d.name == f"fold{fold}"), dirs[0])
+        spec = from_checkpoints([chosen], name=path.name)
+    else:
+        spec = resolve_model([path])  # one checkpoint or fold folder
+    member = _member(spec, plan, key)
+    return dict(member.folds[0].weights), member.folds[0].source
+
+
+def _best_fold(path: Path, plan: Plan, fold: int, key: str
+               ) -> tuple[dict[str, torch.Tensor], str]:
+    """A best.json's member of ``plan``'s dimensionality, one fold checkpoint read."""
+    spec_record = read_json(path)
+    try:
+        members = [(str(m["run"]), m) for m in spec_record["best"]["members"]]
+    except (KeyError, TypeError):
+        return _fallback(path, plan, fold, key)
+    root = path.parent
+    plans = [(name, Plan.load(root / m["plan"])) for name, m in members]
+    name, record = members[_choose(plans, plan, str(path), key)]
+    models = [Path(f) for f in record["models"]]
+    chosen = next((f for f in models if f.parent.name == f"fold{fold}"), models[0])
+    spec = from_checkpoints([root / chosen], name=name, plan=root / record["plan"])
+    return dict(spec.members[0].folds[0].weights), spec.members[0].folds[0].source
+
+
+def _fallback(path: Path, plan: Plan, fold: int, key: str
+              ) -> tuple[dict[str, torch.Tensor], str]:
+    """Every fold read (the reader then names what is wrong with the file)."""
+    member = _member(resolve_model([path]), plan, key)
     chosen = next((f for f in member.folds if f.fold == fold), member.folds[0])
     return dict(chosen.weights), chosen.source
+
+
+def _archive_fold(path: Path, plan: Plan, fold: int, key: str
+                  ) -> tuple[dict[str, torch.Tensor], str]:
+    """A model.zip's member of ``plan``'s dimensionality: the archive verified as
+    :func:`~nnpipe.inference.archive.load_archive` verifies it, one fold unpickled."""
+    from nnpipe.inference.archive import MANIFEST, ArchiveError, _load_tensors, _read_verified
+
+    data = _read_verified(path)
+    try:
+        records = json.loads(data[MANIFEST])["members"]
+        plans = [(str(r["name"]), Plan.from_dict(json.loads(data[r["plan"]])))
+                 for r in records]
+        record = records[_choose(plans, plan, str(path), key)]
+        chosen = next((f for f in record["folds"] if f["fold"] == fold), record["folds"][0])
+        where = f"{path}:{chosen['weights']}"
+        return _load_tensors(data[chosen["weights"]], where), where
+    except (KeyError, TypeError, IndexError) as exc:
+        raise ArchiveError(path, f"manifest or member is malformed ({type(exc).__name__}: "
+                           f"{exc})") from None

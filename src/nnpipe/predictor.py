@@ -2,7 +2,8 @@
 
 ``Predictor(model)`` reads and loads a model once (anything ``nnpipe predict --model``
 takes: a run folder, best.json, model.zip, fold checkpoints;
-:func:`nnpipe.inference.model_spec.resolve_model`), then predicts as many images as asked::
+:func:`nnpipe.inference.model_spec.resolve_model`; or an nnU-Net v2 trained-model folder,
+its dataset folder or a v2 zip), then predicts as many images as asked::
 
     from nnpipe import Predictor
 
@@ -17,6 +18,11 @@ window, back to the input's grid, postprocessing); files through the one reader
 a temporary uncompressed file and read back by that reader, so its header means what it
 means to the command line (NIfTI units, sform/qform rule, SimpleITK's LPS+ directions); this
 costs one write and one read of the voxels.
+
+An nnU-Net v2 model (:func:`nnpipe.v2.model.is_v2_model`) is predicted with v2's semantics
+by the functions ``nnpipe predict --model <v2 model>`` uses (:mod:`nnpipe.v2.api`): files
+are read by the plans' reader, arrays are taken as that reader's voxels; the labels and
+files are the command's.
 
 A predictor holds its networks and settings and nothing global: two predictors (two models,
 two devices) coexist in one process.
@@ -45,9 +51,12 @@ from nnpipe.inference.predict import (
     predict_members_image,
 )
 from nnpipe.inference.resolve import resolve_model
+from nnpipe.v2.model import is_v2_model
 
 if TYPE_CHECKING:
     import torch
+
+    from nnpipe.v2.api import V2Predictor
 
 PathLike: TypeAlias = str | os.PathLike[str]
 # An image: an array (C, X, Y, Z) (or (X, Y, Z) for a one-channel model) with spacing= or
@@ -62,14 +71,20 @@ class Predictor:
     Args:
         model: what ``nnpipe predict --model`` takes: a run folder ``train/RUN``, a
             ``best.json``, a ``model.zip``, a fold folder or checkpoint, a list of
-            checkpoints (averaged), or a :class:`~nnpipe.inference.model_spec.ModelSpec`.
+            checkpoints (averaged), or a :class:`~nnpipe.inference.model_spec.ModelSpec`;
+            or an nnU-Net v2 trained-model folder, its dataset folder, or a v2 zip.
         device: ``auto`` (the first GPU if any, else the CPU), ``cpu``, ``cuda``, ``cuda:1``.
         tta: average over the flips of the spatial axes (8 in 3D, 4 in 2D); None keeps the
             setting of ``settings``.
         settings: the inference settings (overlap, blend, batch size, precision, runtime);
             default: those stored with the model (best.json, or a model.zip exported from
             it), else the schema's defaults, as ``nnpipe predict`` without ``--config``.
-        postprocess: a postprocessing decision JSON that replaces the model's own.
+        postprocess: a postprocessing decision JSON that replaces the model's own (not for
+            v2 models).
+        configuration, folds, checkpoint: for an nnU-Net v2 model, as ``nnpipe predict
+            --configuration --folds --checkpoint``: the configuration of a dataset folder
+            or zip holding several, the folds to average (default: every ``fold_N``), the
+            checkpoint file (``final`` or ``best``).
 
     Raises:
         ValueError / FileNotFoundError: the model cannot be read (naming the path and why).
@@ -78,7 +93,17 @@ class Predictor:
     def __init__(self, model: PathLike | Sequence[PathLike] | ModelSpec, *,
                  device: str = "auto", tta: bool | None = None,
                  settings: InferenceSettings | None = None,
-                 postprocess: PathLike | None = None) -> None:
+                 postprocess: PathLike | None = None, configuration: str | None = None,
+                 folds: Sequence[int | str] | None = None,
+                 checkpoint: str = "final") -> None:
+        self._v2: V2Predictor | None = None
+        if isinstance(model, str | os.PathLike) and is_v2_model(Path(model)):
+            self._init_v2(Path(model), device, tta, settings, postprocess, configuration,
+                          folds, checkpoint)
+            return
+        if configuration is not None or folds is not None or checkpoint != "final":
+            raise ValueError(f"configuration=, folds= and checkpoint= are for nnU-Net v2 "
+                             f"models; {model!s} is not one")
         if isinstance(model, ModelSpec):
             spec = model
         elif isinstance(model, str | os.PathLike):
@@ -92,27 +117,53 @@ class Predictor:
         self._groups, self._postprocess, self.source, self._previous = load_configuration(
             spec, device, postprocess=None if postprocess is None else Path(postprocess))
 
+    def _init_v2(self, path: Path, device: str, tta: bool | None,
+                 settings: InferenceSettings | None, postprocess: PathLike | None,
+                 configuration: str | None, folds: Sequence[int | str] | None,
+                 checkpoint: str) -> None:
+        """An nnU-Net v2 model: the settings' ``tta`` and ``batch_size`` apply, as for
+        ``nnpipe predict --model <v2 model>`` (default: the schema's)."""
+        from nnpipe.inference.predict import select_device
+        from nnpipe.v2.api import V2Predictor
+
+        if postprocess is not None:
+            raise ValueError(f"postprocess=: not available for nnU-Net v2 models ({path})")
+        settings = settings or study_config({}).inference
+        self.settings = settings if tta is None else replace(settings, tta=tta)
+        self._v2 = V2Predictor(path, select_device(device), tta=self.settings.tta,
+                               batch_size=self.settings.batch_size,
+                               configuration=configuration, folds=folds, checkpoint=checkpoint)
+        self.source = self._v2.model.source
+
     # ---------------------------------------------------------------- what the model is
 
     @property
     def num_channels(self) -> int:
         """Input channels the model takes (``C`` of an image ``(C, X, Y, Z)``)."""
+        if self._v2 is not None:
+            return self._v2.num_channels
         return self._plan.num_channels
 
     @property
     def labels(self) -> dict[int, str]:
         """Label value -> name (background 0 included) of the label maps it returns."""
+        if self._v2 is not None:
+            return self._v2.labels
         return dict(self._plan.labels)
 
     @property
     def class_names(self) -> list[str]:
         """Names of the probability channels ``K`` (classes by value, or regions)."""
+        if self._v2 is not None:
+            return self._v2.class_names
         from nnpipe.inference.predict import class_names
 
         return class_names(self._groups[0][0])
 
     @property
     def device(self) -> torch.device:
+        if self._v2 is not None:
+            return self._v2.device
         return self._groups[0][0].device
 
     @property
@@ -120,7 +171,7 @@ class Predictor:
         return self._groups[0][0].plan
 
     def __repr__(self) -> str:
-        n = sum(len(g) for g in self._groups)
+        n = len(self._v2.nets) if self._v2 is not None else sum(len(g) for g in self._groups)
         return (f"Predictor({self.source!r}, {n} network(s), device={str(self.device)!r}, "
                 f"tta={self.settings.tta})")
 
@@ -160,6 +211,8 @@ class Predictor:
                 channel count, NaN or Inf voxels, a non-invertible affine.
             DataError: a file that cannot be read (naming it).
         """
+        if self._v2 is not None:
+            return self._predict_v2(image, spacing, affine, probabilities)
         data, grid_affine, o, name = self._canonical(image, spacing, affine)
         result = predict_members_image(self._groups, data, grid_affine, self.settings, name,
                                        postprocess=self._postprocess,
@@ -170,6 +223,38 @@ class Predictor:
             return labels
         assert result.probabilities is not None  # asked for above
         return labels, np.ascontiguousarray(o.undo(result.probabilities, channel_first=True))
+
+    def _predict_v2(self, image: Image, spacing: Sequence[float] | None,
+                    affine: np.ndarray | None, probabilities: bool
+                    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """:meth:`predict` of an nnU-Net v2 model (:mod:`nnpipe.v2.api`)."""
+        v2 = self._v2
+        assert v2 is not None  # called for a v2 model only
+        if isinstance(image, np.ndarray):
+            data, grid = self._from_array(image, spacing, affine)
+            if affine is None and v2.model.configuration.semantics.reader == \
+                    "NibabelIOWithReorient":
+                raise ValueError("this v2 model reads images reoriented to RAS "
+                                 "(NibabelIOWithReorient): give affine=, not spacing=")
+            v2_image = v2.image_from_array(data, grid)
+        else:
+            if spacing is not None or affine is not None:
+                raise ValueError("spacing= and affine= are for arrays; a file or image object "
+                                 "carries its own geometry")
+            with tempfile.TemporaryDirectory(prefix="nnpipe-predictor-") as tmp:
+                if isinstance(image, str | os.PathLike):
+                    paths = [Path(image)]
+                elif isinstance(image, Sequence) and image and all(
+                        isinstance(p, str | os.PathLike) for p in image):
+                    paths = [Path(p) for p in image]
+                else:  # NIfTI: every v2 reader reads it (nibabel's do not read .mha)
+                    paths = [_to_file(image, Path(tmp), sitk_ending=".nii")]
+                v2_image = v2.read(paths, strip_ending(paths[0]))
+        labels, probs = v2.predict(v2_image, probabilities)
+        labels = v2.input_order(labels, v2_image, channel_first=False)
+        if probs is None:
+            return labels
+        return labels, v2.input_order(probs, v2_image, channel_first=True)
 
     def _canonical(self, image: Image, spacing: Sequence[float] | None,
                    affine: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, Orientation, str]:
@@ -245,6 +330,14 @@ class Predictor:
             DataError: a missing folder, one without images, or (after the others were
                 predicted) every case that failed, each named.
         """
+        if self._v2 is not None:
+            if layout not in (None, "nnunetv2") or save_probabilities:
+                raise ValueError("an nnU-Net v2 model reads the nnunetv2 layout and writes "
+                                 "label maps only (layout=, save_probabilities=)")
+            if isinstance(inputs, str | os.PathLike):
+                return self._v2.predict_folder(Path(inputs), Path(out_dir), skip_existing)
+            return self._v2.predict_file_list([Path(p) for p in inputs], Path(out_dir),
+                                              skip_existing)
         if layout is not None and layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         errors: list[DataError] = []
@@ -278,8 +371,9 @@ def stored_settings(spec: ModelSpec) -> InferenceSettings:
                          f"for this nnpipe ({exc}); pass settings=") from None
 
 
-def _to_file(image: Any, folder: Path) -> Path:
-    """A nibabel or SimpleITK image written uncompressed into ``folder`` for the one reader.
+def _to_file(image: Any, folder: Path, sitk_ending: str = ".mha") -> Path:
+    """A nibabel or SimpleITK image written uncompressed into ``folder`` for the one reader
+    (a SimpleITK image as ``sitk_ending``).
 
     Raises:
         TypeError: anything else.
@@ -294,7 +388,7 @@ def _to_file(image: Any, folder: Path) -> Path:
     if kind == "SimpleITK":
         import SimpleITK as sitk
 
-        path = folder / "image.mha"
+        path = folder / f"image{sitk_ending}"
         sitk.WriteImage(image, str(path), False)  # False: no compression
         return path
     raise TypeError(f"cannot predict a {type(image).__name__}: give an array (C, X, Y, Z) with "

@@ -153,6 +153,9 @@ def test_prediction_sets_from_config():
                             "v2": {"input": "x", "model": "3d-fp32-1gpu", "layout": "nnunetv2"}})
     assert sets["scans"] == PredictionSet("scans", "data/scans", "best", 4, None)
     assert sets["v2"].model == "3d-fp32-1gpu" and sets["v2"].layout == "nnunetv2"
+    assert sets["v2"].configuration is None
+    assert prediction_sets({"s": {"input": "x", "model": "Dataset001_X", "configuration":
+                                  "3d_fullres"}})["s"].configuration == "3d_fullres"
     for bad, message in [({"a b": {"input": "x"}}, "a set name is letters"),
                          ({"s": {"model": "best"}}, "`input`.*is required"),
                          ({"s": {"input": "x", "parts": 0}}, "predict/s/parts"),

@@ -44,7 +44,9 @@ def test_budget_limits_cases_in_flight(costs, budget, peak):
     _PEAK.value = 0
     out = sorted(imap_bounded(_track, list(range(4)), costs, workers=3, budget_bytes=budget))
     assert out == [0, 10, 20, 30]
-    assert _PEAK.value == peak
+    # never more in flight than the budget allows; fewer is possible on a loaded machine
+    # (a worker may finish its 50 ms before the next one starts), so this is an upper bound
+    assert 1 <= _PEAK.value <= peak
 
 
 def test_worker_error_is_raised():

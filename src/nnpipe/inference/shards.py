@@ -247,13 +247,15 @@ class PredictionSet:
     """One entry of the study's ``predict:`` section: the images of ``input`` (a folder),
     predicted by ``model`` (``best``: the study's best.json; a run name such as
     ``3d-fp32-1gpu``: its fold models and postprocessing; otherwise a path: a run folder,
-    best.json, model.zip or checkpoint) in ``parts`` jobs."""
+    best.json, model.zip or checkpoint; or an nnU-Net v2 model, whose dataset folder or zip
+    with several configurations takes ``configuration``) in ``parts`` jobs."""
 
     name: str
     input: str
     model: str = "best"
     parts: int = 1
     layout: str | None = None
+    configuration: str | None = None
 
 
 def prediction_sets(section: Mapping[str, Any] | None) -> dict[str, PredictionSet]:
@@ -272,10 +274,10 @@ def prediction_sets(section: Mapping[str, Any] | None) -> dict[str, PredictionSe
         if not isinstance(entry, Mapping):
             raise ValueError(f"{where}: expected {{input: DIR, model: ..., parts: N}}, got "
                              f"{entry!r}")
-        unknown = sorted(set(entry) - {"input", "model", "parts", "layout"})
+        unknown = sorted(set(entry) - {"input", "model", "parts", "layout", "configuration"})
         if unknown:
             raise ValueError(f"{where}: unknown key(s) {unknown} (known: input, model, parts, "
-                             "layout)")
+                             "layout, configuration)")
         if not entry.get("input"):
             raise ValueError(f"{where}: `input` (the folder of images to predict) is required")
         parts = entry.get("parts", 1)
@@ -285,5 +287,6 @@ def prediction_sets(section: Mapping[str, Any] | None) -> dict[str, PredictionSe
         if layout is not None and layout not in LAYOUTS:
             raise ValueError(f"{where}/layout: must be one of {LAYOUTS}, got {layout!r}")
         sets[str(name)] = PredictionSet(str(name), str(entry["input"]),
-                                        str(entry.get("model", "best")), parts, layout)
+                                        str(entry.get("model", "best")), parts, layout,
+                                        str(entry.get("configuration") or "") or None)
     return sets
