@@ -38,8 +38,7 @@ from nnpipe.errors import DataError
 from nnpipe.inference.predict import PredictionFailed, decide_and_paste, write_probabilities
 from nnpipe.inference.shards import Shard, select_part, write_part_record
 from nnpipe.inference.sliding_window import predict_volume_2d, sliding_window
-from nnpipe.labels import LabelScheme
-from nnpipe.metrics import ScoredClass
+from nnpipe.labels import LabelScheme, ScoredClass
 from nnpipe.planning.plan import ChannelNorm
 from nnpipe.preprocessing.normalize import normalize
 from nnpipe.progress import log
