@@ -210,7 +210,7 @@ def _stage_timers(module: Any, names: dict[str, str], seconds: dict[str, float],
 
 
 STAGES = {"read_case_image": "read", "preprocess_image": "preprocess",
-          "preprocess_image_torch": "preprocess", "average_probabilities": "network",
+          "preprocess_image_torch": "preprocess", "average_logits": "network",
           "_restore": "restore", "_restore_on_device": "restore", "write_prediction": "write"}
 
 

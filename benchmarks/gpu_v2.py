@@ -145,7 +145,7 @@ def measure(work: Path, device_name: str, tiny: bool) -> dict[str, Any]:
         t0 = time.perf_counter()
         image = read_v2_image([case], sem.reader, "ct_001")
         t1 = time.perf_counter()
-        seg = predict_v2_image(model, nets, image, device, tta)
+        seg, _ = predict_v2_image(model, nets, image, device, tta)
         sync()
         t2 = time.perf_counter()
         write_v2_segmentation(out, seg, image, sem.output_dtype)

@@ -286,8 +286,12 @@ def probe(model: str, configuration: str, folds: list[str], images: Path, cases:
     import torch
 
     from nnpipe.v2.model import load_v2_model, to_device
-    from nnpipe.v2.predict import preprocess, read_v2_image, sliding_window_logits
-    from nnpipe.v2.semantics import resample
+    from nnpipe.v2.predict import (
+        preprocess,
+        read_v2_image,
+        segmentation,
+        sliding_window_logits,
+    )
 
     m = load_v2_model(model, configuration, folds, "final")
     sem = m.configuration.semantics
@@ -302,16 +306,8 @@ def probe(model: str, configuration: str, folds: list[str], images: Path, cases:
             np.save(out / f"{case}.npy", prepared.data)
             continue
         logits = sliding_window_logits(nets, prepared.data, sem, torch.device("cpu"), tta)
-        back = torch.from_numpy(resample(logits, prepared.cropped_shape,
-                                         prepared.target_spacing, prepared.spacing,
-                                         sem.probabilities_resampling)).float()
-        probs = (torch.sigmoid(back) if sem.regions is not None else
-                 torch.softmax(back, 0)).numpy()
-        full = np.zeros((probs.shape[0], *prepared.shape_before_crop), np.float32)
-        if sem.regions is None:  # outside the crop box: background, as v2's label manager
-            full[0] = 1.0
-        full[(slice(None), *(slice(lo, hi) for lo, hi in prepared.bbox))] = probs
-        np.save(out / f"{case}.npy", full.transpose(0, *[a + 1 for a in sem.transpose_backward]))
+        _, probs = segmentation(logits, prepared, sem, with_probabilities=True)
+        np.save(out / f"{case}.npy", probs)
 
 
 def _probe(t: Tools, model: Path, cfg: str, folds: list[str], images: Path, cases: list[str],

@@ -183,7 +183,6 @@ def _predict_v2(args: argparse.Namespace) -> bool:
     unused = [flag for flag, value in (("--raw", args.raw), ("--plan", args.plan),
                                        ("--postprocess", args.postprocess),
                                        ("--previous", args.previous),
-                                       ("--save-probabilities", args.save_probabilities),
                                        ("--runtime", args.runtime), ("--layout", args.layout))
               if value]
     if unused:
@@ -198,7 +197,9 @@ def _predict_v2(args: argparse.Namespace) -> bool:
     predict_v2_folder(model, args.input, args.out, device=select_device(args.device),
                       tta=tta, batch_size=settings.batch_size,
                       skip_existing=args.continue_, shard=_shard(args),
-                      part_record=args.part_record)
+                      part_record=args.part_record,
+                      save_probabilities=args.save_probabilities
+                      or settings.save_probabilities)
     return True
 
 

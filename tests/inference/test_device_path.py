@@ -21,7 +21,7 @@ from nnpipe.preprocessing.pipeline import (
     preprocess_image,
     preprocess_image_torch,
     restore_channel_torch,
-    restore_probabilities,
+    restore_logits,
 )
 
 SETTINGS = InferenceSettings(overlap=0.5, blend="gaussian", tta=False, batch_size=2)
@@ -121,16 +121,15 @@ def test_restore_on_the_device_equals_the_host(tiny_study, source):
     image, affine = _anisotropic_case() if source == "aniso" else _case(tiny_study, source)
     _, meta = preprocess_image(image, affine, plan, "c")
     rng = np.random.default_rng(2)
-    probs = rng.dirichlet(np.ones(4), size=meta.resampled_shape).astype(np.float32)
-    probs = np.ascontiguousarray(np.moveaxis(probs, -1, 0))
-    ref = restore_probabilities(probs, meta)
-    box = tuple(slice(lo, hi) for lo, hi in meta.bbox)
+    logits = rng.normal(0.0, 3.0, size=(4, *meta.resampled_shape)).astype(np.float32)
+    ref = restore_logits(logits, meta)
+    assert ref.shape == (4, *meta.cropped_shape)
     for k in range(4):
-        channel = restore_channel_torch(torch.from_numpy(probs[k]), meta)
+        channel = restore_channel_torch(torch.from_numpy(logits[k]), meta)
         assert tuple(channel.shape) == meta.cropped_shape
-        np.testing.assert_allclose(channel.numpy(), ref[k][box], atol=1e-6, rtol=0)
+        np.testing.assert_allclose(channel.numpy(), ref[k], atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="does not match the preprocessed shape"):
-        restore_channel_torch(torch.from_numpy(probs[0][:-1]), meta)
+        restore_channel_torch(torch.from_numpy(logits[0][:-1]), meta)
 
 
 def _both_paths(lms, image, affine, **kw):
@@ -227,7 +226,7 @@ def test_device_out_of_memory_falls_back_to_the_host_and_says_so(tiny_study, mod
     np.testing.assert_array_equal(got.labels, host.labels)
     err = capsys.readouterr().err
     assert "case 'c': device memory ran out while preprocessing; doing it on the host" in err
-    assert "while restoring the probabilities; doing it on the host" in err
+    assert "while restoring the logits; doing it on the host" in err
 
 
 def test_uncropped_plan_on_the_device_equals_the_host(tiny_study):

@@ -274,16 +274,41 @@ def test_dataset_mode_refuses_a_model_of_another_dataset(tiny_study, models, tmp
         predict_dataset([models["3d"]], other, ["BRATS_001"], tmp_path / "out", SETTINGS)
 
 
-def test_ensemble_averages_the_models_probabilities(tiny_study, models, tmp_path):
+def test_fold_models_average_logits_then_one_softmax(tiny_study, models, tmp_path):
+    """Fold models of one plan: the logits are averaged (flips, tiles, folds) and resampled
+    back, one softmax at the end (issue 19 rows 4, 11): the ensemble's probabilities are
+    softmax(mean(log p)) of the single models' (a constant per voxel drops out), not the
+    mean of their probabilities."""
+    from nnpipe.datasets.layout import load_dataset, read_image
+    from nnpipe.inference.predict import predict_image
+
+    ds = load_dataset(tiny_study.raw)
+    ci = read_image(ds, ds.training[0])
+    probs = {}
+    for name, ms in {"a": ["3d"], "b": ["3d-b"], "ab": ["3d", "3d-b"]}.items():
+        lms = E.load_models([models[m] for m in ms], torch.device("cpu"))
+        result = predict_image(lms, ci.image, ci.affine, SETTINGS, "c", with_probabilities=True)
+        probs[name] = result.probabilities
+    assert not np.allclose(probs["a"], probs["b"], atol=1e-2)  # the two models differ
+    with np.errstate(divide="ignore"):  # outside the crop box: log 0 = -inf, softmax 0
+        mean_log = (np.log(probs["a"]) + np.log(probs["b"])) / 2
+    expected = torch.softmax(torch.from_numpy(mean_log), 0).numpy()
+    np.testing.assert_allclose(probs["ab"], expected, atol=1e-5)
+    assert np.abs(probs["ab"] - (probs["a"] + probs["b"]) / 2).max() > 1e-3
+
+
+def test_saved_probabilities_average_the_models(tiny_study, models, tmp_path):
     src = msd_folder(tiny_study, tmp_path / "in", n=1)
     probs = {}
-    for name, ms in {"a": [models["3d"]], "b": [models["3d-b"]],
-                     "ab": [models["3d"], models["3d-b"]]}.items():
+    for name, ms in {"a": [models["3d"]], "ab": [models["3d"], models["3d-b"]]}.items():
         (path,) = predict_folder(ms, src, tmp_path / name, WITH_PROBS)
         with np.load(path.with_name(path.name.replace(".nii.gz", ".npz"))) as z:
             probs[name] = z["probabilities"].astype(np.float32)
-    assert not np.allclose(probs["a"], probs["b"], atol=1e-2)  # the two models differ
-    np.testing.assert_allclose(probs["ab"], (probs["a"] + probs["b"]) / 2, atol=2e-3)
+        labels = np.asarray(nib.load(path).dataobj)
+        np.testing.assert_allclose(probs[name].sum(0), 1.0, atol=2e-3)
+        clear = np.diff(np.sort(probs[name], 0)[-2:], axis=0)[0] > 2e-3
+        np.testing.assert_array_equal(labels[clear], probs[name].argmax(0)[clear])
+    assert not np.allclose(probs["a"], probs["ab"], atol=1e-2)
 
 
 def test_region_model_exports_labels_and_region_maps(tiny_study, models, tmp_path):
@@ -316,10 +341,10 @@ def test_device_out_of_memory_falls_back_to_host_stitching(tiny_study, models, m
     monkeypatch.setattr(E, "_accumulation_device", lambda *_: torch.device("meta"))
     monkeypatch.setattr(E, "_predict", fake_predict)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
-    probs = E.predict_probabilities(lm, data, SETTINGS)
+    logits = E.predict_logits(lm, data, SETTINGS)
     assert calls == ["meta", "cpu"]
-    assert probs.shape == (4, *data.shape[1:])
-    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+    assert logits.shape == (4, *data.shape[1:])
+    np.testing.assert_array_equal(logits, real(lm, data, SETTINGS, torch.device("cpu")))
 
 
 def test_model_folder_without_checkpoint_is_named(tmp_path):
@@ -333,10 +358,10 @@ def test_bf16_forward_passes_stay_close_to_fp32(tiny_study, models):
 
     lm = E.load_model(models["3d"], torch.device("cpu"))
     data = np.load(tiny_study.preprocessed[3] / "BRATS_001.npy")
-    fp32 = E.predict_probabilities(lm, data, SETTINGS)
-    bf16 = E.predict_probabilities(lm, data, replace(SETTINGS, precision="bf16"))
+    fp32 = torch.softmax(torch.from_numpy(E.predict_logits(lm, data, SETTINGS)), 0).numpy()
+    bf16 = E.predict_logits(lm, data, replace(SETTINGS, precision="bf16"))
     assert bf16.dtype == np.float32  # sums stay in float32
-    np.testing.assert_allclose(bf16.sum(0), 1.0, atol=1e-4)
+    bf16 = torch.softmax(torch.from_numpy(bf16), 0).numpy()
     assert np.abs(bf16 - fp32).max() < 0.05
     assert (bf16.argmax(0) == fp32.argmax(0)).mean() > 0.97
 

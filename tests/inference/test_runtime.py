@@ -74,8 +74,8 @@ def test_prediction_with_tta_gives_eagers_labels(tiny_study, models, runtime):
     data = np.load(tiny_study.preprocessed[3] / "BRATS_001.npy")[
         :, :patch[0] + 4, :patch[1] + 4, :patch[2] + 4]
     settings = study_config({"inference": {"tta": True, "batch_size": 2}}).inference
-    eager = E.predict_probabilities(lm, data, settings)
-    got = E.predict_probabilities(lm, data, replace(settings, runtime=runtime))
+    eager = E.predict_logits(lm, data, settings)
+    got = E.predict_logits(lm, data, replace(settings, runtime=runtime))
     assert set(lm.forwards) == {("eager", "fp32"), (runtime, "fp32")}  # built once, kept
     np.testing.assert_allclose(got, eager, atol=1e-5)
     assert (got.argmax(0) == eager.argmax(0)).mean() >= 0.9999

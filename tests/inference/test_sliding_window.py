@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -31,6 +32,10 @@ from nnpipe.inference.sliding_window import (
         (10, 4, 0.0, [0, 3, 6]),  # target step 4 -> 3 tiles, spread evenly (step 3)
         (11, 4, 0.5, [0, 2, 4, 5, 7]),  # step 7/4 = 1.75: 0, 1.75, 3.5, 5.25, 7 rounded
         (7, 3, 0.25, [0, 2, 4]),  # target step 2.25 -> ceil(4 / 2.25) + 1 = 3 tiles
+        # halves to even, as nnU-Net v2's np.round (issue 19 row 5): 22.5 -> 22, 18.5 -> 18
+        (109, 64, 0.5, [0, 22, 45]),
+        (101, 64, 0.5, [0, 18, 37]),
+        (105, 64, 0.5, [0, 20, 41]),
     ],
 )
 def test_tile_starts_golden(size: int, patch: int, overlap: float, expected: list[int]) -> None:
@@ -115,26 +120,33 @@ def test_pointwise_predict_is_reproduced_exactly(blend: str, shape: tuple[int, .
     patch = (4,) * (len(shape) - 1)  # some shapes are smaller than the patch along an axis
     out = sliding_window(pointwise, image, patch, num_classes=3, overlap=0.5, blend=blend,
                          batch_size=3)
-    expected = torch.softmax(pointwise(image.unsqueeze(0))[0], dim=0)
+    expected = pointwise(image.unsqueeze(0))[0]  # logits: no softmax unless asked for
     assert out.shape == (3, *shape[1:])
-    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(out.sum(0), torch.ones(shape[1:]), rtol=0, atol=1e-6)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    probs = sliding_window(pointwise, image, patch, num_classes=3, overlap=0.5, blend=blend,
+                           batch_size=3, activation="softmax")
+    torch.testing.assert_close(probs, torch.softmax(expected, 0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(probs.sum(0), torch.ones(shape[1:]), rtol=0, atol=1e-6)
 
 
-def test_constant_blend_averages_overlapping_tiles() -> None:
+def test_constant_blend_averages_overlapping_tiles_logits() -> None:
     # Columns 0..5, patch 4, overlap 0.5 -> tiles start at columns 0 and 2. The predict gives
-    # every voxel of a tile the tile's mean: tile 0 mean 1.5, tile 1 mean 3.5.
+    # every voxel of a tile the tile's mean: tile 0 mean 1.5, tile 1 mean 3.5. The logits are
+    # averaged where the tiles overlap and the softmax comes once, after (issue 19 row 4).
     image = torch.arange(6.0).expand(4, 6).unsqueeze(0)  # (1, 4, 6), value = column index
 
     def tile_mean(x: torch.Tensor) -> torch.Tensor:
         m = x.mean(dim=(1, 2, 3), keepdim=True).expand(-1, 1, *x.shape[2:])
         return torch.cat([torch.zeros_like(m), m], dim=1)
 
-    out = sliding_window(tile_mean, image, (4, 4), num_classes=2, blend="constant")
-    s1, s2 = torch.sigmoid(torch.tensor(1.5)).item(), torch.sigmoid(torch.tensor(3.5)).item()
-    expected_row = [s1, s1, (s1 + s2) / 2, (s1 + s2) / 2, s2, s2]
+    out = sliding_window(tile_mean, image, (4, 4), num_classes=2, blend="constant",
+                         activation="softmax")
+    s1, s2, s12 = (torch.sigmoid(torch.tensor(v)).item() for v in (1.5, 3.5, 2.5))
+    expected_row = [s1, s1, s12, s12, s2, s2]  # not (s1 + s2) / 2: logits were averaged
     for row in range(4):
         assert out[1, row].tolist() == pytest.approx(expected_row, rel=1e-6)
+    logits = sliding_window(tile_mean, image, (4, 4), num_classes=2, blend="constant")
+    assert logits[1, 0].tolist() == pytest.approx([1.5, 1.5, 2.5, 2.5, 3.5, 3.5], rel=1e-6)
 
 
 def test_tta_with_flip_equivariant_predict_equals_no_tta() -> None:
@@ -193,8 +205,8 @@ def test_predict_volume_2d_slice_by_slice(slice_axis: int) -> None:
 
     out = predict_volume_2d(model_2d, image, slice_axis, (4, 4), num_classes=3, batch_size=4)
     assert out.shape == (3, 5, 6, 7)
-    expected = torch.softmax(pointwise(image.unsqueeze(0))[0], dim=0)
-    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    expected = pointwise(image.unsqueeze(0))[0]
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     assert max(calls) == 4  # tiles of several slices share a forward pass
 
 
@@ -203,3 +215,70 @@ def test_predict_volume_2d_rejects_bad_arguments() -> None:
         predict_volume_2d(pointwise, torch.randn(2, 4, 4, 4), 3, (4, 4), num_classes=3)
     with pytest.raises(ValueError, match="2 sizes"):
         predict_volume_2d(pointwise, torch.randn(2, 4, 4, 4), 0, (4, 4, 4), num_classes=3)
+
+
+def test_tile_starts_are_nnunet_v2s_for_sizes_64_to_200() -> None:
+    """The v2 golden table (computed once with nnU-Net v2 2.8.1's
+    ``compute_steps_for_sliding_window``, pinned in tests/v2): nnpipe's own grid is v2's."""
+    from tests.v2.test_semantics import TILES_64
+
+    assert sorted(TILES_64) == list(range(64, 201))
+    for size, starts in TILES_64.items():
+        assert tile_starts(size, 64, 0.5) == starts, size
+
+
+def test_logits_are_averaged_over_flips_then_one_softmax() -> None:
+    """A predict that is not flip-equivariant: the TTA result is the softmax of the mean of
+    the flipped-back logits, not the mean of the softmaxes (issue 19 row 4)."""
+    torch.manual_seed(3)
+    image = torch.randn(1, 4, 4)
+    ramp = torch.arange(16.0).reshape(1, 1, 4, 4)
+
+    def skewed(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([torch.zeros_like(x), 3 * x + ramp], dim=1)
+
+    got = sliding_window(skewed, image, (4, 4), num_classes=2, tta_flips=True,
+                         blend="constant", activation="softmax")
+    x = image.unsqueeze(0)
+    flips = [(), (2,), (3,), (2, 3)]
+    logits = sum(skewed(x.flip(a) if a else x).flip(a) if a else skewed(x) for a in flips) / 4
+    torch.testing.assert_close(got, torch.softmax(logits[0], 0), rtol=1e-5, atol=1e-6)
+    mean_of_softmax = sum(torch.softmax((skewed(x.flip(a)).flip(a) if a else skewed(x))[0], 0)
+                          for a in flips) / 4
+    assert (got - mean_of_softmax).abs().max() > 1e-2  # the two rules really differ here
+
+
+@pytest.mark.parametrize(("mirror_axes", "n_flips"), [((), 1), ((0,), 2), ((1, 2), 4)])
+def test_tta_flips_only_the_mirror_axes(mirror_axes: tuple[int, ...], n_flips: int) -> None:
+    seen: list[torch.Tensor] = []
+
+    def record(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.clone())
+        return pointwise(torch.cat([x, x], dim=1))
+
+    image = torch.arange(64.0).reshape(1, 4, 4, 4)
+    sliding_window(record, image, (4, 4, 4), num_classes=3, tta_flips=True,
+                   mirror_axes=mirror_axes)
+    tile = image.unsqueeze(0)
+    allowed = [tile.flip([a + 2 for a in c]) if c else tile
+               for r in range(len(mirror_axes) + 1) for c in itertools.combinations(mirror_axes, r)]
+    assert len(seen) == n_flips
+    for x, expected in zip(seen, allowed, strict=True):  # v2's order, no other axis flipped
+        assert torch.equal(x, expected)
+    with pytest.raises(ValueError, match="mirror_axes"):
+        sliding_window(record, image, (4, 4, 4), num_classes=3, tta_flips=True,
+                       mirror_axes=(3,))
+
+
+def test_given_weight_and_float16_accumulation() -> None:
+    """A tile weight passed as data (v2's importance map) and float16 sums (v2's): the
+    blended logits are rounded to float16 and a weight of the wrong shape is refused."""
+    image = torch.randn(2, 6, 6)
+    weight = torch.rand(4, 4) + 0.5
+    got = sliding_window(pointwise, image, (4, 4), num_classes=3, blend=weight,
+                         accumulate_dtype=torch.float16)
+    assert got.dtype == torch.float16
+    torch.testing.assert_close(got.float(), pointwise(image.unsqueeze(0))[0], atol=2e-2,
+                               rtol=1e-2)
+    with pytest.raises(ValueError, match="does not fit patch"):
+        sliding_window(pointwise, image, (4, 4), num_classes=3, blend=torch.ones(3, 4))

@@ -17,10 +17,12 @@ from nnpipe.preprocessing.normalize import nonzero_mask, normalize
 from nnpipe.preprocessing.pipeline import (
     CaseMeta,
     case_target_spacing,
+    paste_probabilities,
     preprocess_case,
     preprocess_dataset,
     preprocess_image,
     restore_labels,
+    restore_logits,
     restore_probabilities,
 )
 from nnpipe.preprocessing.resample import resample_image, separate_axis, target_shape
@@ -93,6 +95,32 @@ def test_round_trip_labels_and_probabilities():
     outside[4:36, 3:32, 1:11] = False
     assert np.all(probs[0][outside] == 1.0) and np.all(probs[1][outside] == 0.0)
     assert np.all(restored[outside] == 0)
+
+
+def test_logits_restore_to_the_crop_box_and_probabilities_paste_by_kind():
+    """Logits go back to the crop box (linear: a constant stays that constant); pasted
+    probabilities are background 1 outside the box for classes, 0 for every region (v2's
+    ``revert_cropping_on_probabilities``)."""
+    image, label = _case()
+    _, _, meta = preprocess_case(image, label, _affine(), _plan(), "case7")
+    logits = np.full((2, *meta.resampled_shape), -3.5, dtype=np.float32)
+    logits[1] = 2.25
+    cropped = restore_logits(logits, meta)
+    assert cropped.shape == (2, *meta.cropped_shape) and cropped.dtype == np.float32
+    np.testing.assert_allclose(cropped[0], -3.5, atol=1e-5)
+    np.testing.assert_allclose(cropped[1], 2.25, atol=1e-5)
+    outside = np.ones(label.shape, dtype=bool)
+    outside[4:36, 3:32, 1:11] = False
+    inside = np.full((2, *meta.cropped_shape), 0.25, dtype=np.float32)
+    classes = paste_probabilities(inside, meta.bbox, meta.original_shape)
+    regions = paste_probabilities(inside, meta.bbox, meta.original_shape, regions=True)
+    assert np.all(classes[0][outside] == 1.0) and np.all(classes[1][outside] == 0.0)
+    assert np.all(regions[:, outside] == 0.0)
+    assert np.all(classes[:, ~outside] == 0.25) and np.all(regions[:, ~outside] == 0.25)
+    with pytest.raises(ValueError, match="case7.*do not match the preprocessed shape"):
+        restore_logits(logits[:, :-1], meta)
+    with pytest.raises(ValueError, match="do not fit the crop box"):
+        paste_probabilities(inside[:, 1:], meta.bbox, meta.original_shape)
 
 
 def test_zscore_values_inside_and_outside_mask():

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from nnpipe.errors import DataError
+from nnpipe.labels import LabelScheme
 from nnpipe.planning.plan import ChannelNorm, Plan
 from nnpipe.preprocessing.pipeline import crop_normalize_resample, preprocess_image
 from nnpipe.preprocessing.resample import Resampling
@@ -69,13 +70,19 @@ def test_transpose_and_v2_rules_are_data():
     np.testing.assert_array_equal(data, ref.data)
     assert meta.original_shape == moved.shape[1:] and meta.bbox == ref.bbox
     assert meta.original_spacing == (3.5, 1.0, 1.0)
-    probs = np.stack([np.zeros(meta.resampled_shape), np.ones(meta.resampled_shape)])
-    full = transform.inverse(probs.astype(np.float32), meta)
+    # logits favouring class 1 everywhere: label 1 inside the crop box, 0 outside, in the
+    # image's own axis order; probabilities: the softmax inside, background 1 outside
+    logits = np.stack([np.zeros(meta.resampled_shape), np.full(meta.resampled_shape, 2.0)])
+    labels, full = transform.inverse(logits.astype(np.float32), meta,
+                                     LabelScheme.from_values({0: "background", 1: "a"}), with_probabilities=True)
+    assert labels.shape == image.shape[1:] and full is not None
     assert full.shape == (2, *image.shape[1:])
     inside = np.zeros(image.shape[1:], bool)
     inside[tuple(slice(lo, hi) for lo, hi in
                  (meta.bbox[1], meta.bbox[2], meta.bbox[0]))] = True
-    assert np.all(full[1][inside] > 0.99) and np.all(full[0][~inside] == 1.0)
+    assert np.all(labels[inside] == 1) and np.all(labels[~inside] == 0)
+    np.testing.assert_allclose(full[1][inside], 1 / (1 + np.exp(-2.0)), rtol=1e-5)
+    assert np.all(full[0][~inside] == 1.0)
 
 
 def test_bad_channel_count_is_named():
@@ -89,4 +96,5 @@ def test_inverse_refuses_a_rule_the_restore_functions_do_not_apply():
     image, affine = _image(3), np.eye(4)
     data, meta = transform.forward(image, affine, case_id="r")
     with pytest.raises(NotImplementedError, match="order=3"):
-        transform.inverse(np.zeros((2, *meta.resampled_shape), np.float32), meta)
+        transform.inverse(np.zeros((2, *meta.resampled_shape), np.float32), meta,
+                          LabelScheme.from_values({0: "background", 1: "a"}))

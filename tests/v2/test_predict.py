@@ -13,10 +13,10 @@ import SimpleITK as sitk
 import torch
 
 from nnpipe.cli import main
+from nnpipe.inference.sliding_window import tile_starts
 from nnpipe.v2.model import is_v2_model, load_v2_model
 from nnpipe.v2.network import build_network, load_weights
 from nnpipe.v2.predict import predict_v2_folder
-from nnpipe.v2.semantics import tile_starts
 from tests.v2.conftest import (
     PLAIN_KWARGS,
     V2Folder,
@@ -209,8 +209,36 @@ def test_flags_of_nnpipe_models_refused_for_v2(v2_folder: V2Folder, tmp_path: Pa
                                                capsys: pytest.CaptureFixture) -> None:
     folder = v2_folder(folds=(0,))
     assert main(["predict", "--model", str(folder), "-i", str(tmp_path), "-o",
-                 str(tmp_path / "o"), "--save-probabilities"]) != 0
-    assert "--save-probabilities: not available for nnU-Net v2" in capsys.readouterr().err
+                 str(tmp_path / "o"), "--postprocess", str(tmp_path / "p.json")]) != 0
+    assert "--postprocess: not available for nnU-Net v2" in capsys.readouterr().err
+
+
+def test_save_probabilities_of_a_v2_model(v2_folder: V2Folder, tmp_path: Path) -> None:
+    """``--save-probabilities`` with a v2 model: ``<case>.npz`` as nnpipe writes its own
+    (float16 ``(K, i, j, k)`` in the file's voxel order, its affine, names), holding v2's
+    numbers: softmax of the restored logits, background 1 outside the crop box; the labels
+    are their argmax."""
+    model = v2_folder(bias=[0.0, 5.0, 0.0], transpose=(2, 0, 1))
+    image = np.zeros((10, 20, 18), np.float32)  # (z, y, x) as SimpleITK reads it
+    rng = np.random.default_rng(0)
+    image[2:9, 3:17, 1:15] = rng.uniform(-100, 300, (7, 14, 14))
+    write_image(tmp_path / "in" / "case_a_0000.nii.gz", image)
+    _predict(["--model", str(model), "-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
+              "--save-probabilities"])
+    nifti = nib.load(tmp_path / "out" / "case_a.nii.gz")
+    labels = np.asarray(nifti.dataobj)  # (i, j, k): the file's voxel order
+    with np.load(tmp_path / "out" / "case_a.npz") as z:
+        probs, affine, names = z["probabilities"], z["affine"], list(z["names"])
+    assert probs.dtype == np.float16 and probs.shape == (3, *labels.shape) == (3, 18, 20, 10)
+    assert names == ["0", "1", "2"]
+    np.testing.assert_allclose(affine, nifti.affine, atol=1e-5)
+    box = np.zeros(labels.shape, bool)
+    box[1:15, 3:17, 2:9] = True  # the crop box, in (i, j, k)
+    softmax = np.exp([0.0, 5.0, 0.0]) / np.exp([0.0, 5.0, 0.0]).sum()
+    np.testing.assert_allclose(probs[:, box].astype(np.float32).T, np.tile(softmax, (box.sum(), 1)),
+                               atol=1e-3)
+    assert (probs[0][~box] == 1).all() and (probs[1:, ~box] == 0).all()
+    np.testing.assert_array_equal(labels, probs.argmax(0))
 
 
 def test_export_refuses_a_v2_model_and_nnpipe_zip_is_not_v2(v2_folder: V2Folder,

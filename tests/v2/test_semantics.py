@@ -8,16 +8,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from nnpipe.inference.sliding_window import _pad_to_patch, tile_starts
 from nnpipe.v2.semantics import (
     Resampling,
     bounding_box,
     gaussian_importance,
     new_shape,
     nonzero_mask,
-    pad_to_patch,
     resample,
     separate_axis,
-    tile_starts,
 )
 
 # v2 tile starts along an axis of SIZE voxels, patch 64, tile step 0.5
@@ -163,16 +162,15 @@ TILES_64 = {
 
 
 def test_tile_starts_match_v2_for_sizes_64_to_200() -> None:
+    """nnpipe's one tile rule (v2 models and nnpipe's own) is v2's; overlap = 1 - step."""
     assert sorted(TILES_64) == list(range(64, 201))
     for size, starts in TILES_64.items():
-        assert tile_starts(size, 64, 0.5) == starts, size
+        assert tile_starts(size, 64, 1 - 0.5) == starts, size
 
 
 def test_tile_starts_round_half_to_even() -> None:
-    # (109 - 64) / 2 = 22.5: v2 rounds to 22 (nnpipe's own rule gives 23)
-    assert tile_starts(109, 64) == [0, 22, 45]
-    with pytest.raises(ValueError, match="smaller than the patch"):
-        tile_starts(63, 64)
+    # (109 - 64) / 2 = 22.5: v2 rounds to 22 (rounding halves up would give 23)
+    assert tile_starts(109, 64, 0.5) == [0, 22, 45]
 
 
 GAUSSIAN_5x6 = np.array(
@@ -328,8 +326,16 @@ def test_crop_mask_fills_holes_and_box() -> None:
 
 
 def test_pad_to_patch_smaller_half_first() -> None:
-    assert pad_to_patch((2, 5, 30, 64), (32, 64)) == [(1, 1), (0, 0)]
-    assert pad_to_patch((1, 3, 4, 5), (8, 4, 8)) == [(2, 3), (0, 0), (1, 2)]
+    """v2's ``pad_nd_image``: the difference split with the smaller half before; nnpipe's
+    sliding window pads the same way (the crop back says where the image is)."""
+    import torch
+
+    padded, crop = _pad_to_patch(torch.ones(2, 5, 30, 64), (32, 64))
+    assert padded.shape == (2, 5, 32, 64) and crop == (slice(1, 31), slice(0, 64))
+    padded, crop = _pad_to_patch(torch.ones(1, 1, 3, 4, 5), (8, 4, 8))  # pads (2, 3), (1, 2)
+    assert crop == (slice(2, 5), slice(0, 4), slice(1, 6))
+    assert padded[0, 0, :, 0, 1].tolist() == [0, 0, 1, 1, 1, 0, 0, 0]
+    assert padded[0, 0, 2, 0, :].tolist() == [0, 1, 1, 1, 1, 1, 0, 0]
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,13 @@
 """Models for prediction: loading checkpoints, refusing mismatched plans, averaging models.
 
 An ensemble is several models trained with the same plan (the fold models of one run): each
-predicts the same preprocessed case and their probabilities are averaged before the argmax.
+predicts the same preprocessed case and their logits are averaged (:func:`average_logits`),
+as nnU-Net v2 2.8.1 averages its folds (``inference/predict_from_raw_data.py``
+``predict_logits_from_preprocessed_data``); softmax or sigmoid come once, after the logits
+are resampled back to the image's grid (:func:`nnpipe.inference.predict.predict_image`).
+Members of a configuration with different plans (a 2D and a 3D run of best.json) are a
+different kind of ensemble: their probabilities are averaged in the image's grid, as
+``nnUNetv2_ensemble`` does.
 Models trained with different plans see differently preprocessed inputs and cannot be
 averaged voxel by voxel, so they are refused with the name of the model that differs.
 
@@ -198,9 +204,10 @@ def load_models(models: Sequence[Path | str], device: torch.device | None = None
     return loaded
 
 
-def predict_probabilities(lm: LoadedModel, data: np.ndarray,
-                          settings: InferenceSettings) -> np.ndarray:
-    """Probabilities ``(K, X', Y', Z')`` float32 for a preprocessed case ``(C, X', Y', Z')``."""
+def predict_logits(lm: LoadedModel, data: np.ndarray,
+                   settings: InferenceSettings) -> np.ndarray:
+    """Logits ``(K, X', Y', Z')`` float32 for a preprocessed case ``(C, X', Y', Z')``:
+    averaged over the TTA flips and blended over the tiles (no softmax or sigmoid yet)."""
     acc = _accumulation_device(lm, data)
     try:
         return _predict(lm, data, settings, acc)
@@ -212,12 +219,13 @@ def predict_probabilities(lm: LoadedModel, data: np.ndarray,
         return _predict(lm, data, settings, torch.device("cpu"))
 
 
-def average_probabilities(models: Sequence[LoadedModel], data: np.ndarray,
-                          settings: InferenceSettings) -> np.ndarray:
-    """The mean of every model's :func:`predict_probabilities` (summed in place)."""
-    total = predict_probabilities(models[0], data, settings)
+def average_logits(models: Sequence[LoadedModel], data: np.ndarray,
+                   settings: InferenceSettings) -> np.ndarray:
+    """The mean of every model's :func:`predict_logits` (summed in place): the fold models
+    of one plan, averaged in logit space as nnU-Net v2 does."""
+    total = predict_logits(models[0], data, settings)
     for lm in models[1:]:
-        total += predict_probabilities(lm, data, settings)
+        total += predict_logits(lm, data, settings)
     if len(models) > 1:
         total /= len(models)
     return total
@@ -245,8 +253,8 @@ def _predict(lm: LoadedModel, data: np.ndarray, settings: InferenceSettings,
     kwargs: dict[str, Any] = dict(
         num_classes=lm.out_channels, overlap=settings.overlap, blend=settings.blend,
         batch_size=settings.batch_size, tta_flips=settings.tta, device=lm.device,
-        accumulate_device=acc, activation="sigmoid" if lm.regions is not None else "softmax")
-    # bf16 autocast: the forward passes only; softmax and the sums stay in float32
+        accumulate_device=acc)
+    # bf16 autocast: the forward passes only; the sums stay in float32
     autocast = torch.autocast(lm.device.type, dtype=torch.bfloat16,
                               enabled=settings.precision == "bf16")
 
@@ -254,11 +262,11 @@ def _predict(lm: LoadedModel, data: np.ndarray, settings: InferenceSettings,
 
     with torch.inference_mode(), autocast:
         if plan.dim == 3:
-            probs = sliding_window(forward, image, tuple(plan.patch_size), **kwargs)
+            logits = sliding_window(forward, image, tuple(plan.patch_size), **kwargs)
         else:
-            probs = predict_volume_2d(forward, image, plan.slice_axis,
-                                      tuple(plan.patch_size), **kwargs)
-    return probs.float().cpu().numpy()
+            logits = predict_volume_2d(forward, image, plan.slice_axis,
+                                       tuple(plan.patch_size), **kwargs)
+    return logits.float().cpu().numpy()
 
 
 def model_forward(lm: LoadedModel, settings: InferenceSettings) -> Forward:

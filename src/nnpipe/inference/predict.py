@@ -4,18 +4,21 @@ Per case: check its estimated peak memory from the header (:func:`check_memory`)
 image through the one reader (:mod:`nnpipe.datasets.layout`: canonical voxel order, mm),
 apply the plan's preprocessing (crop, resample, normalize), run the
 sliding window of every model (3D tiles, or 2D tiles slice by slice) and average their
-probabilities (one model, or the fold models of an ensemble), undo the preprocessing on the
-probabilities (resample to the cropped grid, paste into the full grid), take the argmax (or,
-in region mode, threshold the regions and turn them back into labels), optionally keep only
-the largest component of some classes, and write:
+logits (over flips, tiles, and the fold models of an ensemble), resample the logits back to
+the crop box of the original grid, take the argmax (or, in region mode, a sigmoid per
+region thresholded at 0.5 and written in ``regions_class_order``), paste into the full grid
+(background outside the crop box), optionally keep only the largest component of some
+classes, and write (nnU-Net v2 2.8.1's order: ``inference/predict_from_raw_data.py``,
+``inference/export_prediction.py``; issue 19 rows 4 and 11):
 
 * ``<case><ending>`` (the input's ending and format): the label values of dataset.json
   (the plan's value <-> index table; the smallest unsigned dtype holding them) in the
   input's own voxel order, with its header geometry (NIfTI: qform and sform, matrices and
   codes; code 1 "scanner" where the source had none);
 * with ``save_probabilities``, first ``<case>.npz``: ``probabilities`` ``(K, X, Y, Z)``
-  float16 (compressed, the input's voxel order), ``affine`` and ``names`` (class or
-  region names).
+  float16 (compressed, the input's voxel order): the softmax (regions: sigmoid) of the
+  restored logits, background 1 (regions 0) outside the crop box; ``affine`` and ``names``
+  (class or region names).
 
 Every file is written atomically and the label map last, so an interrupted run leaves no
 file that looks finished, and ``--continue`` skips exactly the cases already done.
@@ -54,9 +57,10 @@ from nnpipe.datasets.layout import (
 )
 from nnpipe.errors import DataError
 from nnpipe.imageio import ENDINGS, ending_of, read_header
-from nnpipe.inference.ensemble import LoadedModel, average_probabilities
+from nnpipe.inference.ensemble import LoadedModel, average_logits
 from nnpipe.inference.postprocess import keep_largest_component, load_decision
 from nnpipe.inference.shards import Shard, select_part, write_part_record
+from nnpipe.inference.sliding_window import apply_activation
 from nnpipe.io import atomic_path
 from nnpipe.labels import REGION_THRESHOLD, outputs_to_labels
 from nnpipe.metrics import ScoredClass
@@ -64,8 +68,8 @@ from nnpipe.planning.plan import Plan
 from nnpipe.preprocessing.pipeline import (
     CaseMeta,
     case_target_spacing,
+    paste_probabilities,
     restore_channel_torch,
-    restore_probabilities,
 )
 from nnpipe.preprocessing.previous import previous_channels
 from nnpipe.preprocessing.transform import CaseTransform
@@ -106,7 +110,8 @@ class PreviousStage:
 @dataclass(frozen=True)
 class CaseResult:
     labels: np.ndarray  # (X, Y, Z) label values in the canonical grid of the input
-    probabilities: np.ndarray | None  # (K, X, Y, Z) float32, when asked for
+    # (K, X, Y, Z) float32 softmax / sigmoid of the restored logits, when asked for
+    probabilities: np.ndarray | None
 
 
 # ---------------------------------------------------------------- memory before voxels
@@ -125,8 +130,8 @@ def estimate_peak_bytes(case: Case, plan: Plan, out_channels: int) -> int:
 
     With ``C`` channels, ``n`` voxels as stored, ``m`` after resampling to the plan's
     spacing and ``K`` network outputs: the float32 image and its resampled copy
-    (``4C(n + m)``), the sliding window's probability and weight sums (``8Km``), the
-    probabilities resampled back and their pasted copy (``8Kn``), and the labels (``8n``).
+    (``4C(n + m)``), the sliding window's logit and weight sums (``8Km``), the
+    logits resampled back and their probabilities (``8Kn``), and the labels (``8n``).
     A cascade stage adds its previous-stage input (:func:`predict_image`): the previous
     stage's labels turned into class indices through an int64 lookup (``8n``), resampled to
     uint8 (``m``), ``P`` = ``plan.previous_channels`` float32 one-hot channels (``4Pm``), and
@@ -173,7 +178,7 @@ def predict_image(models: Sequence[LoadedModel], image: np.ndarray, affine: np.n
     own grid (the reader's canonical order; :func:`nnpipe.datasets.layout.write_prediction`
     takes them back to the file's).
 
-    ``device_path``: crop, resample and normalize, and later resample the probabilities back
+    ``device_path``: crop, resample and normalize, and later resample the logits back
     and take the argmax, with torch on the models' device (default: when that is not the CPU;
     on CPUs the numpy path is the faster one). Both paths give the same numbers to float32
     rounding. If the device runs out of memory for a step, that step runs on the host (logged).
@@ -196,7 +201,7 @@ def predict_image(models: Sequence[LoadedModel], image: np.ndarray, affine: np.n
     except torch.OutOfMemoryError:
         _out_of_device_memory(device, case_id, "preprocessing")
         prepared, meta = transform.forward(image, affine, case_id=case_id)
-    # average_probabilities takes host arrays
+    # average_logits takes host arrays
     data = prepared if isinstance(prepared, np.ndarray) else prepared.cpu().numpy()
     del image, prepared
     if plan.previous_channels:
@@ -205,19 +210,17 @@ def predict_image(models: Sequence[LoadedModel], image: np.ndarray, affine: np.n
                             f"{plan.previous_stage} segmentation of the case", case=case_id)
         data = np.concatenate([data, previous_channels(previous, plan.label_table, meta,
                                                        plan.num_classes, case_id)])
-    probs = average_probabilities(models, data, settings)
+    logits = average_logits(models, data, settings)
     del data
-    regions = models[0].regions
     if on_device:
         try:
-            labels, full = _restore_on_device(probs, meta, models[0], with_probabilities)
+            labels, full = _restore_on_device(logits, meta, models[0], with_probabilities)
             return CaseResult(_postprocess(labels, postprocess), full)
         except torch.OutOfMemoryError:
-            _out_of_device_memory(device, case_id, "restoring the probabilities")
-    full = _restore(probs, meta, regions is not None)
-    del probs
-    labels = outputs_to_labels(full, models[0].scheme)
-    return CaseResult(_postprocess(labels, postprocess), full if with_probabilities else None)
+            _out_of_device_memory(device, case_id, "restoring the logits")
+    labels, full = transform.inverse(logits, meta, models[0].scheme,
+                                     with_probabilities=with_probabilities)
+    return CaseResult(_postprocess(labels, postprocess), full)
 
 
 def _postprocess(labels: np.ndarray, postprocess: Sequence[ScoredClass]) -> np.ndarray:
@@ -232,40 +235,30 @@ def _out_of_device_memory(device: torch.device, case_id: str, step: str) -> None
     log(f"case {case_id!r}: device memory ran out while {step}; doing it on the host")
 
 
-def _restore(probs: np.ndarray, meta: CaseMeta, regions: bool) -> np.ndarray:
-    """Probabilities back to the source grid. Outside the crop box the background has
-    probability 1; regions get a dummy leading background channel for that, dropped after."""
-    if not regions:
-        return restore_probabilities(probs, meta)
-    padded = np.concatenate([np.zeros_like(probs[:1]), probs])
-    return restore_probabilities(padded, meta)[1:]
-
-
-def _restore_on_device(probs: np.ndarray, meta: CaseMeta, lm: LoadedModel,
+def _restore_on_device(logits: np.ndarray, meta: CaseMeta, lm: LoadedModel,
                        with_probabilities: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """:func:`_restore` and the label map on ``lm.device``, one channel of ``probs``
-    ``(K, X', Y', Z')`` at a time: each is resampled to the crop box and folded into a
-    running argmax (the first maximum wins, as in ``argmax``) or, in region mode, thresholded
-    (outermost region first). Outside the box every voxel is background, as on the host.
-    Only the label values ``(X, Y, Z)`` come back to the host, and the probabilities
-    ``(K, X, Y, Z)`` when asked for."""
+    """:meth:`CaseTransform.inverse` on ``lm.device``, one channel of ``logits`` ``(K, X', Y', Z')``
+    at a time: each is resampled to the crop box and folded into a running argmax (the first
+    maximum wins, as in ``argmax``) or, in region mode, its sigmoid thresholded (outermost
+    region first). Outside the box every voxel is background, as on the host. Only the label
+    values ``(X, Y, Z)`` come back to the host, and with ``with_probabilities`` the restored
+    logits, whose softmax (sigmoid) is taken there as on the host."""
     device, table = lm.device, lm.plan.label_table
     box = tuple(slice(lo, hi) for lo, hi in meta.bbox)
-    full = None
+    regions = lm.regions is not None
+    cropped = None
     if with_probabilities:
-        full = np.zeros((probs.shape[0], *meta.original_shape), dtype=np.float32)
-        if lm.regions is None:
-            full[0] = 1.0
+        cropped = np.empty((logits.shape[0], *meta.cropped_shape), dtype=np.float32)
     best: torch.Tensor | None = None
     index = torch.zeros(meta.cropped_shape, dtype=torch.int32, device=device)
     with torch.inference_mode():
-        for k in range(probs.shape[0]):
-            channel = restore_channel_torch(torch.from_numpy(probs[k]).to(device), meta)
-            if full is not None:
-                full[k][box] = channel.cpu().numpy()
-            if lm.regions is not None:  # index holds label values here
+        for k in range(logits.shape[0]):
+            channel = restore_channel_torch(torch.from_numpy(logits[k]).to(device), meta)
+            if cropped is not None:
+                cropped[k] = channel.cpu().numpy()
+            if regions:  # index holds label values here
                 # nnpipe.labels.outputs_to_labels, one channel at a time
-                index.masked_fill_(channel > REGION_THRESHOLD,
+                index.masked_fill_(torch.sigmoid(channel) > REGION_THRESHOLD,
                                    lm.scheme.regions_class_order[k])
             elif best is None:
                 best = channel
@@ -274,13 +267,19 @@ def _restore_on_device(probs: np.ndarray, meta: CaseMeta, lm: LoadedModel,
                 best = torch.where(better, channel, best)
                 index.masked_fill_(better, k)
         small = table.value_dtype == np.uint8
-        if lm.regions is None:
+        if not regions:
             lut = torch.tensor(table.values, dtype=torch.int32, device=device)
             index = lut[index]
         labels = torch.zeros(meta.original_shape, device=device,
                              dtype=torch.uint8 if small else torch.int32)
         labels[box] = index
         host = labels.cpu().numpy()
+    full = None
+    if cropped is not None:
+        probs = apply_activation(torch.from_numpy(cropped),
+                                 "sigmoid" if regions else "softmax")
+        full = paste_probabilities(probs.numpy(), meta.bbox, meta.original_shape,
+                                   regions=regions)
     return host.astype(table.value_dtype, copy=False), full
 
 

@@ -6,7 +6,7 @@ the nonzero box: :attr:`nnpipe.planning.plan.Plan.crop_to_nonzero`), normalize o
 (the mask: the filled nonzero mask), then resample to the plan's target spacing (cubic,
 clipped to the input's range) -- nnU-Net v2's order and rules
 (:func:`crop_normalize_resample`). :class:`CaseMeta` records every step so
-that :func:`restore_probabilities` and :func:`restore_labels` can undo them exactly: the
+that :func:`restore_logits` and :func:`restore_labels` can undo them exactly: the
 prediction ends in the original voxel grid and keeps the original affine.
 
 Arrays are in the canonical voxel order the reader (:mod:`nnpipe.datasets.layout`) gives; the
@@ -280,18 +280,55 @@ def _paste(cropped: np.ndarray, meta: CaseMeta, fill: np.ndarray) -> np.ndarray:
     return fill
 
 
-def restore_probabilities(probs: np.ndarray, meta: CaseMeta) -> np.ndarray:
-    """Class probabilities ``(K, X', Y', Z')`` at the target spacing -> ``(K, X, Y, Z)`` in the
-    original grid: linear resampling to the cropped shape, pasted into the bbox; outside it
-    the background (class 0) has probability 1."""
-    if probs.ndim != 4 or probs.shape[1:] != meta.resampled_shape:
-        raise ValueError(f"case {meta.case_id!r}: probabilities of shape {probs.shape} do not "
-                         f"match the preprocessed shape (K, {meta.resampled_shape})")
+def restore_logits(logits: np.ndarray, meta: CaseMeta) -> np.ndarray:
+    """Network outputs ``(K, X', Y', Z')`` at the target spacing -> ``(K, *meta.cropped_shape)``
+    float32 in the crop box of the original grid: linear resampling, the separate axis (if
+    any) nearest, as nnU-Net v2 2.8.1 resamples its logits back
+    (``inference/export_prediction.py``
+    ``convert_predicted_logits_to_segmentation_with_correct_shape``,
+    ``resampling_fn_probabilities``, order 1). Logits, not probabilities: softmax and argmax
+    come after (issue 19 row 11). :func:`restore_channel_torch` is the same, a channel at a
+    time on a torch device.
+
+    Raises:
+        ValueError: naming the case when ``logits`` do not have the preprocessed shape.
+    """
+    if logits.ndim != 4 or logits.shape[1:] != meta.resampled_shape:
+        raise ValueError(f"case {meta.case_id!r}: network outputs of shape {logits.shape} do "
+                         f"not match the preprocessed shape (K, {meta.resampled_shape})")
     axis = separate_axis(meta.original_spacing, meta.target_spacing)
-    cropped = resample_image(probs, meta.cropped_shape, axis, order=1)
-    full = np.zeros((probs.shape[0], *meta.original_shape), dtype=np.float32)
-    full[0] = 1.0
-    return _paste(cropped, meta, full)
+    return resample_image(logits, meta.cropped_shape, axis, order=1)
+
+
+def paste_probabilities(probs: np.ndarray, bbox: Sequence[tuple[int, int]],
+                        original_shape: Sequence[int], *, regions: bool = False) -> np.ndarray:
+    """Probabilities ``(K, *box)`` -> ``(K, *original_shape)`` float32, pasted at ``bbox``
+    (``(lo, hi)`` voxels per axis, half-open; :attr:`CaseMeta.bbox` and
+    :attr:`CaseMeta.original_shape` for nnpipe's own models). Outside the box: the
+    background (class 0) has probability 1 and the other classes 0; in region mode every
+    region has 0 (nnU-Net v2 2.8.1 ``LabelManager.revert_cropping_on_probabilities``)."""
+    box = tuple(slice(lo, hi) for lo, hi in bbox)
+    if probs.ndim != len(box) + 1 or tuple(probs.shape[1:]) != tuple(
+            hi - lo for lo, hi in bbox):
+        raise ValueError(f"probabilities of shape {probs.shape} do not fit the crop box "
+                         f"{tuple(bbox)}")
+    full = np.zeros((probs.shape[0], *original_shape), dtype=np.float32)
+    if not regions:
+        full[0] = 1.0
+    full[(slice(None), *box)] = probs
+    return full
+
+
+def restore_probabilities(probs: np.ndarray, meta: CaseMeta, *, regions: bool = False
+                          ) -> np.ndarray:
+    """Probabilities ``(K, X', Y', Z')`` at the target spacing -> ``(K, X, Y, Z)`` in the
+    original grid: :func:`restore_logits`'s linear resampling to the cropped shape, then
+    :func:`paste_probabilities` (background 1 outside the bbox; regions 0).
+
+    Prediction restores logits instead (:func:`nnpipe.inference.predict.predict_image`);
+    this serves maps that are probabilities already."""
+    return paste_probabilities(restore_logits(probs, meta), meta.bbox, meta.original_shape,
+                               regions=regions)
 
 
 # ---------------------------------------------------------------- the same on a torch device
@@ -459,12 +496,11 @@ def _zscore_torch_(ch: torch.Tensor, mask: torch.Tensor | None, slabs: list[slic
 
 def restore_channel_torch(channel: torch.Tensor, meta: CaseMeta, *,
                           chunk_bytes: int = DEVICE_CHUNK_BYTES) -> torch.Tensor:
-    """One probability channel ``(X', Y', Z')`` at the target spacing -> the cropped grid
-    ``meta.cropped_shape`` on the same device, float32: :func:`restore_probabilities`'s
-    linear resampling, a channel at a time (the caller pastes it at ``meta.bbox``; outside it
-    the background has probability 1)."""
+    """One output channel ``(X', Y', Z')`` (logits) at the target spacing -> the cropped grid
+    ``meta.cropped_shape`` on the same device, float32: :func:`restore_logits`'s linear
+    resampling, a channel at a time (the caller pastes it at ``meta.bbox``)."""
     if tuple(channel.shape) != meta.resampled_shape:
-        raise ValueError(f"case {meta.case_id!r}: a probability channel of shape "
+        raise ValueError(f"case {meta.case_id!r}: an output channel of shape "
                          f"{tuple(channel.shape)} does not match the preprocessed shape "
                          f"{meta.resampled_shape}")
     axis = separate_axis(meta.original_spacing, meta.target_spacing)

@@ -26,14 +26,16 @@ import numpy as np
 
 from nnpipe.errors import DataError
 from nnpipe.geometry import spacing_of
+from nnpipe.labels import LabelScheme, outputs_to_labels
 from nnpipe.planning.plan import ChannelNorm, Plan
 from nnpipe.preprocessing.normalize import check_value_ranges
 from nnpipe.preprocessing.pipeline import (
     CaseMeta,
     crop_normalize_resample,
     crop_normalize_resample_torch,
+    paste_probabilities,
     restore_channel_torch,
-    restore_probabilities,
+    restore_logits,
 )
 from nnpipe.preprocessing.resample import (
     IMAGE_RESAMPLING,
@@ -141,15 +143,25 @@ class CaseTransform:
 
     # ------------------------------------------------------------ inverse
 
-    def inverse(self, probs: np.ndarray, meta: CaseMeta) -> np.ndarray:
-        """Probabilities ``(K, *meta.resampled_shape)`` -> ``(K, A0, A1, A2)`` in the image's
-        own grid and axis order: :func:`~nnpipe.preprocessing.pipeline.restore_probabilities`
-        (linear, pasted into the crop box, background 1 outside), then the permutation
-        undone. A thin delegate: the restore functions own the rules. Raises
-        ``NotImplementedError`` for a ``restore_resampling`` they do not apply."""
+    def inverse(self, logits: np.ndarray, meta: CaseMeta, scheme: LabelScheme, *,
+                with_probabilities: bool = False
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Network logits ``(K, *meta.resampled_shape)`` -> label values ``(A0, A1, A2)`` in
+        the image's own grid and axis order and, with ``with_probabilities``, probabilities
+        ``(K, A0, A1, A2)`` float32: logits resampled back to the crop box
+        (:func:`~nnpipe.preprocessing.pipeline.restore_logits`: linear, the separate axis
+        nearest), decided and pasted (:func:`decide_and_paste`: argmax, or sigmoid > 0.5 in
+        ``regions_class_order``; label 0 outside the box), then the permutation undone.
+        Raises ``NotImplementedError`` for a ``restore_resampling`` the restore functions do
+        not apply, ``ValueError`` for logits not of the preprocessed shape."""
+        import torch
+
         self._check_restore_rule()
-        full = restore_probabilities(probs, meta)
-        return self._unpermute(full)
+        cropped = torch.from_numpy(restore_logits(logits, meta))
+        labels, probs = decide_and_paste(cropped, meta.bbox, meta.original_shape, scheme,
+                                         with_probabilities)
+        labels = self._unpermute(labels[None])[0]
+        return labels, None if probs is None else self._unpermute(probs)
 
     def inverse_channel_torch(self, channel: torch.Tensor, meta: CaseMeta) -> torch.Tensor:
         """One channel ``(X', Y', Z')`` on a device back to the cropped grid
@@ -168,3 +180,38 @@ class CaseTransform:
             return full
         back = np.argsort(self.transpose)
         return full.transpose(0, *[int(a) + 1 for a in back])
+
+
+def decide_and_paste(cropped: torch.Tensor, bbox: Sequence[tuple[int, int]],
+                     original_shape: Sequence[int], scheme: LabelScheme,
+                     with_probabilities: bool, *, labels_from_probabilities: bool = False,
+                     dtype: np.dtype | type[np.integer] | None = None
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Logits ``(K, *box)`` already resampled back to the crop box -> label values
+    ``original_shape`` (``dtype``, default :attr:`LabelTable.value_dtype`) and, with
+    ``with_probabilities``, probabilities ``(K, *original_shape)`` float32.
+
+Classes: argmax (the first maximum wins) of the logits, or of the softmax with
+    ``labels_from_probabilities`` (what nnU-Net v2 does when it saves probabilities); regions:
+    sigmoid > 0.5, each region's ``regions_class_order`` value written over the earlier ones.
+    Outside ``bbox`` the label is 0 and the probabilities those of
+    :func:`~nnpipe.preprocessing.pipeline.paste_probabilities`. The one decision for nnpipe's
+    own models and nnU-Net v2's (:func:`nnpipe.v2.predict.segmentation`): v2 2.8.1
+    ``inference/export_prediction.py``
+    ``convert_predicted_logits_to_segmentation_with_correct_shape``, ``LabelManager``."""
+    import torch
+
+    regions = bool(scheme.regions)
+    probs = None
+    if regions or with_probabilities:  # v2's LabelManager.apply_inference_nonlin, float32
+        probs = torch.sigmoid(cropped.float()) if regions else torch.softmax(cropped.float(), 0)
+    # argmax of the logits is the argmax of the softmax (v2 skips the softmax too)
+    decided = probs if probs is not None and (regions or labels_from_probabilities) \
+        else cropped
+    labels = outputs_to_labels(decided.numpy(), scheme)
+    full = np.zeros(tuple(original_shape), dtype=dtype or labels.dtype)
+    full[tuple(slice(lo, hi) for lo, hi in bbox)] = labels
+    if not with_probabilities:
+        return full, None
+    assert probs is not None  # computed above when asked for
+    return full, paste_probabilities(probs.numpy(), bbox, original_shape, regions=regions)

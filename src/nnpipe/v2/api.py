@@ -14,10 +14,11 @@ back in the input's own voxel order ``(X, Y, Z)`` (v2 works in ``(z, y, x)``):
   ``affine=``) reversed with them; ``NibabelIOWithReorient`` reorients it by ``affine``
   first (and refuses a bare ``spacing``, which says nothing of orientation).
 
-Probabilities are v2's ``--save_probabilities``: the fold- and flip-averaged logits resampled
-back to the cropped grid with the plans' probabilities rule, softmax (sigmoid for regions) in
-float32, pasted into the uncropped grid (background probability 1 outside the crop box in
-label mode, 0 everywhere in region mode).
+Probabilities are v2's ``--save_probabilities`` (:func:`~nnpipe.v2.predict.segmentation`):
+the fold- and flip-averaged logits resampled back to the cropped grid with the plans'
+probabilities rule, softmax (sigmoid for regions) in float32, pasted into the uncropped grid
+(background probability 1 outside the crop box in label mode, 0 everywhere in region mode);
+the labels are then their argmax, as v2 takes them when it saves probabilities.
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ from nnpipe.v2.predict import (
     segmentation,
     sliding_window_logits,
 )
-from nnpipe.v2.semantics import resample
 
 
 def label_names(path: Path | str, model: V2Model, configuration: str | None) -> dict[str, Any]:
@@ -185,18 +185,7 @@ class V2Predictor:
         prepared = preprocess(image, sem)
         logits = sliding_window_logits(self.nets, prepared.data, sem, self.device, self.tta,
                                        self.batch_size, self.memory_format)
-        labels = segmentation(logits, prepared, sem)
-        if not probabilities:
-            return labels, None
-        back = resample(logits, prepared.cropped_shape, prepared.target_spacing,
-                        prepared.spacing, sem.probabilities_resampling)
-        t = torch.from_numpy(np.ascontiguousarray(back)).float()
-        probs = (torch.sigmoid(t) if sem.regions is not None else torch.softmax(t, 0)).numpy()
-        full = np.zeros((len(probs), *prepared.shape_before_crop), dtype=np.float32)
-        if sem.regions is None:
-            full[0] = 1.0
-        full[(slice(None), *(slice(lo, hi) for lo, hi in prepared.bbox))] = probs
-        return labels, full.transpose(0, *[a + 1 for a in sem.transpose_backward])
+        return segmentation(logits, prepared, sem, with_probabilities=probabilities)
 
     # ---------------------------------------------------------------- files
 

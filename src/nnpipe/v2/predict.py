@@ -8,41 +8,46 @@ Per case, in v2's order (every rule from :class:`~nnpipe.v2.semantics.V2Semantic
 3. normalise each channel by its scheme (:func:`nnpipe.preprocessing.normalize.normalize`,
    the mask being the filled nonzero mask), then resample to the target spacing
    (:func:`nnpipe.v2.semantics.resample`: cubic, clipped, v2's separate-axis rule);
-4. sliding window of logits: zero padding to the patch, v2's tile starts and Gaussian,
-   every flip of the checkpoint's mirror axes (TTA), logits averaged over flips, folds and
-   tiles; a 2D configuration slides over the slices of the first (transposed) axis;
+4. sliding window of logits through nnpipe's own
+   (:func:`nnpipe.inference.sliding_window.sliding_window`, whose tile starts and zero
+   padding are v2's) with v2's facts as data: its Gaussian importance map, every flip of
+   the checkpoint's mirror axes (TTA), float16 sums; logits averaged over flips and tiles,
+   then over folds; a 2D configuration slides over the slices of the first (transposed)
+   axis;
 5. logits resampled back to the cropped grid (linear, v2's probabilities rule), then
-   argmax (labels) or sigmoid > 0.5 written in ``regions_class_order`` (regions);
+   argmax (labels) or sigmoid > 0.5 written in ``regions_class_order`` (regions), by the
+   decision nnpipe's own models use (:func:`nnpipe.preprocessing.transform.decide_and_paste`);
 6. pasted into the uncropped grid, ``transpose_backward``, written by the same reader as
    uint8 (uint16 from 255 foreground labels) with the input's geometry.
 """
 
 from __future__ import annotations
 
-import itertools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
 from nnpipe.datasets.layout import Case, find_cases
 from nnpipe.errors import DataError
-from nnpipe.inference.predict import PredictionFailed
+from nnpipe.inference.predict import PredictionFailed, write_probabilities
 from nnpipe.inference.shards import Shard, select_part, write_part_record
+from nnpipe.inference.sliding_window import predict_volume_2d, sliding_window
+from nnpipe.labels import LabelScheme, ScoredClass
 from nnpipe.planning.plan import ChannelNorm
-from nnpipe.preprocessing.transform import CaseTransform
+from nnpipe.preprocessing.transform import CaseTransform, decide_and_paste
 from nnpipe.progress import log
 from nnpipe.v2.imageio import V2Image, read_v2_image, write_v2_segmentation
 from nnpipe.v2.model import V2Model, to_device
 from nnpipe.v2.semantics import (
     V2Semantics,
     gaussian_importance,
-    pad_to_patch,
     resample,
-    tile_starts,
 )
 
 # ---------------------------------------------------------------- preprocessing
@@ -108,102 +113,103 @@ def preprocess(image: V2Image, sem: V2Semantics, device: torch.device | None = N
 # ---------------------------------------------------------------- sliding window
 
 
-def _flips(mirror_axes: tuple[int, ...] | None, tta: bool) -> list[tuple[int, ...]]:
-    """Network-axis combinations to flip: none, then every non-empty combination of the
-    checkpoint's mirror axes by size, as v2 orders them (shifted past batch and channel)."""
-    if not tta or not mirror_axes:
-        return [()]
-    axes = [a + 2 for a in mirror_axes]
-    return [()] + [c for r in range(1, len(axes) + 1) for c in itertools.combinations(axes, r)]
-
-
 def sliding_window_logits(nets: Sequence[torch.nn.Module], data: np.ndarray, sem: V2Semantics,
                           device: torch.device, tta: bool = True, batch_size: int = 1,
                           memory_format: torch.memory_format = torch.contiguous_format
                           ) -> np.ndarray:
-    """Logits ``(K, *spatial)`` of ``data`` ``(C, *spatial)`` in ``sem.accumulate_dtype``
-    (3D grid; a 2D configuration slides over the slices of axis 0): Gaussian-weighted mean
-    over tiles of the logits averaged over flips and ``nets`` (the folds)."""
-    patch = sem.patch_size
-    pads = pad_to_patch(data.shape, patch)
-    lead = [(0, 0)] * (data.ndim - len(pads))
-    padded = np.pad(data, lead + pads) if any(p for pair in pads for p in pair) else data
-    spatial = padded.shape[1:]
-    grid = spatial[-len(patch):]
-    starts = [tile_starts(s, p, sem.tile_step_size) for s, p in zip(grid, patch, strict=True)]
-    tiles: list[tuple[slice | int, ...]] = []
-    for slice_index in (range(spatial[0]) if sem.dim == 2 else [None]):
-        for corner in itertools.product(*starts):
-            box = tuple(slice(a, a + p) for a, p in zip(corner, patch, strict=True))
-            tiles.append(box if slice_index is None else (slice_index, *box))
+    """Logits ``(K, *spatial)`` of ``data`` ``(C, *spatial)`` in ``sem.accumulate_dtype``.
+
+    nnpipe's own sliding window (:func:`nnpipe.inference.sliding_window.sliding_window`;
+    a 2D configuration: :func:`~nnpipe.inference.sliding_window.predict_volume_2d` over the
+    slices of axis 0, the first transposed axis) with v2's facts as data: v2's Gaussian
+    importance map (:func:`nnpipe.v2.semantics.gaussian_importance`, in the accumulators'
+    dtype), the flips of the checkpoint's mirror axes (``tta``), v2's tile step, and sums
+    in ``sem.accumulate_dtype`` (float16 in v2). Folds (``nets``) each slide over the whole
+    case and their logits are summed in that dtype and divided once, as nnU-Net v2 2.8.1's
+    ``predict_logits_from_preprocessed_data``; on a CUDA device the forward passes run
+    under fp16 autocast, as v2's. Raises ``ValueError`` when the float16 sums overflow
+    (v2 stops there too).
+    """
     acc = torch.float16 if sem.accumulate_dtype == "float16" else torch.float32
     weight = torch.from_numpy(gaussian_importance(
-        patch, dtype=np.float16 if acc == torch.float16 else np.float32)).to(device)
-    logits = torch.zeros((sem.num_outputs, *spatial), dtype=acc, device=device)
-    weights = torch.zeros(spatial, dtype=acc, device=device)
-    image = torch.from_numpy(np.ascontiguousarray(padded)).to(device)
-    flips = _flips(sem.mirror_axes, tta)
+        sem.patch_size, dtype=np.float16 if acc == torch.float16 else np.float32))
+    image = torch.from_numpy(np.ascontiguousarray(data)).to(device)
+    flip = bool(tta and sem.mirror_axes)
     autocast = torch.autocast(device.type, enabled=device.type == "cuda")
-    with torch.inference_mode(), autocast:
-        for i in range(0, len(tiles), batch_size):
-            chunk = tiles[i:i + batch_size]
-            batch = torch.stack([image[(slice(None), *t)] for t in chunk])
-            batch = batch.contiguous(memory_format=memory_format) if batch.ndim == 5 else batch
-            total = None
-            for net in nets:
-                pred = None
-                for axes in flips:
-                    out = net(batch.flip(axes) if axes else batch).float()
-                    out = out.flip(axes) if axes else out
-                    pred = out if pred is None else pred + out
-                assert pred is not None
-                pred /= len(flips)
-                total = pred if total is None else total + pred
-            assert total is not None
-            if len(nets) > 1:
-                total /= len(nets)
-            total *= weight  # float32 logits times the weights (float16 in v2)
-            for t, p in zip(chunk, total, strict=True):
-                logits[(slice(None), *t)] += p  # rounded to the accumulator's dtype
-                weights[t] += weight
-    logits /= weights
-    if torch.isinf(logits).any():  # float16 holds up to 65504: v2 stops here too
-        raise ValueError("the summed logits overflow float16 (inf), as they would in nnU-Net "
-                         "v2; this model's logits are too large for v2's accumulators")
-    crop = tuple(slice(b, b + n) for (b, _), n in zip([(0, 0)] * (len(spatial) - len(pads))
-                                                       + pads, data.shape[1:], strict=True))
-    return logits[(slice(None), *crop)].cpu().numpy()  # float16 as v2 exports them
+    total: torch.Tensor | None = None
+    with torch.inference_mode():
+        for net in nets:
+            def forward(x: torch.Tensor, net: torch.nn.Module = net) -> torch.Tensor:
+                return net(x.contiguous(memory_format=memory_format) if x.ndim == 5 else x)
+
+            kwargs: dict[str, Any] = dict(
+                num_classes=sem.num_outputs, overlap=1.0 - sem.tile_step_size, blend=weight,
+                batch_size=batch_size, tta_flips=flip, device=device,
+                mirror_axes=sem.mirror_axes if flip else None, accumulate_dtype=acc)
+            with autocast:
+                if sem.dim == 3:
+                    logits = sliding_window(forward, image, sem.patch_size, **kwargs)
+                else:
+                    logits = predict_volume_2d(forward, image, 0, sem.patch_size, **kwargs)
+            if torch.isinf(logits).any():  # float16 holds up to 65504: v2 stops here too
+                raise ValueError("the summed logits overflow float16 (inf), as they would "
+                                 "in nnU-Net v2; this model's logits are too large for v2's "
+                                 "accumulators")
+            logits = logits.cpu()
+            total = logits if total is None else total.add_(logits)  # accumulators' dtype
+        assert total is not None  # a V2Model has at least one fold
+        if len(nets) > 1:
+            total /= len(nets)
+    return total.numpy()  # float16 as v2 exports them
 
 
 # ---------------------------------------------------------------- export
 
 
-def segmentation(logits: np.ndarray, prepared: Prepared, sem: V2Semantics) -> np.ndarray:
-    """Step 5-6 before writing: label values in the file's voxel order ``(z, y, x)``.
+def label_scheme(sem: V2Semantics) -> LabelScheme:
+    """The v2 model's labels as nnpipe's :class:`~nnpipe.labels.LabelScheme`: one class per
+    label value, or one sigmoid per region written in ``regions_class_order``; the ignore
+    label is never an output, so never predicted."""
+    names = {v: str(v) for v in sem.labels}
+    if sem.regions is None:
+        return LabelScheme(names, ignore=sem.ignore_label)
+    assert sem.regions_class_order is not None  # the plans reader requires it with regions
+    regions = tuple(ScoredClass(f"region {i}", tuple(r)) for i, r in enumerate(sem.regions))
+    return LabelScheme(names, regions, sem.regions_class_order, sem.ignore_label)
 
-    ``logits`` keep their dtype through resampling (float16 from v2's accumulators: v2
-    takes the argmax of float16 logits, the first class winning a tie)."""
+
+def segmentation(logits: np.ndarray, prepared: Prepared, sem: V2Semantics, *,
+                 with_probabilities: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Steps 5-6 before writing: label values ``(z, y, x)`` in the file's voxel order and,
+    with ``with_probabilities``, probabilities ``(K, z, y, x)`` float32 (softmax or sigmoid
+    of the restored logits; background 1, regions 0, outside the crop box).
+
+    The logits are resampled back with v2's rule (:func:`nnpipe.v2.semantics.resample`,
+    ``sem.probabilities_resampling``), keeping their dtype (float16 from v2's accumulators:
+    v2 takes the argmax of float16 logits, the first class winning a tie), then decided and
+    pasted by nnpipe's :func:`nnpipe.preprocessing.transform.decide_and_paste` (labels from the
+    probabilities when they are saved, as v2 does), then ``transpose_backward``."""
     back = resample(logits, prepared.cropped_shape, prepared.target_spacing, prepared.spacing,
                     sem.probabilities_resampling)
-    if sem.regions is None:
-        lut = np.asarray(sem.labels, dtype=np.int64)
-        seg = lut[back.argmax(0)]
-    else:
-        assert sem.regions_class_order is not None
-        probs = torch.sigmoid(torch.from_numpy(back).float()).numpy()
-        seg = np.zeros(back.shape[1:], dtype=np.int64)
-        for i, value in enumerate(sem.regions_class_order):
-            seg[probs[i] > 0.5] = value
-    full = np.zeros(prepared.shape_before_crop, dtype=sem.output_dtype)
-    full[tuple(slice(lo, hi) for lo, hi in prepared.bbox)] = seg
-    return full.transpose(sem.transpose_backward)
+    labels, probs = decide_and_paste(torch.from_numpy(back), prepared.bbox,
+                                     prepared.shape_before_crop, label_scheme(sem),
+                                     with_probabilities,
+                                     labels_from_probabilities=with_probabilities,
+                                     dtype=sem.output_dtype)
+    labels = labels.transpose(sem.transpose_backward)
+    if probs is not None:
+        probs = probs.transpose(0, *[a + 1 for a in sem.transpose_backward])
+    return labels, probs
 
 
 def predict_v2_image(model: V2Model, nets: Sequence[torch.nn.Module], image: V2Image,
                      device: torch.device, tta: bool = True, batch_size: int = 1,
-                     memory_format: torch.memory_format = torch.contiguous_format
-                     ) -> np.ndarray:
-    """Label values ``(z, y, x)`` (the file's order) of one case."""
+                     memory_format: torch.memory_format = torch.contiguous_format, *,
+                     with_probabilities: bool = False
+                     ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Label values ``(z, y, x)`` (the file's order) of one case, and with
+    ``with_probabilities`` its probabilities ``(K, z, y, x)`` (:func:`segmentation`)."""
     sem = model.configuration.semantics
     if image.data.shape[0] != model.configuration.input_channels:
         raise ValueError(f"image has {image.data.shape[0]} channel(s); the model expects "
@@ -211,18 +217,24 @@ def predict_v2_image(model: V2Model, nets: Sequence[torch.nn.Module], image: V2I
     prepared = preprocess(image, sem)
     logits = sliding_window_logits(nets, prepared.data, sem, device, tta, batch_size,
                                    memory_format)
-    return segmentation(logits, prepared, sem)
+    return segmentation(logits, prepared, sem, with_probabilities=with_probabilities)
 
 
 def predict_v2_folder(model: V2Model, input_dir: Path | str, out_dir: Path | str, *,
                       device: torch.device, tta: bool = True, batch_size: int = 1,
                       skip_existing: bool = False, shard: Shard | None = None,
-                      part_record: Path | str | None = None) -> list[Path]:
+                      part_record: Path | str | None = None,
+                      save_probabilities: bool = False) -> list[Path]:
     """``nnpipe predict --model <v2 model> -i IN -o OUT``: every case of ``IN``
     (``<case>_<NNNN><ending>``, one file per channel) written to ``OUT/<case><ending>``.
     ``shard``: only that part of the cases, as for nnpipe's own models
     (:mod:`nnpipe.inference.shards`); ``part_record``: written when every case of the part
-    is done, for ``nnpipe gather``.
+    is done, for ``nnpipe gather``. ``save_probabilities``: first ``OUT/<case>.npz`` as
+    nnpipe writes its own (:func:`nnpipe.inference.predict.write_probabilities`:
+    ``probabilities`` ``(K, i, j, k)`` float16 in the file's voxel order, ``affine``, and
+    ``names``: the label values, or each region's values joined by ``+``), the values being
+    v2's (softmax / sigmoid of the logits resampled back; v2's own ``.npz`` holds the same
+    numbers as float32 ``(K, z, y, x)``).
 
     A case that fails is logged and the others predicted; then :class:`DataError` lists
     the failures.
@@ -244,13 +256,20 @@ def predict_v2_folder(model: V2Model, input_dir: Path | str, out_dir: Path | str
     written = []
     for case in cases:
         target = out / f"{case.case_id}{_ending(case)}"
-        if skip_existing and target.is_file():
+        probs_path = out / f"{case.case_id}.npz"
+        if skip_existing and target.is_file() and (not save_probabilities
+                                                   or probs_path.is_file()):
             written.append(target)
             continue
         t0 = time.monotonic()
         try:
             image = read_v2_image(case.images, config.semantics.reader, case.case_id)
-            seg = predict_v2_image(model, nets, image, device, tta, batch_size, fmt)
+            seg, probs = predict_v2_image(model, nets, image, device, tta, batch_size, fmt,
+                                          with_probabilities=save_probabilities)
+            if probs is not None:
+                file_probs, affine = file_order(probs, image)
+                write_probabilities(probs_path, file_probs, affine,
+                                    class_names(config.semantics))
             write_v2_segmentation(target, seg, image, config.semantics.output_dtype)
         except Exception as exc:  # one bad case: name it and go on
             msg = exc if isinstance(exc, DataError) else DataError(
@@ -266,6 +285,36 @@ def predict_v2_folder(model: V2Model, input_dir: Path | str, out_dir: Path | str
     if part_record is not None:
         write_part_record(part_record, selection, input_dir, out_dir)
     return written
+
+
+def class_names(sem: V2Semantics) -> list[str]:
+    """One name per output: the label value, or a region's values joined by ``+``."""
+    if sem.regions is None:
+        return [str(v) for v in sem.labels]
+    return ["+".join(str(v) for v in r) for r in sem.regions]
+
+
+def file_order(probs: np.ndarray, image: V2Image) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities ``(K, z, y, x)`` in the reader's order -> ``(K, i, j, k)`` in the
+    file's voxel order (as nibabel indexes it) and that grid's affine (RAS, mm): what
+    nnpipe's own ``.npz`` holds. SimpleITK's direction and origin are LPS (x and y negated
+    for RAS); a 2D image gets a third axis of one voxel."""
+    g = image.geometry
+    data = probs.transpose(0, *range(probs.ndim - 1, 0, -1))  # (K, x, y, z)
+    if image.reader == "SimpleITKIO":
+        n = len(g["spacing"])
+        affine = np.eye(4)
+        direction = np.asarray(g["direction"], dtype=float).reshape(n, n)
+        affine[:n, :n] = direction * np.asarray(g["spacing"], dtype=float)
+        affine[:n, 3] = g["origin"]
+        affine[:2] *= -1.0  # LPS -> RAS: negate the rows of x and y
+        return np.ascontiguousarray(data), affine  # 2D: (K, 1, y, x) -> (K, x, y, 1)
+    original = np.asarray(g["original_affine"], dtype=float)
+    if image.reader == "NibabelIO":
+        return np.ascontiguousarray(data), original
+    back = ornt_transform(axcodes2ornt("RAS"), io_orientation(original))
+    data = np.stack([apply_orientation(channel, back) for channel in data])
+    return data, original
 
 
 def _ending(case: Case) -> str:

@@ -145,25 +145,9 @@ def bounding_box(mask: np.ndarray) -> tuple[tuple[int, int], ...]:
 
 
 # ---------------------------------------------------------------- sliding window
-
-
-def tile_starts(size: int, patch: int, step: float = 0.5) -> list[int]:
-    """Start voxels of the tiles along one axis (v2's ``compute_steps_for_sliding_window``).
-
-    ``n = ceil((size - patch) / (patch * step)) + 1`` tiles spread evenly over
-    ``[0, size - patch]`` and rounded with ``np.round`` (halves to even; nnpipe's own rule
-    rounds halves up, a different grid for e.g. size 109 with patch 64). ``size`` must be
-    at least ``patch`` (v2 pads first).
-    """
-    if size < patch:
-        raise ValueError(f"axis of {size} voxels is smaller than the patch ({patch}); pad it")
-    if not 0 < step <= 1:
-        raise ValueError(f"tile step must be in (0, 1], got {step}")
-    n = int(np.ceil((size - patch) / (patch * step))) + 1
-    if n == 1:
-        return [0]
-    actual = (size - patch) / (n - 1)
-    return [int(np.round(actual * i)) for i in range(n)]
+# Tile starts, zero padding to the patch, flips and accumulation are nnpipe's own sliding
+# window (nnpipe.inference.sliding_window), whose rules are v2's; only the tile weight
+# differs for nnpipe's own models (issue 19 row 9), so v2's is here, passed to it as data.
 
 
 def gaussian_importance(patch: Sequence[int], sigma_scale: float = 1.0 / 8,
@@ -184,13 +168,3 @@ def gaussian_importance(patch: Sequence[int], sigma_scale: float = 1.0 / 8,
     if zero.any():
         weight[zero] = weight[~zero].min()
     return weight
-
-
-def pad_to_patch(shape: Sequence[int], patch: Sequence[int]) -> list[tuple[int, int]]:
-    """``(before, after)`` zero padding per trailing axis so that every axis is at least the
-    patch: the difference split with the smaller half before (v2's ``pad_nd_image``)."""
-    pads = []
-    for s, p in zip(shape[len(shape) - len(patch):], patch, strict=True):
-        d = max(p - s, 0)
-        pads.append((d // 2, d - d // 2))
-    return pads
