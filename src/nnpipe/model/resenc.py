@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from nnpipe.model.norm import InstanceNorm2d, InstanceNorm3d
 from nnpipe.model.onednn import use_onednn
 from nnpipe.model.unet import (
     LEAKY_SLOPE,
@@ -47,7 +48,8 @@ from nnpipe.planning.plan import Plan
 # are tuples of length dim, which torch's per-class stubs cannot check for a runtime dim.
 _CONV: dict[int, Callable[..., nn.Module]] = {2: nn.Conv2d, 3: nn.Conv3d}
 _CONV_T: dict[int, Callable[..., nn.Module]] = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
-_NORM: dict[int, Callable[..., nn.Module]] = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
+# instance norms that run the group-norm kernel on CPUs (nnpipe.model.norm)
+_NORM: dict[int, Callable[..., nn.Module]] = {2: InstanceNorm2d, 3: InstanceNorm3d}
 _POOL: dict[int, Callable[..., nn.Module]] = {2: nn.AvgPool2d, 3: nn.AvgPool3d}
 
 

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nnpipe.model.norm import InstanceNorm2d, InstanceNorm3d
 from nnpipe.model.onednn import use_onednn
 from nnpipe.model.upsample import up_concat
 from nnpipe.planning import network as N
@@ -47,7 +48,8 @@ DYNUNET_ALIAS_PREFIX = "skip_layers."
 # ints for 3D) cannot check when dim is a runtime value.
 _CONV: dict[int, Callable[..., nn.Module]] = {2: nn.Conv2d, 3: nn.Conv3d}
 _CONV_T: dict[int, Callable[..., nn.Module]] = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
-_NORM: dict[int, Callable[..., nn.Module]] = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
+# instance norms that run the group-norm kernel on CPUs (nnpipe.model.norm)
+_NORM: dict[int, Callable[..., nn.Module]] = {2: InstanceNorm2d, 3: InstanceNorm3d}
 
 
 def deep_supervision_heads(plan: Plan) -> int:
