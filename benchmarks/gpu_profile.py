@@ -182,12 +182,14 @@ def _save_model(path: Path, plan: Any) -> Path:
 
 
 @contextlib.contextmanager
-def _stage_timers(module: Any, names: dict[str, str], seconds: dict[str, float],
+def _stage_timers(stages: list[tuple[Any, str, str]], seconds: dict[str, float],
                   returned: dict[str, Any]) -> Iterator[None]:
-    """Time every call of ``module.<function>`` into ``seconds[stage]`` (``names``: function
-    -> stage) while inside, and keep its last result in ``returned[stage]``. Each of these
-    returns host data, so its GPU work is done when it returns."""
-    saved = {fn: getattr(module, fn) for fn in names}
+    """Time every call of ``owner.<function>`` into ``seconds[stage]`` (``stages``: owner,
+    function, stage; an owner is a module or a class) while inside, and keep its last result
+    in ``returned[stage]``. Each of these returns host data (the preprocessing's device
+    tensor excepted: its work is synchronised by the copy that follows), so its GPU work is
+    done when it returns."""
+    saved = [(owner, fn, owner.__dict__[fn]) for owner, fn, _ in stages]
 
     def timed(fn: Callable[..., Any], stage: str) -> Callable[..., Any]:
         @functools.wraps(fn)
@@ -201,17 +203,23 @@ def _stage_timers(module: Any, names: dict[str, str], seconds: dict[str, float],
         return wrapper
 
     try:
-        for fn, stage in names.items():
-            setattr(module, fn, timed(saved[fn], stage))
+        for (owner, fn, original), (_, _, stage) in zip(saved, stages, strict=True):
+            setattr(owner, fn, timed(original, stage))
         yield
     finally:
-        for fn, original in saved.items():
-            setattr(module, fn, original)
+        for owner, fn, original in saved:
+            setattr(owner, fn, original)
 
 
-STAGES = {"read_case_image": "read", "preprocess_image": "preprocess",
-          "preprocess_image_torch": "preprocess", "average_logits": "network",
-          "_restore": "restore", "_restore_on_device": "restore", "write_prediction": "write"}
+def _stages() -> list[tuple[Any, str, str]]:
+    """What :func:`_timed_case` times: the reader, the case transform's forward
+    (preprocess) and inverse (restore, host), the network, the device restore, the writer."""
+    from nnpipe.inference import predict as P
+    from nnpipe.preprocessing.transform import CaseTransform
+
+    return [(P, "read_case_image", "read"), (CaseTransform, "forward", "preprocess"),
+            (P, "average_logits", "network"), (CaseTransform, "inverse", "restore"),
+            (P, "_restore_on_device", "restore"), (P, "write_prediction", "write")]
 
 
 def _timed_case(models: list[Any], cases: list[Any], out: Path, settings: Any,
@@ -228,7 +236,7 @@ def _timed_case(models: list[Any], cases: list[Any], out: Path, settings: Any,
         for _ in range(repeats):
             seconds: dict[str, float] = {}
             returned: dict[str, Any] = {}
-            with _stage_timers(P, STAGES, seconds, returned):
+            with _stage_timers(_stages(), seconds, returned):
                 t0 = time.perf_counter()
                 P.predict_cases(models, cases, out, settings)
                 total = time.perf_counter() - t0
