@@ -27,12 +27,13 @@ from nnpipe.evaluation.best import (
 from nnpipe.evaluation.run import scored_classes
 from nnpipe.imageio import read_file, write_like
 from nnpipe.inference.ensemble import load_models
+from nnpipe.inference.export import write_probabilities
 from nnpipe.inference.postprocess import (
     decide_to_file,
     keep_largest_component,
     load_decision,
 )
-from nnpipe.inference.predict import predict_folder, predict_image, write_probabilities
+from nnpipe.inference.predict import predict_folder, predict_image
 from nnpipe.inference.resolve import resolve_model
 from nnpipe.metrics import dice, nanmean
 from nnpipe.model import build_unet

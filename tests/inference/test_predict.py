@@ -167,6 +167,7 @@ def test_a_case_over_the_memory_limit_is_refused_before_reading(tiny_study, mode
                                                                 monkeypatch):
     import dataclasses
 
+    from nnpipe.inference import memory as M
     from nnpipe.inference import predict as P
 
     src = msd_folder(tiny_study, tmp_path / "in", n=1)
@@ -179,7 +180,7 @@ def test_a_case_over_the_memory_limit_is_refused_before_reading(tiny_study, mode
         data = np.repeat(data, 2, axis=axis)
     nib.save(nib.Nifti1Image(data, fine), src / "FINE.nii.gz")
     plan = models_plan(models)
-    need = {n: P.estimate_peak_bytes(P.Case(n, (src / n,)), plan, 4) / P.GiB
+    need = {n: M.estimate_peak_bytes(P.Case(n, (src / n,)), plan, 4) / M.GiB
             for n in listing(src)}
     assert need["FINE.nii.gz"] > 4 * need[small]
     # a cascade stage also holds the previous stage's input: its labels as an int64 lookup
@@ -188,11 +189,11 @@ def test_a_case_over_the_memory_limit_is_refused_before_reading(tiny_study, mode
     cascade = dataclasses.replace(plan, previous_stage="3d_lowres")
     case = P.Case(small, (src / small,))
     spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
-    target = P.case_target_spacing(plan, spacing)
+    target = M.case_target_spacing(plan, spacing)
     n = int(np.prod(img.shape[:3]))
-    m = int(np.prod([max(1, round(s * o / t))
+    m = int(np.prod([max(1, round(o / t * s))
                      for s, o, t in zip(img.shape[:3], spacing, target, strict=True)]))
-    extra = P.estimate_peak_bytes(case, cascade, 4) - P.estimate_peak_bytes(case, plan, 4)
+    extra = M.estimate_peak_bytes(case, cascade, 4) - M.estimate_peak_bytes(case, plan, 4)
     c = img.shape[3] if img.ndim == 4 else 1
     assert extra == 8 * n + m + 4 * 3 * m + 4 * (c + 3) * m
     limit = dataclasses.replace(SETTINGS, memory_gb=(need["FINE.nii.gz"] + need[small]) / 2)

@@ -73,8 +73,9 @@ def test_transpose_and_v2_rules_are_data():
     # logits favouring class 1 everywhere: label 1 inside the crop box, 0 outside, in the
     # image's own axis order; probabilities: the softmax inside, background 1 outside
     logits = np.stack([np.zeros(meta.resampled_shape), np.full(meta.resampled_shape, 2.0)])
-    labels, full = transform.inverse(logits.astype(np.float32), meta,
-                                     LabelScheme.from_values({0: "background", 1: "a"}), with_probabilities=True)
+    scheme = LabelScheme.from_values({0: "background", 1: "a"})
+    labels, full = transform.inverse(logits.astype(np.float32), meta, scheme,
+                                     with_probabilities=True)
     assert labels.shape == image.shape[1:] and full is not None
     assert full.shape == (2, *image.shape[1:])
     inside = np.zeros(image.shape[1:], bool)

@@ -1,8 +1,12 @@
 """Whole-case prediction: images in, label maps out, in each input's format and geometry.
 
+This module orchestrates; the memory estimate is :mod:`nnpipe.inference.memory`, the case
+transform (preprocess forward, restore inverse) :mod:`nnpipe.preprocessing.transform`, the
+probabilities file :mod:`nnpipe.inference.export`.
+
 Per case: check its estimated peak memory from the header (:func:`check_memory`), read the
 image through the one reader (:mod:`nnpipe.datasets.layout`: canonical voxel order, mm),
-apply the plan's preprocessing (crop, resample, normalize), run the
+apply the plan's case transform forward (crop, normalize, resample), run the
 sliding window of every model (3D tiles, or 2D tiles slice by slice) and average their
 logits (over flips, tiles, and the fold models of an ensemble), resample the logits back to
 the crop box of the original grid, take the argmax (or, in region mode, a sigmoid per
@@ -34,8 +38,6 @@ predicted; the run then fails listing every bad case.
 
 from __future__ import annotations
 
-import math
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,18 +58,18 @@ from nnpipe.datasets.layout import (
     write_prediction,
 )
 from nnpipe.errors import DataError
-from nnpipe.imageio import ENDINGS, ending_of, read_header
+from nnpipe.imageio import ENDINGS, ending_of
 from nnpipe.inference.ensemble import LoadedModel, average_logits
+from nnpipe.inference.export import write_probabilities
+from nnpipe.inference.memory import check_memory
 from nnpipe.inference.postprocess import keep_largest_component, load_decision
 from nnpipe.inference.shards import Shard, select_part, write_part_record
 from nnpipe.inference.sliding_window import apply_activation
-from nnpipe.io import atomic_path
 from nnpipe.labels import REGION_THRESHOLD, outputs_to_labels
 from nnpipe.metrics import ScoredClass
 from nnpipe.planning.plan import Plan
 from nnpipe.preprocessing.pipeline import (
     CaseMeta,
-    case_target_spacing,
     paste_probabilities,
     restore_channel_torch,
 )
@@ -78,7 +80,6 @@ from nnpipe.progress import log
 if TYPE_CHECKING:  # imported where used (load_configuration), as before
     from nnpipe.inference.model_spec import ModelSpec
 
-GiB = 1024**3
 
 
 class PredictionFailed(DataError):
@@ -112,57 +113,6 @@ class CaseResult:
     labels: np.ndarray  # (X, Y, Z) label values in the canonical grid of the input
     # (K, X, Y, Z) float32 softmax / sigmoid of the restored logits, when asked for
     probabilities: np.ndarray | None
-
-
-# ---------------------------------------------------------------- memory before voxels
-
-
-def machine_memory_gb() -> float:
-    """Physical RAM of this machine in GiB (0 where the OS does not say)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB
-    except (ValueError, OSError, AttributeError):
-        return 0.0
-
-
-def estimate_peak_bytes(case: Case, plan: Plan, out_channels: int) -> int:
-    """Peak RAM (bytes) of predicting ``case`` with ``plan``, from its header(s) alone.
-
-    With ``C`` channels, ``n`` voxels as stored, ``m`` after resampling to the plan's
-    spacing and ``K`` network outputs: the float32 image and its resampled copy
-    (``4C(n + m)``), the sliding window's logit and weight sums (``8Km``), the
-    logits resampled back and their probabilities (``8Kn``), and the labels (``8n``).
-    A cascade stage adds its previous-stage input (:func:`predict_image`): the previous
-    stage's labels turned into class indices through an int64 lookup (``8n``), resampled to
-    uint8 (``m``), ``P`` = ``plan.previous_channels`` float32 one-hot channels (``4Pm``), and
-    the network input they are concatenated into, image channels first (``4(C + P)m``).
-    """
-    headers = [read_header(p, case=case.case_id) for p in case.images]
-    shape, spacing = headers[0].shape, headers[0].spacing
-    channels = sum(h.channels for h in headers)
-    target = case_target_spacing(plan, spacing)
-    n = math.prod(shape)
-    m = math.prod(max(1, round(s * o / t)) for s, o, t in zip(shape, spacing, target,
-                                                               strict=True))
-    p = plan.previous_channels
-    previous = 8 * n + m + 4 * p * m + 4 * (channels + p) * m if p else 0
-    return (4 * channels * (n + m) + 8 * out_channels * m + 8 * out_channels * n + 8 * n
-            + previous)
-
-
-def check_memory(case: Case, plan: Plan, out_channels: int, limit_gb: float) -> None:
-    """Raise :class:`DataError` naming the case and the GiB if its estimated peak exceeds
-    ``limit_gb`` (0: the machine's RAM; no check where that is unknown)."""
-    limit = limit_gb or machine_memory_gb()
-    if limit <= 0:
-        return
-    need = estimate_peak_bytes(case, plan, out_channels) / GiB
-    if need > limit:
-        raise DataError(f"needs about {need:.1f} GiB to predict (image size after resampling "
-                        f"to {tuple(round(s, 3) for s in plan.full_spacing)} mm x "
-                        f"{out_channels} classes), over the {limit:.1f} GiB allowed "
-                        f"(inference.memory_gb); not read", case=case.case_id,
-                        path=case.images[0])
 
 
 # ---------------------------------------------------------------- one case
@@ -281,14 +231,6 @@ def _restore_on_device(logits: np.ndarray, meta: CaseMeta, lm: LoadedModel,
         full = paste_probabilities(probs.numpy(), meta.bbox, meta.original_shape,
                                    regions=regions)
     return host.astype(table.value_dtype, copy=False), full
-
-
-def write_probabilities(path: Path | str, probs: np.ndarray, affine: np.ndarray,
-                        names: Sequence[str]) -> None:
-    """``probabilities`` ``(K, X, Y, Z)`` float16 in a compressed ``.npz``, atomically."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(fh, probabilities=probs.astype(np.float16), affine=affine,
-                            names=np.asarray(list(names)))
 
 
 # ---------------------------------------------------------------- many cases

@@ -35,7 +35,8 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation
 
 from nnpipe.datasets.layout import Case, find_cases
 from nnpipe.errors import DataError
-from nnpipe.inference.predict import PredictionFailed, write_probabilities
+from nnpipe.inference.export import write_probabilities
+from nnpipe.inference.predict import PredictionFailed
 from nnpipe.inference.shards import Shard, select_part, write_part_record
 from nnpipe.inference.sliding_window import predict_volume_2d, sliding_window
 from nnpipe.labels import LabelScheme, ScoredClass
@@ -230,7 +231,7 @@ def predict_v2_folder(model: V2Model, input_dir: Path | str, out_dir: Path | str
     ``shard``: only that part of the cases, as for nnpipe's own models
     (:mod:`nnpipe.inference.shards`); ``part_record``: written when every case of the part
     is done, for ``nnpipe gather``. ``save_probabilities``: first ``OUT/<case>.npz`` as
-    nnpipe writes its own (:func:`nnpipe.inference.predict.write_probabilities`:
+    nnpipe writes its own (:func:`nnpipe.inference.export.write_probabilities`:
     ``probabilities`` ``(K, i, j, k)`` float16 in the file's voxel order, ``affine``, and
     ``names``: the label values, or each region's values joined by ``+``), the values being
     v2's (softmax / sigmoid of the logits resampled back; v2's own ``.npz`` holds the same
