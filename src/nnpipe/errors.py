@@ -23,3 +23,12 @@ class DataError(ValueError):
         self.case = case
         self.path = None if path is None else Path(path)
         self.problem = problem
+
+    @classmethod
+    def of(cls, exc: BaseException, *, case: str, path: Path | str | None = None) -> DataError:
+        """``exc`` as the error of one case: itself if it is a :class:`DataError` already (it
+        names its case), else a :class:`DataError` naming ``case`` and ``path`` with the
+        exception's type and message (per-case work reports every failure this way)."""
+        if isinstance(exc, DataError):
+            return exc
+        return cls(f"{type(exc).__name__}: {exc}", case=case, path=path)

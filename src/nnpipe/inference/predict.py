@@ -275,8 +275,7 @@ def predict_cases(models: Sequence[LoadedModel] | Sequence[Sequence[LoadedModel]
             label_path = _predict_one(groups, case, out_dir, settings, postprocess, names,
                                       previous)
         except Exception as exc:  # any failure of one case: name it, go on with the others
-            message = exc if isinstance(exc, DataError) else DataError(
-                f"{type(exc).__name__}: {exc}", case=case.case_id, path=case.images[0])
+            message = DataError.of(exc, case=case.case_id, path=case.images[0])
             failed.append(str(message))
             log(f"{_bar(i, len(cases), t0)} {case.case_id}: FAILED: {message}")
             continue

@@ -216,8 +216,7 @@ class V2Predictor:
                 write_v2_segmentation(target, labels, image,
                                       self.model.configuration.semantics.output_dtype)
             except Exception as exc:  # one bad case: name it and go on
-                msg = exc if isinstance(exc, DataError) else DataError(
-                    f"{type(exc).__name__}: {exc}", case=case_id, path=f)
+                msg = DataError.of(exc, case=case_id, path=f)
                 failed.append(str(msg))
                 log(f"{case_id}: FAILED: {msg}")
                 continue

@@ -273,8 +273,7 @@ def predict_v2_folder(model: V2Model, input_dir: Path | str, out_dir: Path | str
                                     class_names(config.semantics))
             write_v2_segmentation(target, seg, image, config.semantics.output_dtype)
         except Exception as exc:  # one bad case: name it and go on
-            msg = exc if isinstance(exc, DataError) else DataError(
-                f"{type(exc).__name__}: {exc}", case=case.case_id, path=case.images[0])
+            msg = DataError.of(exc, case=case.case_id, path=case.images[0])
             failed.append(str(msg))
             log(f"{case.case_id}: FAILED: {msg}")
             continue
