@@ -307,6 +307,8 @@ def probe(model: str, configuration: str, folds: list[str], images: Path, cases:
             continue
         logits = sliding_window_logits(nets, prepared.data, sem, torch.device("cpu"), tta)
         _, probs = segmentation(logits, prepared, sem, with_probabilities=True)
+        if probs is None:  # unreachable: asked for above
+            raise RuntimeError(f"case {case}: segmentation returned no probabilities")
         np.save(out / f"{case}.npy", probs)
 
 
