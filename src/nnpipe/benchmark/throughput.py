@@ -35,7 +35,7 @@ from nnpipe.benchmark.steady import (
     time_steps,
     warm_up,
 )
-from nnpipe.config import TrainingSettings, study_config
+from nnpipe.config import StudyConfig, TrainingSettings, study_config
 from nnpipe.data.augment import AugmentSettings
 from nnpipe.data.loader import make_loader
 from nnpipe.data.sampling import SamplerSettings
@@ -165,6 +165,48 @@ def _batches(plan: Plan, spec: BenchmarkSpec, preprocessed_dir: Path | None,
         return
     yield from training_loader(s, plan, preprocessed_dir, cases, sampler, spec.batch_size,
                                s.seed + 7919 * rank, device)
+
+
+
+def benchmark_cell(options: Any, study: StudyConfig) -> tuple[Plan, BenchmarkSpec]:
+    """The plan and the :class:`BenchmarkSpec` of one ``nnpipe benchmark`` cell.
+
+    ``options``: the parsed arguments of ``nnpipe benchmark`` (``mode``, ``dim``,
+    ``batch_size``, ``precision``/``amp``, ``plan``, ``preprocessed``, ``patch_size``,
+    ``warmup``, ``steps``, ``max_warmup_s``, ``max_timing_s``, ``synthetic``, ``compile``,
+    ``channels_last``, ``loader``, ``bind``, ``plain_conv3d``); what they leave unset comes
+    from ``study.benchmark``, the training recipe from ``study.training``. The plan is
+    ``--plan``'s, else the reference's Task01 network (4 channels, 4 classes, 128³ / 192×160);
+    the seed's spellings (``--batch_size``, ``--amp``) mean the same as ours.
+
+    Raises:
+        ValueError: a plan of another dimension than ``dim``, or real patches
+            (``preprocessed``) without the plan they were preprocessed with.
+    """
+    from nnpipe.planning.task01 import task01_plan
+
+    o, cfg = options, study.benchmark
+    if o.plan:
+        plan = Plan.load(o.plan)
+        if plan.dim != o.dim:
+            raise ValueError(f"--dim {o.dim} but plan {o.plan} is {plan.dim}D")
+    elif o.preprocessed:
+        raise ValueError(f"--preprocessed {o.preprocessed} needs the --plan it was "
+                         "preprocessed with (without --plan the benchmark builds the "
+                         "reference's Task01 network on synthetic data)")
+    else:
+        plan = task01_plan(o.dim)
+    spec = BenchmarkSpec(
+        o.mode, o.batch_size, "amp" if o.amp else o.precision or "fp32",
+        cfg.warmup_steps if o.warmup is None else o.warmup,
+        cfg.timed_steps if o.steps is None else o.steps,
+        tuple(o.patch_size or cfg.patch_size(o.dim)),
+        o.synthetic or cfg.synthetic or not o.plan, o.compile, o.channels_last,
+        o.loader or "",
+        cfg.max_warmup_s if o.max_warmup_s is None else o.max_warmup_s,
+        cfg.max_timing_s if o.max_timing_s is None else o.max_timing_s,
+        o.bind, not o.plain_conv3d, study.training)
+    return plan, spec
 
 
 def run_benchmark(plan: Plan, spec: BenchmarkSpec, preprocessed_dir: Path | None = None,
