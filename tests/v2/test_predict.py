@@ -283,3 +283,24 @@ def test_fold_all_only_when_asked(v2_folder: V2Folder) -> None:
     with pytest.raises(FileNotFoundError, match="no fold_N/checkpoint_final.pth"):
         load_v2_model(folder)
     assert [f.fold for f in load_v2_model(folder, folds=["all"]).folds] == ["all"]
+
+
+def test_preprocessing_on_a_torch_device_is_the_hosts(v2_folder: V2Folder, tmp_path: Path
+                                                      ) -> None:
+    """A GPU preprocesses a v2 case on the device (``predict_v2_image``): the same case
+    transform there gives the host's numbers and crop (checked with the CPU as the device)."""
+    from nnpipe.v2.imageio import read_v2_image
+    from nnpipe.v2.predict import preprocess
+
+    model = load_v2_model(v2_folder(channels=2, transpose=(2, 0, 1)))
+    sem = model.configuration.semantics
+    rng = np.random.default_rng(1)
+    for c in range(2):
+        image = np.zeros((10, 20, 18), np.float32)
+        image[2:9, 3:17, 1:15] = rng.uniform(-100, 300, (7, 14, 14))
+        write_image(tmp_path / f"case_{c:04d}.nii.gz", image)
+    case = read_v2_image(sorted(tmp_path.glob("case_*.nii.gz")), sem.reader, "case")
+    host = preprocess(case, sem)
+    device = preprocess(case, sem, torch.device("cpu"))
+    assert device.bbox == host.bbox and device.cropped_shape == host.cropped_shape
+    np.testing.assert_allclose(device.data, host.data, rtol=1e-5, atol=1e-5)

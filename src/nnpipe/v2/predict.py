@@ -215,7 +215,9 @@ def predict_v2_image(model: V2Model, nets: Sequence[torch.nn.Module], image: V2I
     if image.data.shape[0] != model.configuration.input_channels:
         raise ValueError(f"image has {image.data.shape[0]} channel(s); the model expects "
                          f"{model.configuration.input_channels}")
-    prepared = preprocess(image, sem)
+    # on a GPU the case is cropped, normalised and resampled there (the host path's numbers
+    # to float32 rounding); on a CPU the numpy path is the faster one
+    prepared = preprocess(image, sem, device if device.type != "cpu" else None)
     logits = sliding_window_logits(nets, prepared.data, sem, device, tta, batch_size,
                                    memory_format)
     return segmentation(logits, prepared, sem, with_probabilities=with_probabilities)
