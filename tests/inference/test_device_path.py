@@ -221,7 +221,7 @@ def test_device_out_of_memory_falls_back_to_the_host_and_says_so(tiny_study, mod
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(T, "crop_normalize_resample_torch", out_of_memory)
-    monkeypatch.setattr(P, "restore_channel_torch", out_of_memory)
+    monkeypatch.setattr(T, "restore_channel_torch", out_of_memory)
     got = P.predict_image(lms, image, affine, SETTINGS, "c", device_path=True)
     np.testing.assert_array_equal(got.labels, host.labels)
     err = capsys.readouterr().err

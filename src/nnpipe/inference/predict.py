@@ -71,7 +71,6 @@ from nnpipe.planning.plan import Plan
 from nnpipe.preprocessing.pipeline import (
     CaseMeta,
     paste_probabilities,
-    restore_channel_torch,
 )
 from nnpipe.preprocessing.previous import previous_channels
 from nnpipe.preprocessing.transform import CaseTransform
@@ -164,7 +163,8 @@ def predict_image(models: Sequence[LoadedModel], image: np.ndarray, affine: np.n
     del data
     if on_device:
         try:
-            labels, full = _restore_on_device(logits, meta, models[0], with_probabilities)
+            labels, full = _restore_on_device(logits, meta, models[0], with_probabilities,
+                                              transform)
             return CaseResult(_postprocess(labels, postprocess), full)
         except torch.OutOfMemoryError:
             _out_of_device_memory(device, case_id, "restoring the logits")
@@ -186,7 +186,8 @@ def _out_of_device_memory(device: torch.device, case_id: str, step: str) -> None
 
 
 def _restore_on_device(logits: np.ndarray, meta: CaseMeta, lm: LoadedModel,
-                       with_probabilities: bool) -> tuple[np.ndarray, np.ndarray | None]:
+                       with_probabilities: bool, transform: CaseTransform
+                       ) -> tuple[np.ndarray, np.ndarray | None]:
     """:meth:`CaseTransform.inverse` on ``lm.device``, one channel of ``logits`` ``(K, X', Y', Z')``
     at a time: each is resampled to the crop box and folded into a running argmax (the first
     maximum wins, as in ``argmax``) or, in region mode, its sigmoid thresholded (outermost
@@ -203,7 +204,8 @@ def _restore_on_device(logits: np.ndarray, meta: CaseMeta, lm: LoadedModel,
     index = torch.zeros(meta.cropped_shape, dtype=torch.int32, device=device)
     with torch.inference_mode():
         for k in range(logits.shape[0]):
-            channel = restore_channel_torch(torch.from_numpy(logits[k]).to(device), meta)
+            channel = transform.inverse_channel_torch(torch.from_numpy(logits[k]).to(device),
+                                                      meta)
             if cropped is not None:
                 cropped[k] = channel.cpu().numpy()
             if regions:  # index holds label values here
