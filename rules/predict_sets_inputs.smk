@@ -4,10 +4,9 @@
 import re
 
 from nnpipe.inference.shards import prediction_sets
+from nnpipe.study import parse_run_name
 
 PREDICT_SETS = prediction_sets(config.get("predict"))
-# a run of the grid, as in RUN (rules/common.smk): {config}-{precision}-{gpus}gpu
-RUN_NAME = re.compile(r"(2d|3d|3d_lowres|3d_cascade)-(fp32|tf32|amp|bf16)-(\d+)gpu")
 SET_NAMES = "|".join(re.escape(n) for n in PREDICT_SETS) or "(?!)"
 PREDICTIONS = f"{DS}/predictions/{{name}}"
 
@@ -19,13 +18,15 @@ def get_predict_set_model(wildcards):
     ds = DS.format(dataset=wildcards.dataset)
     if entry.model == "best":
         return {"model": f"{ds}/best.json"}
-    run = RUN_NAME.fullmatch(entry.model)
-    if run is None:
+    try:  # a run of the grid: {config}-{precision}-{gpus}gpu (nnpipe.study.RUN)
+        run = parse_run_name(entry.model)
+    except ValueError:
         return {"model": entry.model}
-    keys = dict(dataset=wildcards.dataset, config=run[1], precision=run[2], gpus=run[3])
+    keys = dict(dataset=wildcards.dataset, **run)
     files = {"model": get_fold_files(rules.train.output.model)(keys),
              "decision": rules.postprocess.output.decision.format(**keys)}
-    if run[1] == "3d_cascade":  # found beside the cascade's fold models by nnpipe predict
+    if previous_run(entry.model) is not None:  # a cascade stage: its lowres fold models,
+        # found beside the cascade's fold models by nnpipe predict
         files["previous"] = get_previous_models(_Keys(keys))
     return files
 
@@ -63,7 +64,16 @@ def is_v2_set(name):
     from nnpipe.v2.model import is_v2_model  # torch: only when a set asks
 
     model = PREDICT_SETS[name].model
-    return model != "best" and RUN_NAME.fullmatch(model) is None and is_v2_model(model)
+    return model != "best" and not _is_run_name(model) and is_v2_model(model)
+
+
+def _is_run_name(model):
+    """Whether a set's `model` names a run of the grid (nnpipe.study.RUN), not a path."""
+    try:
+        parse_run_name(model)
+    except ValueError:
+        return False
+    return True
 
 
 def get_predict_set_records(wildcards):

@@ -64,6 +64,25 @@ def test_plan_like_takes_the_models_network_and_keeps_the_datasets_labels(source
     assert liked.notes[0].startswith(f"planned like {run}")
 
 
+def test_plan_like_takes_the_models_z_score_and_refuses_ct_against_mr(source, tmp_path):
+    """A model trained with the mask (``zscore_nonzero``) sees its inputs normalised that way
+    on a dataset where nnU-Net's rule alone would z-score over every voxel; CT statistics
+    cannot be borrowed across datasets, so a CT channel against an MR one is refused."""
+    src, run = source
+    masked = replace(src, channel_norms=(replace(src.channel_norms[0], scheme="zscore_nonzero"),))
+    masked_run = _study_model(tmp_path / "Masked", masked, ["T1"])
+    own = _new_plan()
+    assert [n.scheme for n in own.channel_norms] == ["zscore"]  # nothing cropped: no mask
+    assert [n.scheme for n in plan_like(own, masked_run, ("T1",)).channel_norms] == \
+        ["zscore_nonzero"]
+    ct = replace(src, channel_norms=(replace(src.channel_norms[0], scheme="ct", clip_low=0.0,
+                                             clip_high=1.0, mean=0.0, std=1.0),))
+    ct_run = _study_model(tmp_path / "Ct", ct, ["T1"])
+    with pytest.raises(ValueError, match=r"normalised with 'ct' by model.*'zscore'.*CT "
+                                         "statistics"):
+        plan_like(own, ct_run, ("T1",))
+
+
 def test_plan_like_refuses_other_channel_names(source):
     _, run = source
     with pytest.raises(ValueError, match=r"trained on channels \['T1'\].*has \['CT'\].*cannot "

@@ -122,19 +122,27 @@ def plan_like(own: Plan, model: str | Path, channel_names: tuple[str, ...] = ())
                          f"{list(spec.channel_names)}, the dataset {own.dataset!r} has "
                          f"{list(channel_names)}; the channels cannot match (same channels "
                          "in the same order are needed)")
+    norms = []
     for c, (a, b) in enumerate(zip(src.channel_norms, own.channel_norms, strict=True)):
-        if a.scheme != b.scheme:
+        if a.scheme == b.scheme:
+            norms.append(b)
+        elif "ct" not in (a.scheme, b.scheme):
+            # no statistics of the dataset needed (z-score with or without the mask, none,
+            # rescale): the model's scheme, so the inputs look like those it was trained on
+            norms.append(replace(b, scheme=a.scheme))
+        else:
             name = f" ({channel_names[c]})" if c < len(channel_names) else ""
             raise ValueError(f"{key}: channel {c}{name} is normalised with {a.scheme!r} by model "
                              f"{spec.source!r} but with {b.scheme!r} for the dataset "
-                             f"{own.dataset!r}; the channels cannot match")
+                             f"{own.dataset!r}; CT normalisation needs the dataset's own CT "
+                             "statistics on both sides, the channels cannot match")
     note = (f"planned like {spec.source} ({member.name}): network, patch, spacing, batch and "
             "normalisation schemes taken from it (planning.like)")
     return replace(own, spacing=src.spacing, full_spacing=src.full_spacing,
                    patch_size=src.patch_size, kernels=src.kernels, strides=src.strides,
                    filters=src.filters, batch_size=src.batch_size, slice_axis=src.slice_axis,
                    network=src.network, encoder_blocks=src.encoder_blocks,
-                   notes=(note, *own.notes))
+                   channel_norms=tuple(norms), notes=(note, *own.notes))
 
 
 def pretrained_weights(model: str | Path, plan: Plan, fold: int

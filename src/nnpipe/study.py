@@ -40,13 +40,22 @@ CASCADE_STAGES = (LOWRES, CASCADE)
 PREVIOUS_STAGE: Mapping[str, str] = {CASCADE: LOWRES}
 MODES = ("train", "predict")  # benchmark cells
 
-__all__ = ["BENCH_NAME", "CASCADE_STAGES", "CONFIGURATIONS", "CONFIGURATION_DIMS", "FILES",
+__all__ = ["BENCH_NAME", "CASCADE_STAGES", "CHECKPOINT_NAMES", "CONFIGURATIONS",
+           "CONFIGURATION_DIMS", "DOWNLOAD_CACHE", "FILES", "LAST_CHECKPOINT", "METRICS_FILE",
+           "MODEL_FILE", "TRAIN_SUMMARY",
            "PRECISIONS", "RUN", "WILDCARDS", "StudyFile", "StudyPaths", "bench_name",
            "configuration_dim", "parse_path", "parse_run_name", "previous_run", "run_name"]
 
 RUN = "{config}-{precision}-{gpus}gpu"
 FOLD = "fold{fold}"  # a fold's folder (or file stem) in a run's folder
 BENCH_NAME = "{mode}-{dim}d-{precision}-bs{bs}-{gpus}gpu"
+# A fold folder's files: the trained model, the checkpoint of a run in progress (resumed from,
+# and read when no final model exists yet), the run's summary and its per-epoch metrics.
+MODEL_FILE, LAST_CHECKPOINT = "final.pt", "last.pt"
+CHECKPOINT_NAMES = (MODEL_FILE, LAST_CHECKPOINT)  # a fold's model, in order of preference
+TRAIN_SUMMARY, METRICS_FILE = "train.json", "metrics.csv"
+# beside raw/: the downloaded archives (MSD tarballs), kept so a rerun does not fetch again
+DOWNLOAD_CACHE = "download"
 
 
 def _alternatives(names: tuple[str, ...]) -> str:
@@ -82,9 +91,9 @@ FILES: Mapping[str, str] = {
     "manifest": "preprocessed/{config}/manifest.json",
     "run_folder": f"train/{RUN}",
     "fold_folder": f"train/{RUN}/{FOLD}",
-    "model": f"train/{RUN}/{FOLD}/final.pt",
-    "train_json": f"train/{RUN}/{FOLD}/train.json",
-    "metrics": f"train/{RUN}/{FOLD}/metrics.csv",
+    "model": f"train/{RUN}/{FOLD}/{MODEL_FILE}",
+    "train_json": f"train/{RUN}/{FOLD}/{TRAIN_SUMMARY}",
+    "metrics": f"train/{RUN}/{FOLD}/{METRICS_FILE}",
     "predictions": f"predict/{RUN}/{FOLD}",
     "scores": f"evaluate/{RUN}/{FOLD}.csv",
     "summary": f"evaluate/{RUN}/{FOLD}.json",

@@ -179,8 +179,8 @@ def test_channel_names_recorded_and_near_misses_warned(tmp_path, capsys):
     assert fp.channel_names == ("T2", "no_norm", "rescale_to_0_1")
     assert Fingerprint.from_dict(json.loads(json.dumps(fp.to_dict()))) == fp
     err = capsys.readouterr().err
-    assert ("normalization by channel name: channel 0 'T2': zscore_nonzero; channel 1 "
-            "'no_norm': zscore_nonzero; channel 2 'rescale_to_0_1': rescale_0_1") in err
+    assert ("normalization by channel name: channel 0 'T2': z-score; channel 1 "
+            "'no_norm': z-score; channel 2 'rescale_to_0_1': rescale_0_1") in err
     assert "channel 1 is named 'no_norm'" in err and "looks like 'noNorm'" in err
 
 

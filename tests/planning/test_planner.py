@@ -74,7 +74,8 @@ def test_3d_plan_isotropic_golden():
     assert plan.median_shape == (160, 160, 160)
     assert plan.slice_axis is None
     assert plan.num_classes == 3 and plan.num_channels == 1
-    assert plan.channel_norms == (ChannelNorm("zscore_nonzero"),)
+    # nothing to crop (relative size 1 >= 3/4): z-score over every voxel, as nnU-Net plans it
+    assert plan.channel_norms == (ChannelNorm("zscore"),)
 
 
 def test_3d_patch_is_median_shape_when_it_fits():
@@ -164,7 +165,7 @@ def test_ct_channel_norm_values():
     plan = make_plan(fp, 3, SETTINGS, "ct")
     assert plan.channel_norms == (
         ChannelNorm("ct", clip_low=-10.0, clip_high=150.0, mean=40.0, std=20.0),
-        ChannelNorm("zscore_nonzero"),
+        ChannelNorm("zscore"),
     )
 
 
@@ -175,10 +176,10 @@ def test_channel_names_select_nnunet_schemes():
     plan = make_plan(fp, 3, SETTINGS, "names")
     assert plan.channel_norms == (
         ChannelNorm("ct", clip_low=-10.0, clip_high=150.0, mean=40.0, std=20.0, channel="ct"),
-        ChannelNorm("zscore_nonzero", channel="T2"), ChannelNorm("none", channel="noNorm"),
+        ChannelNorm("zscore", channel="T2"), ChannelNorm("none", channel="noNorm"),
         ChannelNorm("rescale_0_1", channel="RESCALE_TO_0_1"),
         ChannelNorm("rgb_0_1", channel="rgb_to_0_1"),
-        ChannelNorm("zscore_nonzero", channel="no_norm"))
+        ChannelNorm("zscore", channel="no_norm"))
     assert Plan.from_dict(json.loads(json.dumps(plan.to_dict()))) == plan
 
 
@@ -187,7 +188,7 @@ def test_plans_without_channel_names_still_load():
     d = plan.to_dict()
     for norm in d["channel_norms"]:
         del norm["channel"]
-    assert Plan.from_dict(d).channel_norms == (ChannelNorm("zscore_nonzero"),)
+    assert Plan.from_dict(d).channel_norms == (ChannelNorm("zscore"),)
 
 
 def test_plan_json_round_trip():
@@ -237,3 +238,20 @@ def test_labels_beyond_the_nonzero_box_turn_the_crop_off():
     old = plan.to_dict()
     del old["crop_to_nonzero"]
     assert Plan.from_dict(old).crop_to_nonzero  # plans older than the flag crop
+
+
+@pytest.mark.parametrize(("cropped_fraction", "scheme"), [
+    (0.5, "zscore_nonzero"), (0.74, "zscore_nonzero"), (0.75, "zscore"), (1.0, "zscore")])
+def test_mask_for_norm_follows_nnunets_rule(cropped_fraction, scheme):
+    """nnU-Net v2 2.8.1 (ExperimentPlanner): z-score inside the nonzero mask only when the
+    median case keeps less than 3/4 of its voxels after the crop; CT channels never."""
+    shapes = [(100, 100, 40)] * 3
+    kept = round(100 * cropped_fraction)
+    cropped = [(kept, 100, 40), (kept, 100, 40), (100, 100, 40)]  # median: the cropped two
+    fp = dataclasses.replace(make_fp([(1.0, 1.0, 1.0)] * 3, cropped, is_ct=(False, True)),
+                             shapes=tuple(shapes))
+    assert fp.median_relative_size_after_cropping == pytest.approx(kept / 100)
+    plan = make_plan(fp, 3, SETTINGS, "mask")
+    assert [n.scheme for n in plan.channel_norms] == [scheme, "ct"]
+    word = "inside the nonzero mask" if scheme == "zscore_nonzero" else "over every voxel"
+    assert any(f"z-score {word}" in note for note in plan.notes)

@@ -6,6 +6,8 @@ plan stores (X, Y, Z), so each check reverses explicitly.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from nnpipe.config import study_config
@@ -112,8 +114,12 @@ def test_reference_normalization(task):
         low, high, mean, std = CT[task]
         assert plan.channel_norms == (ChannelNorm("ct", clip_low=low, clip_high=high, mean=mean,
                                                   std=std),)
-    else:
-        assert plan.channel_norms == (ChannelNorm("zscore_nonzero"),) * preset.channels
+    else:  # _fp's cases have nothing to crop: z-score over every voxel (nnU-Net's rule)
+        assert plan.channel_norms == (ChannelNorm("zscore"),) * preset.channels
+        cropped = dataclasses.replace(_fp(preset.channels),
+                                      cropped_shapes=((150, 300, 60),) * 3)
+        assert reference_plan(cropped, 3, preset, SETTINGS, task).channel_norms == \
+            (ChannelNorm("zscore_nonzero"),) * preset.channels
 
 
 def test_examples_from_the_reference_text():

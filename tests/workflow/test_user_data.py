@@ -468,9 +468,10 @@ def check_ignore_label_runs(study: Study) -> None:
 
 def check_normalization_names(study: Study) -> None:
     norms = study.plan()["channel_norms"]
+    # nothing to crop (MR values > 0): T2 is z-scored over every voxel, nnU-Net's rule
     assert [(n["scheme"], n["channel"]) for n in norms] == [
-        ("zscore_nonzero", "T2"), ("none", "noNorm"), ("rescale_0_1", "rescale_to_0_1")]
-    assert ("normalization by channel name: channel 0 'T2': zscore_nonzero; channel 1 "
+        ("zscore", "T2"), ("none", "noNorm"), ("rescale_0_1", "rescale_to_0_1")]
+    assert ("normalization by channel name: channel 0 'T2': z-score; channel 1 "
             "'noNorm': none; channel 2 'rescale_to_0_1': rescale_0_1") in study.log(
                 "plans/fingerprint.log")
     for npy in sorted((study.results / "preprocessed" / "3d").glob("case_???.npy")):

@@ -21,6 +21,7 @@ from nnpipe.datasets.embedded import generate_embedded
 from nnpipe.datasets.layout import load_dataset
 from nnpipe.errors import DataError
 from nnpipe.progress import log
+from nnpipe.study import DOWNLOAD_CACHE
 
 _LINKED = ("imagesTr", "labelsTr", "imagesTs")
 
@@ -53,7 +54,7 @@ def fetch_dataset(settings: DatasetSettings, out_dir: Path | str) -> Path:
             if not settings.task:
                 raise DataError("dataset.source is 'msd' but dataset.task is empty "
                                 "(e.g. Task04_Hippocampus)")
-            fetch_msd(settings.task, partial, cache_dir=out.parent / "download")
+            fetch_msd(settings.task, partial, cache_dir=out.parent / DOWNLOAD_CACHE)
             load_dataset(partial)  # the unpacked dataset must read back before it counts
         else:
             raise ValueError(f"dataset.source {settings.source!r} is unknown")

@@ -37,9 +37,9 @@ from nnpipe.model.onednn import OneDnnConv3d  # also re-exported: one class for 
 from nnpipe.model.unet import DYNUNET_ALIAS_PREFIX
 from nnpipe.planning.plan import Plan
 from nnpipe.progress import log
+from nnpipe.study import CHECKPOINT_NAMES
 from nnpipe.training.checkpoint import load_checkpoint
 
-CHECKPOINT_NAMES = ("final.pt", "last.pt")
 # Fraction of the free GPU memory the whole-volume sums may take; the rest is for the
 # network's activations and the tile batch.
 DEVICE_ACCUMULATION_SHARE = 0.5

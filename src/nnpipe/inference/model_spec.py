@@ -45,7 +45,7 @@ from nnpipe.io import read_json
 from nnpipe.metrics import ScoredClass
 from nnpipe.planning.plan import Plan
 from nnpipe.progress import log
-from nnpipe.study import StudyPaths, fold_number, previous_run, study_file
+from nnpipe.study import CHECKPOINT_NAMES, StudyPaths, fold_number, previous_run, study_file
 from nnpipe.training.checkpoint import load_checkpoint
 
 BEST_FORMAT = "nnpipe-best"
@@ -271,7 +271,7 @@ def from_best_json(path: Path | str) -> ModelSpec:
 
 
 def has_checkpoint(folder: Path) -> bool:
-    return any((folder / n).is_file() for n in ("final.pt", "last.pt"))
+    return any((folder / n).is_file() for n in CHECKPOINT_NAMES)
 
 
 def fold_dirs(run_dir: Path) -> list[Path]:

@@ -16,7 +16,9 @@ from collections.abc import Sequence
 
 # Channel names in dataset.json (case-folded, surrounding blanks dropped) -> scheme, as
 # nnU-Net v2 maps them (nnunetv2/preprocessing/normalization/map_channel_name_to_normalization.py).
-# v2's 'zscore' and every other name get nnpipe's z-score, ``zscore_nonzero``.
+# v2's 'zscore' and every other name get nnpipe's z-score, ``zscore_nonzero``; the planner
+# makes it ``zscore`` (no mask) where cropping removes less than a quarter of the median case
+# (nnpipe.planning.planner.uses_mask_for_norm, nnU-Net's rule).
 CHANNEL_NAME_SCHEMES: dict[str, str] = {
     "ct": "ct",
     "nonorm": "none",

@@ -10,6 +10,7 @@ weighted equally), never from all voxels of all cases.
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -91,6 +92,17 @@ class Fingerprint:
             return self.label_scheme
         return LabelScheme.from_dataset_json({str(k): v for k, v in self.labels.items()},
                                              layout="msd")
+
+    @property
+    def median_relative_size_after_cropping(self) -> float:
+        """The median over cases of (voxels after the crop to the nonzero box) / (voxels of
+        the image), in (0, 1]: how much background cropping removes from a typical case.
+
+        Source: nnU-Net v2 2.8.1 ``DatasetFingerprintExtractor`` (its
+        ``median_relative_size_after_cropping``)."""
+        ratios = [math.prod(c) / math.prod(s)
+                  for s, c in zip(self.shapes, self.cropped_shapes, strict=True)]
+        return float(np.median(ratios))
 
     @property
     def single_slice(self) -> bool:
@@ -371,9 +383,11 @@ def _dataset_messages(ds: Dataset, records: list[_CaseRecord],
     n = len(records)
     schemes = [scheme_for_channel(name) for name in ds.channels]
     if any(s != DEFAULT_SCHEME for s in schemes):
+        # a z-scored channel's mask (zscore_nonzero or zscore) is the plan's decision
+        # (nnpipe.planning.planner.uses_mask_for_norm), made from the whole fingerprint
         log("normalization by channel name: " + "; ".join(
-            f"channel {c} {name!r}: {s}" for c, (name, s) in enumerate(
-                zip(ds.channels, schemes, strict=True))))
+            f"channel {c} {name!r}: {'z-score' if s == DEFAULT_SCHEME else s}"
+            for c, (name, s) in enumerate(zip(ds.channels, schemes, strict=True))))
     for line in channel_name_warnings(ds.channels):
         log(line)
     _statistics_messages(ds, records)

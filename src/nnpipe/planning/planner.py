@@ -242,13 +242,37 @@ def fit_vram(fp: Fingerprint, dim: int, shape: Sequence[int], spacing: Sequence[
     return patch, kernels, strides, chosen
 
 
+# z-score channels use the nonzero mask only where cropping to it leaves the median case
+# below this fraction of its voxels (a zero background worth leaving out of the statistics).
+# Source: nnU-Net v2 2.8.1 ExperimentPlanner.determine_normalization_scheme_and_whether_mask_
+# is_used_for_norm (``median_relative_size_after_cropping < 3 / 4.``); nnU-Net v1, the
+# reference's base, has the same rule.
+MASK_FOR_NORM_BELOW = 0.75
+
+
+def uses_mask_for_norm(fp: Fingerprint) -> bool:
+    """Whether z-scored channels are normalized inside the nonzero mask (``zscore_nonzero``)
+    rather than over every voxel (``zscore``): only when cropping to the nonzero box shrinks
+    the median case below :data:`MASK_FOR_NORM_BELOW` of its voxels, as in nnU-Net."""
+    return fp.median_relative_size_after_cropping < MASK_FOR_NORM_BELOW
+
+
+def zscore_scheme(fp: Fingerprint) -> str:
+    """``zscore_nonzero`` or ``zscore`` for the z-scored channels of ``fp``'s dataset
+    (:func:`uses_mask_for_norm`)."""
+    return DEFAULT_SCHEME if uses_mask_for_norm(fp) else "zscore"
+
+
 def channel_norms(fp: Fingerprint) -> tuple[ChannelNorm, ...]:
     """Per channel, the scheme its name in dataset.json selects
     (:func:`nnpipe.planning.channels.scheme_for_channel`, nnU-Net v2's names): CT is
     clipped to the foreground 0.5/99.5 percentiles and standardized with the foreground
     mean/std of the whole training set; ``noNorm``, ``rescale_to_0_1`` and ``rgb_to_0_1``
-    select ``none``, ``rescale_0_1`` and ``rgb_0_1``; anything else (MRI) is z-scored inside
-    the nonzero mask, per image. Fingerprints without channel names go by ``is_ct``."""
+    select ``none``, ``rescale_0_1`` and ``rgb_0_1``; anything else (MRI) is z-scored per
+    image, inside the nonzero mask when cropping removes at least a quarter of the median
+    case (:func:`uses_mask_for_norm`, nnU-Net's rule) and over every voxel otherwise.
+    Fingerprints without channel names go by ``is_ct``."""
+    zscore = zscore_scheme(fp)
     norms = []
     for c, stats in enumerate(fp.intensity):
         name = fp.channel_names[c] if fp.channel_names else ""
@@ -257,6 +281,8 @@ def channel_norms(fp: Fingerprint) -> tuple[ChannelNorm, ...]:
         if scheme == "ct":
             norms.append(ChannelNorm("ct", clip_low=stats.p00_5, clip_high=stats.p99_5,
                                      mean=stats.mean, std=stats.std, channel=name))
+        elif scheme == DEFAULT_SCHEME:
+            norms.append(ChannelNorm(zscore, channel=name))
         else:
             norms.append(ChannelNorm(scheme, channel=name))
     return tuple(norms)
@@ -298,6 +324,11 @@ def make_plan(fp: Fingerprint, dim: int, settings: PlannerSettings, dataset_name
                      if fp.single_slice else
                      f"2D: slice axis {slice_axis} (coarsest median spacing, ties within "
                      f"{SLICE_AXIS_TOLERANCE:.0%} to the last axis)")
+    if any(n.scheme in ("zscore", DEFAULT_SCHEME) for n in channel_norms(fp)):
+        where = "inside the nonzero mask" if uses_mask_for_norm(fp) else "over every voxel"
+        notes.append(f"z-score {where}: cropping to the nonzero box leaves the median case "
+                     f"{fp.median_relative_size_after_cropping:.0%} of its voxels (the mask is "
+                     f"used below {MASK_FOR_NORM_BELOW:.0%}, as in nnU-Net)")
     if not fp.crop_to_nonzero:
         notes.append(f"no crop to the nonzero box: {len(fp.labelled_outside_crop)} training "
                      f"case(s) have labelled voxels beyond it")

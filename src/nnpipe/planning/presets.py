@@ -24,7 +24,7 @@ import numpy as np
 from nnpipe.planning.fingerprint import Fingerprint
 from nnpipe.planning.network import PLAIN
 from nnpipe.planning.plan import ChannelNorm, Plan
-from nnpipe.planning.planner import PlannerSettings, make_plan, median_shape
+from nnpipe.planning.planner import PlannerSettings, make_plan, median_shape, zscore_scheme
 from nnpipe.planning.topology import unet_filters, unet_topology
 
 REFERENCE_FILTERS = 32  # the reference's first-level feature maps
@@ -90,7 +90,7 @@ def _norms(preset: TaskPreset, fp: Fingerprint) -> tuple[ChannelNorm, ...]:
         low, high, mean, std = preset.ct
         return tuple(ChannelNorm("ct", clip_low=low, clip_high=high, mean=mean, std=std)
                      for _ in range(fp.num_channels))
-    return tuple(ChannelNorm("zscore_nonzero") for _ in range(fp.num_channels))
+    return tuple(ChannelNorm(zscore_scheme(fp)) for _ in range(fp.num_channels))
 
 
 def reference_plan(fp: Fingerprint, dim: int, preset: TaskPreset, settings: PlannerSettings,

@@ -28,6 +28,7 @@ from nnpipe.data.sampling import PatchSampler, SamplerSettings
 from nnpipe.io import read_json, write_json, write_text
 from nnpipe.planning.plan import Plan
 from nnpipe.progress import log
+from nnpipe.study import LAST_CHECKPOINT, METRICS_FILE, MODEL_FILE, TRAIN_SUMMARY
 from nnpipe.training import distributed as D
 from nnpipe.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from nnpipe.training.determinism import configure_determinism
@@ -230,7 +231,7 @@ def _train(run: TrainRun, info: D.DistInfo, threads: int | None) -> dict[str, An
     parts = _build(run, info, plan, split["train"])
     val = _validation_patches(run, plan, split["val"], s.val_patches)
 
-    last, final = run.out_dir / "last.pt", run.out_dir / "final.pt"
+    last, final = run.out_dir / LAST_CHECKPOINT, run.out_dir / MODEL_FILE
     state = _fresh_state()
     source = _resume_source(last, final, info)
     if source is not None:
@@ -265,7 +266,7 @@ def _train(run: TrainRun, info: D.DistInfo, threads: int | None) -> dict[str, An
                     f"{row['samples_per_s']:.1f} samples/s")
             _checkpoint(parts, last, state, run, info)
             if info.is_main:
-                write_text(run.out_dir / "metrics.csv", _history_csv(state["history"]))
+                write_text(run.out_dir / METRICS_FILE, _history_csv(state["history"]))
             board.epoch(row)
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -380,8 +381,8 @@ def _finish(run: TrainRun, info: D.DistInfo, parts: _Parts, state: dict[str, Any
     }
     _checkpoint(parts, final, state, run, info)
     if info.is_main:
-        write_text(run.out_dir / "metrics.csv", _history_csv(history))
-        write_json(run.out_dir / "train.json", summary)
+        write_text(run.out_dir / METRICS_FILE, _history_csv(history))
+        write_json(run.out_dir / TRAIN_SUMMARY, summary)
         last.unlink(missing_ok=True)
     D.barrier(info)
     return summary

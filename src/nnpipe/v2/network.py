@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nnpipe.model.upsample import up_concat
 from nnpipe.v2.plans import PLAIN, RESENC, V2PlansError
 
 CONV_OPS: dict[str, tuple[int, type[nn.Module], type[nn.Module], type[nn.Module]]] = {
@@ -167,7 +168,8 @@ class Decoder(nn.Module):
     def forward(self, skips: list[torch.Tensor]) -> torch.Tensor:
         x = skips[-1]
         for s, (up, stage) in enumerate(zip(self.transpconvs, self.stages, strict=True)):
-            x = stage(torch.cat((up(x), skips[-(s + 2)]), 1))
+            # torch.cat((up(x), skip), 1); on nnpipe's CPU prediction path one matrix product
+            x = stage(up_concat(up, x, skips[-(s + 2)]))
         return self.seg_layers[-1](x)
 
 
