@@ -7,7 +7,7 @@ import json
 import os
 
 from nnpipe.preflight import workflow_study
-from nnpipe.study import BENCH_NAME, CASCADE_STAGES, RUN, WILDCARDS, StudyPaths, previous_run, run_name
+from nnpipe.study import BENCH_NAME, CASCADE_STAGES, FOLD, RUN, WILDCARDS, StudyPaths, previous_run, run_name
 from nnpipe.training.launch import launcher, nodes_for
 
 

@@ -18,7 +18,7 @@ rule evaluate:
     conda:
         "../envs/nnpipe.yaml"
     log:
-        f"{LOGS}/evaluate/{RUN}/fold{{fold}}.log",
+        f"{LOGS}/evaluate/{RUN}/{FOLD}.log",
     shell:
         "nnpipe evaluate --config-json {params.settings:q} --pred {input.predictions}"
         " --raw {params.raw} --splits {input.splits} --fold {wildcards.fold}"

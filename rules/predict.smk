@@ -21,9 +21,9 @@ rule predict:
     conda:
         "../envs/nnpipe.yaml"
     log:
-        f"{LOGS}/predict/{RUN}/fold{{fold}}.log",
+        f"{LOGS}/predict/{RUN}/{FOLD}.log",
     benchmark:
-        f"{LOGS}/predict/{RUN}/fold{{fold}}.tsv"
+        f"{LOGS}/predict/{RUN}/{FOLD}.tsv"
     shell:
         "nnpipe predict --config-json {params.settings:q} --model {input.model}"
         " --plan {input.plan} --raw {params.raw} --splits {input.splits}"

@@ -36,9 +36,9 @@ rule train:
     conda:
         "../envs/nnpipe.yaml"
     log:
-        f"{LOGS}/train/{RUN}/fold{{fold}}.log",
+        f"{LOGS}/train/{RUN}/{FOLD}.log",
     benchmark:
-        f"{LOGS}/train/{RUN}/fold{{fold}}.tsv"
+        f"{LOGS}/train/{RUN}/{FOLD}.tsv"
     shell:
         # exec: the trainer replaces the shell, so a SIGTERM from SLURM reaches it while
         # Snakemake (in the job) waits for its checkpoint instead of seeing the shell die first

@@ -47,6 +47,7 @@ from nnpipe.inference.resolve import resolve_model
 from nnpipe.io import read_json
 from nnpipe.planning.plan import Plan
 from nnpipe.progress import log
+from nnpipe.study import fold_number
 from nnpipe.v2.model import is_v2_model
 
 # Configurations a pretrained model's plan may be carried to (the cascade plans its two
@@ -174,7 +175,7 @@ def pretrained_weights(model: str | Path, plan: Plan, fold: int
         return _best_fold(path, plan, fold, key)
     if path.is_dir() and not has_checkpoint(path) and fold_dirs(path):
         dirs = fold_dirs(path)  # a run folder: train/RUN/fold<N>/
-        chosen = next((d for d in dirs if d.name == f"fold{fold}"), dirs[0])
+        chosen = next((d for d in dirs if fold_number(d.name) == fold), dirs[0])
         spec = from_checkpoints([chosen], name=path.name)
     else:
         spec = resolve_model([path])  # one checkpoint or fold folder
@@ -194,7 +195,7 @@ def _best_fold(path: Path, plan: Plan, fold: int, key: str
     plans = [(name, Plan.load(root / m["plan"])) for name, m in members]
     name, record = members[_choose(plans, plan, str(path), key)]
     models = [Path(f) for f in record["models"]]
-    chosen = next((f for f in models if f.parent.name == f"fold{fold}"), models[0])
+    chosen = next((f for f in models if fold_number(f.parent.name) == fold), models[0])
     spec = from_checkpoints([root / chosen], name=name, plan=root / record["plan"])
     return dict(spec.members[0].folds[0].weights), spec.members[0].folds[0].source
 

@@ -40,7 +40,7 @@ CASCADE_STAGES = (LOWRES, CASCADE)
 PREVIOUS_STAGE: Mapping[str, str] = {CASCADE: LOWRES}
 MODES = ("train", "predict")  # benchmark cells
 
-__all__ = ["BENCH_NAME", "CASCADE_STAGES", "CHECKPOINT_NAMES", "CONFIGURATIONS",
+__all__ = ["BENCH_NAME", "CASCADE_STAGES", "CHECKPOINT_NAMES", "CONFIGURATIONS", "FOLD",
            "CONFIGURATION_DIMS", "DOWNLOAD_CACHE", "FILES", "LAST_CHECKPOINT", "METRICS_FILE",
            "MODEL_FILE", "TRAIN_SUMMARY",
            "PRECISIONS", "RUN", "WILDCARDS", "StudyFile", "StudyPaths", "bench_name",
