@@ -324,7 +324,8 @@ def make_plan(fp: Fingerprint, dim: int, settings: PlannerSettings, dataset_name
                      if fp.single_slice else
                      f"2D: slice axis {slice_axis} (coarsest median spacing, ties within "
                      f"{SLICE_AXIS_TOLERANCE:.0%} to the last axis)")
-    if any(n.scheme in ("zscore", DEFAULT_SCHEME) for n in channel_norms(fp)):
+    norms = channel_norms(fp)
+    if any(n.scheme in ("zscore", DEFAULT_SCHEME) for n in norms):
         where = "inside the nonzero mask" if uses_mask_for_norm(fp) else "over every voxel"
         notes.append(f"z-score {where}: cropping to the nonzero box leaves the median case "
                      f"{fp.median_relative_size_after_cropping:.0%} of its voxels (the mask is "
@@ -355,7 +356,7 @@ def make_plan(fp: Fingerprint, dim: int, settings: PlannerSettings, dataset_name
         kernels=kernels, strides=strides,
         filters=unet_filters(len(strides), dim, settings.base_filters),
         batch_size=batch, num_channels=fp.num_channels, num_classes=fp.scheme.num_classes,
-        labels=dict(fp.scheme.names), channel_norms=channel_norms(fp), slice_axis=slice_axis,
+        labels=dict(fp.scheme.names), channel_norms=norms, slice_axis=slice_axis,
         median_shape=med, notes=tuple(notes),
         label_values=fp.scheme.values, layout=fp.layout, label_scheme=fp.scheme,
         network=settings.network, encoder_blocks=N.encoder_blocks(settings.network,
